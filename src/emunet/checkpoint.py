@@ -1,0 +1,176 @@
+"""Checkpoints that survive crashes and never execute code.
+
+Training state (model, optimiser, scheduler, scaler, step, random states, config) is saved
+with ``torch.save`` and read back with ``torch.load(weights_only=True)``, which refuses
+pickled objects. Deployable weights are ``safetensors`` files whose metadata carry the model
+config. Every write goes to a temporary file in the same folder, is flushed to disk, and is
+then renamed over the target, so a kill at any moment leaves either the old or the new file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .model import UNet, UNetConfig
+
+__all__ = [
+    "CheckpointError",
+    "atomic_write_bytes",
+    "save_state",
+    "load_state",
+    "save_weights",
+    "load_model",
+    "list_checkpoints",
+    "prune_checkpoints",
+]
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, worded for the user."""
+
+
+def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    _atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            msg = "it holds pickled Python objects, which are refused for safety"
+        raise CheckpointError(f"{path}: cannot load checkpoint ({msg})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path}: not a checkpoint of this tool (no model/config entries)")
+    return state
+
+
+def save_weights(path: Path, model: torch.nn.Module, model_config: UNetConfig, meta: dict[str, Any]) -> None:
+    from dataclasses import asdict
+
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {"model_config": json.dumps(asdict(model_config)), **{k: json.dumps(v) for k, v in meta.items()}}
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def _build(model_cfg: dict, source: Path) -> UNet:
+    try:
+        return UNet(UNetConfig(**model_cfg))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source}: bad model config in checkpoint ({exc})") from None
+
+
+def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Load a state dict, naming every missing, unexpected or mis-shaped tensor on failure."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    shapes = sorted(
+        f"{k} {tuple(tensors[k].shape)} != {tuple(own[k].shape)}" for k in set(own) & set(tensors) if tensors[k].shape != own[k].shape
+    )
+    if missing or extra or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        if extra:
+            parts.append(f"unexpected {extra[:10]}{' ...' if len(extra) > 10 else ''}")
+        if shapes:
+            parts.append(f"mis-shaped {shapes[:10]}")
+        raise CheckpointError(f"{source}: checkpoint does not fit the model: " + "; ".join(parts))
+    model.load_state_dict(tensors)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:
+    """A model in eval mode from ``.safetensors`` weights or a ``.pt`` training checkpoint,
+    with the checkpoint's metadata (step, score, run config where known)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:
+            raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from None
+        if "model_config" not in meta:
+            raise CheckpointError(f"{path}: safetensors file has no model_config metadata; not written by this tool")
+        try:
+            info = {k: json.loads(v) for k, v in meta.items()}
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{path}: corrupt metadata") from None
+        model_cfg = info.pop("model_config")
+    else:
+        state = load_state(path)
+        tensors = state["model"]
+        model_cfg = state["config"].get("model_resolved") or {}
+        info = {"step": state.get("step"), "config": state["config"]}
+    model = _build(model_cfg, path)
+    load_into(model, tensors, path)
+    return model.to(device).eval(), info
+
+
+def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of ``step_N.pt`` files, oldest first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_FILE.match(p.name))]
+    return sorted(found)
+
+
+def prune_checkpoints(folder: Path, keep: int, protect: set[int]) -> None:
+    """Delete all but the newest ``keep`` checkpoints, sparing the steps in ``protect``."""
+    found = list_checkpoints(folder)
+    for step, path in found[: max(0, len(found) - keep)]:
+        if step not in protect:
+            path.unlink(missing_ok=True)

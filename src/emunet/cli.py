@@ -1,0 +1,249 @@
+"""The ``unet`` command: train, evaluate, predict, and run (all three, the main job)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+EPILOG = """Settings come from a YAML file (-c) and KEY=VALUE overrides, e.g.
+  unet train -c configs/isbi-cpu.yaml train.steps=200 out_dir=runs/try
+Sections: data, model, augment, train, predict (see configs/*.yaml for every key)."""
+
+
+def _add_common(p: argparse.ArgumentParser, overrides: bool = True) -> None:
+    p.add_argument("-c", "--config", type=Path, help="YAML config file (defaults: the lab's settings)")
+    if overrides:
+        p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override a setting, e.g. train.steps=100")
+
+
+def _add_inference(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda[:N]' (default: auto)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision; auto = bf16 on CPU, fp16 on CUDA (default: auto)")
+    p.add_argument("--tile", type=int, help="output tile side for overlap-tile prediction (default: the run's predict.tile)")
+    p.add_argument("--overlap", type=float, help="share of a tile its neighbour overlaps, in [0, 1) (default: the run's)")
+    p.add_argument("--batch-size", type=int, help="tiles per forward pass; bounds memory (default: the run's)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unet", description="U-Net segmentation of electron-microscopy images (ISBI 2012 and alike).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model", description="Train a U-Net on random native-resolution tiles of the "
+                       "training fold, validating on the held-out fold.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(p)
+    p.add_argument("--out", help="output folder (same as out_dir=...)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
+                   help="continue a stopped run: from CHECKPOINT, or from the newest one in the output folder")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("evaluate", help="score a checkpoint on labelled images",
+                       description="Score a checkpoint: the lab's dice (soft, both channels, per slice, averaged), "
+                       "membrane dice and IoU at 0.5, and pixel error. By default on the validation fold of the run "
+                       "that wrote the checkpoint; with --images/--labels on all of those.")
+    p.add_argument("checkpoint", type=Path, help="best.safetensors / last.safetensors, or a checkpoints/step_N.pt")
+    p.add_argument("--images", help="labelled images to score (stack or folder); default: the run's validation fold")
+    p.add_argument("--labels", help="their masks")
+    p.add_argument("--foreground", type=int, help="mask value of the foreground class (default: the run's, ISBI 255)")
+    p.add_argument("--fold", type=int, help="score this fold of the run's data instead of the run's own fold")
+    p.add_argument("--json", type=Path, help="write scores here (default: eval.json beside the checkpoint)")
+    _add_inference(p)
+
+    p = sub.add_parser("predict", help="segment images of any size",
+                       description="Segment a stack, an image or a folder with overlap-tile prediction and mirror "
+                       "padding. Writes a float32 probability TIFF (1 = cell interior, 0 = membrane, the ISBI convention).")
+    p.add_argument("checkpoint", type=Path, help="best.safetensors / last.safetensors, or a checkpoints/step_N.pt")
+    p.add_argument("input", help="a (multi-page) TIFF or PNG, or a folder of them")
+    p.add_argument("-o", "--output", type=Path, required=True, help="probability TIFF to write")
+    p.add_argument("--masks", type=Path, help="also write 0/255 PNG masks (threshold 0.5) into this folder")
+    p.add_argument("--overlays", type=Path, help="also write PNG overlays (membrane in red) into this folder")
+    _add_inference(p)
+
+    p = sub.add_parser("run", help="the main job: train, evaluate the fold, predict the test images",
+                       description="Train, evaluate on the validation fold and predict data.test_images; all outputs in out_dir.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(p)
+    p.add_argument("--out", help="output folder (same as out_dir=...)")
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT", help="continue a stopped run")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    sub.add_parser("presets", help="list the model presets")
+    return parser
+
+
+def _config(args):
+    from .config import load_config
+
+    overrides = list(args.overrides)
+    if getattr(args, "out", None):
+        overrides.append(f"out_dir={args.out}")
+    return load_config(args.config, overrides)
+
+
+def _predict_settings(args, pcfg):
+    from dataclasses import replace
+
+    changes = {k: v for k, v in (("tile", args.tile), ("overlap", args.overlap), ("batch_size", args.batch_size)) if v is not None}
+    if "overlap" in changes and not 0.0 <= changes["overlap"] < 1.0:
+        raise ValueError(f"--overlap must be in [0, 1), got {changes['overlap']}")
+    if changes.get("tile", 1) < 1 or changes.get("batch_size", 1) < 1:
+        raise ValueError("--tile and --batch-size must be positive")
+    return replace(pcfg, **changes)
+
+
+def _load(args):
+    """Model, run config (or defaults), device and precision for evaluate/predict."""
+    from .checkpoint import load_model
+    from .config import Config, config_from_dict
+    from .train import resolve_device, resolve_precision
+
+    device = resolve_device(args.device)
+    model, info = load_model(args.checkpoint, device)
+    run = info.get("config")
+    cfg = Config()
+    if isinstance(run, dict):
+        run = {k: v for k, v in run.items() if k != "model_resolved"}
+        cfg = config_from_dict(run)
+    return model, cfg, device, resolve_precision(args.precision, device), info
+
+
+def cmd_evaluate(args) -> int:
+    from .data import fold_split, load_labelled
+    from .evaluate import format_table, score_volume, write_json
+
+    model, cfg, device, precision, info = _load(args)
+    pcfg = _predict_settings(args, cfg.predict)
+    foreground = args.foreground if args.foreground is not None else cfg.data.foreground
+    if bool(args.images) != bool(args.labels):
+        raise ValueError("--images and --labels go together")
+    if args.images:
+        volume, what = load_labelled(args.images, args.labels, foreground), f"all of {args.images}"
+    else:
+        fold = cfg.data.fold if args.fold is None else args.fold
+        volume = load_labelled(cfg.data.images, cfg.data.labels, foreground)
+        volume = volume.subset(fold_split(len(volume), fold, cfg.data.train_ratio)[1])
+        what = f"fold {fold} of {cfg.data.images}"
+    start = time.perf_counter()
+    mean, rows = score_volume(model, volume, pcfg, precision, progress=True)
+    print(f"{args.checkpoint} (step {info.get('step')}) on {what}, {precision}:")
+    print(format_table(mean, rows))
+    out = args.json or args.checkpoint.with_name("eval.json")
+    write_json(out, {"checkpoint": str(args.checkpoint), "step": info.get("step"), "data": what, "precision": precision,
+                     "mean": mean, "slices": rows, "seconds": time.perf_counter() - start})
+    print(f"wrote {out}")
+    return 0
+
+
+def _segment(model, input_path, output, pcfg, precision, masks=None, overlays=None, min_size=1):
+    from .data import read_images
+    from .evaluate import predict_volume
+    from .predict import write_masks, write_overlays, write_probabilities
+
+    volume = read_images(input_path, min_size=min_size)
+    output = Path(output)
+    if output.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"{output}: the probability output must be a .tif file")
+    start = time.perf_counter()
+    probs = predict_volume(model, volume, pcfg, precision, progress=True)
+    seconds = time.perf_counter() - start
+    write_probabilities(output, probs)
+    print(f"wrote {output}: {probs.shape[0]} x {probs.shape[1]} x {probs.shape[2]} float32 probabilities "
+          f"(1 = cell interior) in {seconds:.1f} s")
+    if masks:
+        write_masks(masks, volume, probs)
+        print(f"wrote {len(volume)} masks to {masks}")
+    if overlays:
+        write_overlays(overlays, volume, probs)
+        print(f"wrote {len(volume)} overlays to {overlays}")
+    return probs
+
+
+def cmd_predict(args) -> int:
+    model, cfg, device, precision, _ = _load(args)
+    _segment(model, args.input, args.output, _predict_settings(args, cfg.predict), precision, args.masks, args.overlays)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    cfg = _config(args)
+    best = train(cfg, resume=args.resume, progress=not args.quiet)
+    print(f"best weights: {best}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .checkpoint import load_model
+    from .evaluate import format_table, score_volume, write_json
+    from .train import load_split, resolve_device, resolve_precision, train
+
+    cfg = _config(args)
+    out = Path(cfg.out_dir)
+    start = time.perf_counter()
+    best = train(cfg, resume=args.resume, progress=not args.quiet)
+    train_s = time.perf_counter() - start
+    device = resolve_device(cfg.train.device)
+    precision = resolve_precision(cfg.train.precision, device)
+    model, info = load_model(best, device)
+    _, val = load_split(cfg)
+    t0 = time.perf_counter()
+    mean, rows = score_volume(model, val, cfg.predict, precision, progress=not args.quiet)
+    eval_s = time.perf_counter() - t0
+    print(f"\nfold {cfg.data.fold}, best checkpoint (step {info.get('step')}), {precision}:")
+    print(format_table(mean, rows))
+    payload = {"checkpoint": str(best), "step": info.get("step"), "fold": cfg.data.fold, "precision": precision,
+               "mean": mean, "slices": rows, "train_seconds": train_s, "eval_seconds": eval_s}
+    if cfg.data.test_images:
+        t0 = time.perf_counter()
+        _segment(model, cfg.data.test_images, out / "test-probabilities.tif", cfg.predict, precision,
+                 overlays=out / "test-overlays")
+        payload["predict_seconds"] = time.perf_counter() - t0
+    payload["total_seconds"] = time.perf_counter() - start
+    write_json(out / "eval.json", payload)
+    print(f"wrote {out / 'eval.json'}; total {payload['total_seconds']:.0f} s")
+    return 0
+
+
+def cmd_presets(args) -> int:
+    from .model import PRESETS, count_parameters, create_model
+
+    for name, fn in PRESETS.items():
+        model = create_model(name)
+        print(f"{name:<14} {count_parameters(model):>12,d} parameters  {(fn.__doc__ or '').strip()}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "run": cmd_run, "presets": cmd_presets}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .data import DataError
+    from .train import TrainingError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (DataError, ConfigError, CheckpointError, TrainingError, ValueError) as exc:
+        print(f"unet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"unet {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        saved = " after saving a checkpoint of the last step (continue with --resume)" if args.command in ("train", "run") else ""
+        print(f"unet {args.command}: interrupted{saved}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""Run settings: typed dataclasses with defaults, filled from YAML and ``key=value`` overrides.
+
+YAML is read with ``yaml.safe_load`` and only into known fields, so a config file can set
+values but never name Python objects to import. Every run writes its resolved config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .augment import AugmentConfig
+
+__all__ = ["ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "PredictConfig", "Config", "load_config", "dump_config"]
+
+
+class ConfigError(ValueError):
+    """A bad config file or override, worded for the user."""
+
+
+@dataclass
+class DataConfig:
+    """Args:
+    images: training images: a multi-page TIFF or a folder of PNG/TIFF files.
+    labels: their masks (same layout; folders are matched by file name).
+    test_images: images that the main job segments after training (optional).
+    foreground: mask value of the foreground class (ISBI: 255 = cell interior).
+    fold: cross-validation fold (the lab's split; fold 1 validates on ISBI slices 4,6,7,9,18,19).
+    train_ratio: share of images that train; the rest validate.
+    """
+
+    images: str = "../shared/data/isbi2012/train-volume.tif"
+    labels: str = "../shared/data/isbi2012/train-labels.tif"
+    test_images: str | None = "../shared/data/isbi2012/test-volume.tif"
+    foreground: int = 255
+    fold: int = 1
+    train_ratio: float = 0.8
+
+
+@dataclass
+class ModelConfig:
+    """A preset from the model registry, with optional overrides (null keeps the preset's)."""
+
+    preset: str = "unet_medical"
+    width: int | None = None
+    depth: int | None = None
+    padding: str | None = None
+    norm: str | None = None
+    dropout: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Args:
+    steps: optimiser steps.
+    batch_size: tiles per step.
+    tile: output side of a training tile; the input adds the network's border.
+    lr, weight_decay: Adam's (the lab: 1e-4, 5e-4).
+    schedule: 'constant' or 'cosine' (decay to lr * min_lr_ratio), after warmup_steps.
+    loss: 'ce' (softmax cross-entropy) or 'ce+dice'.
+    precision: 'auto' (bf16 on CPU, fp16 with a gradient scaler on CUDA), 'fp32', 'bf16', 'fp16'.
+    loss_scale: initial loss scale for fp16 (the lab fixes 1024).
+    seed: makes runs repeatable.
+    val_every: validate (and checkpoint) every N steps; 0 = only at the end.
+    checkpoint_every: save a checkpoint every N steps; 0 = at validation only.
+    keep: newest checkpoints kept (the best is always kept too).
+    log_every: steps between log lines in the CSV and TensorBoard.
+    device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
+    threads: CPU threads for PyTorch; 0 = PyTorch's default.
+    channels_last: NHWC memory layout (faster convolutions on CPU).
+    """
+
+    steps: int = 600
+    batch_size: int = 16
+    tile: int = 388
+    lr: float = 1e-4
+    weight_decay: float = 5e-4
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    loss: str = "ce"
+    precision: str = "auto"
+    loss_scale: float = 1024.0
+    seed: int = 1
+    val_every: int = 100
+    checkpoint_every: int = 0
+    keep: int = 10
+    log_every: int = 10
+    device: str = "auto"
+    threads: int = 0
+    channels_last: bool = True
+
+
+@dataclass
+class PredictConfig:
+    """Args:
+    tile: output side of a prediction tile.
+    overlap: share of a tile its neighbour overlaps.
+    batch_size: tiles per forward pass.
+    blend: 'gaussian' or 'uniform'.
+    margin: mirrored context dropped around tiles of same-padded nets.
+    """
+
+    tile: int = 388
+    overlap: float = 0.0
+    batch_size: int = 4
+    blend: str = "gaussian"
+    margin: int = 32
+
+
+@dataclass
+class Config:
+    out_dir: str = "runs/isbi"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def validate(self) -> "Config":
+        t = self.train
+        checks = [
+            (t.steps >= 1, "train.steps must be at least 1"),
+            (t.batch_size >= 1, "train.batch_size must be at least 1"),
+            (t.tile >= 1, "train.tile must be positive"),
+            (t.lr > 0, "train.lr must be positive"),
+            (t.schedule in ("constant", "cosine"), "train.schedule must be 'constant' or 'cosine'"),
+            (t.loss in ("ce", "ce+dice"), "train.loss must be 'ce' or 'ce+dice'"),
+            (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision must be auto/fp32/bf16/fp16"),
+            (t.keep >= 1, "train.keep must be at least 1"),
+            (t.val_every >= 0 and t.checkpoint_every >= 0, "train.val_every/checkpoint_every must be >= 0"),
+            (self.predict.blend in ("gaussian", "uniform"), "predict.blend must be 'gaussian' or 'uniform'"),
+            (0.0 <= self.predict.overlap < 1.0, "predict.overlap must be in [0, 1)"),
+            (self.predict.batch_size >= 1, "predict.batch_size must be at least 1"),
+            (self.data.fold >= 0, "data.fold must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        return self
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert a YAML value to a field's type (YAML reads '1e-4' as a string, for instance)."""
+    args = typing.get_args(hint)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{key}: may not be null")
+    if args:  # Optional[X]
+        hint = next(a for a in args if a is not type(None))
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "yes", "1", "on"):
+                return True
+            if str(value).lower() in ("false", "no", "0", "off"):
+                return False
+            raise ValueError(value)
+        if hint is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if hint is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if hint is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError(value)
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}") from None
+    return value
+
+
+def _fill(obj: Any, values: dict, prefix: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(values).__name__}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in values.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown setting {full!r}; known: {', '.join(sorted(names))}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            _fill(current, value, full + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file, then ``section.key=value`` overrides."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        try:
+            _fill(cfg, values, "")
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        nested: Any = value
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        _fill(cfg, nested, "")
+    return cfg.validate()
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(values: dict) -> Config:
+    cfg = Config()
+    _fill(cfg, values, "")
+    return cfg
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

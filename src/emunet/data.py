@@ -1,0 +1,272 @@
+"""Reading EM images and masks, checking them, and the lab's cross-validation split.
+
+Two layouts are read: a multi-page TIFF stack (the ISBI files) or a folder of single images
+(PNG or TIFF), matched to a folder of masks by file name. Images become float32 in [0, 1],
+grey; masks become uint8 class maps where 1 is the foreground (ISBI: cell interior).
+Every problem a user can cause is a :class:`DataError` that names the file.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["DataError", "Volume", "read_images", "read_labels", "load_labelled", "fold_split"]
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+
+
+class DataError(ValueError):
+    """A problem with the user's data, worded for the user."""
+
+
+@dataclass
+class Volume:
+    """A stack of grey images (N, H, W) float32 in [0, 1], with a name per slice."""
+
+    images: np.ndarray
+    names: list[str]
+    source: Path
+    labels: np.ndarray | None = None  # (N, H, W) uint8 in {0, 1}; 1 = foreground
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices: list[int]) -> "Volume":
+        labels = None if self.labels is None else self.labels[indices]
+        return Volume(self.images[indices], [self.names[i] for i in indices], self.source, labels)
+
+
+def _read_file(path: Path) -> np.ndarray:
+    """Read one image file as an array: (H, W), (H, W, C) or, for TIFF stacks, (N, H, W[, C])."""
+    if not path.exists():
+        raise DataError(f"{path}: file does not exist")
+    if not path.is_file():
+        raise DataError(f"{path}: not a file")
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                if len(tif.series) == 0:
+                    raise DataError(f"{path}: TIFF file holds no images")
+                arr = np.stack([page.asarray() for page in tif.pages]) if len(tif.pages) > 1 else tif.pages[0].asarray()
+        else:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.load()
+                arr = np.asarray(im)
+    except DataError:
+        raise
+    except Exception as exc:  # corrupt, truncated or not an image at all
+        raise DataError(f"{path}: cannot read as an image ({type(exc).__name__}: {exc})") from None
+    if arr.size == 0:
+        raise DataError(f"{path}: image is empty")
+    return arr
+
+
+def _to_grey(arr: np.ndarray, path: Path, stack: bool) -> np.ndarray:
+    """Drop alpha and average colour channels so images are (N, H, W) or (H, W)."""
+    base = 3 if stack else 2
+    if arr.ndim == base + 1 and arr.shape[-1] in (2, 3, 4):
+        colour = arr[..., : 3 if arr.shape[-1] >= 3 else 1]
+        if colour.shape[-1] == 3:
+            arr = (colour.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).astype(arr.dtype if arr.dtype.kind == "f" else np.float64)
+        else:
+            arr = colour[..., 0]
+    if arr.ndim != base:
+        raise DataError(f"{path}: expected a grey or RGB(A) image, got an array of shape {arr.shape}")
+    return arr
+
+
+def _scale(arr: np.ndarray, path: Path) -> np.ndarray:
+    """Integer images scale by their type's range; float images must be finite, and are
+    min-max scaled unless already in [0, 1]."""
+    if arr.dtype == np.bool_:
+        return arr.astype(np.float32)
+    if arr.dtype.kind in "ui":
+        info = np.iinfo(arr.dtype)
+        if arr.dtype == np.uint8 or arr.dtype == np.uint16:
+            return (arr.astype(np.float32) / info.max).astype(np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+    elif arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise DataError(f"{path}: image contains NaN or infinite values")
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return arr.astype(np.float32)
+    else:
+        raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
+    if hi == lo:
+        return np.zeros(arr.shape, np.float32)
+    return ((arr.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+
+
+def _list_folder(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: folder holds no .png/.tif/.tiff images")
+    return files
+
+
+def _read_raw(path: Path) -> tuple[list[np.ndarray], list[str]]:
+    """Slices (each (H, W) grey, raw dtype) and their names, from a stack file or a folder."""
+    path = Path(path)
+    if path.is_dir():
+        files = _list_folder(path)
+        slices, names = [], []
+        for f in files:
+            arr = _to_grey(_read_file(f), f, stack=False)
+            slices.append(arr)
+            names.append(f.stem)
+        return slices, names
+    arr = _read_file(path)
+    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4) and path.suffix.lower() == ".png"):
+        arr = _to_grey(arr, path, stack=False)[None]
+    else:
+        arr = _to_grey(arr, path, stack=True)
+    return list(arr), [f"{path.stem}_{i:03d}" for i in range(len(arr))]
+
+
+def read_images(path: str | Path, min_size: int = 1) -> Volume:
+    """Read a stack or folder of images as float32 grey in [0, 1].
+
+    Args:
+        path: a (multi-page) TIFF or PNG file, or a folder of them.
+        min_size: smallest accepted height and width.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: path does not exist")
+    slices, names = _read_raw(path)
+    files = _list_folder(path) if path.is_dir() else [path] * len(slices)
+    out = []
+    for arr, f in zip(slices, files):
+        if min(arr.shape) < min_size:
+            raise DataError(f"{f}: image is {arr.shape[0]}x{arr.shape[1]}, smaller than the minimum {min_size}x{min_size}")
+        out.append(_scale(arr, f))
+    shapes = {a.shape for a in out}
+    if len(shapes) > 1:
+        first = out[0].shape
+        bad = next(f for a, f in zip(out, files) if a.shape != first)
+        raise DataError(f"{bad}: image shape differs from the first image's {first}; all images must share one size")
+    return Volume(np.stack(out), names, path)
+
+
+def read_labels(path: str | Path, foreground: int = 255) -> tuple[np.ndarray, list[Path]]:
+    """Read two-valued masks as uint8 class maps, 1 where the mask equals ``foreground``."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: path does not exist")
+    slices, _ = _read_raw(path)
+    files = _list_folder(path) if path.is_dir() else [path] * len(slices)
+    values: set = set()
+    for arr, f in zip(slices, files):
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise DataError(f"{f}: mask contains NaN or infinite values")
+        uniq = np.unique(arr)
+        values.update(uniq.tolist())
+        if len(uniq) > 2 or len(values) > 2:
+            shown = sorted(values)[:8]
+            raise DataError(f"{f}: mask is not two-valued; found values {shown}{' ...' if len(values) > 8 else ''}")
+    if foreground not in values and len(values) == 2:
+        raise DataError(f"{path}: foreground value {foreground} does not occur in the masks (values {sorted(values)}); set data.foreground")
+    first = slices[0].shape
+    for arr, f in zip(slices, files):
+        if arr.shape != first:
+            raise DataError(f"{f}: mask shape {arr.shape} differs from the first mask's {first}")
+    return np.stack([(a == foreground).astype(np.uint8) for a in slices]), files
+
+
+def load_labelled(images: str | Path, labels: str | Path, foreground: int = 255, min_size: int = 1) -> Volume:
+    """Read images and their masks, checking counts, names and shapes agree."""
+    vol = read_images(images, min_size=min_size)
+    lab, label_files = read_labels(labels, foreground)
+    if len(lab) != len(vol):
+        raise DataError(f"{labels}: {len(lab)} masks for {len(vol)} images in {images}")
+    if Path(images).is_dir() and Path(labels).is_dir():
+        image_names = [n for n in vol.names]
+        mask_names = [f.stem for f in label_files]
+        missing = sorted(set(image_names) - set(mask_names))
+        if missing:
+            raise DataError(f"{labels}: no mask named like image {missing[0]!r} (masks are matched by file name)")
+        order = {n: i for i, n in enumerate(mask_names)}
+        lab = lab[[order[n] for n in image_names]]
+    if lab.shape[1:] != vol.images.shape[1:]:
+        raise DataError(f"{labels}: masks are {lab.shape[1]}x{lab.shape[2]} but images in {images} are {vol.images.shape[1]}x{vol.images.shape[2]}")
+    vol.labels = lab
+    return vol
+
+
+def fold_split(n: int, fold: int, ratio: float = 0.8) -> tuple[list[int], list[int]]:
+    """The lab's split: shuffle 0..n-1 with NumPy seed 0, rotate right by fold*round((1-ratio)*n),
+    the first round(ratio*n) train and the rest validate (for n=30: 24 / 6, fold 1 -> 4,6,7,9,18,19).
+
+    A dedicated ``RandomState(0)`` draws the same permutation as ``np.random.seed(0)`` without
+    touching NumPy's global generator.
+    """
+    if not 0.0 < ratio < 1.0:
+        raise DataError(f"split ratio must be in (0, 1), got {ratio}")
+    n_train = round(ratio * n)
+    if n < 2 or n_train < 1 or n_train >= n:
+        raise DataError(f"{n} labelled image(s) are too few for a train/validation split; need at least 2 (ISBI has 30)")
+    indices = np.arange(n)
+    np.random.RandomState(0).shuffle(indices)
+    rotated = collections.deque(indices.tolist())
+    rotated.rotate(fold * round((1.0 - ratio) * n))
+    order = list(rotated)
+    return order[:n_train], order[n_train:]
+
+
+def to_network_input(images):
+    """Map [0, 1] grey values to [-1, 1], the range the lab feeds its network."""
+    return images * 2.0 - 1.0
+
+
+class TileSampler:
+    """Draws random training tiles from mirror-padded slices at native resolution.
+
+    Each tile is the network's input window (``in_size``) around a random output window
+    (``out_size``) that lies inside the slice where the slice is large enough. The labels are
+    cut with the same input window, so that augmentation can warp both; the caller crops
+    them to the output window. All randomness comes from ``generator``.
+    """
+
+    def __init__(self, volume: Volume, in_size: int, out_size: int, generator) -> None:
+        import torch
+
+        if volume.labels is None:
+            raise DataError(f"{volume.source}: training needs labels")
+        self.in_size, self.out_size, self.generator = in_size, out_size, generator
+        self.pad = (in_size + 1) // 2 + 1
+        pad = ((0, 0), (self.pad, self.pad), (self.pad, self.pad))
+        self.images = torch.from_numpy(np.pad(volume.images, pad, mode="symmetric"))
+        self.labels = torch.from_numpy(np.pad(volume.labels, pad, mode="symmetric"))
+        self.height, self.width = volume.images.shape[1:]
+
+    def _centres(self, n: int, extent: int) -> "torch.Tensor":
+        import torch
+
+        half = self.out_size / 2
+        lo, hi = (half, extent - half) if extent >= self.out_size else (extent / 2, extent / 2)
+        return (lo + torch.rand(n, generator=self.generator, dtype=torch.float64) * (hi - lo)).floor().long()
+
+    def sample(self, n: int):
+        """(n, 1, in, in) float32 images in [0, 1] and (n, in, in) int64 labels."""
+        import torch
+
+        which = torch.randint(0, len(self.images), (n,), generator=self.generator)
+        cy, cx = self._centres(n, self.height), self._centres(n, self.width)
+        half = self.in_size // 2
+        xs, ys = [], []
+        for i in range(n):
+            top = int(cy[i]) - half + self.pad
+            left = int(cx[i]) - half + self.pad
+            window = (slice(top, top + self.in_size), slice(left, left + self.in_size))
+            xs.append(self.images[int(which[i])][window])
+            ys.append(self.labels[int(which[i])][window])
+        return torch.stack(xs)[:, None], torch.stack(ys).long()

@@ -1,0 +1,135 @@
+"""Overlap-tile prediction (the U-Net paper's Fig. 2) for images of any size.
+
+The image is mirror-padded, cut into input windows on a regular grid, and each window's
+output is blended into the result with a weight map. Tile offsets are multiples of the
+network's down-sampling factor, so for a valid-padded U-Net the result equals the network
+applied to the whole mirror-padded image. Only ``batch_size`` tiles are in flight at once,
+so memory stays bounded by the image and two accumulators, not by the network.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .data import to_network_input
+from .model import UNet
+
+__all__ = ["TilePlan", "plan_tiles", "predict_image", "autocast_for"]
+
+
+class TilePlan:
+    """Geometry of one tiled prediction: input/output window sizes, stride, padding."""
+
+    def __init__(self, model: UNet, height: int, width: int, tile: int, overlap: float, margin: int) -> None:
+        step = 2**model.cfg.depth
+        if model.cfg.padding == "valid":
+            self.in_size = model.fit_input_size(tile)
+            self.margin = 0
+        else:
+            # A same-padded net sees zero padding at tile edges; give it mirrored context
+            # and keep only the centre.
+            self.margin = math.ceil(margin / step) * step
+            self.in_size = model.fit_input_size(tile + 2 * self.margin)
+        self.out_size = model.output_size(self.in_size) - 2 * self.margin
+        self.border = (self.in_size - self.out_size) // 2  # context on each side
+        if not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        stride = int(self.out_size * (1.0 - overlap)) // step * step
+        self.stride = max(step, min(stride, self.out_size // step * step))
+        self.height, self.width = height, width
+        self.ny = max(1, math.ceil((height - self.out_size) / self.stride) + 1)
+        self.nx = max(1, math.ceil((width - self.out_size) / self.stride) + 1)
+        self.covered_h = (self.ny - 1) * self.stride + self.out_size
+        self.covered_w = (self.nx - 1) * self.stride + self.out_size
+
+    def pad_widths(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Mirror padding of the image: context before, context plus grid overhang after."""
+        b = self.border
+        return (b, b + self.covered_h - self.height), (b, b + self.covered_w - self.width)
+
+    def origins(self) -> Iterator[tuple[int, int]]:
+        """Top-left corner of each tile's output window, in image coordinates."""
+        for iy in range(self.ny):
+            for ix in range(self.nx):
+                yield iy * self.stride, ix * self.stride
+
+
+def plan_tiles(model: UNet, height: int, width: int, tile: int = 388, overlap: float = 0.0, margin: int = 32) -> TilePlan:
+    return TilePlan(model, height, width, tile, overlap, margin)
+
+
+def _weights(size: int, kind: str) -> np.ndarray:
+    """Blending weights: Gaussian (sigma = size/8, as nnU-Net) or uniform."""
+    if kind == "uniform":
+        return np.ones((size, size), np.float32)
+    c = (size - 1) / 2.0
+    g = np.exp(-0.5 * ((np.arange(size) - c) / (size / 8.0)) ** 2)
+    w = np.outer(g, g).astype(np.float32)
+    return np.maximum(w / w.max(), 1e-3)
+
+
+def autocast_for(device: torch.device, precision: str):
+    """An autocast context for ``precision`` ('fp32', 'bf16' or 'fp16') on ``device``."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _reflect_pad(image: np.ndarray, widths) -> np.ndarray:
+    return np.pad(image, widths, mode="symmetric")
+
+
+@torch.no_grad()
+def predict_image(
+    model: UNet,
+    image: np.ndarray,
+    tile: int = 388,
+    overlap: float = 0.0,
+    batch_size: int = 4,
+    blend: str = "gaussian",
+    margin: int = 32,
+    precision: str = "fp32",
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """Foreground probability (class 1 of the softmax) of one (H, W) image in [0, 1].
+
+    Args:
+        model: a U-Net in eval mode.
+        image: float (H, W) grey image in [0, 1], any size.
+        tile: requested output window side; the nearest size the network accepts is used.
+        overlap: share of a tile that its neighbour overlaps (0 = tiles just touch).
+        batch_size: tiles per forward pass; bounds memory.
+        blend: 'gaussian' or 'uniform' weighting of overlapping tiles.
+        margin: for same-padded nets, mirrored context discarded around each tile.
+        precision: 'fp32', 'bf16' or 'fp16' autocast.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    h, w = image.shape
+    plan = plan_tiles(model, h, w, tile, overlap, margin)
+    padded = _reflect_pad(image.astype(np.float32, copy=False), plan.pad_widths())
+    acc = np.zeros((plan.covered_h, plan.covered_w), np.float32)
+    norm = np.zeros_like(acc)
+    weight = _weights(plan.out_size, blend)
+    origins = list(plan.origins())
+    m = plan.margin
+    memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    for start in range(0, len(origins), batch_size):
+        chunk = origins[start : start + batch_size]
+        batch = np.stack([padded[y : y + plan.in_size, x : x + plan.in_size] for y, x in chunk])
+        x_t = to_network_input(torch.from_numpy(batch)[:, None].to(device)).contiguous(memory_format=memory_format)
+        with autocast_for(device, precision):
+            logits = model(x_t)
+        prob = torch.softmax(logits.float(), dim=1)[:, 1]
+        if m:
+            prob = prob[:, m:-m, m:-m]
+        prob = prob.cpu().numpy()
+        for (y, x), p in zip(chunk, prob):
+            acc[y : y + plan.out_size, x : x + plan.out_size] += p * weight
+            norm[y : y + plan.out_size, x : x + plan.out_size] += weight
+    return (acc[:h, :w] / norm[:h, :w]).astype(np.float32)

@@ -1,0 +1,245 @@
+"""Training, top to bottom: settings, data, model, optimiser, loop, validation, checkpoints.
+
+Everything random draws from two generators (tile sampling/augmentation, and torch's global
+one for dropout), both saved in every checkpoint, so ``resume`` replays a stopped run exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .augment import augment_batch
+from .checkpoint import list_checkpoints, load_into, load_state, prune_checkpoints, save_state, save_weights
+from .config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
+from .data import TileSampler, Volume, fold_split, load_labelled, to_network_input
+from .evaluate import score_volume, write_json
+from .losses import segmentation_loss
+from .metrics import SCORE_NAMES
+from .model import UNet, create_model
+from .tiling import autocast_for
+
+__all__ = ["resolve_device", "resolve_precision", "build_model", "load_split", "train"]
+
+CSV_FIELDS = ["step", "loss", "lr", "images_per_s", *[f"val_{k}" for k in SCORE_NAMES]]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, say); the last good checkpoint is kept."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but CUDA is not available on this machine")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    return "bf16" if device.type == "cpu" else "fp16"
+
+
+def build_model(cfg: Config) -> UNet:
+    m = cfg.model
+    return create_model(m.preset, width=m.width, depth=m.depth, padding=m.padding, norm=m.norm, dropout=m.dropout)
+
+
+def load_split(cfg: Config, min_size: int = 1) -> tuple[Volume, Volume]:
+    """The training and validation slices of ``cfg.data.fold``."""
+    vol = load_labelled(cfg.data.images, cfg.data.labels, cfg.data.foreground, min_size=min_size)
+    train_idx, val_idx = fold_split(len(vol), cfg.data.fold, cfg.data.train_ratio)
+    return vol.subset(train_idx), vol.subset(val_idx)
+
+
+def _lr_factor(cfg: Config):
+    t = cfg.train
+
+    def factor(step: int) -> float:
+        if t.warmup_steps and step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        if t.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _read_csv(path: Path, up_to: int) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [r for r in csv.DictReader(f) if int(r["step"]) <= up_to]
+
+
+def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Path:
+    """Train per ``cfg``; return the path of the best weights (``best.safetensors``).
+
+    Args:
+        resume: False to start afresh; True to continue from the newest checkpoint in
+            ``cfg.out_dir`` (starting afresh if there is none); or a checkpoint path.
+    """
+    t = cfg.train
+    out = Path(cfg.out_dir)
+    ckpt_dir = out / "checkpoints"
+    device = resolve_device(t.device)
+    precision = resolve_precision(t.precision, device)
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    torch.manual_seed(t.seed)
+
+    # --- data ---------------------------------------------------------------------------
+    model = build_model(cfg)
+    in_size = model.fit_input_size(t.tile)
+    out_size = model.output_size(in_size)
+    train_vol, val_vol = load_split(cfg)
+    sample_gen = torch.Generator().manual_seed(t.seed)
+    sampler = TileSampler(train_vol, in_size, out_size, sample_gen)
+
+    # --- model and optimiser ------------------------------------------------------------
+    memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+    model = model.to(device=device, memory_format=memory_format)
+    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
+    scaler = torch.amp.GradScaler(device.type, init_scale=t.loss_scale, enabled=precision == "fp16")
+    run_config = config_to_dict(cfg) | {"model_resolved": asdict(model.cfg)}
+
+    step, best = 0, {"score": -1.0, "step": 0}
+    rows: list[dict] = []
+    start_path = None
+    if resume is True:
+        found = list_checkpoints(ckpt_dir)
+        start_path = found[-1][1] if found else None
+    elif resume:
+        start_path = Path(resume)
+    if start_path is not None:
+        state = load_state(start_path, map_location=device)
+        load_into(model, state["model"], start_path)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        sample_gen.set_state(state["rng"]["sampler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        step, best = int(state["step"]), dict(state["best"])
+        rows = _read_csv(out / "metrics.csv", step)
+        if progress:
+            print(f"resumed from {start_path} at step {step}")
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(dump_config(cfg))
+    _write_csv(out / "metrics.csv", rows)
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+
+    def checkpoint(at: int) -> None:
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "step": at,
+            "best": best,
+            "rng": {"sampler": sample_gen.get_state(), "torch": torch.get_rng_state()}
+            | ({"cuda": torch.cuda.get_rng_state()} if device.type == "cuda" else {}),
+            "config": run_config,
+        }
+        save_state(ckpt_dir / f"step_{at:06d}.pt", state)
+        prune_checkpoints(ckpt_dir, t.keep, protect={best["step"]})
+
+    def validate(at: int) -> dict[str, float]:
+        mean, _ = score_volume(model, val_vol, cfg.predict, precision)
+        for k, v in mean.items():
+            writer.add_scalar(f"val/{k}", v, at)
+        if mean["lab_dice"] > best["score"]:
+            best.update(score=mean["lab_dice"], step=at)
+            save_weights(out / "best.safetensors", model, model.cfg, {"step": at, "val": mean, "config": run_config})
+        return mean
+
+    # --- loop ---------------------------------------------------------------------------
+    model.train()
+    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+    try:
+        while step < t.steps:
+            images, labels = sampler.sample(t.batch_size)
+            images, labels = augment_batch(images, labels, cfg.augment, sample_gen)
+            if in_size != out_size:
+                crop = (in_size - out_size) // 2
+                labels = labels[:, crop : crop + out_size, crop : crop + out_size]
+            images = to_network_input(images).to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            labels = labels.to(device, non_blocking=True)
+            with autocast_for(device, precision):
+                logits = model(images)
+            loss = segmentation_loss(logits, labels, t.loss)
+            if not torch.isfinite(loss):
+                if scaler.is_enabled():  # fp16 overflow: the scaler skips this step
+                    pass
+                else:
+                    raise TrainingError(f"loss became {loss.item()} at step {step + 1}; the last good checkpoint is kept in {ckpt_dir}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            window_loss += loss.item()
+            window_images += t.batch_size
+            bar.update(1)
+
+            row: dict | None = None
+            if step % t.log_every == 0 or step == t.steps:
+                elapsed = time.perf_counter() - window_start
+                n = window_images / t.batch_size
+                row = {"step": step, "loss": window_loss / n, "lr": scheduler.get_last_lr()[0], "images_per_s": window_images / elapsed}
+                writer.add_scalar("train/loss", row["loss"], step)
+                writer.add_scalar("train/lr", row["lr"], step)
+                writer.add_scalar("train/images_per_s", row["images_per_s"], step)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
+                window_loss, window_images = 0.0, 0
+            if (t.val_every and step % t.val_every == 0) or step == t.steps:
+                mean = validate(step)
+                row = (row or {"step": step}) | {f"val_{k}": v for k, v in mean.items()}
+                bar.write(f"step {step}: val lab dice {mean['lab_dice']:.4f}  membrane dice {mean['membrane_dice']:.4f}  pixel error {mean['pixel_error']:.4f}")
+            if row is not None:
+                rows.append(row)
+                _write_csv(out / "metrics.csv", rows)
+            if (t.val_every and step % t.val_every == 0) or (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps:
+                checkpoint(step)
+            if row is not None:
+                window_start = time.perf_counter()
+    except KeyboardInterrupt:
+        bar.close()
+        checkpoint(step)
+        writer.close()
+        raise
+    bar.close()
+    writer.close()
+    save_weights(out / "last.safetensors", model, model.cfg, {"step": step, "config": run_config})
+    return out / "best.safetensors"
+
+
+def config_of_checkpoint(state: dict) -> Config:
+    values = dict(state["config"])
+    values.pop("model_resolved", None)
+    return config_from_dict(values)

@@ -1,0 +1,38 @@
+"""Shared fixtures: paths to the ISBI data beside the checkout and small copies of it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
+
+
+@pytest.fixture(scope="session")
+def isbi_dir() -> Path:
+    if not (ISBI / "train-volume.tif").exists():
+        pytest.fail(f"ISBI 2012 data not found at {ISBI}; the tests read it from ../shared/data/isbi2012")
+    return ISBI
+
+
+@pytest.fixture(scope="session")
+def small_isbi(isbi_dir, tmp_path_factory) -> dict[str, Path]:
+    """The first 10 ISBI slices cropped to 256x256 and 2 test slices, as TIFF stacks in a temp folder."""
+    import tifffile
+
+    out = tmp_path_factory.mktemp("isbi_small")
+    images = tifffile.imread(isbi_dir / "train-volume.tif")[:10, :256, :256]
+    labels = tifffile.imread(isbi_dir / "train-labels.tif")[:10, :256, :256]
+    test = tifffile.imread(isbi_dir / "test-volume.tif")[:2, :200, :300]
+    paths = {"images": out / "train-volume.tif", "labels": out / "train-labels.tif", "test": out / "test-volume.tif"}
+    tifffile.imwrite(paths["images"], images)
+    tifffile.imwrite(paths["labels"], labels)
+    tifffile.imwrite(paths["test"], test)
+    return paths
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
