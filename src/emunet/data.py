@@ -9,6 +9,7 @@ Every problem a user can cause is a :class:`DataError` that names the file.
 from __future__ import annotations
 
 import collections
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,12 +49,7 @@ def _read_file(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a file")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                if len(tif.series) == 0:
-                    raise DataError(f"{path}: TIFF file holds no images")
-                arr = np.stack([page.asarray() for page in tif.pages]) if len(tif.pages) > 1 else tif.pages[0].asarray()
+            arr = _read_tiff(path)
         else:
             from PIL import Image
 
@@ -69,13 +65,48 @@ def _read_file(path: Path) -> np.ndarray:
     return arr
 
 
+class _ErrorLog(logging.Handler):
+    """Collects the errors tifffile logs instead of raising (a broken page chain, say)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    errors = _ErrorLog()
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(errors)
+    previous = logger.propagate
+    logger.propagate = False
+    try:
+        with tifffile.TiffFile(path) as tif:
+            pages = [page.asarray() for page in tif.pages]
+    finally:
+        logger.removeHandler(errors)
+        logger.propagate = previous
+    if errors.messages:
+        raise DataError(f"{path}: corrupt or truncated TIFF ({errors.messages[0]})")
+    if not pages:
+        raise DataError(f"{path}: TIFF file holds no images")
+    if len({p.shape for p in pages}) > 1:
+        raise DataError(f"{path}: TIFF pages differ in size; all slices of a stack must share one size")
+    return np.stack(pages) if len(pages) > 1 else pages[0]
+
+
 def _to_grey(arr: np.ndarray, path: Path, stack: bool) -> np.ndarray:
     """Drop alpha and average colour channels so images are (N, H, W) or (H, W)."""
     base = 3 if stack else 2
     if arr.ndim == base + 1 and arr.shape[-1] in (2, 3, 4):
         colour = arr[..., : 3 if arr.shape[-1] >= 3 else 1]
         if colour.shape[-1] == 3:
-            arr = (colour.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).astype(arr.dtype if arr.dtype.kind == "f" else np.float64)
+            grey = colour.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma
+            arr = grey.astype(arr.dtype) if arr.dtype.kind == "f" else np.round(grey).astype(arr.dtype)
         else:
             arr = colour[..., 0]
     if arr.ndim != base:

@@ -1,0 +1,158 @@
+"""Reading images and masks, and every bad-input error naming the file."""
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from emunet.data import DataError, TileSampler, load_labelled, read_images, read_labels
+
+
+def _png(path, array):
+    Image.fromarray(array).save(path)
+    return path
+
+
+def _pairs(tmp_path, n=3, size=(32, 40), mask_values=(0, 255)):
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        _png(images / f"s{i}.png", rng.integers(0, 256, size, dtype=np.uint8))
+        _png(masks / f"s{i}.png", np.where(rng.random(size) > 0.3, mask_values[1], mask_values[0]).astype(np.uint8))
+    return images, masks
+
+
+def test_isbi_stacks(isbi_dir):
+    vol = load_labelled(isbi_dir / "train-volume.tif", isbi_dir / "train-labels.tif")
+    assert vol.images.shape == (30, 512, 512) and vol.images.dtype == np.float32
+    assert 0.0 <= vol.images.min() and vol.images.max() <= 1.0
+    assert set(np.unique(vol.labels)) == {0, 1}
+    assert 0.7 < vol.labels.mean() < 0.85  # about 22 % membrane
+
+
+def test_folder_pairs_matched_by_name(tmp_path):
+    images, masks = _pairs(tmp_path)
+    (masks / "s0.png").rename(masks / "z0.png")
+    with pytest.raises(DataError, match="no mask named like image 's0'"):
+        load_labelled(images, masks)
+
+
+def test_folder_pairs_read(tmp_path):
+    images, masks = _pairs(tmp_path)
+    vol = load_labelled(images, masks)
+    assert vol.images.shape == (3, 32, 40) and vol.names == ["s0", "s1", "s2"]
+    expected = np.asarray(Image.open(masks / "s1.png")) == 255
+    np.testing.assert_array_equal(vol.labels[1], expected)
+
+
+def test_inverted_foreground_option(tmp_path):
+    images, masks = _pairs(tmp_path, mask_values=(255, 0))
+    vol = load_labelled(images, masks, foreground=0)
+    np.testing.assert_array_equal(vol.labels[0], np.asarray(Image.open(masks / "s0.png")) == 0)
+
+
+def test_sixteen_bit_rgb_and_rgba_are_reduced_to_grey(tmp_path):
+    tifffile.imwrite(tmp_path / "a16.tif", np.full((2, 8, 8), 65535, np.uint16))
+    assert read_images(tmp_path / "a16.tif").images.max() == pytest.approx(1.0)
+    rgb = np.zeros((8, 8, 3), np.uint8)
+    rgb[..., 1] = 255
+    assert read_images(_png(tmp_path / "rgb.png", rgb)).images[0, 0, 0] == pytest.approx(0.587, abs=3e-3)
+    rgba = np.dstack([rgb, np.full((8, 8), 7, np.uint8)])
+    assert read_images(_png(tmp_path / "rgba.png", rgba)).images.shape == (1, 8, 8)
+
+
+def test_float_images_are_scaled_and_nan_refused(tmp_path):
+    tifffile.imwrite(tmp_path / "f.tif", np.linspace(-5, 5, 64, dtype=np.float32).reshape(8, 8))
+    vol = read_images(tmp_path / "f.tif")
+    assert vol.images.min() == 0.0 and vol.images.max() == 1.0
+    bad = np.zeros((8, 8), np.float32)
+    bad[3, 3] = np.nan
+    tifffile.imwrite(tmp_path / "nan.tif", bad)
+    with pytest.raises(DataError, match="nan.tif: image contains NaN"):
+        read_images(tmp_path / "nan.tif")
+
+
+def test_missing_path(tmp_path):
+    with pytest.raises(DataError, match="nowhere.tif: path does not exist"):
+        read_images(tmp_path / "nowhere.tif")
+
+
+def test_empty_folder(tmp_path):
+    with pytest.raises(DataError, match="folder holds no"):
+        read_images(tmp_path)
+
+
+def test_not_an_image(tmp_path):
+    (tmp_path / "notes.png").write_text("hello")
+    with pytest.raises(DataError, match="notes.png: cannot read as an image"):
+        read_images(tmp_path / "notes.png")
+
+
+def test_truncated_tiff(tmp_path, isbi_dir):
+    data = (isbi_dir / "train-volume.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 3])
+    with pytest.raises(DataError, match="cut.tif"):
+        read_images(tmp_path / "cut.tif")
+
+
+def test_truncated_png(tmp_path):
+    _png(tmp_path / "ok.png", np.zeros((64, 64), np.uint8) + np.arange(64, dtype=np.uint8))
+    data = (tmp_path / "ok.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="cut.png: cannot read"):
+        read_images(tmp_path / "cut.png")
+
+
+def test_unequal_counts(tmp_path):
+    images, masks = _pairs(tmp_path)
+    (masks / "s2.png").unlink()
+    with pytest.raises(DataError, match="2 masks for 3 images"):
+        load_labelled(images, masks)
+
+
+def test_unequal_image_sizes(tmp_path):
+    images, _ = _pairs(tmp_path)
+    _png(images / "s9.png", np.zeros((16, 16), np.uint8))
+    with pytest.raises(DataError, match="s9.png: image shape differs"):
+        read_images(images)
+
+
+def test_mask_and_image_sizes_differ(tmp_path):
+    tifffile.imwrite(tmp_path / "img.tif", np.zeros((2, 8, 8), np.uint8))
+    tifffile.imwrite(tmp_path / "lab.tif", np.zeros((2, 8, 9), np.uint8))
+    with pytest.raises(DataError, match="masks are 8x9 but images"):
+        load_labelled(tmp_path / "img.tif", tmp_path / "lab.tif")
+
+
+def test_mask_with_more_than_two_values_names_them(tmp_path):
+    tifffile.imwrite(tmp_path / "lab.tif", np.array([[0, 128], [255, 0]], np.uint8))
+    with pytest.raises(DataError, match=r"lab.tif: mask is not two-valued; found values \[0, 128, 255\]"):
+        read_labels(tmp_path / "lab.tif")
+
+
+def test_foreground_value_absent(tmp_path):
+    tifffile.imwrite(tmp_path / "lab.tif", np.array([[0, 1], [1, 0]], np.uint8))
+    with pytest.raises(DataError, match="foreground value 255 does not occur"):
+        read_labels(tmp_path / "lab.tif")
+
+
+def test_image_smaller_than_minimum(tmp_path):
+    tifffile.imwrite(tmp_path / "tiny.tif", np.zeros((4, 4), np.uint8))
+    with pytest.raises(DataError, match="tiny.tif: image is 4x4, smaller than the minimum 8x8"):
+        read_images(tmp_path / "tiny.tif", min_size=8)
+
+
+def test_tile_sampler_aligns_images_and_labels(tmp_path):
+    import torch
+
+    images = np.random.default_rng(1).random((3, 40, 50)).astype(np.float32)
+    labels = (images > 0.5).astype(np.uint8)
+    vol = load_labelled  # noqa: F841 (the sampler takes a Volume)
+    from emunet.data import Volume
+
+    sampler = TileSampler(Volume(images, ["a", "b", "c"], tmp_path, labels), 64, 24, torch.Generator().manual_seed(0))
+    x, y = sampler.sample(6)
+    assert x.shape == (6, 1, 64, 64) and y.shape == (6, 64, 64)
+    torch.testing.assert_close(y, (x[:, 0] > 0.5).long())

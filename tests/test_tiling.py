@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import torch
+
+from emunet.model import create_model
+from emunet.tiling import plan_tiles, predict_image
+
+
+def _whole_image(model, image):
+    """The network applied once to the whole mirror-padded image, cropped to the image."""
+    h, w = image.shape
+    b = model.border // 2
+    in_h, in_w = model.fit_input_size(h), model.fit_input_size(w)
+    padded = np.pad(image, ((b, in_h - h - b), (b, in_w - w - b)), mode="symmetric")
+    with torch.no_grad():
+        logits = model(torch.from_numpy(padded)[None, None] * 2 - 1)
+    return torch.softmax(logits, 1)[0, 1, :h, :w].numpy()
+
+
+@pytest.fixture(scope="module")
+def valid_net():
+    torch.manual_seed(0)
+    return create_model("unet_medical", width=4, depth=2, norm="batch").eval()
+
+
+@pytest.mark.parametrize("shape,tile,overlap,batch", [((100, 130), 36, 0.5, 3), ((64, 64), 20, 0.0, 1), ((150, 90), 68, 0.25, 8)])
+def test_tiles_equal_the_network_on_the_whole_mirror_padded_image(valid_net, rng, shape, tile, overlap, batch):
+    image = rng.random(shape, dtype=np.float32)
+    tiled = predict_image(valid_net, image, tile=tile, overlap=overlap, batch_size=batch)
+    np.testing.assert_allclose(tiled, _whole_image(valid_net, image), atol=1e-5)
+
+
+def test_a_single_tile_larger_than_the_image(valid_net, rng):
+    image = rng.random((17, 23), dtype=np.float32)
+    tiled = predict_image(valid_net, image, tile=100)
+    np.testing.assert_allclose(tiled, _whole_image(valid_net, image), atol=1e-5)
+
+
+def test_same_padded_net_with_context_margin_is_close_to_whole_image(rng):
+    torch.manual_seed(0)
+    net = create_model("unet_cpu", width=4, depth=2).eval()
+    image = rng.random((96, 96), dtype=np.float32)
+    tiled = predict_image(net, image, tile=32, overlap=0.5, margin=32)
+    with torch.no_grad():
+        padded = np.pad(image, 64, mode="symmetric")
+        whole = torch.softmax(net(torch.from_numpy(padded)[None, None] * 2 - 1), 1)[0, 1, 64:-64, 64:-64].numpy()
+    assert np.abs(tiled - whole).max() < 0.05
+    assert tiled.shape == image.shape and 0 <= tiled.min() and tiled.max() <= 1
+
+
+def test_tile_plan_covers_the_image_with_strides_on_the_pooling_grid():
+    plan = plan_tiles(create_model("unet_medical", width=1), 512, 512, tile=388, overlap=0.25)
+    assert plan.in_size == 572 and plan.out_size == 388
+    assert plan.stride % 16 == 0 and plan.stride <= 0.75 * 388
+    assert plan.covered_h >= 512 and plan.covered_w >= 512
+    origins = list(plan.origins())
+    assert len(origins) == plan.ny * plan.nx == 4
+
+
+def test_batches_bound_the_tiles_in_flight(valid_net, rng, monkeypatch):
+    seen = []
+    forward = valid_net.forward
+
+    def spy(x):
+        seen.append(x.shape[0])
+        return forward(x)
+
+    monkeypatch.setattr(valid_net, "forward", spy)
+    predict_image(valid_net, rng.random((200, 200), dtype=np.float32), tile=60, batch_size=5)
+    assert max(seen) == 5 and sum(seen) > 5
