@@ -1,0 +1,70 @@
+import os
+
+import pytest
+import torch
+
+from emunet.checkpoint import CheckpointError, atomic_write_bytes, load_into, load_model, load_state, save_weights
+from emunet.model import create_model
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "step_000001.pt"
+    torch.save({"model": {}, "config": {}, "evil": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="pickled Python objects"):
+        load_state(path)
+    with pytest.raises(CheckpointError):
+        load_model(path)
+    assert not marker.exists()
+
+
+def test_other_architecture_lists_the_mismatched_tensors(tmp_path):
+    small = create_model("unet_cpu", width=4, depth=2)
+    save_weights(tmp_path / "w.safetensors", small, small.cfg, {"step": 1})
+    other = create_model("unet_cpu", width=8, depth=2)
+    tensors = small.state_dict()
+    with pytest.raises(CheckpointError, match=r"mis-shaped \['down1"):
+        load_into(other, tensors, tmp_path / "w.safetensors")
+    deeper = create_model("unet_cpu", width=4, depth=3)
+    with pytest.raises(CheckpointError, match="missing .*down3"):
+        load_into(deeper, tensors, tmp_path / "w.safetensors")
+
+
+def test_safetensors_round_trip(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("unet_medical", width=2, depth=2).eval()
+    save_weights(tmp_path / "w.safetensors", model, model.cfg, {"step": 5})
+    loaded, info = load_model(tmp_path / "w.safetensors")
+    assert info["step"] == 5
+    x = torch.randn(1, 1, 44, 44)
+    torch.testing.assert_close(loaded(x), model(x))
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "junk.safetensors").write_bytes(b"\x00" * 100)
+    with pytest.raises(CheckpointError, match="junk.safetensors: cannot read"):
+        load_model(tmp_path / "junk.safetensors")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "keep.bin"
+    atomic_write_bytes(path, b"old")
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError):
+        atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.bin"]  # no temp file left behind

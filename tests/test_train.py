@@ -1,0 +1,107 @@
+"""Training end to end on a few real ISBI slices, a few steps: exact resume and the CLI."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from emunet.cli import main
+from emunet.config import load_config
+from emunet.train import train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = ["model.preset=unet_cpu", "model.width=4", "model.depth=2", "train.tile=32", "train.batch_size=2",
+        "train.lr=1e-3", "train.log_every=1", "predict.tile=64", "train.precision=fp32"]
+
+
+def _cfg(paths, out, *extra):
+    return load_config(None, [f"data.images={paths['images']}", f"data.labels={paths['labels']}",
+                              f"data.test_images={paths['test']}", f"out_dir={out}", *TINY, *extra])
+
+
+def _losses(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f) if r["loss"]}
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_replays_an_uninterrupted_run_exactly(small_isbi, tmp_path, schedule):
+    extra = ["train.steps=6", "train.checkpoint_every=3", "train.val_every=0", f"train.schedule={schedule}",
+             "model.dropout=0.2", "augment.elastic_std=5"]
+    whole = tmp_path / "whole"
+    train(_cfg(small_isbi, whole, *extra), progress=False)
+
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(whole / "checkpoints" / "step_000003.pt", resumed / "checkpoints")
+    train(_cfg(small_isbi, resumed, *extra), resume=True, progress=False)
+
+    a, b = _losses(whole), _losses(resumed)
+    assert sorted(b) == [4, 5, 6]
+    for step in (4, 5, 6):
+        assert b[step] == a[step]
+    final_a = torch.load(whole / "checkpoints" / "step_000006.pt", weights_only=True)["model"]
+    final_b = torch.load(resumed / "checkpoints" / "step_000006.pt", weights_only=True)["model"]
+    for name in final_a:
+        torch.testing.assert_close(final_a[name], final_b[name], rtol=0, atol=0)
+
+
+def test_same_seed_same_run_and_loss_goes_down(small_isbi, tmp_path):
+    extra = ["train.steps=25", "train.val_every=0"]
+    train(_cfg(small_isbi, tmp_path / "a", *extra), progress=False)
+    train(_cfg(small_isbi, tmp_path / "b", *extra), progress=False)
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert a == b
+    assert np.mean([a[s] for s in range(21, 26)]) < np.mean([a[s] for s in range(1, 6)])
+
+
+def test_keeps_newest_checkpoints_plus_best(small_isbi, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(small_isbi, out, "train.steps=6", "train.val_every=2", "train.keep=1"), progress=False)
+    steps = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert "step_000006.pt" in steps and len(steps) <= 2
+    assert (out / "best.safetensors").exists() and (out / "last.safetensors").exists()
+    assert (out / "config.yaml").exists() and any((out / "tensorboard").iterdir())
+
+
+def test_cli_run_evaluate_predict(small_isbi, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
+            f"data.test_images={small_isbi['test']}", *TINY, "train.steps=4", "train.val_every=2"]
+    assert main(["run", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(out), "-q", *args]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert len(report["slices"]) == 2 and 0 < report["mean"]["lab_dice"] <= 1
+    probs = tifffile.imread(out / "test-probabilities.tif")
+    assert probs.shape == (2, 200, 300) and probs.dtype == np.float32
+    assert 0 <= probs.min() and probs.max() <= 1
+    assert len(list((out / "test-overlays").glob("*.png"))) == 2
+    assert "lab_dice" in capsys.readouterr().out
+
+    assert main(["evaluate", str(out / "best.safetensors"), "--json", str(tmp_path / "e.json"), "--precision", "fp32"]) == 0
+    scored = json.loads((tmp_path / "e.json").read_text())
+    assert [r["slice"] for r in scored["slices"]] == [r["slice"] for r in report["slices"]]
+
+    assert main(["evaluate", str(out / "checkpoints" / "step_000004.pt"), "--images", str(small_isbi["images"]),
+                 "--labels", str(small_isbi["labels"]), "--json", str(tmp_path / "all.json")]) == 0
+    assert len(json.loads((tmp_path / "all.json").read_text())["slices"]) == 10
+
+    pred = tmp_path / "pred.tif"
+    assert main(["predict", str(out / "best.safetensors"), str(small_isbi["test"]), "-o", str(pred),
+                 "--masks", str(tmp_path / "masks"), "--tile", "48", "--overlap", "0.5"]) == 0
+    assert tifffile.imread(pred).shape == (2, 200, 300)
+    assert len(list((tmp_path / "masks").glob("*_mask.png"))) == 2
+
+
+def test_cli_errors_are_one_line_and_name_the_problem(small_isbi, tmp_path, capsys):
+    assert main(["train", "train.stepz=3"]) == 2
+    assert "unknown setting 'train.stepz'" in capsys.readouterr().err
+    assert main(["train", f"data.images={tmp_path / 'none.tif'}", f"out_dir={tmp_path / 'o'}"]) == 2
+    err = capsys.readouterr().err
+    assert "none.tif: path does not exist" in err and "Traceback" not in err
+    assert main(["predict", str(tmp_path / "missing.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "p.tif")]) == 2
+    assert "missing.safetensors: checkpoint does not exist" in capsys.readouterr().err
