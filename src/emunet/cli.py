@@ -130,12 +130,12 @@ def cmd_evaluate(args) -> int:
         volume = volume.subset(fold_split(len(volume), fold, cfg.data.train_ratio)[1])
         what = f"fold {fold} of {cfg.data.images}"
     start = time.perf_counter()
-    mean, rows = score_volume(model, volume, pcfg, precision, progress=True)
+    report = score_volume(model, volume, pcfg, precision, progress=True)
     print(f"{args.checkpoint} (step {info.get('step')}) on {what}, {precision}:")
-    print(format_table(mean, rows))
+    print(format_table(report))
     out = args.json or args.checkpoint.with_name("eval.json")
     write_json(out, {"checkpoint": str(args.checkpoint), "step": info.get("step"), "data": what, "precision": precision,
-                     "mean": mean, "slices": rows, "seconds": time.perf_counter() - start})
+                     **report, "seconds": time.perf_counter() - start})
     print(f"wrote {out}")
     return 0
 
@@ -194,12 +194,12 @@ def cmd_run(args) -> int:
     model, info = load_model(best, device)
     _, val = load_split(cfg)
     t0 = time.perf_counter()
-    mean, rows = score_volume(model, val, cfg.predict, precision, progress=not args.quiet)
+    report = score_volume(model, val, cfg.predict, precision, progress=not args.quiet)
     eval_s = time.perf_counter() - t0
     print(f"\nfold {cfg.data.fold}, best checkpoint (step {info.get('step')}), {precision}:")
-    print(format_table(mean, rows))
+    print(format_table(report))
     payload = {"checkpoint": str(best), "step": info.get("step"), "fold": cfg.data.fold, "precision": precision,
-               "mean": mean, "slices": rows, "train_seconds": train_s, "eval_seconds": eval_s}
+               **report, "train_seconds": train_s, "eval_seconds": eval_s}
     if cfg.data.test_images:
         t0 = time.perf_counter()
         _segment(model, cfg.data.test_images, out / "test-probabilities.tif", cfg.predict, precision,

@@ -9,13 +9,14 @@ import numpy as np
 
 from tqdm import tqdm
 
+from .challenge import score_stack
 from .config import PredictConfig
 from .data import Volume
 from .metrics import SCORE_NAMES, slice_scores
 from .model import UNet
 from .tiling import predict_image
 
-__all__ = ["predict_volume", "score_volume", "format_table", "write_json"]
+__all__ = ["predict_volume", "score_probabilities", "score_volume", "format_table", "write_json"]
 
 
 def predict_volume(
@@ -35,26 +36,56 @@ def predict_volume(
     return out
 
 
-def score_volume(
-    model: UNet, volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False
-) -> tuple[dict[str, float], list[dict]]:
-    """Mean scores over slices (the lab averages its dice per slice) and the per-slice rows."""
+CHALLENGE_NAMES = ("v_rand", "v_info")
+
+
+def score_probabilities(probs: np.ndarray, volume: Volume, challenge: bool = True) -> dict:
+    """Scores of predicted probabilities against ``volume.labels``.
+
+    Returns a report: ``mean`` (lab dice, membrane dice and IoU, pixel error at 0.5, averaged
+    per slice as the lab does; with ``challenge`` also the stack's V_rand and V_info at their
+    best thresholds), ``slices`` (one row per slice) and ``challenge`` (the full sweep).
+    """
     if volume.labels is None:
         raise ValueError(f"{volume.source}: scoring needs labels")
-    probs = predict_volume(model, volume, pcfg, precision, progress)
     rows = [{"slice": name, **slice_scores(p, y)} for name, p, y in zip(volume.names, probs, volume.labels)]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in SCORE_NAMES}
-    return mean, rows
+    report: dict = {"mean": mean, "slices": rows}
+    if challenge:
+        result = score_stack(probs, volume.labels)
+        for row, at_best in zip(rows, result["slices_at_best"]):
+            row.update({k: at_best[k] for k in CHALLENGE_NAMES})
+        mean.update({k: result[k] for k in CHALLENGE_NAMES})
+        report["challenge"] = {k: v for k, v in result.items() if k != "slices_at_best"}
+    return report
 
 
-def format_table(mean: dict[str, float], rows: list[dict]) -> str:
-    """A plain-text table: one line per slice and the mean."""
-    head = f"{'slice':<24}" + "".join(f"{k:>15}" for k in SCORE_NAMES)
+def score_volume(
+    model: UNet, volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False, challenge: bool = True
+) -> dict:
+    """Predict every slice of a labelled volume and score it (see :func:`score_probabilities`)."""
+    probs = predict_volume(model, volume, pcfg, precision, progress)
+    return score_probabilities(probs, volume, challenge)
+
+
+def format_table(report: dict) -> str:
+    """A plain-text table: one line per slice, the mean, and the challenge scores' thresholds."""
+    mean, rows = report["mean"], report["slices"]
+    names = [k for k in (*SCORE_NAMES, *CHALLENGE_NAMES) if k in mean]
+    head = f"{'slice':<24}" + "".join(f"{k:>15}" for k in names)
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{str(r['slice']):<24}" + "".join(f"{r[k]:>15.4f}" for k in SCORE_NAMES))
+        lines.append(f"{str(r['slice']):<24}" + "".join(f"{r[k]:>15.4f}" for k in names))
     lines.append("-" * len(head))
-    lines.append(f"{'mean':<24}" + "".join(f"{mean[k]:>15.4f}" for k in SCORE_NAMES))
+    lines.append(f"{'mean':<24}" + "".join(f"{mean[k]:>15.4f}" for k in names))
+    if "challenge" in report:
+        c = report["challenge"]
+        lines.append(
+            f"challenge (stack, best threshold): V_rand {c['v_rand']:.4f} (split {c['v_rand_split']:.4f}, merge "
+            f"{c['v_rand_merge']:.4f}, th {c['v_rand_threshold']:.1f}); V_info {c['v_info']:.4f} (split "
+            f"{c['v_info_split']:.4f}, merge {c['v_info_merge']:.4f}, th {c['v_info_threshold']:.1f}); "
+            f"pixel error {c['pixel_error']:.4f} (th {c['pixel_threshold']:.1f})"
+        )
     return "\n".join(lines)
 
 

@@ -19,7 +19,7 @@ from .augment import augment_batch
 from .checkpoint import list_checkpoints, load_into, load_state, prune_checkpoints, save_state, save_weights
 from .config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
 from .data import TileSampler, Volume, fold_split, load_labelled, to_network_input
-from .evaluate import score_volume, write_json
+from .evaluate import CHALLENGE_NAMES, score_volume
 from .losses import segmentation_loss
 from .metrics import SCORE_NAMES
 from .model import UNet, create_model
@@ -27,7 +27,7 @@ from .tiling import autocast_for
 
 __all__ = ["resolve_device", "resolve_precision", "build_model", "load_split", "train"]
 
-CSV_FIELDS = ["step", "loss", "lr", "images_per_s", *[f"val_{k}" for k in SCORE_NAMES]]
+CSV_FIELDS = ["step", "loss", "lr", "images_per_s", *[f"val_{k}" for k in (*SCORE_NAMES, *CHALLENGE_NAMES)]]
 
 
 class TrainingError(RuntimeError):
@@ -168,7 +168,7 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Pat
         prune_checkpoints(ckpt_dir, t.keep, protect={best["step"]})
 
     def validate(at: int) -> dict[str, float]:
-        mean, _ = score_volume(model, val_vol, cfg.predict, precision)
+        mean = score_volume(model, val_vol, cfg.predict, precision)["mean"]
         for k, v in mean.items():
             writer.add_scalar(f"val/{k}", v, at)
         if mean["lab_dice"] > best["score"]:
@@ -220,7 +220,8 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Pat
             if (t.val_every and step % t.val_every == 0) or step == t.steps:
                 mean = validate(step)
                 row = (row or {"step": step}) | {f"val_{k}": v for k, v in mean.items()}
-                bar.write(f"step {step}: val lab dice {mean['lab_dice']:.4f}  membrane dice {mean['membrane_dice']:.4f}  pixel error {mean['pixel_error']:.4f}")
+                bar.write(f"step {step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
+                          f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error']:.4f}")
             if row is not None:
                 rows.append(row)
                 _write_csv(out / "metrics.csv", rows)
