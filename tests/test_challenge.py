@@ -99,3 +99,18 @@ def test_sweep_reports_the_best_threshold():
     assert result["v_rand"] == pytest.approx(1.0)
     assert 0.25 <= result["v_rand_threshold"] < 0.75
     assert len(result["by_threshold"]) == 11 and len(score_slice(prob, label)) == 11
+
+
+def test_error_overlay_colours_merges_and_splits():
+    from emunet.report import error_overlay
+
+    label = np.array([[1, 1, 0, 1, 1]] * 4, np.uint8)
+    image = np.full(label.shape, 0.5, np.float32)
+    merged = error_overlay(image, np.ones(label.shape, np.float32), label, 0.5)
+    red = (merged[..., 0] > 150) & (merged[..., 2] < 100)
+    assert red.sum() == 8  # the smaller-or-later cell of the merged pair, all its 8 pixels
+    split_prob = np.where(label == 1, 1.0, 0.0).astype(np.float32)
+    split_prob[2, :] = 0.0  # a predicted membrane across both cells: each cell split in two
+    split = error_overlay(image, split_prob, label, 0.5)
+    blue = (split[..., 2] > 150) & (split[..., 0] < 100)
+    assert blue.sum() > 0 and not ((split[..., 0] > 150) & (split[..., 2] < 100)).any()

@@ -19,9 +19,10 @@ def test_lab_preset_maps_572_to_388():
     assert model.border == 184
 
 
-def test_lab_tensor_names_follow_the_paper_figure():
+def test_lab_tensor_names_are_the_mindspore_labs():
     names = set(create_model("unet_medical", width=2).state_dict())
-    for name in ["inc.0.weight", "down1.maxpool_conv.1.0.weight", "up1.up.weight", "up4.conv.2.bias", "outc.conv.weight"]:
+    for name in ["inc.double_conv.0.weight", "down1.maxpool_conv.1.double_conv.0.weight", "up1.up.weight",
+                 "up1.conv.double_conv.2.bias", "outc.conv.weight"]:
         assert name in names
     assert "up1.up.bias" not in names  # MindSpore's Conv2dTranspose has no bias by default
 

@@ -81,6 +81,9 @@ def test_cli_run_evaluate_predict(small_isbi, tmp_path, capsys):
     assert 0 <= probs.min() and probs.max() <= 1
     assert len(list((out / "test-overlays").glob("*.png"))) == 2
     assert "lab_dice" in capsys.readouterr().out
+    assert "v_rand" in report["mean"] and 0 <= report["challenge"]["v_rand_threshold"] <= 1
+    page = (out / "report.html").read_text()
+    assert page.count("<img") == 1 + 4 * 2 and "data:image/png;base64," in page
 
     assert main(["evaluate", str(out / "best.safetensors"), "--json", str(tmp_path / "e.json"), "--precision", "fp32"]) == 0
     scored = json.loads((tmp_path / "e.json").read_text())
@@ -105,3 +108,17 @@ def test_cli_errors_are_one_line_and_name_the_problem(small_isbi, tmp_path, caps
     assert "none.tif: path does not exist" in err and "Traceback" not in err
     assert main(["predict", str(tmp_path / "missing.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "p.tif")]) == 2
     assert "missing.safetensors: checkpoint does not exist" in capsys.readouterr().err
+
+
+def test_cli_cv_writes_a_report_per_fold(small_isbi, tmp_path, capsys):
+    out = tmp_path / "cv"
+    args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}", *TINY,
+            "train.steps=2", "train.val_every=1"]
+    assert main(["cv", "--folds", "0,3", "--out", str(out), "-q", *args]) == 0
+    summary = json.loads((out / "cv.json").read_text())
+    assert summary["folds"] == [0, 3] and len(summary["per_fold"]) == 2 and "v_rand" in summary["std"]
+    assert (out / "fold0" / "best.safetensors").exists() and (out / "fold3" / "eval.json").exists()
+    page = (out / "report.html").read_text()
+    assert "<td>mean</td>" in page and page.count("<h3>fold") == 4
+    assert main(["cv", "--folds", "x", "--out", str(out)]) == 2
+    assert "--folds must be comma-separated" in capsys.readouterr().err

@@ -128,11 +128,16 @@ def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: 
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:
-    """A model in eval mode from ``.safetensors`` weights or a ``.pt`` training checkpoint,
-    with the checkpoint's metadata (step, score, run config where known)."""
+    """A model in eval mode from ``.safetensors`` weights, a ``.pt`` training checkpoint or a
+    MindSpore ``.ckpt``, with the checkpoint's metadata (step, score, run config where known)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint does not exist")
+    if path.suffix == ".ckpt":  # the MindSpore lab's format
+        from .ms_checkpoint import import_mindspore
+
+        model, _ = import_mindspore(path)
+        return model.to(device).eval(), {"step": None, "source": "mindspore"}
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 

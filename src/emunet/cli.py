@@ -73,6 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT", help="continue a stopped run")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("cv", help="cross-validate: train and score several folds, write an HTML report",
+                       description="Train and score each fold in OUT/fold{k}; write OUT/cv.json and OUT/report.html "
+                       "(per-fold table with mean and spread, curves, and every validation slice with its errors).",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_common(p)
+    p.add_argument("--folds", default="0,1,2,3,4", help="comma-separated folds (default: 0,1,2,3,4)")
+    p.add_argument("--out", help="output folder (same as out_dir=...)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("import-mindspore", help="convert the lab's MindSpore .ckpt into a project checkpoint",
+                       description="Read a MindSpore checkpoint of the lab's unet_medical (no MindSpore needed), take the "
+                       "widths from its tensor shapes, set the optimiser state aside, and write safetensors weights that "
+                       "predict, evaluate and train (train.init=...) use. predict/evaluate also accept the .ckpt directly.")
+    p.add_argument("checkpoint", type=Path, help="MindSpore .ckpt file")
+    p.add_argument("output", type=Path, help=".safetensors file to write")
+
     sub.add_parser("presets", help="list the model presets")
     return parser
 
@@ -180,34 +196,60 @@ def cmd_train(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .checkpoint import load_model
-    from .evaluate import format_table, score_volume, write_json
-    from .train import load_split, resolve_device, resolve_precision, train
+    from .crossval import train_and_score
+    from .evaluate import format_table, write_json
+    from .report import write_report
 
     cfg = _config(args)
     out = Path(cfg.out_dir)
     start = time.perf_counter()
-    best = train(cfg, resume=args.resume, progress=not args.quiet)
-    train_s = time.perf_counter() - start
-    device = resolve_device(cfg.train.device)
-    precision = resolve_precision(cfg.train.precision, device)
-    model, info = load_model(best, device)
-    _, val = load_split(cfg)
-    t0 = time.perf_counter()
-    report = score_volume(model, val, cfg.predict, precision, progress=not args.quiet)
-    eval_s = time.perf_counter() - t0
-    print(f"\nfold {cfg.data.fold}, best checkpoint (step {info.get('step')}), {precision}:")
-    print(format_table(report))
-    payload = {"checkpoint": str(best), "step": info.get("step"), "fold": cfg.data.fold, "precision": precision,
-               **report, "train_seconds": train_s, "eval_seconds": eval_s}
+    result, model, precision = train_and_score(cfg, resume=args.resume, progress=not args.quiet)
+    print(f"\nfold {cfg.data.fold}, best checkpoint (step {result.report['step']}), {precision}:")
+    print(format_table(result.report))
+    payload = {"checkpoint": str(out / "best.safetensors"), "fold": cfg.data.fold, "precision": precision,
+               **result.report, "train_seconds": result.seconds["train"], "eval_seconds": result.seconds["eval"]}
     if cfg.data.test_images:
         t0 = time.perf_counter()
         _segment(model, cfg.data.test_images, out / "test-probabilities.tif", cfg.predict, precision,
                  overlays=out / "test-overlays")
         payload["predict_seconds"] = time.perf_counter() - t0
+    report = write_report(out / "report.html", [result], title=f"Fold {cfg.data.fold} report: {out}")
     payload["total_seconds"] = time.perf_counter() - start
     write_json(out / "eval.json", payload)
-    print(f"wrote {out / 'eval.json'}; total {payload['total_seconds']:.0f} s")
+    print(f"wrote {out / 'eval.json'} and {report}; total {payload['total_seconds']:.0f} s")
+    return 0
+
+
+def cmd_cv(args) -> int:
+    from .crossval import cross_validate
+
+    cfg = _config(args)
+    try:
+        folds = [int(k) for k in args.folds.split(",") if k.strip()]
+    except ValueError:
+        raise ValueError(f"--folds must be comma-separated integers, got {args.folds!r}") from None
+    if not folds or min(folds) < 0:
+        raise ValueError("--folds must name at least one fold >= 0")
+    results, report = cross_validate(cfg, folds, progress=not args.quiet)
+    for r in results:
+        m = r.report["mean"]
+        print(f"fold {r.fold}: lab dice {m['lab_dice']:.4f}  V_rand {m['v_rand']:.4f}  V_info {m['v_info']:.4f}")
+    print(f"wrote {Path(cfg.out_dir) / 'cv.json'} and {report}")
+    return 0
+
+
+def cmd_import_mindspore(args) -> int:
+    from .checkpoint import save_weights
+    from .ms_checkpoint import import_mindspore
+
+    if args.output.suffix != ".safetensors":
+        raise ValueError(f"{args.output}: output must be a .safetensors file")
+    model, skipped = import_mindspore(args.checkpoint)
+    save_weights(args.output, model, model.cfg, {"source": str(args.checkpoint)})
+    n = sum(p.numel() for p in model.parameters())
+    print(f"imported {args.checkpoint}: unet_medical, width {model.cfg.width}, depth {model.cfg.depth}, {n:,d} parameters")
+    print(f"set aside {len(skipped)} optimiser entries ({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''})")
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -220,7 +262,9 @@ def cmd_presets(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "run": cmd_run, "presets": cmd_presets}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "run": cmd_run, "cv": cmd_cv,
+            "import-mindspore": cmd_import_mindspore,
+            "presets": cmd_presets}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,6 +71,7 @@ class TrainConfig:
     keep: newest checkpoints kept (the best is always kept too).
     log_every: steps between log lines in the CSV and TensorBoard.
     device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
+    init: weights to start from (fine-tuning): .safetensors, .pt or the lab's MindSpore .ckpt.
     threads: CPU threads for PyTorch; 0 = PyTorch's default.
     channels_last: NHWC memory layout (faster convolutions on CPU).
     """
@@ -92,6 +93,7 @@ class TrainConfig:
     keep: int = 10
     log_every: int = 10
     device: str = "auto"
+    init: str | None = None
     threads: int = 0
     channels_last: bool = True
 

@@ -66,10 +66,12 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-class DoubleConv(nn.Sequential):
-    """(3x3 conv => [norm] => ReLU) * 2; without norm the indices match the lab (0, 2)."""
+class DoubleConv(nn.Module):
+    """(3x3 conv => [norm] => ReLU) * 2; without norm the tensor names are the lab's
+    (``double_conv.0``, ``double_conv.2``)."""
 
     def __init__(self, cin: int, cout: int, padding: str, norm: str) -> None:
+        super().__init__()
         pad = 1 if padding == "same" else 0
         layers: list[nn.Module] = []
         for c_in in (cin, cout):
@@ -77,7 +79,10 @@ class DoubleConv(nn.Sequential):
             if norm != "none":
                 layers.append(_norm(norm, cout))
             layers.append(nn.ReLU(inplace=True))
-        super().__init__(*layers)
+        self.double_conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.double_conv(x)
 
 
 class Down(nn.Module):

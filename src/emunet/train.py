@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from .augment import augment_batch
-from .checkpoint import list_checkpoints, load_into, load_state, prune_checkpoints, save_state, save_weights
+from .checkpoint import list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
 from .config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
 from .data import TileSampler, Volume, fold_split, load_labelled, to_network_input
 from .evaluate import CHALLENGE_NAMES, score_volume
@@ -114,6 +114,9 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Pat
     sampler = TileSampler(train_vol, in_size, out_size, sample_gen)
 
     # --- model and optimiser ------------------------------------------------------------
+    if t.init and not resume:
+        init_model, _ = load_model(t.init)
+        load_into(model, init_model.state_dict(), Path(t.init))
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
