@@ -89,6 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="MindSpore .ckpt file")
     p.add_argument("output", type=Path, help=".safetensors file to write")
 
+    p = sub.add_parser("export", help="export a checkpoint to ONNX",
+                       description="Write ONNX (opset 17+) with dynamic batch, height and width. The input 'image' is "
+                       "(N, 1, H, W) mapped to [-1, 1] (2 * grey - 1); H and W must fit the network (any multiple of 16 for "
+                       "same-padded presets; 572, 588, ... for the lab's valid one). Needs: pip install onnx.")
+    p.add_argument("checkpoint", type=Path, help=".safetensors, .pt or MindSpore .ckpt")
+    p.add_argument("output", type=Path, help=".onnx file to write")
+    p.add_argument("--softmax", action="store_true", help="fold the softmax in: output class probabilities")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default: 17)")
+
     sub.add_parser("presets", help="list the model presets")
     return parser
 
@@ -253,6 +262,22 @@ def cmd_import_mindspore(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .checkpoint import load_model
+    from .export import export_onnx
+
+    if args.output.suffix != ".onnx":
+        raise ValueError(f"{args.output}: output must be a .onnx file")
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ValueError("ONNX export needs the onnx package: pip install onnx (or the project's [onnx] extra)") from None
+    model, _ = load_model(args.checkpoint)
+    export_onnx(model, args.output, opset=args.opset, softmax=args.softmax)
+    print(f"wrote {args.output} (opset {args.opset}, {'probabilities' if args.softmax else 'logits'}, dynamic batch/height/width)")
+    return 0
+
+
 def cmd_presets(args) -> int:
     from .model import PRESETS, count_parameters, create_model
 
@@ -263,7 +288,7 @@ def cmd_presets(args) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "run": cmd_run, "cv": cmd_cv,
-            "import-mindspore": cmd_import_mindspore,
+            "import-mindspore": cmd_import_mindspore, "export": cmd_export,
             "presets": cmd_presets}
 
 

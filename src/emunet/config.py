@@ -67,6 +67,7 @@ class TrainConfig:
     loss_scale: initial loss scale for fp16 (the lab fixes 1024).
     seed: makes runs repeatable.
     val_every: validate (and checkpoint) every N steps; 0 = only at the end.
+    select_by: validation score that picks best.safetensors: 'lab_dice' or 'v_rand'.
     checkpoint_every: save a checkpoint every N steps; 0 = at validation only.
     keep: newest checkpoints kept (the best is always kept too).
     log_every: steps between log lines in the CSV and TensorBoard.
@@ -89,6 +90,7 @@ class TrainConfig:
     loss_scale: float = 1024.0
     seed: int = 1
     val_every: int = 100
+    select_by: str = "lab_dice"
     checkpoint_every: int = 0
     keep: int = 10
     log_every: int = 10
@@ -135,6 +137,7 @@ class Config:
             (t.loss in ("ce", "ce+dice"), "train.loss must be 'ce' or 'ce+dice'"),
             (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision must be auto/fp32/bf16/fp16"),
             (t.keep >= 1, "train.keep must be at least 1"),
+            (t.select_by in ("lab_dice", "v_rand", "v_info"), "train.select_by must be lab_dice, v_rand or v_info"),
             (t.val_every >= 0 and t.checkpoint_every >= 0, "train.val_every/checkpoint_every must be >= 0"),
             (self.predict.blend in ("gaussian", "uniform"), "predict.blend must be 'gaussian' or 'uniform'"),
             (0.0 <= self.predict.overlap < 1.0, "predict.overlap must be in [0, 1)"),

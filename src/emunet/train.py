@@ -174,8 +174,8 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Pat
         mean = score_volume(model, val_vol, cfg.predict, precision)["mean"]
         for k, v in mean.items():
             writer.add_scalar(f"val/{k}", v, at)
-        if mean["lab_dice"] > best["score"]:
-            best.update(score=mean["lab_dice"], step=at)
+        if mean[t.select_by] > best["score"]:
+            best.update(score=mean[t.select_by], step=at)
             save_weights(out / "best.safetensors", model, model.cfg, {"step": at, "val": mean, "config": run_config})
         return mean
 

@@ -1,0 +1,46 @@
+"""ONNX export, checked against PyTorch in ONNX Runtime."""
+
+import numpy as np
+import pytest
+import torch
+
+from emunet.checkpoint import save_weights
+from emunet.cli import main
+from emunet.model import create_model
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def _run(path, x):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"image": x})[0]
+
+
+@pytest.mark.parametrize(
+    "preset,overrides,sizes",
+    [("unet_medical", {"width": 4}, [(1, 572, 572), (2, 188, 204)]), ("unet_cpu", {}, [(1, 256, 256), (3, 96, 160)])],
+)
+def test_onnx_matches_pytorch(tmp_path, preset, overrides, sizes):
+    from emunet.export import export_onnx
+
+    torch.manual_seed(0)
+    model = create_model(preset, **overrides).eval()
+    path = export_onnx(model, tmp_path / "m.onnx")
+    rng = np.random.default_rng(0)
+    for n, h, w in sizes:
+        x = rng.uniform(-1, 1, (n, 1, h, w)).astype(np.float32)
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        got = _run(path, x)
+        assert got.shape == expected.shape
+        assert np.abs(got - expected).max() < 1e-4
+
+
+def test_cli_export_with_softmax(tmp_path, capsys):
+    model = create_model("unet_cpu", width=4)
+    save_weights(tmp_path / "w.safetensors", model, model.cfg, {"step": 1})
+    assert main(["export", str(tmp_path / "w.safetensors"), str(tmp_path / "p.onnx"), "--softmax"]) == 0
+    probs = _run(tmp_path / "p.onnx", np.zeros((1, 1, 64, 64), np.float32))
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert main(["export", str(tmp_path / "w.safetensors"), str(tmp_path / "p.txt")]) == 2
+    assert "must be a .onnx file" in capsys.readouterr().err
