@@ -39,6 +39,7 @@ def test_round_trip_through_yaml(tmp_path):
         ("train.steps=many", "train.steps: expected int"),
         ("train.steps=0", "train.steps must be at least 1"),
         ("train.precision=fp8", "precision"),
+        ("train.lr=.inf", "train.lr must be a positive number"),
         ("steps", "not of the form"),
         ("train=3", "train: expected a mapping"),
     ],

@@ -7,6 +7,7 @@ values but never name Python objects to import. Every run writes its resolved co
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,7 +133,8 @@ class Config:
             (t.steps >= 1, "train.steps must be at least 1"),
             (t.batch_size >= 1, "train.batch_size must be at least 1"),
             (t.tile >= 1, "train.tile must be positive"),
-            (t.lr > 0, "train.lr must be positive"),
+            (0 < t.lr < math.inf, "train.lr must be a positive number"),
+            (0 <= t.weight_decay < math.inf, "train.weight_decay must be a non-negative number"),
             (t.schedule in ("constant", "cosine"), "train.schedule must be 'constant' or 'cosine'"),
             (t.loss in ("ce", "ce+dice"), "train.loss must be 'ce' or 'ce+dice'"),
             (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision must be auto/fp32/bf16/fp16"),

@@ -7,6 +7,7 @@ one for dropout), both saved in every checkpoint, so ``resume`` replays a stoppe
 from __future__ import annotations
 
 import csv
+import io
 import math
 import time
 from dataclasses import asdict
@@ -16,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from .augment import augment_batch
-from .checkpoint import list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
+from .checkpoint import atomic_write_bytes, list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
 from .config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
 from .data import TileSampler, Volume, fold_split, load_labelled, to_network_input
 from .evaluate import CHALLENGE_NAMES, score_volume
@@ -76,10 +77,11 @@ def _lr_factor(cfg: Config):
 
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
 
 
 def _read_csv(path: Path, up_to: int) -> list[dict]:
@@ -104,6 +106,10 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Pat
     if t.threads:
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
+    # Fail on an unwritable output folder now, not after the first hours of training.
+    atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
+    for stale in ckpt_dir.glob(".*.tmp") if ckpt_dir.is_dir() else []:
+        stale.unlink()  # left by a run killed in the middle of a write
 
     # --- data ---------------------------------------------------------------------------
     model = build_model(cfg)
@@ -148,8 +154,6 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Pat
         if progress:
             print(f"resumed from {start_path} at step {step}")
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(dump_config(cfg))
     _write_csv(out / "metrics.csv", rows)
     from torch.utils.tensorboard import SummaryWriter
 
