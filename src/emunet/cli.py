@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -200,8 +201,14 @@ def cmd_train(args) -> int:
 
     cfg = _config(args)
     best = train(cfg, resume=args.resume, progress=not args.quiet)
-    print(f"best weights: {best}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best weights: {best}")
     return 0
+
+
+def _single_process(command: str) -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"'{command}' runs in one process; under torchrun use 'train', then 'evaluate' and 'predict'")
 
 
 def cmd_run(args) -> int:
@@ -209,6 +216,7 @@ def cmd_run(args) -> int:
     from .evaluate import format_table, write_json
     from .report import write_report
 
+    _single_process("run")
     cfg = _config(args)
     out = Path(cfg.out_dir)
     start = time.perf_counter()
@@ -232,6 +240,7 @@ def cmd_run(args) -> int:
 def cmd_cv(args) -> int:
     from .crossval import cross_validate
 
+    _single_process("cv")
     cfg = _config(args)
     try:
         folds = [int(k) for k in args.folds.split(",") if k.strip()]

@@ -74,6 +74,7 @@ class TrainConfig:
     log_every: steps between log lines in the CSV and TensorBoard.
     device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
     init: weights to start from (fine-tuning): .safetensors, .pt or the lab's MindSpore .ckpt.
+    dist_timeout: seconds a collective waits under torchrun before the job fails (a dead rank).
     threads: CPU threads for PyTorch; 0 = PyTorch's default.
     channels_last: NHWC memory layout (faster convolutions on CPU).
     """
@@ -97,6 +98,7 @@ class TrainConfig:
     log_every: int = 10
     device: str = "auto"
     init: str | None = None
+    dist_timeout: float = 300.0
     threads: int = 0
     channels_last: bool = True
 

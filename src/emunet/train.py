@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from . import distributed
 from .augment import augment_batch
 from .checkpoint import atomic_write_bytes, list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
 from .config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
@@ -94,6 +95,9 @@ def _read_csv(path: Path, up_to: int) -> list[dict]:
 def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Path:
     """Train per ``cfg``; return the path of the best weights (``best.safetensors``).
 
+    Under ``torchrun`` each rank trains a slice of every global batch with
+    DistributedDataParallel; only rank 0 reads or writes the output folder.
+
     Args:
         resume: False to start afresh; True to continue from the newest checkpoint in
             ``cfg.out_dir`` (starting afresh if there is none); or a checkpoint path.
@@ -101,17 +105,29 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Pat
     t = cfg.train
     out = Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
-    device = resolve_device(t.device)
+    ctx, device = distributed.setup(t.device, t.dist_timeout)
+    try:
+        return _train(cfg, ctx, device, resume or distributed.restarted_by_torchrun(), progress and ctx.is_main, out, ckpt_dir)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: Config, ctx, device: torch.device, resume, progress: bool, out: Path, ckpt_dir: Path) -> Path:
+    t = cfg.train
     precision = resolve_precision(t.precision, device)
+    if t.batch_size % ctx.world_size:
+        raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {ctx.world_size} processes")
+    per_rank = t.batch_size // ctx.world_size
     if t.threads:
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
-    # Fail on an unwritable output folder now, not after the first hours of training.
-    atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
-    for stale in ckpt_dir.glob(".*.tmp") if ckpt_dir.is_dir() else []:
-        stale.unlink()  # left by a run killed in the middle of a write
+    if ctx.is_main:
+        # Fail on an unwritable output folder now, not after the first hours of training.
+        atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
+        for stale in ckpt_dir.glob(".*.tmp") if ckpt_dir.is_dir() else []:
+            stale.unlink()  # left by a run killed in the middle of a write
 
-    # --- data ---------------------------------------------------------------------------
+    # --- data: every rank draws the same global batch and trains on its own slice -----------
     model = build_model(cfg)
     in_size = model.fit_input_size(t.tile)
     out_size = model.output_size(in_size)
@@ -132,15 +148,21 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Pat
 
     step, best = 0, {"score": -1.0, "step": 0}
     rows: list[dict] = []
-    start_path = None
-    if resume is True:
-        found = list_checkpoints(ckpt_dir)
-        start_path = found[-1][1] if found else None
-    elif resume:
-        start_path = Path(resume)
-    if start_path is not None:
-        state = load_state(start_path, map_location=device)
-        load_into(model, state["model"], start_path)
+    state = None
+    if ctx.is_main:
+        start_path = None
+        if resume is True:
+            found = list_checkpoints(ckpt_dir)
+            start_path = found[-1][1] if found else None
+        elif resume:
+            start_path = Path(resume)
+        if start_path is not None:
+            state = load_state(start_path, map_location="cpu")
+            load_into(model, state["model"], start_path)  # checks the architecture before broadcasting
+            print(f"resumed from {start_path} at step {state['step']}", flush=True)
+    state = ctx.broadcast(state)  # the other ranks never read the output folder
+    if state is not None:
+        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
@@ -150,16 +172,25 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Pat
         if device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         step, best = int(state["step"]), dict(state["best"])
-        rows = _read_csv(out / "metrics.csv", step)
-        if progress:
-            print(f"resumed from {start_path} at step {step}")
+        if ctx.is_main:
+            rows = _read_csv(out / "metrics.csv", step)
+    del state
+    net = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
 
-    _write_csv(out / "metrics.csv", rows)
-    from torch.utils.tensorboard import SummaryWriter
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+    writer = None
+    if ctx.is_main:
+        _write_csv(out / "metrics.csv", rows)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
 
     def checkpoint(at: int) -> None:
+        if not ctx.is_main:
+            return
         state = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -174,62 +205,68 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Pat
         save_state(ckpt_dir / f"step_{at:06d}.pt", state)
         prune_checkpoints(ckpt_dir, t.keep, protect={best["step"]})
 
-    def validate(at: int) -> dict[str, float]:
-        mean = score_volume(model, val_vol, cfg.predict, precision)["mean"]
-        for k, v in mean.items():
-            writer.add_scalar(f"val/{k}", v, at)
-        if mean[t.select_by] > best["score"]:
-            best.update(score=mean[t.select_by], step=at)
-            save_weights(out / "best.safetensors", model, model.cfg, {"step": at, "val": mean, "config": run_config})
+    def validate(at: int) -> dict[str, float] | None:
+        """Rank 0 scores the fold; every rank learns the best step."""
+        mean = None
+        if ctx.is_main:
+            mean = score_volume(model, val_vol, cfg.predict, precision)["mean"]
+            for k, v in mean.items():
+                writer.add_scalar(f"val/{k}", v, at)
+            if mean[t.select_by] > best["score"]:
+                best.update(score=mean[t.select_by], step=at)
+                save_weights(out / "best.safetensors", model, model.cfg, {"step": at, "val": mean, "config": run_config})
+        best.update(ctx.broadcast(dict(best)))
         return mean
 
     # --- loop ---------------------------------------------------------------------------
     model.train()
     bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
     try:
         while step < t.steps:
             images, labels = sampler.sample(t.batch_size)
             images, labels = augment_batch(images, labels, cfg.augment, sample_gen)
+            images, labels = images[mine], labels[mine]
             if in_size != out_size:
                 crop = (in_size - out_size) // 2
                 labels = labels[:, crop : crop + out_size, crop : crop + out_size]
             images = to_network_input(images).to(device, non_blocking=True).contiguous(memory_format=memory_format)
             labels = labels.to(device, non_blocking=True)
             with autocast_for(device, precision):
-                logits = model(images)
+                logits = net(images)
             loss = segmentation_loss(logits, labels, t.loss)
-            if not torch.isfinite(loss):
-                if scaler.is_enabled():  # fp16 overflow: the scaler skips this step
-                    pass
-                else:
-                    raise TrainingError(f"loss became {loss.item()} at step {step + 1}; the last good checkpoint is kept in {ckpt_dir}")
+            if not torch.isfinite(loss) and not scaler.is_enabled():  # with fp16 the scaler skips the step
+                raise TrainingError(f"loss became {loss.item()} at step {step + 1} (rank {ctx.rank}); "
+                                    f"the last good checkpoint is kept in {ckpt_dir}")
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             step += 1
             window_loss += loss.item()
-            window_images += t.batch_size
+            window_steps += 1
             bar.update(1)
 
             row: dict | None = None
             if step % t.log_every == 0 or step == t.steps:
+                mean_loss = ctx.mean(window_loss / window_steps)
                 elapsed = time.perf_counter() - window_start
-                n = window_images / t.batch_size
-                row = {"step": step, "loss": window_loss / n, "lr": scheduler.get_last_lr()[0], "images_per_s": window_images / elapsed}
-                writer.add_scalar("train/loss", row["loss"], step)
-                writer.add_scalar("train/lr", row["lr"], step)
-                writer.add_scalar("train/images_per_s", row["images_per_s"], step)
+                row = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
+                       "images_per_s": window_steps * t.batch_size / elapsed}
+                if writer is not None:
+                    for key in ("loss", "lr", "images_per_s"):
+                        writer.add_scalar(f"train/{key}", row[key], step)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
-                window_loss, window_images = 0.0, 0
+                window_loss, window_steps = 0.0, 0
             if (t.val_every and step % t.val_every == 0) or step == t.steps:
                 mean = validate(step)
-                row = (row or {"step": step}) | {f"val_{k}": v for k, v in mean.items()}
-                bar.write(f"step {step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
-                          f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error']:.4f}")
-            if row is not None:
+                if mean is not None:
+                    row = (row or {"step": step}) | {f"val_{k}": v for k, v in mean.items()}
+                    bar.write(f"step {step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
+                              f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error']:.4f}")
+            if row is not None and ctx.is_main:
                 rows.append(row)
                 _write_csv(out / "metrics.csv", rows)
             if (t.val_every and step % t.val_every == 0) or (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps:
@@ -239,11 +276,14 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Pat
     except KeyboardInterrupt:
         bar.close()
         checkpoint(step)
-        writer.close()
         raise
-    bar.close()
-    writer.close()
-    save_weights(out / "last.safetensors", model, model.cfg, {"step": step, "config": run_config})
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    if ctx.is_main:
+        save_weights(out / "last.safetensors", model, model.cfg, {"step": step, "config": run_config})
+    ctx.barrier()
     return out / "best.safetensors"
 
 
