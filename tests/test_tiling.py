@@ -68,3 +68,14 @@ def test_batches_bound_the_tiles_in_flight(valid_net, rng, monkeypatch):
     monkeypatch.setattr(valid_net, "forward", spy)
     predict_image(valid_net, rng.random((200, 200), dtype=np.float32), tile=60, batch_size=5)
     assert max(seen) == 5 and sum(seen) > 5
+
+
+def test_test_time_augmentation_is_equivariant(valid_net, rng):
+    from emunet.tiling import predict_image_tta
+
+    image = rng.random((40, 56), dtype=np.float32)
+    prob = predict_image_tta(valid_net, image, tile=36)
+    assert prob.shape == image.shape
+    # averaging over the whole symmetry group makes the result commute with a turn
+    turned = predict_image_tta(valid_net, np.ascontiguousarray(np.rot90(image)), tile=36)
+    np.testing.assert_allclose(np.rot90(prob), turned, atol=1e-5)

@@ -26,6 +26,8 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tile", type=int, help="output tile side for overlap-tile prediction (default: the run's predict.tile)")
     p.add_argument("--overlap", type=float, help="share of a tile its neighbour overlaps, in [0, 1) (default: the run's)")
     p.add_argument("--batch-size", type=int, help="tiles per forward pass; bounds memory (default: the run's)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average over the 8 flips/turns of each image (8x slower; default: the run's predict.tta)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -115,7 +117,8 @@ def _config(args):
 def _predict_settings(args, pcfg):
     from dataclasses import replace
 
-    changes = {k: v for k, v in (("tile", args.tile), ("overlap", args.overlap), ("batch_size", args.batch_size)) if v is not None}
+    pairs = (("tile", args.tile), ("overlap", args.overlap), ("batch_size", args.batch_size), ("tta", args.tta))
+    changes = {k: v for k, v in pairs if v is not None}
     if "overlap" in changes and not 0.0 <= changes["overlap"] < 1.0:
         raise ValueError(f"--overlap must be in [0, 1), got {changes['overlap']}")
     if changes.get("tile", 1) < 1 or changes.get("batch_size", 1) < 1:

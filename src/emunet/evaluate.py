@@ -14,7 +14,7 @@ from .config import PredictConfig
 from .data import Volume
 from .metrics import SCORE_NAMES, slice_scores
 from .model import UNet
-from .tiling import predict_image
+from .tiling import predict_image, predict_image_tta
 
 __all__ = ["predict_volume", "score_probabilities", "score_volume", "format_table", "write_json"]
 
@@ -27,8 +27,9 @@ def predict_volume(
     model.eval()
     out = np.empty(volume.images.shape, np.float32)
     slices = tqdm(range(len(volume)), desc="predict", unit="slice", leave=False, disable=not progress)
+    predict = predict_image_tta if pcfg.tta else predict_image
     for i in slices:
-        out[i] = predict_image(
+        out[i] = predict(
             model, volume.images[i], tile=pcfg.tile, overlap=pcfg.overlap, batch_size=pcfg.batch_size,
             blend=pcfg.blend, margin=pcfg.margin, precision=precision,
         )

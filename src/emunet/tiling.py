@@ -19,7 +19,7 @@ import torch
 from .data import to_network_input
 from .model import UNet
 
-__all__ = ["TilePlan", "plan_tiles", "predict_image", "autocast_for"]
+__all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_image_tta", "autocast_for"]
 
 
 class TilePlan:
@@ -83,6 +83,26 @@ def autocast_for(device: torch.device, precision: str):
 
 def _reflect_pad(image: np.ndarray, widths) -> np.ndarray:
     return np.pad(image, widths, mode="symmetric")
+
+
+def _dihedral(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    out = np.rot90(image, k)
+    return np.ascontiguousarray(out[:, ::-1] if flip else out)
+
+
+def _undo_dihedral(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
+    out = image[:, ::-1] if flip else image
+    return np.ascontiguousarray(np.rot90(out, -k))
+
+
+def predict_image_tta(model: UNet, image: np.ndarray, **kwargs) -> np.ndarray:
+    """:func:`predict_image` averaged over the 8 flips and 90-degree turns of the image
+    (test-time augmentation with the same symmetries that training used)."""
+    total = np.zeros(image.shape, np.float64)
+    for k in range(4):
+        for flip in (False, True):
+            total += _undo_dihedral(predict_image(model, _dihedral(image, k, flip), **kwargs), k, flip)
+    return (total / 8).astype(np.float32)
 
 
 @torch.no_grad()
