@@ -44,3 +44,18 @@ def test_cli_export_with_softmax(tmp_path, capsys):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
     assert main(["export", str(tmp_path / "w.safetensors"), str(tmp_path / "p.txt")]) == 2
     assert "must be a .onnx file" in capsys.readouterr().err
+
+
+def test_onnx_session_drives_the_overlap_tile_prediction(tmp_path):
+    """The README's recipe: ONNX Runtime as the model inside predict_image."""
+    from emunet.export import export_onnx
+    from emunet.tiling import predict_image
+
+    torch.manual_seed(0)
+    model = create_model("unet_cpu", width=4).eval()
+    session = ort.InferenceSession(str(export_onnx(model, tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
+    image = np.random.default_rng(0).random((100, 150), dtype=np.float32)
+    expected = predict_image(model, image, tile=64)
+    net = create_model("unet_cpu", width=4)
+    net.forward = lambda x: torch.from_numpy(session.run(None, {"image": x.contiguous().numpy()})[0])
+    np.testing.assert_allclose(predict_image(net, image, tile=64), expected, atol=1e-4)

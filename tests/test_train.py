@@ -29,10 +29,10 @@ def _losses(run_dir):
         return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f) if r["loss"]}
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_resume_replays_an_uninterrupted_run_exactly(small_isbi, tmp_path, schedule):
+@pytest.mark.parametrize("schedule,ema", [("constant", 0.0), ("cosine", 0.9)])
+def test_resume_replays_an_uninterrupted_run_exactly(small_isbi, tmp_path, schedule, ema):
     extra = ["train.steps=6", "train.checkpoint_every=3", "train.val_every=0", f"train.schedule={schedule}",
-             "model.dropout=0.2", "augment.elastic_std=5"]
+             "model.dropout=0.2", "augment.elastic_std=5", f"train.ema={ema}"]
     whole = tmp_path / "whole"
     train(_cfg(small_isbi, whole, *extra), progress=False)
 
@@ -49,6 +49,14 @@ def test_resume_replays_an_uninterrupted_run_exactly(small_isbi, tmp_path, sched
     final_b = torch.load(resumed / "checkpoints" / "step_000006.pt", weights_only=True)["model"]
     for name in final_a:
         torch.testing.assert_close(final_a[name], final_b[name], rtol=0, atol=0)
+    from emunet.checkpoint import load_model
+
+    weights_a, _ = load_model(whole / "last.safetensors")
+    weights_b, _ = load_model(resumed / "last.safetensors")
+    for (name, a), b in zip(weights_a.state_dict().items(), weights_b.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    if ema:  # the saved weights are the average, not the last step's
+        assert not torch.equal(weights_a.state_dict()["outc.conv.weight"], final_a["outc.conv.weight"])
 
 
 def test_same_seed_same_run_and_loss_goes_down(small_isbi, tmp_path):

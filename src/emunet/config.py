@@ -74,6 +74,8 @@ class TrainConfig:
     log_every: steps between log lines in the CSV and TensorBoard.
     device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
     init: weights to start from (fine-tuning): .safetensors, .pt or the lab's MindSpore .ckpt.
+    ema: decay of an exponential moving average of the weights that validation and the saved
+        weights use (e.g. 0.99); 0 = off.
     dist_timeout: seconds a collective waits under torchrun before the job fails (a dead rank).
     threads: CPU threads for PyTorch; 0 = PyTorch's default.
     channels_last: NHWC memory layout (faster convolutions on CPU).
@@ -99,6 +101,7 @@ class TrainConfig:
     device: str = "auto"
     init: str | None = None
     dist_timeout: float = 300.0
+    ema: float = 0.0
     threads: int = 0
     channels_last: bool = True
 
@@ -143,6 +146,7 @@ class Config:
             (t.loss in ("ce", "ce+dice"), "train.loss must be 'ce' or 'ce+dice'"),
             (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision must be auto/fp32/bf16/fp16"),
             (t.keep >= 1, "train.keep must be at least 1"),
+            (0.0 <= t.ema < 1.0, "train.ema must be in [0, 1)"),
             (t.select_by in ("lab_dice", "v_rand", "v_info"), "train.select_by must be lab_dice, v_rand or v_info"),
             (t.val_every >= 0 and t.checkpoint_every >= 0, "train.val_every/checkpoint_every must be >= 0"),
             (self.predict.blend in ("gaussian", "uniform"), "predict.blend must be 'gaussian' or 'uniform'"),

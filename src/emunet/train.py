@@ -29,7 +29,7 @@ from .tiling import autocast_for
 
 __all__ = ["resolve_device", "resolve_precision", "build_model", "load_split", "train"]
 
-CSV_FIELDS = ["step", "loss", "lr", "images_per_s", *[f"val_{k}" for k in (*SCORE_NAMES, *CHALLENGE_NAMES)]]
+CSV_FIELDS = ["step", "loss", "lr", "images_per_s", "train_s", "wall_s", *[f"val_{k}" for k in (*SCORE_NAMES, *CHALLENGE_NAMES)]]
 
 
 class TrainingError(RuntimeError):
@@ -145,6 +145,14 @@ def _train(cfg: Config, ctx, device: torch.device, resume, progress: bool, out: 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
     scaler = torch.amp.GradScaler(device.type, init_scale=t.loss_scale, enabled=precision == "fp16")
     run_config = config_to_dict(cfg) | {"model_resolved": asdict(model.cfg)}
+    ema = None
+    if t.ema:
+        # An exponential moving average of the weights (and batch-norm statistics) is what
+        # validation scores and what best/last weights hold: it evens out step-to-step swings.
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
+    scored = ema.module if ema is not None else model
 
     step, best = 0, {"score": -1.0, "step": 0}
     rows: list[dict] = []
@@ -167,6 +175,8 @@ def _train(cfg: Config, ctx, device: torch.device, resume, progress: bool, out: 
         scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
         sample_gen.set_state(state["rng"]["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
         if device.type == "cuda" and "cuda" in state["rng"]:
@@ -196,6 +206,7 @@ def _train(cfg: Config, ctx, device: torch.device, resume, progress: bool, out: 
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "ema": ema.state_dict() if ema is not None else {},
             "step": at,
             "best": best,
             "rng": {"sampler": sample_gen.get_state(), "torch": torch.get_rng_state()}
@@ -209,12 +220,12 @@ def _train(cfg: Config, ctx, device: torch.device, resume, progress: bool, out: 
         """Rank 0 scores the fold; every rank learns the best step."""
         mean = None
         if ctx.is_main:
-            mean = score_volume(model, val_vol, cfg.predict, precision)["mean"]
+            mean = score_volume(scored, val_vol, cfg.predict, precision)["mean"]
             for k, v in mean.items():
                 writer.add_scalar(f"val/{k}", v, at)
             if mean[t.select_by] > best["score"]:
                 best.update(score=mean[t.select_by], step=at)
-                save_weights(out / "best.safetensors", model, model.cfg, {"step": at, "val": mean, "config": run_config})
+                save_weights(out / "best.safetensors", scored, model.cfg, {"step": at, "val": mean, "config": run_config})
         best.update(ctx.broadcast(dict(best)))
         return mean
 
@@ -222,6 +233,11 @@ def _train(cfg: Config, ctx, device: torch.device, resume, progress: bool, out: 
     model.train()
     bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
+    # cumulative seconds over resumed segments: training only, and wall time with validation
+    train_s = float(rows[-1]["train_s"]) if rows and rows[-1].get("train_s") else 0.0
+    wall_s = float(rows[-1]["wall_s"]) if rows and rows[-1].get("wall_s") else 0.0
+    segment_start = time.perf_counter()
+    wall_base = wall_s
     mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
     try:
         while step < t.steps:
@@ -244,6 +260,8 @@ def _train(cfg: Config, ctx, device: torch.device, resume, progress: bool, out: 
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             step += 1
             window_loss += loss.item()
             window_steps += 1
@@ -253,26 +271,29 @@ def _train(cfg: Config, ctx, device: torch.device, resume, progress: bool, out: 
             if step % t.log_every == 0 or step == t.steps:
                 mean_loss = ctx.mean(window_loss / window_steps)
                 elapsed = time.perf_counter() - window_start
+                train_s += elapsed
                 row = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                       "images_per_s": window_steps * t.batch_size / elapsed}
+                       "images_per_s": window_steps * t.batch_size / elapsed, "train_s": train_s}
                 if writer is not None:
                     for key in ("loss", "lr", "images_per_s"):
                         writer.add_scalar(f"train/{key}", row[key], step)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
-                window_loss, window_steps = 0.0, 0
+                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
             if (t.val_every and step % t.val_every == 0) or step == t.steps:
+                val_start = time.perf_counter()
                 mean = validate(step)
                 if mean is not None:
                     row = (row or {"step": step}) | {f"val_{k}": v for k, v in mean.items()}
                     bar.write(f"step {step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
                               f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error']:.4f}")
             if row is not None and ctx.is_main:
+                row["wall_s"] = wall_base + time.perf_counter() - segment_start
                 rows.append(row)
                 _write_csv(out / "metrics.csv", rows)
             if (t.val_every and step % t.val_every == 0) or (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps:
                 checkpoint(step)
-            if row is not None:
-                window_start = time.perf_counter()
+            if row is not None and "val_lab_dice" in row:
+                window_start += time.perf_counter() - val_start  # training speed leaves validation out
     except KeyboardInterrupt:
         bar.close()
         checkpoint(step)
@@ -282,7 +303,7 @@ def _train(cfg: Config, ctx, device: torch.device, resume, progress: bool, out: 
         if writer is not None:
             writer.close()
     if ctx.is_main:
-        save_weights(out / "last.safetensors", model, model.cfg, {"step": step, "config": run_config})
+        save_weights(out / "last.safetensors", scored, model.cfg, {"step": step, "config": run_config})
     ctx.barrier()
     return out / "best.safetensors"
 

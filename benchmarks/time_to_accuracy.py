@@ -1,0 +1,61 @@
+"""Time to accuracy on fold 1: training seconds until the lab's dice first reaches 0.911, the
+V_rand at that point, and the best V_rand within the run (with its training seconds).
+
+Training seconds leave validation out (the ``train_s`` column of metrics.csv); validation runs
+every ``--val-every`` steps so the crossing is seen early.
+
+    python benchmarks/time_to_accuracy.py                              # the CPU preset
+    python benchmarks/time_to_accuracy.py -c configs/isbi-cpu.yaml train.steps=1800 train.seed=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+from emunet.config import load_config
+from emunet.train import train
+
+LAB_DICE = 0.911
+
+
+def summarise(metrics: Path) -> dict:
+    with open(metrics, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_lab_dice")]
+    first = next((r for r in rows if float(r["val_lab_dice"]) >= LAB_DICE), None)
+    best = max(rows, key=lambda r: float(r["val_v_rand"]))
+    return {
+        "steps_to_lab_dice": int(first["step"]) if first else None,
+        "train_s_to_lab_dice": float(first["train_s"]) if first else None,
+        "v_rand_at_lab_dice": float(first["val_v_rand"]) if first else None,
+        "best_v_rand": float(best["val_v_rand"]),
+        "best_v_rand_step": int(best["step"]),
+        "best_v_rand_train_s": float(best["train_s"]),
+        "final_step": int(rows[-1]["step"]),
+        "final_train_s": float(rows[-1]["train_s"]),
+        "final_lab_dice": float(rows[-1]["val_lab_dice"]),
+        "final_v_rand": float(rows[-1]["val_v_rand"]),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-c", "--config", default="configs/isbi-cpu.yaml")
+    parser.add_argument("--val-every", type=int, default=25)
+    parser.add_argument("--out", default="runs/time-to-accuracy")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    cfg = load_config(args.config, [f"train.val_every={args.val_every}", f"out_dir={args.out}", *args.overrides])
+    start = time.perf_counter()
+    train(cfg, progress=False)
+    result = summarise(Path(cfg.out_dir) / "metrics.csv") | {"wall_s": time.perf_counter() - start}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
