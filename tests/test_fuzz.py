@@ -4,6 +4,7 @@ import io
 import os
 
 import numpy as np
+import pytest
 import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,28 +42,20 @@ def mutated(draw, seed: bytes):
     return bytes(data[:cut]) + draw(st.binary(max_size=64))
 
 
-@FAST
-@given(data=st.one_of(mutated(_valid_tiff()), st.binary(max_size=512)))
-def test_tiff_reader_never_crashes(tmp_path_factory, data):
-    path = tmp_path_factory.mktemp("fuzz") / "x.tif"
-    path.write_bytes(data)
-    for reader in (read_images, read_labels):
-        try:
-            reader(path)
-        except DataError as exc:
-            assert "x.tif" in str(exc)
+@pytest.mark.parametrize("suffix,valid", [(".tif", _valid_tiff()), (".png", _valid_png())])
+def test_image_readers_never_crash(tmp_path_factory, suffix, valid):
+    @FAST
+    @given(data=st.one_of(mutated(valid), st.binary(max_size=512)))
+    def check(data):
+        path = tmp_path_factory.mktemp("fuzz") / f"x{suffix}"
+        path.write_bytes(data)
+        for reader in (read_images, read_labels):
+            try:
+                reader(path)
+            except DataError as exc:
+                assert f"x{suffix}" in str(exc)
 
-
-@FAST
-@given(data=st.one_of(mutated(_valid_png()), st.binary(max_size=512)))
-def test_png_reader_never_crashes(tmp_path_factory, data):
-    path = tmp_path_factory.mktemp("fuzz") / "x.png"
-    path.write_bytes(data)
-    for reader in (read_images, read_labels):
-        try:
-            reader(path)
-        except DataError as exc:
-            assert "x.png" in str(exc)
+    check()
 
 
 yaml_values = st.recursive(
