@@ -115,7 +115,7 @@ def test_unequal_counts(tmp_path):
 def test_unequal_image_sizes(tmp_path):
     images, _ = _pairs(tmp_path)
     _png(images / "s9.png", np.zeros((16, 16), np.uint8))
-    with pytest.raises(DataError, match="s9.png: image shape differs"):
+    with pytest.raises(DataError, match=r"s9.png: image shape \(16, 16\) differs"):
         read_images(images)
 
 

@@ -23,6 +23,7 @@ from .model import UNet, UNetConfig
 
 __all__ = [
     "CheckpointError",
+    "atomic_write",
     "atomic_write_bytes",
     "save_state",
     "load_state",
@@ -41,13 +42,16 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used, worded for the user."""
 
 
-def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, flush it to disk, rename it over
+    ``path``: a crash leaves the old file or the new one, never a torn one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o666 & ~_UMASK)
     try:
-        with os.fdopen(fd, "wb") as f:
+        os.close(fd)
+        with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -67,11 +71,11 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Non
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
-    _atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -114,27 +114,24 @@ def _to_grey(arr: np.ndarray, path: Path, stack: bool) -> np.ndarray:
     return arr
 
 
-def _scale(arr: np.ndarray, path: Path) -> np.ndarray:
-    """Integer images scale by their type's range; float images must be finite, and are
-    min-max scaled unless already in [0, 1]."""
-    if arr.dtype == np.bool_:
-        return arr.astype(np.float32)
-    if arr.dtype.kind in "ui":
-        info = np.iinfo(arr.dtype)
-        if arr.dtype == np.uint8 or arr.dtype == np.uint16:
-            return (arr.astype(np.float32) / info.max).astype(np.float32)
-        lo, hi = float(arr.min()), float(arr.max())
-    elif arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            raise DataError(f"{path}: image contains NaN or infinite values")
-        lo, hi = float(arr.min()), float(arr.max())
-        if lo >= 0.0 and hi <= 1.0:
-            return arr.astype(np.float32)
-    else:
+def _scale(arr: np.ndarray, path: Path, out: np.ndarray) -> None:
+    """Write ``arr`` as float32 in [0, 1] into ``out``: integer images scale by their type's
+    range, float images must be finite and are min-max scaled unless already in [0, 1].
+    Writing in place keeps a large image to one float32 copy."""
+    if arr.dtype == np.bool_ or arr.dtype == np.uint8 or arr.dtype == np.uint16:
+        np.multiply(arr, np.float32(1.0 / (1 if arr.dtype == np.bool_ else np.iinfo(arr.dtype).max)), out=out, casting="unsafe")
+        return
+    if arr.dtype.kind not in "uif":
         raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
-    if hi == lo:
-        return np.zeros(arr.shape, np.float32)
-    return ((arr.astype(np.float64) - lo) / (hi - lo)).astype(np.float32)
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise DataError(f"{path}: image contains NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
+        out[...] = arr
+    elif hi == lo:
+        out[...] = 0.0
+    else:
+        out[...] = (arr.astype(np.float64) - lo) / (hi - lo)
 
 
 def _list_folder(folder: Path) -> list[Path]:
@@ -175,17 +172,16 @@ def read_images(path: str | Path, min_size: int = 1) -> Volume:
         raise DataError(f"{path}: path does not exist")
     slices, names = _read_raw(path)
     files = _list_folder(path) if path.is_dir() else [path] * len(slices)
-    out = []
+    first = slices[0].shape
     for arr, f in zip(slices, files):
         if min(arr.shape) < min_size:
             raise DataError(f"{f}: image is {arr.shape[0]}x{arr.shape[1]}, smaller than the minimum {min_size}x{min_size}")
-        out.append(_scale(arr, f))
-    shapes = {a.shape for a in out}
-    if len(shapes) > 1:
-        first = out[0].shape
-        bad = next(f for a, f in zip(out, files) if a.shape != first)
-        raise DataError(f"{bad}: image shape differs from the first image's {first}; all images must share one size")
-    return Volume(np.stack(out), names, path)
+        if arr.shape != first:
+            raise DataError(f"{f}: image shape {arr.shape} differs from the first image's {first}; all images must share one size")
+    images = np.empty((len(slices), *first), np.float32)
+    for i, (arr, f) in enumerate(zip(slices, files)):
+        _scale(arr, f, images[i])
+    return Volume(images, names, path)
 
 
 def read_labels(path: str | Path, foreground: int = 255) -> tuple[np.ndarray, list[Path]]:

@@ -27,12 +27,13 @@ def predict_volume(
     model.eval()
     out = np.empty(volume.images.shape, np.float32)
     slices = tqdm(range(len(volume)), desc="predict", unit="slice", leave=False, disable=not progress)
-    predict = predict_image_tta if pcfg.tta else predict_image
+    settings = dict(tile=pcfg.tile, overlap=pcfg.overlap, batch_size=pcfg.batch_size, blend=pcfg.blend,
+                    margin=pcfg.margin, precision=precision)
     for i in slices:
-        out[i] = predict(
-            model, volume.images[i], tile=pcfg.tile, overlap=pcfg.overlap, batch_size=pcfg.batch_size,
-            blend=pcfg.blend, margin=pcfg.margin, precision=precision,
-        )
+        if pcfg.tta:
+            out[i] = predict_image_tta(model, volume.images[i], **settings)
+        else:
+            predict_image(model, volume.images[i], out=out[i], **settings)  # no second full-size copy
     model.train(was_training)
     return out
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import atomic_write_bytes
+from .checkpoint import atomic_write, atomic_write_bytes
 from .data import Volume
 
 __all__ = ["write_probabilities", "write_masks", "write_overlays"]
@@ -22,9 +22,7 @@ def write_probabilities(path: Path, probs: np.ndarray) -> None:
     """A float32 (multi-page) TIFF, one page per slice."""
     import tifffile
 
-    buf = io.BytesIO()
-    tifffile.imwrite(buf, probs.astype(np.float32, copy=False), photometric="minisblack")
-    atomic_write_bytes(Path(path), buf.getvalue())
+    atomic_write(Path(path), lambda f: tifffile.imwrite(f, probs.astype(np.float32, copy=False), photometric="minisblack"))
 
 
 def _png(array: np.ndarray) -> bytes:

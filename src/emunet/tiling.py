@@ -47,11 +47,6 @@ class TilePlan:
         self.covered_h = (self.ny - 1) * self.stride + self.out_size
         self.covered_w = (self.nx - 1) * self.stride + self.out_size
 
-    def pad_widths(self) -> tuple[tuple[int, int], tuple[int, int]]:
-        """Mirror padding of the image: context before, context plus grid overhang after."""
-        b = self.border
-        return (b, b + self.covered_h - self.height), (b, b + self.covered_w - self.width)
-
     def origins(self) -> Iterator[tuple[int, int]]:
         """Top-left corner of each tile's output window, in image coordinates."""
         for iy in range(self.ny):
@@ -63,14 +58,22 @@ def plan_tiles(model: UNet, height: int, width: int, tile: int = 388, overlap: f
     return TilePlan(model, height, width, tile, overlap, margin)
 
 
-def _weights(size: int, kind: str) -> np.ndarray:
-    """Blending weights: Gaussian (sigma = size/8, as nnU-Net) or uniform."""
+def _profile(size: int, kind: str) -> np.ndarray:
+    """1-D blending profile; a tile's weight is its outer product with itself, so the sum of
+    weights over a regular grid is separable and needs no full-size map. Gaussian (sigma =
+    size/8, as nnU-Net), floored so that tile corners still count, or uniform."""
     if kind == "uniform":
-        return np.ones((size, size), np.float32)
+        return np.ones(size, np.float32)
     c = (size - 1) / 2.0
     g = np.exp(-0.5 * ((np.arange(size) - c) / (size / 8.0)) ** 2)
-    w = np.outer(g, g).astype(np.float32)
-    return np.maximum(w / w.max(), 1e-3)
+    return np.maximum(g / g.max(), np.sqrt(1e-3)).astype(np.float32)
+
+
+def _mirror_index(start: int, size: int, extent: int) -> np.ndarray:
+    """Indices ``start .. start+size-1`` folded into ``0 .. extent-1`` by symmetric mirroring
+    (numpy's 'symmetric' padding, to any depth), so tiles are cut without padding the image."""
+    i = np.arange(start, start + size) % (2 * extent)
+    return np.where(i < extent, i, 2 * extent - 1 - i)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -79,10 +82,6 @@ def autocast_for(device: torch.device, precision: str):
         return nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _reflect_pad(image: np.ndarray, widths) -> np.ndarray:
-    return np.pad(image, widths, mode="symmetric")
 
 
 def _dihedral(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -116,8 +115,13 @@ def predict_image(
     margin: int = 32,
     precision: str = "fp32",
     device: torch.device | str | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Foreground probability (class 1 of the softmax) of one (H, W) image in [0, 1].
+
+    Memory is the image, the result and ``batch_size`` tiles: tiles are cut with mirrored
+    indices instead of padding the image, blended straight into the result, and normalised
+    by a separable weight sum.
 
     Args:
         model: a U-Net in eval mode.
@@ -128,20 +132,31 @@ def predict_image(
         blend: 'gaussian' or 'uniform' weighting of overlapping tiles.
         margin: for same-padded nets, mirrored context discarded around each tile.
         precision: 'fp32', 'bf16' or 'fp16' autocast.
+        out: optional float32 (H, W) array to write the result into.
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     h, w = image.shape
     plan = plan_tiles(model, h, w, tile, overlap, margin)
-    padded = _reflect_pad(image.astype(np.float32, copy=False), plan.pad_widths())
-    acc = np.zeros((plan.covered_h, plan.covered_w), np.float32)
-    norm = np.zeros_like(acc)
-    weight = _weights(plan.out_size, blend)
+    if out is None:
+        out = np.zeros((h, w), np.float32)
+    else:
+        out[...] = 0.0
+    profile = _profile(plan.out_size, blend)
+    weight = np.outer(profile, profile)
+    norm_y = np.zeros(plan.covered_h, np.float32)
+    norm_x = np.zeros(plan.covered_w, np.float32)
+    for iy in range(plan.ny):
+        norm_y[iy * plan.stride : iy * plan.stride + plan.out_size] += profile
+    for ix in range(plan.nx):
+        norm_x[ix * plan.stride : ix * plan.stride + plan.out_size] += profile
     origins = list(plan.origins())
-    m = plan.margin
+    m, b = plan.margin, plan.border
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     for start in range(0, len(origins), batch_size):
         chunk = origins[start : start + batch_size]
-        batch = np.stack([padded[y : y + plan.in_size, x : x + plan.in_size] for y, x in chunk])
+        batch = np.stack([
+            image[np.ix_(_mirror_index(y - b, plan.in_size, h), _mirror_index(x - b, plan.in_size, w))] for y, x in chunk
+        ]).astype(np.float32, copy=False)
         x_t = to_network_input(torch.from_numpy(batch)[:, None].to(device)).contiguous(memory_format=memory_format)
         with autocast_for(device, precision):
             logits = model(x_t)
@@ -150,6 +165,8 @@ def predict_image(
             prob = prob[:, m:-m, m:-m]
         prob = prob.cpu().numpy()
         for (y, x), p in zip(chunk, prob):
-            acc[y : y + plan.out_size, x : x + plan.out_size] += p * weight
-            norm[y : y + plan.out_size, x : x + plan.out_size] += weight
-    return (acc[:h, :w] / norm[:h, :w]).astype(np.float32)
+            hy, wx = min(plan.out_size, h - y), min(plan.out_size, w - x)  # the part inside the image
+            out[y : y + hy, x : x + wx] += (p * weight)[:hy, :wx]
+    out /= norm_y[:h, None]
+    out /= norm_x[None, :w]
+    return out
