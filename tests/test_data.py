@@ -147,11 +147,10 @@ def test_image_smaller_than_minimum(tmp_path):
 def test_tile_sampler_aligns_images_and_labels(tmp_path):
     import torch
 
-    images = np.random.default_rng(1).random((3, 40, 50)).astype(np.float32)
-    labels = (images > 0.5).astype(np.uint8)
-    vol = load_labelled  # noqa: F841 (the sampler takes a Volume)
     from emunet.data import Volume
 
+    images = np.random.default_rng(1).random((3, 40, 50)).astype(np.float32)
+    labels = (images > 0.5).astype(np.uint8)
     sampler = TileSampler(Volume(images, ["a", "b", "c"], tmp_path, labels), 64, 24, torch.Generator().manual_seed(0))
     x, y = sampler.sample(6)
     assert x.shape == (6, 1, 64, 64) and y.shape == (6, 64, 64)

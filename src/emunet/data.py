@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 __all__ = ["DataError", "Volume", "read_images", "read_labels", "load_labelled", "fold_split"]
 
@@ -263,9 +264,7 @@ class TileSampler:
     them to the output window. All randomness comes from ``generator``.
     """
 
-    def __init__(self, volume: Volume, in_size: int, out_size: int, generator) -> None:
-        import torch
-
+    def __init__(self, volume: Volume, in_size: int, out_size: int, generator: torch.Generator) -> None:
         if volume.labels is None:
             raise DataError(f"{volume.source}: training needs labels")
         self.in_size, self.out_size, self.generator = in_size, out_size, generator
@@ -275,17 +274,13 @@ class TileSampler:
         self.labels = torch.from_numpy(np.pad(volume.labels, pad, mode="symmetric"))
         self.height, self.width = volume.images.shape[1:]
 
-    def _centres(self, n: int, extent: int) -> "torch.Tensor":
-        import torch
-
+    def _centres(self, n: int, extent: int) -> torch.Tensor:
         half = self.out_size / 2
         lo, hi = (half, extent - half) if extent >= self.out_size else (extent / 2, extent / 2)
         return (lo + torch.rand(n, generator=self.generator, dtype=torch.float64) * (hi - lo)).floor().long()
 
-    def sample(self, n: int):
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, 1, in, in) float32 images in [0, 1] and (n, in, in) int64 labels."""
-        import torch
-
         which = torch.randint(0, len(self.images), (n,), generator=self.generator)
         cy, cx = self._centres(n, self.height), self._centres(n, self.width)
         half = self.in_size // 2

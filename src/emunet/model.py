@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["UNetConfig", "UNet", "PRESETS", "register_preset", "create_model", "count_parameters"]

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from . import distributed
 from .augment import augment_batch
 from .checkpoint import atomic_write_bytes, list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
-from .config import Config, ConfigError, config_from_dict, config_to_dict, dump_config
+from .config import Config, ConfigError, config_to_dict, dump_config
 from .data import TileSampler, Volume, fold_split, load_labelled, to_network_input
 from .evaluate import CHALLENGE_NAMES, score_volume
 from .losses import segmentation_loss
@@ -306,9 +306,3 @@ def _train(cfg: Config, ctx, device: torch.device, resume, progress: bool, out: 
         save_weights(out / "last.safetensors", scored, model.cfg, {"step": step, "config": run_config})
     ctx.barrier()
     return out / "best.safetensors"
-
-
-def config_of_checkpoint(state: dict) -> Config:
-    values = dict(state["config"])
-    values.pop("model_resolved", None)
-    return config_from_dict(values)
