@@ -48,9 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score a checkpoint on labelled images",
                        description="Score a checkpoint: the lab's dice (soft, both channels, per slice, averaged), "
-                       "membrane dice and IoU at 0.5, and pixel error. By default on the validation fold of the run "
-                       "that wrote the checkpoint; with --images/--labels on all of those.")
-    p.add_argument("checkpoint", type=Path, help="best.safetensors / last.safetensors, or a checkpoints/step_N.pt")
+                       "membrane dice and IoU at 0.5, pixel error, and the ISBI challenge's V_rand and V_info after "
+                       "border thinning (best of thresholds 0.0..1.0, with split and merge parts). By default on the "
+                       "validation fold of the run that wrote the checkpoint; with --images/--labels on all of those.")
+    p.add_argument("checkpoint", type=Path, help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, or the lab's MindSpore .ckpt")
     p.add_argument("--images", help="labelled images to score (stack or folder); default: the run's validation fold")
     p.add_argument("--labels", help="their masks")
     p.add_argument("--foreground", type=int, help="mask value of the foreground class (default: the run's, ISBI 255)")
@@ -61,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment images of any size",
                        description="Segment a stack, an image or a folder with overlap-tile prediction and mirror "
                        "padding. Writes a float32 probability TIFF (1 = cell interior, 0 = membrane, the ISBI convention).")
-    p.add_argument("checkpoint", type=Path, help="best.safetensors / last.safetensors, or a checkpoints/step_N.pt")
+    p.add_argument("checkpoint", type=Path, help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, or the lab's MindSpore .ckpt")
     p.add_argument("input", help="a (multi-page) TIFF or PNG, or a folder of them")
     p.add_argument("-o", "--output", type=Path, required=True, help="probability TIFF to write")
     p.add_argument("--masks", type=Path, help="also write 0/255 PNG masks (threshold 0.5) into this folder")

@@ -33,7 +33,7 @@ def predict_volume(
         if pcfg.tta:
             out[i] = predict_image_tta(model, volume.images[i], **settings)
         else:
-            predict_image(model, volume.images[i], out=out[i], **settings)  # no second full-size copy
+            predict_image(model, volume.images[i], out=out[i], progress=progress, **settings)  # no second copy
     model.train(was_training)
     return out
 

@@ -116,6 +116,7 @@ def predict_image(
     precision: str = "fp32",
     device: torch.device | str | None = None,
     out: np.ndarray | None = None,
+    progress: bool = False,
 ) -> np.ndarray:
     """Foreground probability (class 1 of the softmax) of one (H, W) image in [0, 1].
 
@@ -133,6 +134,7 @@ def predict_image(
         margin: for same-padded nets, mirrored context discarded around each tile.
         precision: 'fp32', 'bf16' or 'fp16' autocast.
         out: optional float32 (H, W) array to write the result into.
+        progress: show a bar over the tiles when there are many (large images).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     h, w = image.shape
@@ -152,8 +154,12 @@ def predict_image(
     origins = list(plan.origins())
     m, b = plan.margin, plan.border
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(origins), desc="tiles", unit="tile", leave=False, disable=not progress or len(origins) < 64)
     for start in range(0, len(origins), batch_size):
         chunk = origins[start : start + batch_size]
+        bar.update(len(chunk))
         batch = np.stack([
             image[np.ix_(_mirror_index(y - b, plan.in_size, h), _mirror_index(x - b, plan.in_size, w))] for y, x in chunk
         ]).astype(np.float32, copy=False)
@@ -167,6 +173,7 @@ def predict_image(
         for (y, x), p in zip(chunk, prob):
             hy, wx = min(plan.out_size, h - y), min(plan.out_size, w - x)  # the part inside the image
             out[y : y + hy, x : x + wx] += (p * weight)[:hy, :wx]
+    bar.close()
     out /= norm_y[:h, None]
     out /= norm_x[None, :w]
     return out
