@@ -163,22 +163,24 @@ def cmd_evaluate(args) -> int:
     report = score_volume(model, volume, pcfg, precision, progress=True)
     print(f"{args.checkpoint} (step {info.get('step')}) on {what}, {precision}:")
     print(format_table(report))
-    out = args.json or args.checkpoint.with_name("eval.json")
+    # beside a run's own checkpoint; for an imported .ckpt (often in a read-only data folder) here
+    out = args.json or (Path(f"{args.checkpoint.stem}-eval.json") if args.checkpoint.suffix == ".ckpt"
+                        else args.checkpoint.with_name("eval.json"))
     write_json(out, {"checkpoint": str(args.checkpoint), "step": info.get("step"), "data": what, "precision": precision,
                      **report, "seconds": time.perf_counter() - start})
     print(f"wrote {out}")
     return 0
 
 
-def _segment(model, input_path, output, pcfg, precision, masks=None, overlays=None, min_size=1):
+def _segment(model, input_path, output, pcfg, precision, masks=None, overlays=None):
     from .data import read_images
     from .evaluate import predict_volume
     from .predict import write_masks, write_overlays, write_probabilities
 
-    volume = read_images(input_path, min_size=min_size)
     output = Path(output)
     if output.suffix.lower() not in (".tif", ".tiff"):
         raise ValueError(f"{output}: the probability output must be a .tif file")
+    volume = read_images(input_path)
     start = time.perf_counter()
     probs = predict_volume(model, volume, pcfg, precision, progress=True)
     seconds = time.perf_counter() - start
