@@ -130,3 +130,14 @@ def test_cli_cv_writes_a_report_per_fold(small_isbi, tmp_path, capsys):
     assert "<td>mean</td>" in page and page.count("<h3>fold") == 4
     assert main(["cv", "--folds", "x", "--out", str(out)]) == 2
     assert "--folds must be comma-separated" in capsys.readouterr().err
+
+
+def test_every_logged_row_has_training_seconds(small_isbi, tmp_path):
+    out = tmp_path / "run"
+    train(_cfg(small_isbi, out, "train.steps=6", "train.val_every=3", "train.log_every=2"), progress=False)
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2, 3, 4, 6]
+    seconds = [float(r["train_s"]) for r in rows]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+    assert rows[1]["val_lab_dice"] and not rows[1]["loss"]  # step 3: a validation between log steps

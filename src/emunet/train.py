@@ -283,7 +283,9 @@ def _train(cfg: Config, ctx, device: torch.device, resume, progress: bool, out: 
                 val_start = time.perf_counter()
                 mean = validate(step)
                 if mean is not None:
-                    row = (row or {"step": step}) | {f"val_{k}": v for k, v in mean.items()}
+                    if row is None:  # a validation between log steps: training seconds so far
+                        row = {"step": step, "train_s": train_s + val_start - window_start}
+                    row |= {f"val_{k}": v for k, v in mean.items()}
                     bar.write(f"step {step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
                               f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error']:.4f}")
             if row is not None and ctx.is_main:
