@@ -52,7 +52,8 @@ def cross_validate(cfg: Config, folds: list[int], progress: bool = True) -> tupl
     means = {key: [r.report["mean"][key] for r in results] for key in results[0].report["mean"]}
     summary = {
         "folds": folds,
-        "per_fold": [{"fold": r.fold, **r.report["mean"], "challenge": r.report.get("challenge", {}).get("v_rand_threshold")} for r in results],
+        "per_fold": [{"fold": r.fold, **r.report["mean"], "v_rand_threshold": r.report["challenge"]["v_rand_threshold"]}
+                     for r in results],
         "mean": {k: float(np.mean(v)) for k, v in means.items()},
         "std": {k: float(np.std(v)) for k, v in means.items()},
     }

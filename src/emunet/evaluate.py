@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from tqdm import tqdm
 
 from .challenge import score_stack

@@ -102,18 +102,17 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Pat
         resume: False to start afresh; True to continue from the newest checkpoint in
             ``cfg.out_dir`` (starting afresh if there is none); or a checkpoint path.
     """
-    t = cfg.train
-    out = Path(cfg.out_dir)
-    ckpt_dir = out / "checkpoints"
-    ctx, device = distributed.setup(t.device, t.dist_timeout)
+    ctx, device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
     try:
-        return _train(cfg, ctx, device, resume or distributed.restarted_by_torchrun(), progress and ctx.is_main, out, ckpt_dir)
+        return _train(cfg, ctx, device, resume or distributed.restarted_by_torchrun(), progress and ctx.is_main)
     finally:
         distributed.teardown(ctx)
 
 
-def _train(cfg: Config, ctx, device: torch.device, resume, progress: bool, out: Path, ckpt_dir: Path) -> Path:
+def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> Path:
     t = cfg.train
+    out = Path(cfg.out_dir)
+    ckpt_dir = out / "checkpoints"
     precision = resolve_precision(t.precision, device)
     if t.batch_size % ctx.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {ctx.world_size} processes")
