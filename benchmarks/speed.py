@@ -79,6 +79,7 @@ def run_case(name: str, device: torch.device) -> dict:
     from emunet.losses import segmentation_loss
     from emunet.model import create_model
     from emunet.tiling import autocast_for, predict_image
+    from emunet.train import make_adam
 
     preset, overrides, tile, batch, precision, steps = CASES[name]
     if device.type == "cuda":
@@ -89,7 +90,7 @@ def run_case(name: str, device: torch.device) -> dict:
     macs = count_macs(model, (1, 1, in_size, in_size))
     fmt = torch.channels_last
     model = model.to(device, memory_format=fmt).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = make_adam(model.parameters(), 1e-4, 0.0)
     vol = load_labelled("../shared/data/isbi2012/train-volume.tif", "../shared/data/isbi2012/train-labels.tif")
     vol = Volume(vol.images[:24], vol.names[:24], vol.source, vol.labels[:24])
     gen = torch.Generator().manual_seed(0)

@@ -6,6 +6,7 @@ every ``--val-every`` steps so the crossing is seen early.
 
     python benchmarks/time_to_accuracy.py                              # the CPU preset
     python benchmarks/time_to_accuracy.py -c configs/isbi-cpu.yaml train.steps=1800 train.seed=2
+    python benchmarks/time_to_accuracy.py --seeds 1,2,3 --val-every 100 train.steps=1500   # 10 min x 3
 """
 
 from __future__ import annotations
@@ -47,14 +48,37 @@ def main() -> int:
     parser.add_argument("-c", "--config", default="configs/isbi-cpu.yaml")
     parser.add_argument("--val-every", type=int, default=25)
     parser.add_argument("--out", default="runs/time-to-accuracy")
+    parser.add_argument("--seeds", default="", help="comma-separated seeds: one run each (in OUT/seedN), then mean and spread")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
-    cfg = load_config(args.config, [f"train.val_every={args.val_every}", f"out_dir={args.out}", *args.overrides])
-    start = time.perf_counter()
-    train(cfg, progress=False)
-    result = summarise(Path(cfg.out_dir) / "metrics.csv") | {"wall_s": time.perf_counter() - start}
-    print(json.dumps(result, indent=2))
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    runs = []
+    for seed in seeds or [None]:
+        out = f"{args.out}/seed{seed}" if seed is not None else args.out
+        extra = [f"train.seed={seed}"] if seed is not None else []
+        cfg = load_config(args.config, [f"train.val_every={args.val_every}", f"out_dir={out}", *args.overrides, *extra])
+        start = time.perf_counter()
+        train(cfg, progress=False)
+        result = {"seed": cfg.train.seed} | summarise(Path(cfg.out_dir) / "metrics.csv") | {"wall_s": time.perf_counter() - start}
+        print(json.dumps(result, indent=2), flush=True)
+        runs.append(result)
+    if len(runs) > 1:
+        print(json.dumps(spread(runs), indent=2))
     return 0
+
+
+def spread(runs: list[dict]) -> dict:
+    """Mean, sample standard deviation, min and max over seeds of the headline figures."""
+    import statistics
+
+    keys = ("final_v_rand", "best_v_rand", "final_lab_dice", "final_train_s", "train_s_to_lab_dice")
+    out: dict = {"seeds": [r["seed"] for r in runs]}
+    for k in keys:
+        values = [r[k] for r in runs if r[k] is not None]
+        if values:
+            out[k] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                      "min": min(values), "max": max(values)}
+    return out
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from emunet.model import PRESETS, UNet, UNetConfig, count_parameters, create_model
+from emunet.model import PRESETS, UNet, UNetConfig, center_crop, count_parameters, create_model
 
 
 def test_lab_preset_has_the_labs_parameter_count():
@@ -60,3 +60,23 @@ def test_unknown_preset_and_option():
 def test_every_preset_builds():
     for name in PRESETS:
         assert count_parameters(create_model(name, width=2)) > 0
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_center_crop_gradient_keeps_the_layout(layout):
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_(True)
+    crop = center_crop(x, 5, 4)
+    assert torch.equal(crop, x.detach()[..., 2:7, 2:6])
+    torch.autograd.gradcheck(lambda t: center_crop(t, 5, 4), (x,))
+    (g,) = torch.autograd.grad((crop * torch.randn_like(crop)).sum(), x)
+    assert g.is_contiguous(memory_format=layout)
+    assert g[..., :2, :].abs().sum() == 0 and g[..., 2:7, 2:6].abs().sum() > 0
+
+
+def test_lab_net_gradients_are_channels_last_throughout():
+    model = UNet(UNetConfig(width=2, depth=2)).to(memory_format=torch.channels_last)
+    x = torch.randn(1, 1, model.input_size(8), model.input_size(8)).contiguous(memory_format=torch.channels_last)
+    skip_grads = []
+    model.inc.register_full_backward_hook(lambda m, gin, gout: skip_grads.append(gout[0]))
+    model(x).sum().backward()
+    assert skip_grads and skip_grads[0].is_contiguous(memory_format=torch.channels_last)

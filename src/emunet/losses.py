@@ -18,9 +18,20 @@ def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1.0)
     return 1.0 - ((2.0 * inter + eps) / (denom + eps)).mean()
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce") -> torch.Tensor:
-    """'ce': softmax cross-entropy (the lab's); 'ce+dice': plus the soft dice loss."""
-    loss = F.cross_entropy(logits.float(), labels)
+def segmentation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce", membrane_weight: float = 1.0
+) -> torch.Tensor:
+    """'ce': softmax cross-entropy (the lab's); 'ce+dice': plus the soft dice loss.
+
+    ``membrane_weight`` weighs class 0 (membrane) against the others in the cross-entropy
+    (a weighted mean, as ``nn.CrossEntropyLoss(weight=...)``): a gap in a thin membrane merges
+    two cells, so its pixels deserve more than their share of the loss.
+    """
+    weight = None
+    if membrane_weight != 1.0:
+        weight = torch.ones(logits.shape[1], device=logits.device)
+        weight[0] = membrane_weight
+    loss = F.cross_entropy(logits.float(), labels, weight=weight)
     if kind == "ce+dice":
         loss = loss + soft_dice_loss(logits, labels)
     return loss

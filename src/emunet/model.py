@@ -96,11 +96,36 @@ class Down(nn.Module):
         return self.dropout(self.maxpool_conv(x))
 
 
+class _Crop(torch.autograd.Function):
+    """A slice whose gradient keeps the input's memory layout.
+
+    Plain slicing back-propagates into a new NCHW tensor; on a channels_last network that
+    gradient then meets the max-pool's channels_last one, and the sum and the ReLU backward
+    fall to slow mixed-layout loops (a quarter of the lab net's bf16 step on CPU).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, top: int, left: int, height: int, width: int) -> torch.Tensor:
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.shape, ctx.window = x.shape, (top, left, height, width)
+        ctx.layout = torch.channels_last if channels_last else torch.contiguous_format
+        return x[..., top : top + height, left : left + width]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        top, left, height, width = ctx.window
+        full = torch.zeros(ctx.shape, dtype=grad.dtype, device=grad.device).contiguous(memory_format=ctx.layout)
+        full[..., top : top + height, left : left + width] = grad
+        return full, None, None, None, None
+
+
 def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Crop the centre ``height x width`` of an NCHW tensor (the paper's skip cropping)."""
     top = (x.shape[-2] - height) // 2
     left = (x.shape[-1] - width) // 2
-    return x[..., top : top + height, left : left + width]
+    if not (x.requires_grad and torch.is_grad_enabled()) or torch.jit.is_tracing():
+        return x[..., top : top + height, left : left + width]
+    return _Crop.apply(x, top, left, height, width)
 
 
 class Up(nn.Module):

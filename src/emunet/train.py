@@ -92,6 +92,16 @@ def _read_csv(path: Path, up_to: int) -> list[dict]:
         return [r for r in csv.DictReader(f) if int(r["step"]) <= up_to]
 
 
+def make_adam(params, lr: float, weight_decay: float) -> torch.optim.Adam:
+    """Adam as one fused kernel where this PyTorch has it for the device (CPU since 2.4): on
+    CPU the default per-tensor loop costs about 8 % of the lab net's step."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+
+
 def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Path:
     """Train per ``cfg``; return the path of the best weights (``best.safetensors``).
 
@@ -140,7 +150,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
         load_into(model, init_model.state_dict(), Path(t.init))
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
-    optimizer = torch.optim.Adam(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    optimizer = make_adam(model.parameters(), t.lr, t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
     scaler = torch.amp.GradScaler(device.type, init_scale=t.loss_scale, enabled=precision == "fp16")
     run_config = config_to_dict(cfg) | {"model_resolved": asdict(model.cfg)}
@@ -250,7 +260,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
             labels = labels.to(device, non_blocking=True)
             with autocast_for(device, precision):
                 logits = net(images)
-            loss = segmentation_loss(logits, labels, t.loss)
+            loss = segmentation_loss(logits, labels, t.loss, t.membrane_weight)
             if not torch.isfinite(loss) and not scaler.is_enabled():  # with fp16 the scaler skips the step
                 raise TrainingError(f"loss became {loss.item()} at step {step + 1} (rank {ctx.rank}); "
                                     f"the last good checkpoint is kept in {ckpt_dir}")
