@@ -5,7 +5,9 @@ Measures, in one run, for the lab preset (unet_medical, 572 -> 388) and the CPU 
 training step costs about 3x the forward pass, 2 FLOPs per MAC), the share of step time spent
 in tile sampling and augmentation, overlap-tile inference megapixels/s, and peak memory (each
 case in a fresh subprocess); plus the fp32 and bf16 matmul peak, printing every figure as a
-fraction of it. On CUDA the same runs on the GPU.
+fraction of it; and the share of a step spent in convolution kernels, with the rate the
+convolutions alone reach (the ceiling for the whole step is the convolutions' own rate).
+On CUDA the same runs on the GPU.
 
     python benchmarks/speed.py                   # all cases, ~5 minutes on 2 CPU cores
     python benchmarks/speed.py --cases cpu       # one preset
@@ -72,6 +74,26 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def convolution_share(step, device: torch.device) -> float:
+    """Share of one profiled training step spent in convolution kernels (forward and backward).
+
+    The rest (ReLU, pooling, copies, the optimiser) is memory-bound: it bounds how close the
+    whole step can come to the matmul peak however fast the convolutions are.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        step()
+    events = prof.key_averages()
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, attr) for e in events)
+    conv = sum(getattr(e, attr) for e in events if "conv" in e.key.lower() and "backward" in e.key.lower()
+               or e.key in ("aten::mkldnn_convolution", "aten::cudnn_convolution", "aten::_convolution_pointwise")
+               or (device.type == "cuda" and ("conv" in e.key.lower() or "gemm" in e.key.lower())))
+    return conv / total if total else 0.0
+
+
 def run_case(name: str, device: torch.device) -> dict:
     """One preset: training speed, data share, inference speed, peak memory (this process)."""
     from emunet.augment import AugmentConfig, augment_batch
@@ -121,6 +143,8 @@ def run_case(name: str, device: torch.device) -> dict:
     images_per_s = batch / train_s
     train_gflops = 3 * 2 * macs * images_per_s / 1e9
 
+    conv_share = convolution_share(step, device)
+
     model.eval()
     image = vol.images[0]
     predict_image(model, image, tile=tile, overlap=0.0, batch_size=4, precision=precision)
@@ -136,7 +160,8 @@ def run_case(name: str, device: torch.device) -> dict:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"case": name, "preset": preset, "input": in_size, "batch": batch, "precision": precision,
             "gmac_per_image": macs / 1e9, "train_images_per_s": images_per_s, "train_gflops": train_gflops,
-            "data_share": data / (train_s * steps), "infer_mpix_per_s": mpix, "peak_mb": peak_mb}
+            "data_share": data / (train_s * steps), "conv_share": conv_share,
+            "infer_mpix_per_s": mpix, "peak_mb": peak_mb}
 
 
 def main() -> int:
@@ -159,12 +184,16 @@ def main() -> int:
                               capture_output=True, text=True, check=True)
         r = json.loads(done.stdout.strip().splitlines()[-1])
         r["fraction_of_peak"] = r["train_gflops"] / peaks["bf16" if r["precision"] == "bf16" else "fp32"]
+        # the convolutions alone: the same FLOPs over only the time spent in them
+        r["conv_fraction_of_peak"] = r["fraction_of_peak"] / r["conv_share"] if r["conv_share"] else 0.0
         results.append(r)
-    head = f"{'case':<9}{'prec':>6}{'in':>5}{'batch':>6}{'GMAC/img':>10}{'img/s':>8}{'GFLOP/s':>9}{'of peak':>9}{'data':>7}{'MP/s':>7}{'peak MB':>9}"
+    head = (f"{'case':<9}{'prec':>6}{'in':>5}{'batch':>6}{'GMAC/img':>10}{'img/s':>8}{'GFLOP/s':>9}{'of peak':>9}"
+            f"{'conv':>6}{'conv of peak':>13}{'data':>7}{'MP/s':>7}{'peak MB':>9}")
     print(head)
     for r in results:
         print(f"{r['case']:<9}{r['precision']:>6}{r['input']:>5}{r['batch']:>6}{r['gmac_per_image']:>10.1f}"
               f"{r['train_images_per_s']:>8.2f}{r['train_gflops']:>9.0f}{r['fraction_of_peak']:>9.0%}"
+              f"{r['conv_share']:>6.0%}{r['conv_fraction_of_peak']:>13.0%}"
               f"{r['data_share']:>7.0%}{r['infer_mpix_per_s']:>7.2f}{r['peak_mb']:>9.0f}")
     if args.json:
         with open(args.json, "w") as f:

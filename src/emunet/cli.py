@@ -28,6 +28,8 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="tiles per forward pass; bounds memory (default: the run's)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over the 8 flips/turns of each image (8x slower; default: the run's predict.tta)")
+    p.add_argument("--smooth", type=float, metavar="SIGMA",
+                   help="Gaussian blur of the probability map, std in pixels; 0 = none (default: the run's predict.smooth)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,12 +120,15 @@ def _config(args):
 def _predict_settings(args, pcfg):
     from dataclasses import replace
 
-    pairs = (("tile", args.tile), ("overlap", args.overlap), ("batch_size", args.batch_size), ("tta", args.tta))
+    pairs = (("tile", args.tile), ("overlap", args.overlap), ("batch_size", args.batch_size), ("tta", args.tta),
+             ("smooth", args.smooth))
     changes = {k: v for k, v in pairs if v is not None}
     if "overlap" in changes and not 0.0 <= changes["overlap"] < 1.0:
         raise ValueError(f"--overlap must be in [0, 1), got {changes['overlap']}")
     if changes.get("tile", 1) < 1 or changes.get("batch_size", 1) < 1:
         raise ValueError("--tile and --batch-size must be positive")
+    if not 0.0 <= changes.get("smooth", 0.0) < 50.0:
+        raise ValueError(f"--smooth must be a blur std in pixels in [0, 50), got {changes['smooth']}")
     return replace(pcfg, **changes)
 
 

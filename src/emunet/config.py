@@ -117,6 +117,7 @@ class PredictConfig:
     blend: 'gaussian' or 'uniform'.
     margin: mirrored context dropped around tiles of same-padded nets.
     tta: average over the 8 flips and 90-degree turns (8x the time; smoother boundaries).
+    smooth: std in pixels of a Gaussian blur of the probability map (0 = none, the lab's).
     """
 
     tile: int = 388
@@ -125,6 +126,7 @@ class PredictConfig:
     blend: str = "gaussian"
     margin: int = 32
     tta: bool = False
+    smooth: float = 0.0
 
 
 @dataclass
@@ -155,6 +157,7 @@ class Config:
             (self.predict.blend in ("gaussian", "uniform"), "predict.blend must be 'gaussian' or 'uniform'"),
             (0.0 <= self.predict.overlap < 1.0, "predict.overlap must be in [0, 1)"),
             (self.predict.batch_size >= 1, "predict.batch_size must be at least 1"),
+            (0.0 <= self.predict.smooth < 50.0, "predict.smooth must be a blur std in pixels in [0, 50)"),
             (self.data.fold >= 0, "data.fold must be >= 0"),
         ]
         for ok, msg in checks:

@@ -13,6 +13,7 @@ from .config import PredictConfig
 from .data import Volume
 from .metrics import SCORE_NAMES, slice_scores
 from .model import UNet
+from .postprocess import smooth_in_place
 from .tiling import predict_image, predict_image_tta
 
 __all__ = ["predict_volume", "score_probabilities", "score_volume", "format_table", "write_json"]
@@ -21,7 +22,8 @@ __all__ = ["predict_volume", "score_probabilities", "score_volume", "format_tabl
 def predict_volume(
     model: UNet, volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False
 ) -> np.ndarray:
-    """Foreground probabilities (N, H, W) float32 of every slice, by overlap-tile prediction."""
+    """Foreground probabilities (N, H, W) float32 of every slice, by overlap-tile prediction
+    (smoothed by ``pcfg.smooth``)."""
     was_training = model.training
     model.eval()
     out = np.empty(volume.images.shape, np.float32)
@@ -33,6 +35,7 @@ def predict_volume(
             out[i] = predict_image_tta(model, volume.images[i], **settings)
         else:
             predict_image(model, volume.images[i], out=out[i], progress=progress, **settings)  # no second copy
+        smooth_in_place(out[i], pcfg.smooth)
     model.train(was_training)
     return out
 
