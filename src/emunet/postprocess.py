@@ -12,8 +12,9 @@ def smooth_in_place(prob: np.ndarray, sigma: float, chunk: int = 1024) -> np.nda
     """Gaussian-smooth a 2-D probability map in place (scipy's 'reflect' borders).
 
     A light blur (sigma about 1 px) removes one- and two-pixel dips inside cells that would
-    otherwise split a cell at the challenge's high thresholds; measured on fold 1 it raised
-    V_rand by 0.005 on average over 12 checkpoints and lowered it in none by more than 1e-4.
+    otherwise split a cell at the challenge's high thresholds. On fold 1 it raised V_rand by
+    0.005 on average over the 12 checkpoints it was chosen on, but only by 0.0005 (-0.002 to
+    +0.003) on 3 later runs: a small gain, not a cure (README, Results).
     The filter is separable and runs over bands of ``chunk`` rows, then columns, so memory
     stays at one band however large the image (as ``scipy.ndimage.gaussian_filter``, which it
     equals, would not).
