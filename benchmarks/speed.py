@@ -85,12 +85,18 @@ def convolution_share(step, device: torch.device) -> float:
     activities = [ProfilerActivity.CUDA] if device.type == "cuda" else [ProfilerActivity.CPU]
     with profile(activities=activities) as prof:
         step()
-    events = prof.key_averages()
-    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    total = sum(getattr(e, attr) for e in events)
-    conv = sum(getattr(e, attr) for e in events if "conv" in e.key.lower() and "backward" in e.key.lower()
-               or e.key in ("aten::mkldnn_convolution", "aten::cudnn_convolution", "aten::_convolution_pointwise")
-               or (device.type == "cuda" and ("conv" in e.key.lower() or "gemm" in e.key.lower())))
+    cuda = device.type == "cuda"
+    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
+    # GPU events are kernels (cuDNN names its convolution kernels conv* or *gemm*); CPU events
+    # are ATen ops, whose self time for a oneDNN convolution sits in these two
+    cpu_ops = ("aten::mkldnn_convolution", "aten::convolution_backward")
+    total = conv = 0.0
+    for e in prof.key_averages():
+        t = getattr(e, attr)
+        total += t
+        name = e.key.lower()
+        if ("conv" in name or "gemm" in name) if cuda else e.key in cpu_ops:
+            conv += t
     return conv / total if total else 0.0
 
 

@@ -6,7 +6,7 @@ every ``--val-every`` steps so the crossing is seen early.
 
     python benchmarks/time_to_accuracy.py                              # the CPU preset
     python benchmarks/time_to_accuracy.py -c configs/isbi-cpu.yaml train.steps=1800 train.seed=2
-    python benchmarks/time_to_accuracy.py --seeds 1,2,3 --val-every 100 train.steps=1500   # 10 min x 3
+    python benchmarks/time_to_accuracy.py --seeds 1,2,3 --val-every 100 --out runs/tta-10min train.steps=1300
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -69,8 +70,6 @@ def main() -> int:
 
 def spread(runs: list[dict]) -> dict:
     """Mean, sample standard deviation, min and max over seeds of the headline figures."""
-    import statistics
-
     keys = ("final_v_rand", "best_v_rand", "final_lab_dice", "final_train_s", "train_s_to_lab_dice")
     out: dict = {"seeds": [r["seed"] for r in runs]}
     for k in keys:

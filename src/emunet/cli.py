@@ -123,13 +123,7 @@ def _predict_settings(args, pcfg):
     pairs = (("tile", args.tile), ("overlap", args.overlap), ("batch_size", args.batch_size), ("tta", args.tta),
              ("smooth", args.smooth))
     changes = {k: v for k, v in pairs if v is not None}
-    if "overlap" in changes and not 0.0 <= changes["overlap"] < 1.0:
-        raise ValueError(f"--overlap must be in [0, 1), got {changes['overlap']}")
-    if changes.get("tile", 1) < 1 or changes.get("batch_size", 1) < 1:
-        raise ValueError("--tile and --batch-size must be positive")
-    if not 0.0 <= changes.get("smooth", 0.0) < 50.0:
-        raise ValueError(f"--smooth must be a blur std in pixels in [0, 50), got {changes['smooth']}")
-    return replace(pcfg, **changes)
+    return replace(pcfg, **changes).validate()
 
 
 def _load(args):

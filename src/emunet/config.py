@@ -128,6 +128,20 @@ class PredictConfig:
     tta: bool = False
     smooth: float = 0.0
 
+    def validate(self) -> PredictConfig:
+        """Raise ConfigError on a bad setting (shared by config files and the CLI's flags)."""
+        checks = [
+            (self.tile >= 1, f"predict.tile (--tile) must be positive, got {self.tile}"),
+            (self.blend in ("gaussian", "uniform"), "predict.blend must be 'gaussian' or 'uniform'"),
+            (0.0 <= self.overlap < 1.0, f"predict.overlap (--overlap) must be in [0, 1), got {self.overlap}"),
+            (self.batch_size >= 1, f"predict.batch_size (--batch-size) must be at least 1, got {self.batch_size}"),
+            (0.0 <= self.smooth < 50.0, f"predict.smooth (--smooth) must be a blur std in pixels in [0, 50), got {self.smooth}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        return self
+
 
 @dataclass
 class Config:
@@ -154,15 +168,12 @@ class Config:
             (0.0 <= t.ema < 1.0, "train.ema must be in [0, 1)"),
             (t.select_by in ("lab_dice", "v_rand", "v_info"), "train.select_by must be lab_dice, v_rand or v_info"),
             (t.val_every >= 0 and t.checkpoint_every >= 0, "train.val_every/checkpoint_every must be >= 0"),
-            (self.predict.blend in ("gaussian", "uniform"), "predict.blend must be 'gaussian' or 'uniform'"),
-            (0.0 <= self.predict.overlap < 1.0, "predict.overlap must be in [0, 1)"),
-            (self.predict.batch_size >= 1, "predict.batch_size must be at least 1"),
-            (0.0 <= self.predict.smooth < 50.0, "predict.smooth must be a blur std in pixels in [0, 50)"),
             (self.data.fold >= 0, "data.fold must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        self.predict.validate()
         return self
 
 
