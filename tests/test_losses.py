@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emunet.config import ConfigError, load_config
-from emunet.losses import segmentation_loss, soft_dice_loss
+from emunet.losses import membrane_skeleton, segmentation_loss, skeleton_recall_loss, soft_dice_loss
 
 
 def _example():
@@ -52,3 +52,48 @@ def test_soft_dice_of_a_confident_right_answer_is_near_zero():
 def test_membrane_weight_must_be_a_positive_number(bad):
     with pytest.raises(ConfigError, match="membrane_weight"):
         load_config(None, [f"train.membrane_weight={bad}"])
+
+
+def _two_cells():
+    """Two cells side by side, split by a 5 px vertical membrane (optionally with a gap)."""
+    labels = torch.ones(1, 32, 32, dtype=torch.long)
+    labels[:, :, 14:19] = 0
+    return labels
+
+
+def test_membrane_skeleton_is_the_centre_line_of_the_membrane():
+    skel = membrane_skeleton(_two_cells())
+    assert skel.shape == (1, 32, 32) and skel.dtype == torch.float32
+    assert skel[0, 1:-1, 16].all()  # the centre column (thinning stops a pixel short of the tile's edge)
+    assert not skel[0, :, :14].any() and not skel[0, :, 19:].any()  # never on the cells
+    assert skel[0, 5].sum() == 3  # widened to 3 px across the line
+    assert not membrane_skeleton(torch.ones(2, 8, 8, dtype=torch.long)).any()  # no membrane, no skeleton
+
+
+def test_skeleton_recall_charges_a_gap_in_the_membrane_by_its_length():
+    labels = _two_cells()
+    logits = torch.nn.functional.one_hot(labels, 2).permute(0, 3, 1, 2).float() * 8
+    skel = membrane_skeleton(labels)
+    assert skeleton_recall_loss(logits, skel).item() < 1e-3
+
+    def with_gap(rows: int) -> float:
+        gapped = logits.clone()  # interior predicted straight across the membrane
+        gapped[0, :, 10 : 10 + rows, 14:19] = gapped[0, :, 10 : 10 + rows, 14:19].flip(0)
+        return skeleton_recall_loss(gapped, skel).item()
+
+    assert with_gap(3) == pytest.approx(3 / 30, abs=0.01)  # 3 of the centre line's 30 rows are missed
+    assert with_gap(6) == pytest.approx(2 * with_gap(3), rel=0.02)
+
+
+def test_skeleton_weight_adds_the_recall_term():
+    labels = _two_cells()
+    logits = torch.randn(1, 2, 32, 32, generator=torch.Generator().manual_seed(0))
+    plain = segmentation_loss(logits, labels).item()
+    recall = skeleton_recall_loss(logits, membrane_skeleton(labels)).item()
+    assert segmentation_loss(logits, labels, skeleton_weight=0.5).item() == pytest.approx(plain + 0.5 * recall, rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", ["-1", "nan", "inf"])
+def test_skeleton_weight_must_be_a_non_negative_number(bad):
+    with pytest.raises(ConfigError, match="skeleton_weight"):
+        load_config(None, [f"train.skeleton_weight={bad}"])

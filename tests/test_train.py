@@ -141,3 +141,12 @@ def test_every_logged_row_has_training_seconds(small_isbi, tmp_path):
     seconds = [float(r["train_s"]) for r in rows]
     assert seconds == sorted(seconds) and seconds[0] > 0
     assert rows[1]["val_lab_dice"] and not rows[1]["loss"]  # step 3: a validation between log steps
+
+
+def test_skeleton_weight_trains_and_changes_the_loss(small_isbi, tmp_path):
+    extra = ["train.steps=3", "train.val_every=0"]
+    train(_cfg(small_isbi, tmp_path / "plain", *extra), progress=False)
+    train(_cfg(small_isbi, tmp_path / "skel", *extra, "train.skeleton_weight=1.0"), progress=False)
+    plain, skel = _losses(tmp_path / "plain"), _losses(tmp_path / "skel")
+    assert skel[1] > plain[1]  # same first batch and weights, plus a positive recall term
+    assert all(np.isfinite(v) for v in skel.values())

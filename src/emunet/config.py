@@ -65,6 +65,8 @@ class TrainConfig:
     schedule: 'constant' or 'cosine' (decay to lr * min_lr_ratio), after warmup_steps.
     loss: 'ce' (softmax cross-entropy) or 'ce+dice'.
     membrane_weight: cross-entropy weight of class 0 (membrane) against class 1 (1 = the lab's).
+    skeleton_weight: weight of the skeleton-recall term (membrane probability on the labels'
+        membrane centre lines), which charges gaps in thin membranes; 0 = off (the lab's).
     precision: 'auto' (bf16 on CPU, fp16 with a gradient scaler on CUDA), 'fp32', 'bf16', 'fp16'.
     loss_scale: initial loss scale for fp16 (the lab fixes 1024).
     seed: makes runs repeatable.
@@ -92,6 +94,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.0
     loss: str = "ce"
     membrane_weight: float = 1.0
+    skeleton_weight: float = 0.0
     precision: str = "auto"
     loss_scale: float = 1024.0
     seed: int = 1
@@ -163,6 +166,7 @@ class Config:
             (t.schedule in ("constant", "cosine"), "train.schedule must be 'constant' or 'cosine'"),
             (t.loss in ("ce", "ce+dice"), "train.loss must be 'ce' or 'ce+dice'"),
             (0 < t.membrane_weight < math.inf, f"train.membrane_weight must be a positive number, got {t.membrane_weight}"),
+            (0 <= t.skeleton_weight < math.inf, f"train.skeleton_weight must be a number >= 0, got {t.skeleton_weight}"),
             (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision must be auto/fp32/bf16/fp16"),
             (t.keep >= 1, "train.keep must be at least 1"),
             (0.0 <= t.ema < 1.0, "train.ema must be in [0, 1)"),

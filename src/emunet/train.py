@@ -260,7 +260,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
             labels = labels.to(device, non_blocking=True)
             with autocast_for(device, precision):
                 logits = net(images)
-            loss = segmentation_loss(logits, labels, t.loss, t.membrane_weight)
+            loss = segmentation_loss(logits, labels, t.loss, t.membrane_weight, t.skeleton_weight)
             if not torch.isfinite(loss) and not scaler.is_enabled():  # with fp16 the scaler skips the step
                 raise TrainingError(f"loss became {loss.item()} at step {step + 1} (rank {ctx.rank}); "
                                     f"the last good checkpoint is kept in {ckpt_dir}")
