@@ -79,3 +79,25 @@ def test_test_time_augmentation_is_equivariant(valid_net, rng):
     # averaging over the whole symmetry group makes the result commute with a turn
     turned = predict_image_tta(valid_net, np.ascontiguousarray(np.rot90(image)), tile=36)
     np.testing.assert_allclose(np.rot90(prob), turned, atol=1e-5)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_an_ensemble_predicts_the_mean_of_its_models(rng, tta):
+    from pathlib import Path
+
+    from emunet.config import PredictConfig
+    from emunet.data import Volume
+    from emunet.evaluate import predict_volume
+
+    models = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        models.append(create_model("unet_cpu", width=4, depth=2).eval())
+    volume = Volume(rng.random((2, 40, 52), dtype=np.float32), ["a", "b"], Path("mem"))
+    pcfg = PredictConfig(tile=32, overlap=0.25, margin=8, tta=tta, smooth=0.7)
+    singles = [predict_volume(m, volume, pcfg) for m in models]
+    together = predict_volume(models, volume, pcfg)
+    np.testing.assert_allclose(together, np.mean(singles, axis=0), atol=1e-6)
+    assert not np.allclose(singles[0], singles[1], atol=1e-3)  # the models do differ
+    assert all(not m.training for m in models)
+    np.testing.assert_array_equal(predict_volume(models[:1], volume, pcfg), singles[0])

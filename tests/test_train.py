@@ -101,11 +101,21 @@ def test_cli_run_evaluate_predict(small_isbi, tmp_path, capsys):
                  "--labels", str(small_isbi["labels"]), "--json", str(tmp_path / "all.json")]) == 0
     assert len(json.loads((tmp_path / "all.json").read_text())["slices"]) == 10
 
+    # two checkpoints: the mean of their probabilities, written beside the first by default
+    assert main(["evaluate", str(out / "best.safetensors"), str(out / "checkpoints" / "step_000002.pt"), "--precision", "fp32"]) == 0
+    ensemble = json.loads((out / "eval-ensemble.json").read_text())
+    assert len(ensemble["checkpoint"]) == 2 and len(ensemble["slices"]) == 2
+    assert "mean of 2 models" in capsys.readouterr().out
+
     pred = tmp_path / "pred.tif"
     assert main(["predict", str(out / "best.safetensors"), str(small_isbi["test"]), "-o", str(pred),
                  "--masks", str(tmp_path / "masks"), "--tile", "48", "--overlap", "0.5"]) == 0
     assert tifffile.imread(pred).shape == (2, 200, 300)
     assert len(list((tmp_path / "masks").glob("*_mask.png"))) == 2
+    pair = tmp_path / "pair.tif"
+    assert main(["predict", str(out / "best.safetensors"), str(out / "last.safetensors"), str(small_isbi["test"]),
+                 "-o", str(pair), "--tile", "48"]) == 0
+    assert tifffile.imread(pair).shape == (2, 200, 300)
 
 
 def test_cli_errors_are_one_line_and_name_the_problem(small_isbi, tmp_path, capsys):

@@ -53,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "membrane dice and IoU at 0.5, pixel error, and the ISBI challenge's V_rand and V_info after "
                        "border thinning (best of thresholds 0.0..1.0, with split and merge parts). By default on the "
                        "validation fold of the run that wrote the checkpoint; with --images/--labels on all of those.")
-    p.add_argument("checkpoint", type=Path, help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, or the lab's MindSpore .ckpt")
+    p.add_argument("checkpoint", type=Path, nargs="+",
+                   help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, or the lab's MindSpore .ckpt; "
+                   "several: score the mean of their probabilities (an ensemble; settings and fold from the first)")
     p.add_argument("--images", help="labelled images to score (stack or folder); default: the run's validation fold")
     p.add_argument("--labels", help="their masks")
     p.add_argument("--foreground", type=int, help="mask value of the foreground class (default: the run's, ISBI 255)")
@@ -64,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment images of any size",
                        description="Segment a stack, an image or a folder with overlap-tile prediction and mirror "
                        "padding. Writes a float32 probability TIFF (1 = cell interior, 0 = membrane, the ISBI convention).")
-    p.add_argument("checkpoint", type=Path, help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, or the lab's MindSpore .ckpt")
+    p.add_argument("checkpoint", type=Path, nargs="+",
+                   help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, or the lab's MindSpore .ckpt; "
+                   "several: write the mean of their probabilities (an ensemble; settings from the first)")
     p.add_argument("input", help="a (multi-page) TIFF or PNG, or a folder of them")
     p.add_argument("-o", "--output", type=Path, required=True, help="probability TIFF to write")
     p.add_argument("--masks", type=Path, help="also write 0/255 PNG masks (threshold 0.5) into this folder")
@@ -127,26 +131,28 @@ def _predict_settings(args, pcfg):
 
 
 def _load(args):
-    """Model, run config (or defaults), device and precision for evaluate/predict."""
+    """Models (one per checkpoint), the first one's run config (or defaults), device and
+    precision for evaluate/predict."""
     from .checkpoint import load_model
     from .config import Config, config_from_dict
     from .train import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
-    model, info = load_model(args.checkpoint, device)
+    loaded = [load_model(path, device) for path in args.checkpoint]
+    models, info = [m for m, _ in loaded], loaded[0][1]
     run = info.get("config")
     cfg = Config()
     if isinstance(run, dict):
         run = {k: v for k, v in run.items() if k != "model_resolved"}
         cfg = config_from_dict(run)
-    return model, cfg, device, resolve_precision(args.precision, device), info
+    return models, cfg, device, resolve_precision(args.precision, device), info
 
 
 def cmd_evaluate(args) -> int:
     from .data import fold_split, load_labelled
     from .evaluate import format_table, score_volume, write_json
 
-    model, cfg, device, precision, info = _load(args)
+    models, cfg, device, precision, info = _load(args)
     pcfg = _predict_settings(args, cfg.predict)
     foreground = args.foreground if args.foreground is not None else cfg.data.foreground
     if bool(args.images) != bool(args.labels):
@@ -159,13 +165,18 @@ def cmd_evaluate(args) -> int:
         volume = volume.subset(fold_split(len(volume), fold, cfg.data.train_ratio)[1])
         what = f"fold {fold} of {cfg.data.images}"
     start = time.perf_counter()
-    report = score_volume(model, volume, pcfg, precision, progress=True)
-    print(f"{args.checkpoint} (step {info.get('step')}) on {what}, {precision}:")
+    report = score_volume(models, volume, pcfg, precision, progress=True)
+    first = args.checkpoint[0]
+    if len(models) == 1:
+        print(f"{first} (step {info.get('step')}) on {what}, {precision}:")
+    else:
+        print(f"mean of {len(models)} models ({', '.join(map(str, args.checkpoint))}) on {what}, {precision}:")
     print(format_table(report))
     # beside a run's own checkpoint; for an imported .ckpt (often in a read-only data folder) here
-    out = args.json or (Path(f"{args.checkpoint.stem}-eval.json") if args.checkpoint.suffix == ".ckpt"
-                        else args.checkpoint.with_name("eval.json"))
-    write_json(out, {"checkpoint": str(args.checkpoint), "step": info.get("step"), "data": what, "precision": precision,
+    name = "eval.json" if len(models) == 1 else "eval-ensemble.json"
+    out = args.json or (Path(f"{first.stem}-{name}") if first.suffix == ".ckpt" else first.with_name(name))
+    write_json(out, {"checkpoint": str(first) if len(models) == 1 else [str(c) for c in args.checkpoint],
+                     "step": info.get("step"), "data": what, "precision": precision,
                      **report, "seconds": time.perf_counter() - start})
     print(f"wrote {out}")
     return 0
@@ -196,8 +207,8 @@ def _segment(model, input_path, output, pcfg, precision, masks=None, overlays=No
 
 
 def cmd_predict(args) -> int:
-    model, cfg, device, precision, _ = _load(args)
-    _segment(model, args.input, args.output, _predict_settings(args, cfg.predict), precision, args.masks, args.overlays)
+    models, cfg, device, precision, _ = _load(args)
+    _segment(models, args.input, args.output, _predict_settings(args, cfg.predict), precision, args.masks, args.overlays)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,23 +21,41 @@ __all__ = ["predict_volume", "score_probabilities", "score_volume", "format_tabl
 
 
 def predict_volume(
-    model: UNet, volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False
+    model: UNet | Sequence[UNet], volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False
 ) -> np.ndarray:
     """Foreground probabilities (N, H, W) float32 of every slice, by overlap-tile prediction
-    (smoothed by ``pcfg.smooth``)."""
-    was_training = model.training
-    model.eval()
+    (smoothed by ``pcfg.smooth``).
+
+    Given several models (an ensemble, e.g. runs with different seeds or folds), the result is
+    the mean of their probabilities: independently trained models disagree on the ambiguous
+    membranes, and the average is steadier than any one of them (README, Results). That costs
+    one more slice-sized buffer.
+    """
+    models = [model] if isinstance(model, UNet) else list(model)
+    if not models:
+        raise ValueError("predict_volume needs at least one model")
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
     out = np.empty(volume.images.shape, np.float32)
+    extra = np.empty(volume.images.shape[1:], np.float32) if len(models) > 1 else None
     slices = tqdm(range(len(volume)), desc="predict", unit="slice", leave=False, disable=not progress)
     settings = dict(tile=pcfg.tile, overlap=pcfg.overlap, batch_size=pcfg.batch_size, blend=pcfg.blend,
                     margin=pcfg.margin, precision=precision)
     for i in slices:
-        if pcfg.tta:
-            out[i] = predict_image_tta(model, volume.images[i], **settings)
-        else:
-            predict_image(model, volume.images[i], out=out[i], progress=progress, **settings)  # no second copy
+        for k, m in enumerate(models):
+            target = out[i] if k == 0 else extra
+            if pcfg.tta:
+                target[...] = predict_image_tta(m, volume.images[i], **settings)
+            else:
+                predict_image(m, volume.images[i], out=target, progress=progress, **settings)  # no second copy
+            if k:
+                out[i] += extra
+        if len(models) > 1:
+            out[i] /= len(models)
         smooth_in_place(out[i], pcfg.smooth)
-    model.train(was_training)
+    for m, mode in zip(models, modes):
+        m.train(mode)
     return out
 
 
@@ -65,9 +84,10 @@ def score_probabilities(probs: np.ndarray, volume: Volume, challenge: bool = Tru
 
 
 def score_volume(
-    model: UNet, volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False, challenge: bool = True
+    model: UNet | Sequence[UNet], volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False, challenge: bool = True
 ) -> dict:
-    """Predict every slice of a labelled volume and score it (see :func:`score_probabilities`)."""
+    """Predict every slice of a labelled volume (by one model or the mean of several) and score
+    it (see :func:`score_probabilities`)."""
     probs = predict_volume(model, volume, pcfg, precision, progress)
     return score_probabilities(probs, volume, challenge)
 
