@@ -131,8 +131,10 @@ def test_cli_errors_are_one_line_and_name_the_problem(small_isbi, tmp_path, caps
 def test_cli_cv_writes_a_report_per_fold(small_isbi, tmp_path, capsys):
     out = tmp_path / "cv"
     args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}", *TINY,
-            "train.steps=2", "train.val_every=1"]
+            "train.steps=2", "train.val_every=1", f"data.test_images={small_isbi['test']}"]
     assert main(["cv", "--folds", "0,3", "--out", str(out), "-q", *args]) == 0
+    assert tifffile.imread(out / "test-probabilities.tif").shape == (2, 200, 300)  # the folds' ensemble
+    assert len(list((out / "test-overlays").glob("*.png"))) == 2
     summary = json.loads((out / "cv.json").read_text())
     assert summary["folds"] == [0, 3] and len(summary["per_fold"]) == 2 and "v_rand" in summary["std"]
     assert (out / "fold0" / "best.safetensors").exists() and (out / "fold3" / "eval.json").exists()

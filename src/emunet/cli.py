@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cv", help="cross-validate: train and score several folds, write an HTML report",
                        description="Train and score each fold in OUT/fold{k}; write OUT/cv.json and OUT/report.html "
-                       "(per-fold table with mean and spread, curves, and every validation slice with its errors).",
+                       "(per-fold table with mean and spread, curves, and every validation slice with its errors); "
+                       "then predict data.test_images with the mean of the folds' best models (OUT/test-probabilities.tif).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
     p.add_argument("--folds", default="0,1,2,3,4", help="comma-separated folds (default: 0,1,2,3,4)")
@@ -269,6 +270,16 @@ def cmd_cv(args) -> int:
         m = r.report["mean"]
         print(f"fold {r.fold}: lab dice {m['lab_dice']:.4f}  V_rand {m['v_rand']:.4f}  V_info {m['v_info']:.4f}")
     print(f"wrote {Path(cfg.out_dir) / 'cv.json'} and {report}")
+    if cfg.data.test_images:
+        # as nnU-Net does: the folds' models, each trained on different slices, predict together
+        from .checkpoint import load_model
+        from .train import resolve_device, resolve_precision
+
+        device = resolve_device(cfg.train.device)
+        models = [load_model(r.run_dir / "best.safetensors", device)[0] for r in results]
+        out = Path(cfg.out_dir)
+        _segment(models, cfg.data.test_images, out / "test-probabilities.tif", cfg.predict,
+                 resolve_precision(cfg.train.precision, device), overlays=out / "test-overlays")
     return 0
 
 
