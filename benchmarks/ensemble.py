@@ -1,7 +1,8 @@
 """Does averaging the probability maps of independently trained models raise V_rand?
 
 Scores each checkpoint alone, every pair, and all of them together on the validation fold
-of the first checkpoint's run (fold 1 for the CPU preset), with that run's prediction settings.
+of the first checkpoint's run (fold 1 for the CPU preset), with that run's prediction settings;
+the same figures as ``unet evaluate A B ...`` for each group, without predicting twice.
 
     python benchmarks/ensemble.py runs/ens600/seed1/last.safetensors runs/ens600/seed2/last.safetensors \\
         runs/ens600/seed3/last.safetensors
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+from dataclasses import replace
 
 from emunet.checkpoint import load_model
 from emunet.config import PredictConfig
 from emunet.data import fold_split, load_labelled
 from emunet.evaluate import predict_volume, score_probabilities
+from emunet.postprocess import smooth_in_place
 
 
 def main() -> int:
@@ -32,10 +35,14 @@ def main() -> int:
     volume = load_labelled(data["images"], data["labels"], data["foreground"])
     volume = volume.subset(fold_split(len(volume), data["fold"], data["train_ratio"])[1])
     pcfg = PredictConfig(**cfg["predict"]).validate()
-    probs = [predict_volume(m, volume, pcfg, args.precision) for m in models]
+    # each model's raw probabilities once; the blur goes on the mean, as `unet evaluate A B` does
+    probs = [predict_volume(m, volume, replace(pcfg, smooth=0.0), args.precision) for m in models]
 
     def report(name: str, members: tuple[int, ...]) -> None:
-        mean = score_probabilities(sum(probs[i] for i in members) / len(members), volume)["mean"]
+        mean_probs = sum(probs[i] for i in members) / len(members)
+        for page in mean_probs:
+            smooth_in_place(page, pcfg.smooth)
+        mean = score_probabilities(mean_probs, volume)["mean"]
         print(f"{name:<10} {'+'.join(str(i + 1) for i in members):<12} V_rand {mean['v_rand']:.4f}  "
               f"V_info {mean['v_info']:.4f}  lab dice {mean['lab_dice']:.4f}", flush=True)
 
