@@ -15,10 +15,10 @@ import itertools
 from dataclasses import replace
 
 from emunet.checkpoint import load_model
-from emunet.config import PredictConfig
-from emunet.data import fold_split, load_labelled
+from emunet.config import config_from_dict
 from emunet.evaluate import predict_volume, score_probabilities
 from emunet.postprocess import smooth_in_place
+from emunet.train import load_split
 
 
 def main() -> int:
@@ -28,13 +28,11 @@ def main() -> int:
     args = parser.parse_args()
     if len(args.checkpoints) < 2:
         parser.error("give at least two checkpoints")
-    models = [load_model(p)[0] for p in args.checkpoints]
-    _, info = load_model(args.checkpoints[0])
-    cfg = info["config"]
-    data = cfg["data"]
-    volume = load_labelled(data["images"], data["labels"], data["foreground"])
-    volume = volume.subset(fold_split(len(volume), data["fold"], data["train_ratio"])[1])
-    pcfg = PredictConfig(**cfg["predict"]).validate()
+    loaded = [load_model(p) for p in args.checkpoints]
+    models, run = [m for m, _ in loaded], loaded[0][1]["config"]
+    cfg = config_from_dict({k: v for k, v in run.items() if k != "model_resolved"})
+    _, volume = load_split(cfg)
+    pcfg = cfg.predict
     # each model's raw probabilities once; the blur goes on the mean, as `unet evaluate A B` does
     probs = [predict_volume(m, volume, replace(pcfg, smooth=0.0), args.precision) for m in models]
 

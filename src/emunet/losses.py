@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-__all__ = ["soft_dice_loss", "membrane_skeleton", "skeleton_recall_loss", "segmentation_loss"]
+from .challenge import FOUR_CONNECTED
 
-_CROSS = ndimage.generate_binary_structure(2, 1)
+__all__ = ["soft_dice_loss", "membrane_skeleton", "skeleton_recall_loss", "segmentation_loss"]
 
 
 def soft_dice_loss(logits: torch.Tensor, labels: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
@@ -34,7 +34,7 @@ def membrane_skeleton(labels: torch.Tensor) -> torch.Tensor:
     out = np.zeros(masks.shape, np.float32)
     for i, mask in enumerate(masks):
         if mask.any():
-            out[i] = ndimage.binary_dilation(skeletonize(mask), _CROSS)
+            out[i] = ndimage.binary_dilation(skeletonize(mask), FOUR_CONNECTED)
     return torch.from_numpy(out).to(labels.device)
 
 
@@ -56,15 +56,13 @@ def segmentation_loss(
     kind: str = "ce",
     membrane_weight: float = 1.0,
     skeleton_weight: float = 0.0,
-    skeleton: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """'ce': softmax cross-entropy (the lab's); 'ce+dice': plus the soft dice loss.
 
     ``membrane_weight`` weighs class 0 (membrane) against the others in the cross-entropy
     (a weighted mean, as ``nn.CrossEntropyLoss(weight=...)``): a gap in a thin membrane merges
     two cells, so its pixels deserve more than their share of the loss.
-    ``skeleton_weight`` adds :func:`skeleton_recall_loss` on ``skeleton`` (computed from the
-    labels by :func:`membrane_skeleton` when not given).
+    ``skeleton_weight`` adds :func:`skeleton_recall_loss` on the labels' :func:`membrane_skeleton`.
     """
     weight = None
     if membrane_weight != 1.0:
@@ -74,7 +72,5 @@ def segmentation_loss(
     if kind == "ce+dice":
         loss = loss + soft_dice_loss(logits, labels)
     if skeleton_weight:
-        if skeleton is None:
-            skeleton = membrane_skeleton(labels)
-        loss = loss + skeleton_weight * skeleton_recall_loss(logits, skeleton)
+        loss = loss + skeleton_weight * skeleton_recall_loss(logits, membrane_skeleton(labels))
     return loss
