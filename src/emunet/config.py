@@ -33,6 +33,9 @@ class DataConfig:
     foreground: mask value of the foreground class (ISBI: 255 = cell interior).
     fold: cross-validation fold (the lab's split; fold 1 validates on ISBI slices 4,6,7,9,18,19).
     train_ratio: share of images that train; the rest validate.
+    context: neighbouring sections on each side that the model sees as extra input channels
+        (2.5-D input: 2 * context + 1 channels; 0 = each slice alone, the lab's). The images
+        must be consecutive sections of one stack, as the ISBI volumes are.
     """
 
     images: str = "../shared/data/isbi2012/train-volume.tif"
@@ -41,6 +44,7 @@ class DataConfig:
     foreground: int = 255
     fold: int = 1
     train_ratio: float = 0.8
+    context: int = 0
 
 
 @dataclass
@@ -173,6 +177,7 @@ class Config:
             (t.select_by in ("lab_dice", "v_rand", "v_info"), "train.select_by must be lab_dice, v_rand or v_info"),
             (t.val_every >= 0 and t.checkpoint_every >= 0, "train.val_every/checkpoint_every must be >= 0"),
             (self.data.fold >= 0, "data.fold must be >= 0"),
+            (0 <= self.data.context <= 8, f"data.context must be 0..8 neighbouring sections, got {self.data.context}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -27,19 +27,46 @@ class DataError(ValueError):
 
 @dataclass
 class Volume:
-    """A stack of grey images (N, H, W) float32 in [0, 1], with a name per slice."""
+    """A stack of grey images (N, H, W) float32 in [0, 1], with a name per slice.
+
+    A subset remembers the whole stack it came from (``stack``, and each slice's position
+    ``z`` in it), so that a 2.5-D model can still see a validation slice's neighbouring
+    sections, which belong to the training subset.
+    """
 
     images: np.ndarray
     names: list[str]
     source: Path
     labels: np.ndarray | None = None  # (N, H, W) uint8 in {0, 1}; 1 = foreground
+    stack: np.ndarray | None = None  # the whole (Z, H, W) section stack; default: images
+    z: list[int] | None = None  # each slice's index in ``stack``
+
+    def __post_init__(self) -> None:
+        if self.stack is None:
+            self.stack, self.z = self.images, list(range(len(self.images)))
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, indices: list[int]) -> "Volume":
         labels = None if self.labels is None else self.labels[indices]
-        return Volume(self.images[indices], [self.names[i] for i in indices], self.source, labels)
+        return Volume(self.images[indices], [self.names[i] for i in indices], self.source, labels,
+                      stack=self.stack, z=[self.z[i] for i in indices])
+
+    def planes(self, i: int, context: int = 0) -> list[np.ndarray]:
+        """Slice ``i`` with ``context`` neighbouring sections on each side, in stack order
+        (views, no copies): the input channels of a 2.5-D model. The stack is mirrored at its
+        ends (section -1 is section 0), as tiles are mirrored at image borders."""
+        n, centre = len(self.stack), self.z[i]
+        if context == 0:
+            return [self.images[i]]
+        return [self.stack[_fold(centre + d, n)] for d in range(-context, context + 1)]
+
+
+def _fold(i: int, n: int) -> int:
+    """Index ``i`` mirrored into ``0 .. n-1`` (numpy's 'symmetric' padding, to any depth)."""
+    i %= 2 * n
+    return i if i < n else 2 * n - 1 - i
 
 
 def _read_file(path: Path) -> np.ndarray:
@@ -261,16 +288,20 @@ class TileSampler:
     Each tile is the network's input window (``in_size``) around a random output window
     (``out_size``) that lies inside the slice where the slice is large enough. The labels are
     cut with the same input window, so that augmentation can warp both; the caller crops
-    them to the output window. All randomness comes from ``generator``.
+    them to the output window. With ``context`` k, a tile's channels are the slice and its k
+    neighbouring sections on each side (:meth:`Volume.planes`). All randomness comes from
+    ``generator``.
     """
 
-    def __init__(self, volume: Volume, in_size: int, out_size: int, generator: torch.Generator) -> None:
+    def __init__(self, volume: Volume, in_size: int, out_size: int, generator: torch.Generator, context: int = 0) -> None:
         if volume.labels is None:
             raise DataError(f"{volume.source}: training needs labels")
         self.in_size, self.out_size, self.generator = in_size, out_size, generator
         self.pad = (in_size + 1) // 2 + 1
-        pad = ((0, 0), (self.pad, self.pad), (self.pad, self.pad))
-        self.images = torch.from_numpy(np.pad(volume.images, pad, mode="symmetric"))
+        pad = ((0, 0), (0, 0), (self.pad, self.pad), (self.pad, self.pad))
+        channels = np.stack([np.stack(volume.planes(i, context)) for i in range(len(volume))])  # (N, C, H, W)
+        self.images = torch.from_numpy(np.pad(channels, pad, mode="symmetric"))
+        pad = pad[1:]
         self.labels = torch.from_numpy(np.pad(volume.labels, pad, mode="symmetric"))
         self.height, self.width = volume.images.shape[1:]
 
@@ -280,7 +311,7 @@ class TileSampler:
         return (lo + torch.rand(n, generator=self.generator, dtype=torch.float64) * (hi - lo)).floor().long()
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, 1, in, in) float32 images in [0, 1] and (n, in, in) int64 labels."""
+        """(n, C, in, in) float32 images in [0, 1] (C = 2 * context + 1) and (n, in, in) int64 labels."""
         which = torch.randint(0, len(self.images), (n,), generator=self.generator)
         cy, cx = self._centres(n, self.height), self._centres(n, self.width)
         half = self.in_size // 2
@@ -289,6 +320,6 @@ class TileSampler:
             top = int(cy[i]) - half + self.pad
             left = int(cx[i]) - half + self.pad
             window = (slice(top, top + self.in_size), slice(left, left + self.in_size))
-            xs.append(self.images[int(which[i])][window])
+            xs.append(self.images[int(which[i])][(slice(None), *window)])
             ys.append(self.labels[int(which[i])][window])
-        return torch.stack(xs)[:, None], torch.stack(ys).long()
+        return torch.stack(xs), torch.stack(ys).long()

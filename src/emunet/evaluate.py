@@ -15,7 +15,7 @@ from .data import Volume
 from .metrics import SCORE_NAMES, slice_scores
 from .model import UNet
 from .postprocess import smooth_in_place
-from .tiling import predict_image, predict_image_tta
+from .tiling import model_context, predict_image, predict_image_tta
 
 __all__ = ["predict_volume", "score_probabilities", "score_volume", "format_table", "write_json"]
 
@@ -45,10 +45,11 @@ def predict_volume(
     for i in slices:
         for k, m in enumerate(models):
             target = out[i] if k == 0 else extra
+            planes = volume.planes(i, model_context(m))
             if pcfg.tta:
-                target[...] = predict_image_tta(m, volume.images[i], **settings)
+                target[...] = predict_image_tta(m, planes, **settings)
             else:
-                predict_image(m, volume.images[i], out=target, progress=progress, **settings)  # no second copy
+                predict_image(m, planes, out=target, progress=progress, **settings)  # no second copy
             if k:
                 out[i] += extra
         if len(models) > 1:

@@ -19,7 +19,7 @@ import torch
 from .data import to_network_input
 from .model import UNet
 
-__all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_image_tta", "autocast_for"]
+__all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_image_tta", "model_context", "autocast_for"]
 
 
 class TilePlan:
@@ -85,8 +85,8 @@ def autocast_for(device: torch.device, precision: str):
 
 
 def _dihedral(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    out = np.rot90(image, k)
-    return np.ascontiguousarray(out[:, ::-1] if flip else out)
+    out = np.rot90(image, k, axes=(-2, -1))
+    return np.ascontiguousarray(out[..., ::-1] if flip else out)
 
 
 def _undo_dihedral(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
@@ -94,10 +94,31 @@ def _undo_dihedral(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(out, -k))
 
 
-def predict_image_tta(model: UNet, image: np.ndarray, **kwargs) -> np.ndarray:
+def model_context(model: UNet) -> int:
+    """Neighbouring sections on each side that ``model`` takes as extra input channels
+    (0 for a 2-D model, k for a 2.5-D model with 2k + 1 input channels)."""
+    c = model.cfg.in_channels
+    if c % 2 == 0:
+        raise ValueError(f"a model with {c} input channels is neither 2-D (1) nor 2.5-D (2k + 1 sections)")
+    return (c - 1) // 2
+
+
+def _as_planes(image, model: UNet) -> list[np.ndarray]:
+    """The input channels as a list of (H, W) arrays, checked against the model."""
+    planes = [image] if isinstance(image, np.ndarray) and image.ndim == 2 else list(image)
+    shapes = {p.shape for p in planes}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"expected an (H, W) image or same-sized (H, W) channels, got shapes {sorted(shapes)}")
+    if len(planes) != model.cfg.in_channels:
+        raise ValueError(f"the model takes {model.cfg.in_channels} input channel(s), got {len(planes)}")
+    return planes
+
+
+def predict_image_tta(model: UNet, image, **kwargs) -> np.ndarray:
     """:func:`predict_image` averaged over the 8 flips and 90-degree turns of the image
     (test-time augmentation with the same symmetries that training used)."""
-    total = np.zeros(image.shape, np.float64)
+    image = np.stack(_as_planes(image, model))
+    total = np.zeros(image.shape[1:], np.float64)
     for k in range(4):
         for flip in (False, True):
             total += _undo_dihedral(predict_image(model, _dihedral(image, k, flip), **kwargs), k, flip)
@@ -107,7 +128,7 @@ def predict_image_tta(model: UNet, image: np.ndarray, **kwargs) -> np.ndarray:
 @torch.no_grad()
 def predict_image(
     model: UNet,
-    image: np.ndarray,
+    image: np.ndarray | list[np.ndarray],
     tile: int = 388,
     overlap: float = 0.0,
     batch_size: int = 4,
@@ -126,7 +147,8 @@ def predict_image(
 
     Args:
         model: a U-Net in eval mode.
-        image: float (H, W) grey image in [0, 1], any size.
+        image: float (H, W) grey image in [0, 1], any size; for a 2.5-D model its
+            sections as (C, H, W) or a list of C (H, W) arrays (views are not copied).
         tile: requested output window side; the nearest size the network accepts is used.
         overlap: share of a tile that its neighbour overlaps (0 = tiles just touch).
         batch_size: tiles per forward pass; bounds memory.
@@ -137,7 +159,8 @@ def predict_image(
         progress: show a bar over the tiles when there are many (large images).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    h, w = image.shape
+    planes = _as_planes(image, model)
+    h, w = planes[0].shape
     plan = plan_tiles(model, h, w, tile, overlap, margin)
     if out is None:
         out = np.zeros((h, w), np.float32)
@@ -160,10 +183,9 @@ def predict_image(
     for start in range(0, len(origins), batch_size):
         chunk = origins[start : start + batch_size]
         bar.update(len(chunk))
-        batch = np.stack([
-            image[np.ix_(_mirror_index(y - b, plan.in_size, h), _mirror_index(x - b, plan.in_size, w))] for y, x in chunk
-        ]).astype(np.float32, copy=False)
-        x_t = to_network_input(torch.from_numpy(batch)[:, None].to(device)).contiguous(memory_format=memory_format)
+        windows = [np.ix_(_mirror_index(y - b, plan.in_size, h), _mirror_index(x - b, plan.in_size, w)) for y, x in chunk]
+        batch = np.stack([np.stack([p[window] for p in planes]) for window in windows]).astype(np.float32, copy=False)
+        x_t = to_network_input(torch.from_numpy(batch).to(device)).contiguous(memory_format=memory_format)
         with autocast_for(device, precision):
             logits = model(x_t)
         prob = torch.softmax(logits.float(), dim=1)[:, 1]

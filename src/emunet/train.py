@@ -53,7 +53,8 @@ def resolve_precision(name: str, device: torch.device) -> str:
 
 def build_model(cfg: Config) -> UNet:
     m = cfg.model
-    return create_model(m.preset, width=m.width, depth=m.depth, padding=m.padding, norm=m.norm, dropout=m.dropout)
+    return create_model(m.preset, width=m.width, depth=m.depth, padding=m.padding, norm=m.norm, dropout=m.dropout,
+                        in_channels=2 * cfg.data.context + 1)
 
 
 def load_split(cfg: Config, min_size: int = 1) -> tuple[Volume, Volume]:
@@ -142,7 +143,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
     out_size = model.output_size(in_size)
     train_vol, val_vol = load_split(cfg)
     sample_gen = torch.Generator().manual_seed(t.seed)
-    sampler = TileSampler(train_vol, in_size, out_size, sample_gen)
+    sampler = TileSampler(train_vol, in_size, out_size, sample_gen, context=cfg.data.context)
 
     # --- model and optimiser ------------------------------------------------------------
     if t.init and not resume:
