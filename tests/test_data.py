@@ -155,3 +155,37 @@ def test_tile_sampler_aligns_images_and_labels(tmp_path):
     x, y = sampler.sample(6)
     assert x.shape == (6, 1, 64, 64) and y.shape == (6, 64, 64)
     torch.testing.assert_close(y, (x[:, 0] > 0.5).long())
+
+
+def test_planes_are_neighbouring_sections_mirrored_at_the_stack_ends(tmp_path):
+    from emunet.data import Volume
+
+    stack = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 3, 4), np.float32)
+    vol = Volume(stack, list("abcde"), tmp_path)
+    values = lambda planes: [float(p[0, 0]) for p in planes]  # noqa: E731
+    assert values(vol.planes(2, 1)) == [1, 2, 3]
+    assert values(vol.planes(0, 1)) == [0, 0, 1]
+    assert values(vol.planes(4, 2)) == [2, 3, 4, 4, 3]
+    # a subset (a validation fold, say) still sees its neighbours in the whole stack
+    fold = vol.subset([3, 0])
+    assert values(fold.planes(0, 1)) == [2, 3, 4] and values(fold.planes(1, 0)) == [0]
+    assert all(np.shares_memory(p, stack) for p in fold.planes(0, 2))  # views, not copies
+    one = Volume(stack[:1], ["a"], tmp_path)
+    assert values(one.planes(0, 2)) == [0, 0, 0, 0, 0]
+
+
+def test_tile_sampler_with_context_stacks_the_neighbouring_sections(tmp_path):
+    import torch
+
+    from emunet.data import Volume
+
+    base = np.random.default_rng(2).random((40, 50)).astype(np.float32)
+    stack = np.stack([base + 10 * z for z in range(5)])  # section z is the base pattern + 10 z
+    labels = np.repeat((base > 0.5).astype(np.uint8)[None], 5, axis=0)
+    train = Volume(stack, list("abcde"), tmp_path, labels).subset([2])
+    sampler = TileSampler(train, 64, 24, torch.Generator().manual_seed(0), context=1)
+    x, y = sampler.sample(5)
+    assert x.shape == (5, 3, 64, 64) and y.shape == (5, 64, 64)
+    torch.testing.assert_close(y, (x[:, 1] - 20 > 0.5).long())
+    torch.testing.assert_close(x[:, 0], x[:, 1] - 10)
+    torch.testing.assert_close(x[:, 2], x[:, 1] + 10)

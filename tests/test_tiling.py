@@ -101,3 +101,33 @@ def test_an_ensemble_predicts_the_mean_of_its_models(rng, tta):
     assert not np.allclose(singles[0], singles[1], atol=1e-3)  # the models do differ
     assert all(not m.training for m in models)
     np.testing.assert_array_equal(predict_volume(models[:1], volume, pcfg), singles[0])
+
+
+def test_a_2_5d_model_takes_the_sections_as_channels(rng):
+    from pathlib import Path
+
+    from emunet.config import PredictConfig
+    from emunet.data import Volume
+    from emunet.evaluate import predict_volume
+    from emunet.tiling import model_context, predict_image_tta
+
+    torch.manual_seed(0)
+    net = create_model("unet_cpu", width=4, depth=2, in_channels=3).eval()
+    assert model_context(net) == 1
+    stack = rng.random((4, 40, 52), dtype=np.float32)
+    as_list = predict_image(net, [stack[0], stack[1], stack[2]], tile=32, margin=8)
+    np.testing.assert_array_equal(as_list, predict_image(net, stack[:3], tile=32, margin=8))
+    # the neighbours matter, and a validation subset takes them from the whole stack
+    assert not np.allclose(as_list, predict_image(net, stack[[1, 1, 1]], tile=32, margin=8), atol=1e-4)
+    fold = Volume(stack, list("abcd"), Path("mem")).subset([1, 3])
+    probs = predict_volume(net, fold, PredictConfig(tile=32, margin=8))
+    np.testing.assert_array_equal(probs[0], as_list)
+    np.testing.assert_array_equal(probs[1], predict_image(net, stack[[2, 3, 3]], tile=32, margin=8))
+    # test-time augmentation turns all sections together
+    prob = predict_image_tta(net, stack[:3], tile=32, margin=8)
+    turned = predict_image_tta(net, np.ascontiguousarray(np.rot90(stack[:3], axes=(1, 2))), tile=32, margin=8)
+    np.testing.assert_allclose(np.rot90(prob), turned, atol=1e-5)
+    with pytest.raises(ValueError, match="takes 3 input channel"):
+        predict_image(net, stack[0], tile=32)
+    with pytest.raises(ValueError, match="neither 2-D"):
+        model_context(create_model("unet_cpu", width=4, depth=2, in_channels=2))

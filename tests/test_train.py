@@ -162,3 +162,20 @@ def test_skeleton_weight_trains_and_changes_the_loss(small_isbi, tmp_path):
     plain, skel = _losses(tmp_path / "plain"), _losses(tmp_path / "skel")
     assert skel[1] > plain[1]  # same first batch and weights, plus a positive recall term
     assert all(np.isfinite(v) for v in skel.values())
+
+
+def test_context_trains_a_2_5d_model_that_evaluate_and_predict_use(small_isbi, tmp_path, capsys):
+    from emunet.checkpoint import load_model
+
+    out = tmp_path / "ctx"
+    train(_cfg(small_isbi, out, "train.steps=3", "train.val_every=0", "data.context=1"), progress=False)
+    model, _ = load_model(out / "last.safetensors")
+    assert model.cfg.in_channels == 3
+    assert main(["evaluate", str(out / "last.safetensors"), "--precision", "fp32", "--tta"]) == 0
+    assert len(json.loads((out / "eval.json").read_text())["slices"]) == 2
+    pred = tmp_path / "pred.tif"
+    assert main(["predict", str(out / "last.safetensors"), str(small_isbi["test"]), "-o", str(pred), "--tile", "48"]) == 0
+    assert tifffile.imread(pred).shape == (2, 200, 300)
+    for bad in ("-1", "9"):
+        assert main(["train", f"data.context={bad}", f"out_dir={tmp_path / 'o'}"]) == 2
+        assert "data.context must be 0..8" in capsys.readouterr().err

@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX",
                        description="Write ONNX (opset 17+) with dynamic batch, height and width. The input 'image' is "
-                       "(N, 1, H, W) mapped to [-1, 1] (2 * grey - 1); H and W must fit the network (any multiple of 16 for "
+                       "(N, C, H, W) mapped to [-1, 1] (2 * grey - 1), C = 1 (2k + 1 sections for a data.context=k model); "
+                       "H and W must fit the network (any multiple of 16 for "
                        "same-padded presets; 572, 588, ... for the lab's valid one). Needs: pip install onnx.")
     p.add_argument("checkpoint", type=Path, help=".safetensors, .pt or MindSpore .ckpt")
     p.add_argument("output", type=Path, help=".onnx file to write")
