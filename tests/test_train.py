@@ -179,3 +179,20 @@ def test_context_trains_a_2_5d_model_that_evaluate_and_predict_use(small_isbi, t
     for bad in ("-1", "9"):
         assert main(["train", f"data.context={bad}", f"out_dir={tmp_path / 'o'}"]) == 2
         assert "data.context must be 0..8" in capsys.readouterr().err
+
+
+def test_validation_log_keeps_per_slice_scores_and_follows_a_resume(small_isbi, tmp_path):
+    out = tmp_path / "run"
+    extra = ["train.steps=4", "train.val_every=2"]
+    train(_cfg(small_isbi, out, *extra), progress=False)
+    log = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4]
+    assert [len(r["slices"]) for r in log] == [2, 2] and {"slice", "v_rand", "lab_dice"} <= set(log[0]["slices"][0])
+    with open(out / "metrics.csv") as f:
+        logged = {int(r["step"]): float(r["val_v_rand"]) for r in csv.DictReader(f) if r["val_v_rand"]}
+    assert logged == {r["step"]: r["mean"]["v_rand"] for r in log}
+    # resuming from step 2 drops the later validation and scores it again, identically
+    (out / "validation.jsonl").write_text((out / "validation.jsonl").read_text() + '{"step": 99, "mean": {}, "slices": []}\n')
+    train(_cfg(small_isbi, out, *extra), resume=str(out / "checkpoints" / "step_000002.pt"), progress=False)
+    again = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert again == log

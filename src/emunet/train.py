@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import time
 from dataclasses import asdict
@@ -93,6 +94,17 @@ def _read_csv(path: Path, up_to: int) -> list[dict]:
         return [r for r in csv.DictReader(f) if int(r["step"]) <= up_to]
 
 
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
+
+
+def _read_jsonl(path: Path, up_to: int) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [r for r in map(json.loads, filter(str.strip, f)) if int(r["step"]) <= up_to]
+
+
 def make_adam(params, lr: float, weight_decay: float) -> torch.optim.Adam:
     """Adam as one fused kernel where this PyTorch has it for the device (CPU since 2.4): on
     CPU the default per-tensor loop costs about 8 % of the lab net's step."""
@@ -166,6 +178,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
 
     step, best = 0, {"score": -1.0, "step": 0}
     rows: list[dict] = []
+    val_log: list[dict] = []  # per-slice scores of every validation (validation.jsonl)
     state = None
     if ctx.is_main:
         start_path = None
@@ -194,6 +207,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
         step, best = int(state["step"]), dict(state["best"])
         if ctx.is_main:
             rows = _read_csv(out / "metrics.csv", step)
+            val_log = _read_jsonl(out / "validation.jsonl", step)
     del state
     net = model
     if ctx.enabled:
@@ -204,6 +218,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
     writer = None
     if ctx.is_main:
         _write_csv(out / "metrics.csv", rows)
+        _write_jsonl(out / "validation.jsonl", val_log)
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
@@ -230,7 +245,10 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
         """Rank 0 scores the fold; every rank learns the best step."""
         mean = None
         if ctx.is_main:
-            mean = score_volume(scored, val_vol, cfg.predict, precision)["mean"]
+            report = score_volume(scored, val_vol, cfg.predict, precision)
+            mean = report["mean"]
+            val_log.append({"step": at, "mean": mean, "slices": report["slices"]})
+            _write_jsonl(out / "validation.jsonl", val_log)
             for k, v in mean.items():
                 writer.add_scalar(f"val/{k}", v, at)
             if mean[t.select_by] > best["score"]:
