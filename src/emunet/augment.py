@@ -8,12 +8,13 @@ applied bilinearly to the image and nearest-neighbour to the mask.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "augment_batch", "elastic_deform"]
+__all__ = ["AugmentConfig", "augment_batch", "elastic_deform", "random_affine_grid"]
 
 
 @dataclass
@@ -25,6 +26,9 @@ class AugmentConfig:
     elastic_std: std in pixels of the coarse grid's displacements; 0 disables.
     elastic_grid: points per side of the coarse grid (3 in the paper).
     elastic_prob: share of samples that are deformed.
+    rotate: turn each sample by a uniform random angle in [-rotate, rotate] degrees (on top of
+        the 90-degree turns; oblique membranes at every angle); 0 disables.
+    scale: zoom each sample by a factor drawn log-uniformly in [1/(1+scale), 1+scale]; 0 disables.
     """
 
     flip: bool = True
@@ -33,21 +37,52 @@ class AugmentConfig:
     elastic_std: float = 10.0
     elastic_grid: int = 3
     elastic_prob: float = 1.0
+    rotate: float = 0.0
+    scale: float = 0.0
+
+
+def random_affine_grid(
+    b: int, h: int, w: int, max_degrees: float, scale: float, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """(B, H, W, 2) sampling grids (grid_sample's [-1, 1] coordinates) that turn each sample by a
+    random angle in [-max_degrees, max_degrees] and zoom it by a log-uniform factor in
+    [1/(1+scale), 1+scale], about the centre, with the pixels kept square."""
+    dev = generator.device
+    angle = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.radians(max_degrees)
+    zoom = torch.exp((torch.rand(b, generator=generator, device=dev) * 2 - 1) * math.log1p(scale))
+    angle, zoom = angle.to(device), zoom.to(device)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.zeros(b, 2, 3, device=device)
+    # rotation in pixel units, expressed in normalised coordinates of a w x h image
+    theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * (h - 1) / max(w - 1, 1)
+    theta[:, 1, 0], theta[:, 1, 1] = sin * (w - 1) / max(h - 1, 1), cos
+    return F.affine_grid(theta, [b, 1, h, w], align_corners=True)
 
 
 def elastic_deform(
-    images: torch.Tensor, labels: torch.Tensor, std: float, grid: int, generator: torch.Generator
+    images: torch.Tensor, labels: torch.Tensor, std: float, grid: int, generator: torch.Generator,
+    base: torch.Tensor | None = None, chosen: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Warp (B, C, H, W) images and (B, H, W) integer labels by one smooth random field each."""
+    """Warp (B, C, H, W) images and (B, H, W) integer labels by one smooth random field each
+    (``std`` 0: no field; only for samples where the (B,) bool ``chosen`` is set, if given),
+    added to ``base`` grids (default: the identity)."""
     b, _, h, w = images.shape
-    coarse = torch.randn(b, 2, grid, grid, generator=generator, device=generator.device) * std
-    coarse = coarse.to(images.device)
-    field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)  # pixels
-    ys = torch.linspace(-1.0, 1.0, h, device=images.device)
-    xs = torch.linspace(-1.0, 1.0, w, device=images.device)
-    base_y, base_x = torch.meshgrid(ys, xs, indexing="ij")
-    gx = base_x + field[:, 0] * (2.0 / max(w - 1, 1))
-    gy = base_y + field[:, 1] * (2.0 / max(h - 1, 1))
+    if base is None:
+        ys = torch.linspace(-1.0, 1.0, h, device=images.device)
+        xs = torch.linspace(-1.0, 1.0, w, device=images.device)
+        base_y, base_x = torch.meshgrid(ys, xs, indexing="ij")
+    else:
+        base_x, base_y = base[..., 0], base[..., 1]
+    if std > 0:
+        coarse = torch.randn(b, 2, grid, grid, generator=generator, device=generator.device) * std
+        coarse = coarse.to(images.device)
+        field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True)  # pixels
+        if chosen is not None:
+            field = field * chosen.to(field)[:, None, None, None]
+        gx = base_x + field[:, 0] * (2.0 / max(w - 1, 1))
+        gy = base_y + field[:, 1] * (2.0 / max(h - 1, 1))
+    else:
+        gx, gy = base_x.expand(b, h, w), base_y.expand(b, h, w)
     sample_grid = torch.stack([gx, gy], dim=-1)
     warped = F.grid_sample(images, sample_grid, mode="bilinear", padding_mode="reflection", align_corners=True)
     warped_labels = F.grid_sample(
@@ -65,7 +100,13 @@ def augment_batch(
     """
     b = images.shape[0]
     dev = generator.device
-    if cfg.elastic_std > 0 and cfg.elastic_prob > 0:
+    if cfg.rotate > 0 or cfg.scale > 0:
+        # one resampling for turn, zoom and elastic field together (each would blur the image)
+        base = random_affine_grid(b, *images.shape[-2:], cfg.rotate, cfg.scale, generator, images.device)
+        std = cfg.elastic_std if cfg.elastic_prob > 0 else 0.0
+        chosen = torch.rand(b, generator=generator, device=dev) < cfg.elastic_prob if 0 < std and cfg.elastic_prob < 1 else None
+        images, labels = elastic_deform(images, labels, std, cfg.elastic_grid, generator, base=base, chosen=chosen)
+    elif cfg.elastic_std > 0 and cfg.elastic_prob > 0:
         chosen = torch.rand(b, generator=generator, device=dev) < cfg.elastic_prob
         warped, warped_labels = elastic_deform(images, labels, cfg.elastic_std, cfg.elastic_grid, generator)
         chosen = chosen.to(images.device)

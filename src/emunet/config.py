@@ -177,6 +177,8 @@ class Config:
             (t.select_by in ("lab_dice", "v_rand", "v_info"), "train.select_by must be lab_dice, v_rand or v_info"),
             (t.val_every >= 0 and t.checkpoint_every >= 0, "train.val_every/checkpoint_every must be >= 0"),
             (self.data.fold >= 0, "data.fold must be >= 0"),
+            (0.0 <= self.augment.rotate <= 180.0, f"augment.rotate must be 0..180 degrees, got {self.augment.rotate}"),
+            (0.0 <= self.augment.scale <= 1.0, f"augment.scale must be 0..1 (zoom up to 1 + scale), got {self.augment.scale}"),
             (0 <= self.data.context <= 8, f"data.context must be 0..8 neighbouring sections, got {self.data.context}"),
         ]
         for ok, msg in checks:

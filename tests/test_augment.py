@@ -1,0 +1,85 @@
+"""Joint augmentation: images and labels move together, every channel alike, repeatably."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from emunet.augment import AugmentConfig, augment_batch, elastic_deform, random_affine_grid
+
+OFF = dict(flip=False, rotate90=False, brightness=0.0, elastic_std=0.0)
+
+
+def _batch(b=6, size=48, channels=1, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    # a smooth pattern, so nearest-neighbour labels and bilinear images stay comparable
+    coarse = torch.rand(b, 1, 6, 6, generator=gen)
+    image = F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True)
+    return image.repeat(1, channels, 1, 1), (image[:, 0] > 0.5).long()
+
+
+def test_flips_and_turns_keep_images_and_labels_aligned():
+    x, y = _batch()
+    ax, ay = augment_batch(x, y, AugmentConfig(**(OFF | dict(flip=True, rotate90=True))), torch.Generator().manual_seed(1))
+    torch.testing.assert_close(ay, (ax[:, 0] > 0.5).long())
+    assert not torch.equal(ax, x)
+
+
+@pytest.mark.parametrize("extra", [dict(elastic_std=10.0), dict(rotate=30.0, scale=0.2), dict(rotate=30.0, elastic_std=10.0, elastic_prob=0.5)])
+def test_warps_move_labels_with_images_and_all_channels_alike(extra):
+    x, y = _batch(channels=3)
+    cfg = AugmentConfig(**(OFF | extra))
+    ax, ay = augment_batch(x, y, cfg, torch.Generator().manual_seed(2))
+    agree = (ay == (ax[:, 1] > 0.5).long()).float().mean()
+    assert agree > 0.97  # nearest vs bilinear differ only along the label edges
+    torch.testing.assert_close(ax[:, 0], ax[:, 1])
+    torch.testing.assert_close(ax[:, 2], ax[:, 1])
+    again = augment_batch(x, y, cfg, torch.Generator().manual_seed(2))
+    assert torch.equal(again[0], ax) and torch.equal(again[1], ay)
+
+
+def test_affine_grid_turns_and_zooms_about_the_centre_in_pixel_units():
+    b, h, w, degrees, scale = 4, 30, 50, 40.0, 0.3
+    grid = random_affine_grid(b, h, w, degrees, scale, torch.Generator().manual_seed(3), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(3)  # the same draws, by hand
+    angle = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(degrees)
+    zoom = torch.exp((torch.rand(b, generator=gen) * 2 - 1) * math.log1p(scale))
+    yy, xx = torch.meshgrid(torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2, indexing="ij")
+    for i in range(b):
+        c, s = math.cos(angle[i]) / zoom[i], math.sin(angle[i]) / zoom[i]
+        want_x, want_y = c * xx - s * yy, s * xx + c * yy  # source pixel of each output pixel
+        got_x = grid[i, ..., 0] * (w - 1) / 2
+        got_y = grid[i, ..., 1] * (h - 1) / 2
+        torch.testing.assert_close(got_x, want_x.float(), atol=1e-4, rtol=0)
+        torch.testing.assert_close(got_y, want_y.float(), atol=1e-4, rtol=0)
+    assert (zoom >= 1 / 1.3).all() and (zoom <= 1.3).all()
+
+
+def test_without_turn_or_zoom_the_affine_warp_is_the_identity():
+    x, y = _batch()
+    base = random_affine_grid(len(x), 48, 48, 0.0, 0.0, torch.Generator().manual_seed(0), torch.device("cpu"))
+    wx, wy = elastic_deform(x, y, 0.0, 3, torch.Generator(), base=base)
+    torch.testing.assert_close(wx, x, atol=1e-5, rtol=0)
+    assert torch.equal(wy, y)
+    # samples not chosen for the elastic field get the base grid alone
+    none = torch.zeros(len(x), dtype=torch.bool)
+    fx, _ = elastic_deform(x, y, 10.0, 3, torch.Generator().manual_seed(5), base=base, chosen=none)
+    torch.testing.assert_close(fx, wx, atol=0, rtol=0)
+
+
+def test_brightness_shifts_each_sample_by_one_amount_in_range():
+    x, y = _batch(channels=3)
+    ax, _ = augment_batch(x, y, AugmentConfig(**(OFF | dict(brightness=0.2))), torch.Generator().manual_seed(4))
+    shift = (ax - x).flatten(1)
+    assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-6)
+    assert shift.abs().max() <= 0.2 + 1e-6 and shift[:, 0].std() > 0
+
+
+def test_config_bounds_for_turn_and_zoom():
+    from emunet.config import ConfigError, load_config
+
+    assert load_config(None, ["augment.rotate=45", "augment.scale=0.25"]).augment.rotate == 45
+    for bad in ("augment.rotate=-1", "augment.rotate=200", "augment.scale=1.5"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            load_config(None, [bad])
