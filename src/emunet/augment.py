@@ -3,7 +3,8 @@
 Flips and 90-degree turns (the lab's flips, extended to the square's full symmetry group),
 the lab's brightness shift, and the U-Net paper's elastic deformation: random displacements
 on a coarse grid (3x3, std 10 px), smoothly (bicubically) interpolated to a dense field,
-applied bilinearly to the image and nearest-neighbour to the mask.
+applied bilinearly to the image and nearest-neighbour to the mask. Optionally (nnU-Net's
+habit) turns by any angle and zooms, resampled together with the elastic field in one pass.
 """
 
 from __future__ import annotations
