@@ -179,6 +179,15 @@ def test_context_trains_a_2_5d_model_that_evaluate_and_predict_use(small_isbi, t
     for bad in ("-1", "9"):
         assert main(["train", f"data.context={bad}", f"out_dir={tmp_path / 'o'}"]) == 2
         assert "data.context must be 0..8" in capsys.readouterr().err
+    from emunet.checkpoint import save_weights
+    from emunet.model import create_model
+
+    odd = create_model("unet_cpu", width=4, depth=2, in_channels=2)
+    save_weights(tmp_path / "two.safetensors", odd, odd.cfg, {})
+    assert main(["predict", str(tmp_path / "two.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "x.tif")]) == 2
+    err = capsys.readouterr().err
+    assert "two.safetensors: a model with 2 input channels" in err and "Traceback" not in err
+    assert not (tmp_path / "x.tif").exists()
 
 
 def test_validation_log_keeps_per_slice_scores_and_follows_a_resume(small_isbi, tmp_path):

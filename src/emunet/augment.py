@@ -108,6 +108,7 @@ def augment_batch(
         chosen = torch.rand(b, generator=generator, device=dev) < cfg.elastic_prob if 0 < std and cfg.elastic_prob < 1 else None
         images, labels = elastic_deform(images, labels, std, cfg.elastic_grid, generator, base=base, chosen=chosen)
     elif cfg.elastic_std > 0 and cfg.elastic_prob > 0:
+        # unwarped samples stay bit-exact (no resampling through an identity grid)
         chosen = torch.rand(b, generator=generator, device=dev) < cfg.elastic_prob
         warped, warped_labels = elastic_deform(images, labels, cfg.elastic_std, cfg.elastic_grid, generator)
         chosen = chosen.to(images.device)

@@ -140,7 +140,14 @@ def _load(args):
     from .train import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
+    from .tiling import model_context
+
     loaded = [load_model(path, device) for path in args.checkpoint]
+    for path, (model, _) in zip(args.checkpoint, loaded):
+        try:
+            model_context(model)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
     models, info = [m for m, _ in loaded], loaded[0][1]
     run = info.get("config")
     cfg = Config()

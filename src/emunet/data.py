@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["DataError", "Volume", "read_images", "read_labels", "load_labelled", "fold_split"]
+__all__ = ["DataError", "Volume", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 
@@ -57,16 +57,15 @@ class Volume:
         """Slice ``i`` with ``context`` neighbouring sections on each side, in stack order
         (views, no copies): the input channels of a 2.5-D model. The stack is mirrored at its
         ends (section -1 is section 0), as tiles are mirrored at image borders."""
-        n, centre = len(self.stack), self.z[i]
-        if context == 0:
-            return [self.images[i]]
-        return [self.stack[_fold(centre + d, n)] for d in range(-context, context + 1)]
+        return [self.stack[j] for j in mirror_index(self.z[i] - context, 2 * context + 1, len(self.stack))]
 
 
-def _fold(i: int, n: int) -> int:
-    """Index ``i`` mirrored into ``0 .. n-1`` (numpy's 'symmetric' padding, to any depth)."""
-    i %= 2 * n
-    return i if i < n else 2 * n - 1 - i
+def mirror_index(start: int, size: int, extent: int) -> np.ndarray:
+    """Indices ``start .. start+size-1`` folded into ``0 .. extent-1`` by symmetric mirroring
+    (numpy's 'symmetric' padding, to any depth): tiles are cut, and neighbouring sections
+    found, without padding the data."""
+    i = np.arange(start, start + size) % (2 * extent)
+    return np.where(i < extent, i, 2 * extent - 1 - i)
 
 
 def _read_file(path: Path) -> np.ndarray:
@@ -298,11 +297,10 @@ class TileSampler:
             raise DataError(f"{volume.source}: training needs labels")
         self.in_size, self.out_size, self.generator = in_size, out_size, generator
         self.pad = (in_size + 1) // 2 + 1
-        pad = ((0, 0), (0, 0), (self.pad, self.pad), (self.pad, self.pad))
+        plane = ((self.pad, self.pad), (self.pad, self.pad))
         channels = np.stack([np.stack(volume.planes(i, context)) for i in range(len(volume))])  # (N, C, H, W)
-        self.images = torch.from_numpy(np.pad(channels, pad, mode="symmetric"))
-        pad = pad[1:]
-        self.labels = torch.from_numpy(np.pad(volume.labels, pad, mode="symmetric"))
+        self.images = torch.from_numpy(np.pad(channels, ((0, 0), (0, 0), *plane), mode="symmetric"))
+        self.labels = torch.from_numpy(np.pad(volume.labels, ((0, 0), *plane), mode="symmetric"))
         self.height, self.width = volume.images.shape[1:]
 
     def _centres(self, n: int, extent: int) -> torch.Tensor:

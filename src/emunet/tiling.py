@@ -16,7 +16,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .data import to_network_input
+from .data import mirror_index, to_network_input
 from .model import UNet
 
 __all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_image_tta", "model_context", "autocast_for"]
@@ -67,13 +67,6 @@ def _profile(size: int, kind: str) -> np.ndarray:
     c = (size - 1) / 2.0
     g = np.exp(-0.5 * ((np.arange(size) - c) / (size / 8.0)) ** 2)
     return np.maximum(g / g.max(), np.sqrt(1e-3)).astype(np.float32)
-
-
-def _mirror_index(start: int, size: int, extent: int) -> np.ndarray:
-    """Indices ``start .. start+size-1`` folded into ``0 .. extent-1`` by symmetric mirroring
-    (numpy's 'symmetric' padding, to any depth), so tiles are cut without padding the image."""
-    i = np.arange(start, start + size) % (2 * extent)
-    return np.where(i < extent, i, 2 * extent - 1 - i)
 
 
 def autocast_for(device: torch.device, precision: str):
@@ -183,7 +176,7 @@ def predict_image(
     for start in range(0, len(origins), batch_size):
         chunk = origins[start : start + batch_size]
         bar.update(len(chunk))
-        windows = [np.ix_(_mirror_index(y - b, plan.in_size, h), _mirror_index(x - b, plan.in_size, w)) for y, x in chunk]
+        windows = [np.ix_(mirror_index(y - b, plan.in_size, h), mirror_index(x - b, plan.in_size, w)) for y, x in chunk]
         batch = np.stack([np.stack([p[window] for p in planes]) for window in windows]).astype(np.float32, copy=False)
         x_t = to_network_input(torch.from_numpy(batch).to(device)).contiguous(memory_format=memory_format)
         with autocast_for(device, precision):
