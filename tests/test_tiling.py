@@ -103,6 +103,25 @@ def test_an_ensemble_predicts_the_mean_of_its_models(rng, tta):
     np.testing.assert_array_equal(predict_volume(models[:1], volume, pcfg), singles[0])
 
 
+def test_predict_volume_closes_gaps_after_the_blur(rng):
+    from dataclasses import replace
+    from pathlib import Path
+
+    from emunet.config import PredictConfig
+    from emunet.data import Volume
+    from emunet.evaluate import predict_volume
+    from emunet.postprocess import close_gaps_in_place
+
+    torch.manual_seed(0)
+    net = create_model("unet_cpu", width=4, depth=2).eval()
+    volume = Volume(rng.random((2, 40, 52), dtype=np.float32), ["a", "b"], Path("mem"))
+    plain = PredictConfig(tile=32, overlap=0.25, margin=8, smooth=0.7)
+    want = predict_volume(net, volume, plain)
+    for prob in want:
+        close_gaps_in_place(prob, 0.3)
+    np.testing.assert_array_equal(predict_volume(net, volume, replace(plain, close_gaps=0.3)), want)
+
+
 def test_a_2_5d_model_takes_the_sections_as_channels(rng):
     from pathlib import Path
 

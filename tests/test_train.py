@@ -109,7 +109,7 @@ def test_cli_run_evaluate_predict(small_isbi, tmp_path, capsys):
 
     pred = tmp_path / "pred.tif"
     assert main(["predict", str(out / "best.safetensors"), str(small_isbi["test"]), "-o", str(pred),
-                 "--masks", str(tmp_path / "masks"), "--tile", "48", "--overlap", "0.5"]) == 0
+                 "--masks", str(tmp_path / "masks"), "--tile", "48", "--overlap", "0.5", "--close-gaps", "0.4"]) == 0
     assert tifffile.imread(pred).shape == (2, 200, 300)
     assert len(list((tmp_path / "masks").glob("*_mask.png"))) == 2
     pair = tmp_path / "pair.tif"
@@ -126,6 +126,13 @@ def test_cli_errors_are_one_line_and_name_the_problem(small_isbi, tmp_path, caps
     assert "none.tif: path does not exist" in err and "Traceback" not in err
     assert main(["predict", str(tmp_path / "missing.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "p.tif")]) == 2
     assert "missing.safetensors: checkpoint does not exist" in capsys.readouterr().err
+    run = tmp_path / "tiny"
+    assert main(["train", f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}", *TINY,
+                 "train.steps=1", "train.val_every=0", f"out_dir={run}", "-q"]) == 0
+    assert main(["predict", str(run / "last.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "p.tif"),
+                 "--close-gaps", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "predict.close_gaps (--close-gaps)" in err and "Traceback" not in err and not (tmp_path / "p.tif").exists()
 
 
 def test_cli_cv_writes_a_report_per_fold(small_isbi, tmp_path, capsys):

@@ -30,6 +30,9 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
                    help="average over the 8 flips/turns of each image (8x slower; default: the run's predict.tta)")
     p.add_argument("--smooth", type=float, metavar="SIGMA",
                    help="Gaussian blur of the probability map, std in pixels; 0 = none (default: the run's predict.smooth)")
+    p.add_argument("--close-gaps", type=float, metavar="P",
+                   help="close each cell wall whose mean membrane probability exceeds P along its whole length, "
+                        "gaps included; 0 = off (default: the run's predict.close_gaps)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,7 +130,7 @@ def _predict_settings(args, pcfg):
     from dataclasses import replace
 
     pairs = (("tile", args.tile), ("overlap", args.overlap), ("batch_size", args.batch_size), ("tta", args.tta),
-             ("smooth", args.smooth))
+             ("smooth", args.smooth), ("close_gaps", args.close_gaps))
     changes = {k: v for k, v in pairs if v is not None}
     return replace(pcfg, **changes).validate()
 

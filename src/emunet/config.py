@@ -125,6 +125,8 @@ class PredictConfig:
     margin: mirrored context dropped around tiles of same-padded nets.
     tta: average over the 8 flips and 90-degree turns (8x the time; smoother boundaries).
     smooth: std in pixels of a Gaussian blur of the probability map (0 = none, the lab's).
+    close_gaps: close cell walls whose mean membrane probability along a border exceeds this,
+        gaps included (0 = off, the lab's; see postprocess.close_gaps_in_place).
     """
 
     tile: int = 388
@@ -134,6 +136,7 @@ class PredictConfig:
     margin: int = 32
     tta: bool = False
     smooth: float = 0.0
+    close_gaps: float = 0.0
 
     def validate(self) -> PredictConfig:
         """Raise ConfigError on a bad setting (shared by config files and the CLI's flags)."""
@@ -143,6 +146,8 @@ class PredictConfig:
             (0.0 <= self.overlap < 1.0, f"predict.overlap (--overlap) must be in [0, 1), got {self.overlap}"),
             (self.batch_size >= 1, f"predict.batch_size (--batch-size) must be at least 1, got {self.batch_size}"),
             (0.0 <= self.smooth < 50.0, f"predict.smooth (--smooth) must be a blur std in pixels in [0, 50), got {self.smooth}"),
+            (0.0 <= self.close_gaps < 1.0,
+             f"predict.close_gaps (--close-gaps) must be a membrane probability in [0, 1) (0 = off), got {self.close_gaps}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -14,7 +14,7 @@ from .config import PredictConfig
 from .data import Volume
 from .metrics import SCORE_NAMES, slice_scores
 from .model import UNet
-from .postprocess import smooth_in_place
+from .postprocess import close_gaps_in_place, smooth_in_place
 from .tiling import model_context, predict_image, predict_image_tta
 
 __all__ = ["predict_volume", "score_probabilities", "score_volume", "format_table", "write_json"]
@@ -24,7 +24,7 @@ def predict_volume(
     model: UNet | Sequence[UNet], volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False
 ) -> np.ndarray:
     """Foreground probabilities (N, H, W) float32 of every slice, by overlap-tile prediction
-    (smoothed by ``pcfg.smooth``).
+    (smoothed by ``pcfg.smooth``, then walls closed by ``pcfg.close_gaps``).
 
     Given several models (an ensemble, e.g. runs with different seeds or folds), the result is
     the mean of their probabilities: independently trained models disagree on the ambiguous
@@ -55,6 +55,7 @@ def predict_volume(
         if len(models) > 1:
             out[i] /= len(models)
         smooth_in_place(out[i], pcfg.smooth)
+        close_gaps_in_place(out[i], pcfg.close_gaps)
     for m, mode in zip(models, modes):
         m.train(mode)
     return out

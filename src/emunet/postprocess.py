@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["smooth_in_place"]
+__all__ = ["smooth_in_place", "close_gaps_in_place"]
 
 
 def smooth_in_place(prob: np.ndarray, sigma: float, chunk: int = 1024) -> np.ndarray:
@@ -31,3 +31,90 @@ def smooth_in_place(prob: np.ndarray, sigma: float, chunk: int = 1024) -> np.nda
         band = prob[:, left : left + chunk]
         band[...] = ndimage.gaussian_filter1d(band, sigma, axis=0)
     return prob
+
+
+# A band of this many pixels (about 2048^2) bounds the working memory of close_gaps_in_place.
+_BAND_PIXELS = 1 << 22
+
+
+def close_gaps_in_place(
+    prob: np.ndarray, threshold: float, seed_distance: int = 10, margin: int = 128, band_pixels: int = _BAND_PIXELS
+) -> np.ndarray:
+    """Close the gaps in cell walls that are visible along most of their length, in place.
+
+    Why: at any threshold, one short gap in the wall between two cells (a faint, oblique
+    membrane) joins them into one segment, and a merge of two large cells costs the challenge's
+    V_rand far more than a thin wall drawn in the wrong place. Deciding wall by wall instead of
+    pixel by pixel fixes that:
+
+    1. basins: a watershed of the membrane probability ``1 - prob`` from the maxima of the
+       interior's (``prob > 0.5``) distance transform, at least ``seed_distance`` px apart: about
+       one basin per cell, even where a gap joins two cells' interiors;
+    2. for every pair of touching basins, the mean membrane probability along their shared
+       border (per pixel pair, the larger of the two);
+    3. borders whose mean exceeds ``threshold`` are walls: along the whole border the map is
+       lowered to ``1 - mean``, so a threshold that keeps the wall's visible part also keeps its
+       gap. Borders through a cell's interior (two basins of one cell) have a low mean and stay
+       untouched; so does everything off the borders.
+
+    ``threshold`` 0 turns it off. Chosen on cross-validation folds 0, 2, 3 and 4 and checked on
+    fold 1, which it was not tuned on (README, Results). Images larger than ``band_pixels`` run
+    in full-width bands of rows with ``margin`` rows of context on each side, so memory stays
+    bounded; cells smaller than the margin give the same result as one pass over the image.
+    """
+    if threshold <= 0:
+        return prob
+    if prob.ndim != 2:
+        raise ValueError(f"expected a 2-D map, got shape {prob.shape}")
+    h, w = prob.shape
+    rows = max(margin, band_pixels // w)
+    above = None  # original values of the margin rows above the current band (already lowered in prob)
+    for top in range(0, h, rows):
+        lo, hi = max(0, top - margin), min(h, top + rows + margin)
+        window = prob[lo:hi].copy()
+        if above is not None:
+            window[: top - lo] = above
+        end = min(h, top + rows)
+        above = window[end - margin - lo : end - lo].copy() if end < h else None
+        walls = _wall_levels(window, threshold, seed_distance)
+        np.minimum(prob[top:end], walls[top - lo : end - lo], out=prob[top:end])
+    return prob
+
+
+def _wall_levels(prob: np.ndarray, threshold: float, seed_distance: int) -> np.ndarray:
+    """1 everywhere except on the basin borders that are walls, where it is 1 - the border's
+    mean membrane probability (see :func:`close_gaps_in_place`)."""
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    levels = np.ones(prob.shape, np.float32)
+    interior = prob > 0.5
+    distance = ndimage.gaussian_filter(ndimage.distance_transform_edt(interior), 1.0)
+    peaks = peak_local_max(distance, min_distance=seed_distance, labels=ndimage.label(interior)[0], exclude_border=False)
+    if len(peaks) < 2:
+        return levels
+    markers = np.zeros(prob.shape, np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    membrane = 1.0 - prob
+    basins = watershed(membrane, markers=markers, connectivity=1)
+    # Every 4-neighbour pair of pixels in different basins, down then across; the first pixel of
+    # each pair carries the border, which leaves a line no 4-connected path crosses.
+    n = np.int64(len(peaks) + 1)
+    pairs = [(basins[:-1], basins[1:], membrane[:-1], membrane[1:]), (basins[:, :-1], basins[:, 1:], membrane[:, :-1], membrane[:, 1:])]
+    keys, values, firsts = [], [], []
+    for a, b, ma, mb in pairs:
+        differ = a != b
+        a, b = a[differ], b[differ]
+        keys.append(np.minimum(a, b) * n + np.maximum(a, b))
+        values.append(np.maximum(ma[differ], mb[differ]))
+        firsts.append(differ)
+    if not sum(len(k) for k in keys):
+        return levels
+    _, border = np.unique(np.concatenate(keys), return_inverse=True)
+    mean = np.bincount(border, weights=np.concatenate(values)) / np.bincount(border)
+    level = np.where(mean > threshold, 1.0 - mean, 1.0).astype(np.float32)
+    down = len(keys[0])
+    levels[:-1][firsts[0]] = level[border[:down]]
+    across = levels[:, :-1]
+    across[firsts[1]] = np.minimum(across[firsts[1]], level[border[down:]])
+    return levels
