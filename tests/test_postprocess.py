@@ -93,7 +93,7 @@ def test_windows_give_the_same_map_as_one_pass():
         prob[y - 2 : y + 2, x : x + 4] = 0.95
     whole = close_gaps_in_place(prob.copy(), 0.5)
     assert not np.array_equal(whole, prob)
-    for window, margin in ((25, 40), (33, 64), (50, 30)):  # margins above the window clip to it
+    for window, margin in ((25, 40), (33, 64), (50, 30)):  # the first two margins exceed the window: clipped to it
         pieces = close_gaps_in_place(prob.copy(), 0.5, window=window, margin=margin)
         np.testing.assert_array_equal(pieces, whole)
 

@@ -140,11 +140,10 @@ def _load(args):
     precision for evaluate/predict."""
     from .checkpoint import load_model
     from .config import Config, config_from_dict
+    from .tiling import model_context
     from .train import resolve_device, resolve_precision
 
     device = resolve_device(args.device)
-    from .tiling import model_context
-
     loaded = [load_model(path, device) for path in args.checkpoint]
     for path, (model, _) in zip(args.checkpoint, loaded):
         try:

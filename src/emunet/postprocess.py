@@ -1,5 +1,5 @@
 """Post-processing of probability maps before they are written or scored: a light blur, and
-closing the gaps in cell walls (both per slice, in place, in bands for huge images)."""
+closing the gaps in cell walls (both per slice and in place; huge images in bands or windows)."""
 
 from __future__ import annotations
 
@@ -107,8 +107,6 @@ def _wall_levels(prob: np.ndarray, threshold: float, seed_distance: int) -> np.n
         keys.append(np.minimum(a, b) * n + np.maximum(a, b))
         values.append(np.maximum(ma[differ], mb[differ]))
         firsts.append(differ)
-    if not sum(len(k) for k in keys):
-        return levels
     _, border = np.unique(np.concatenate(keys), return_inverse=True)
     mean = np.bincount(border, weights=np.concatenate(values)) / np.bincount(border)
     level = np.where(mean > threshold, 1.0 - mean, 1.0).astype(np.float32)
