@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emunet.augment import AugmentConfig, augment_batch, elastic_deform, random_affine_grid
+from emunet.augment import AugmentConfig, augment_batch, elastic_deform, gaussian_blur, random_affine_grid
 
 OFF = dict(flip=False, rotate90=False, brightness=0.0, elastic_std=0.0)
 
@@ -80,6 +80,42 @@ def test_config_bounds_for_turn_and_zoom():
     from emunet.config import ConfigError, load_config
 
     assert load_config(None, ["augment.rotate=45", "augment.scale=0.25"]).augment.rotate == 45
-    for bad in ("augment.rotate=-1", "augment.rotate=200", "augment.scale=1.5"):
+    assert load_config(None, ["augment.blur=1.5", "augment.contrast=0.3"]).augment.blur == 1.5
+    for bad in ("augment.rotate=-1", "augment.rotate=200", "augment.scale=1.5", "augment.blur=-1", "augment.blur=20", "augment.contrast=1"):
         with pytest.raises(ConfigError, match=bad.split("=")[0]):
             load_config(None, [bad])
+
+
+def test_blur_matches_scipy_per_sample_and_zero_sigma_is_identity():
+    ndimage = pytest.importorskip("scipy.ndimage")
+    x = torch.rand(3, 2, 40, 50, generator=torch.Generator().manual_seed(6))
+    out = gaussian_blur(x, torch.tensor([0.0, 1.0, 2.0]))
+    torch.testing.assert_close(out[0], x[0], atol=0, rtol=0)
+    for i, sigma in ((1, 1.0), (2, 2.0)):
+        for c in range(2):
+            # the kernel's radius is 3 x the batch's largest sigma (6 px) for every sample
+            ref = ndimage.gaussian_filter(x[i, c].numpy(), sigma, mode="mirror", truncate=6.0 / sigma)
+            torch.testing.assert_close(out[i, c], torch.from_numpy(ref), atol=1e-5, rtol=0)
+    # a sigma wider than a tiny image still works (the kernel is cut to the image)
+    assert gaussian_blur(torch.rand(1, 1, 4, 4), torch.tensor([3.0])).shape == (1, 1, 4, 4)
+
+
+def test_blur_and_contrast_change_images_only_within_their_ranges():
+    x, y = _batch(channels=2)
+    cfg = AugmentConfig(**(OFF | dict(blur=1.5, contrast=0.3)))
+    ax, ay = augment_batch(x, y, cfg, torch.Generator().manual_seed(7))
+    assert torch.equal(ay, y)  # labels untouched: no geometric change
+    torch.testing.assert_close(ax[:, 0], ax[:, 1])
+    # blur keeps the mean; contrast scales deviations about it by at most 1.3
+    torch.testing.assert_close(ax.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=2e-3, rtol=0)
+    ratio = ax.std(dim=(1, 2, 3)) / x.std(dim=(1, 2, 3))
+    assert ratio.max() <= 1.3 + 1e-3 and ratio.min() >= 0.5 and ratio.std() > 0
+    again, _ = augment_batch(x, y, cfg, torch.Generator().manual_seed(7))
+    assert torch.equal(again, ax)
+
+
+def test_intensity_changes_come_after_the_geometry_and_leave_its_random_draws_alone():
+    x, y = _batch()
+    before = augment_batch(x, y, AugmentConfig(elastic_std=10.0), torch.Generator().manual_seed(8))
+    on = augment_batch(x, y, AugmentConfig(elastic_std=10.0, contrast=0.3), torch.Generator().manual_seed(8))
+    assert torch.equal(on[1], before[1]) and not torch.equal(on[0], before[0])

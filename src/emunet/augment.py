@@ -4,7 +4,8 @@ Flips and 90-degree turns (the lab's flips, extended to the square's full symmet
 the lab's brightness shift, and the U-Net paper's elastic deformation: random displacements
 on a coarse grid (3x3, std 10 px), smoothly (bicubically) interpolated to a dense field,
 applied bilinearly to the image and nearest-neighbour to the mask. Optionally (nnU-Net's
-habit) turns by any angle and zooms, resampled together with the elastic field in one pass.
+habit) turns by any angle and zooms, resampled together with the elastic field in one pass,
+and intensity changes that imitate faint, oblique membranes: blur and lower contrast.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class AugmentConfig:
     rotate: turn each sample by a uniform random angle in [-rotate, rotate] degrees (on top of
         the 90-degree turns; oblique membranes at every angle); 0 disables.
     scale: zoom each sample by a factor drawn log-uniformly in [1/(1+scale), 1+scale]; 0 disables.
+    blur: Gaussian blur of each image with a sigma drawn uniformly in [0, blur] px (an oblique
+        membrane is a blurred one); 0 disables.
+    contrast: scale each image's deviations from its mean by a factor drawn uniformly in
+        [1 - contrast, 1 + contrast]; 0 disables.
     """
 
     flip: bool = True
@@ -40,6 +45,38 @@ class AugmentConfig:
     elastic_prob: float = 1.0
     rotate: float = 0.0
     scale: float = 0.0
+    blur: float = 0.0
+    contrast: float = 0.0
+
+
+def gaussian_blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Blur each (C, H, W) sample of a batch with its own sigma (px; 0 leaves it unchanged),
+    separably, with reflected borders."""
+    b, c, h, w = images.shape
+    radius = max(1, min(math.ceil(3 * float(sigmas.max())), h - 1, w - 1))
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    s = sigmas.to(images).clamp_min(1e-3)[:, None]
+    kernels = torch.exp(-0.5 * (offsets[None] / s) ** 2)
+    kernels = kernels / kernels.sum(1, keepdim=True)  # (B, K); sigma ~0 gives a unit impulse
+    kernels = kernels.repeat_interleave(c, dim=0)  # one per (sample, channel)
+    x = images.reshape(1, b * c, h, w)
+    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernels[:, None, None, :], groups=b * c)
+    x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernels[:, None, :, None], groups=b * c)
+    return x.reshape(b, c, h, w)
+
+
+def intensity_changes(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Blur and contrast of :class:`AugmentConfig`, each drawing random numbers only when on
+    (so configs without them keep their random stream)."""
+    b = images.shape[0]
+    dev = generator.device
+    if cfg.blur > 0:
+        images = gaussian_blur(images, torch.rand(b, generator=generator, device=dev) * cfg.blur)
+    if cfg.contrast > 0:
+        factor = (1 + (torch.rand(b, generator=generator, device=dev) * 2 - 1) * cfg.contrast).to(images)
+        mean = images.mean(dim=(1, 2, 3), keepdim=True)
+        images = mean + (images - mean) * factor[:, None, None, None]
+    return images
 
 
 def random_affine_grid(
@@ -130,4 +167,4 @@ def augment_batch(
     if cfg.brightness > 0:
         shift = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * cfg.brightness
         images = images + shift.to(images.device)[:, None, None, None]
-    return images, labels
+    return intensity_changes(images, cfg, generator), labels

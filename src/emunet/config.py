@@ -184,6 +184,8 @@ class Config:
             (self.data.fold >= 0, "data.fold must be >= 0"),
             (0.0 <= self.augment.rotate <= 180.0, f"augment.rotate must be 0..180 degrees, got {self.augment.rotate}"),
             (0.0 <= self.augment.scale <= 1.0, f"augment.scale must be 0..1 (zoom up to 1 + scale), got {self.augment.scale}"),
+            (0.0 <= self.augment.blur <= 10.0, f"augment.blur must be 0..10 px (the largest blur sigma), got {self.augment.blur}"),
+            (0.0 <= self.augment.contrast < 1.0, f"augment.contrast must be in [0, 1), got {self.augment.contrast}"),
             (0 <= self.data.context <= 8, f"data.context must be 0..8 neighbouring sections, got {self.data.context}"),
         ]
         for ok, msg in checks:
