@@ -12,6 +12,7 @@ On CUDA the same runs on the GPU.
     python benchmarks/speed.py                   # all cases, ~5 minutes on 2 CPU cores
     python benchmarks/speed.py --cases cpu       # one preset
     python benchmarks/speed.py --json out.json   # also write the figures
+    python benchmarks/speed.py --compile         # the same under torch.compile
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def convolution_share(step, device: torch.device) -> float:
     return conv / total if total else 0.0
 
 
-def run_case(name: str, device: torch.device) -> dict:
+def run_case(name: str, device: torch.device, data: str = "../shared/data/isbi2012", compile_model: bool = False) -> dict:
     """One preset: training speed, data share, inference speed, peak memory (this process)."""
     from emunet.augment import AugmentConfig, augment_batch
     from emunet.data import TileSampler, Volume, load_labelled, to_network_input
@@ -119,7 +120,9 @@ def run_case(name: str, device: torch.device) -> dict:
     fmt = torch.channels_last
     model = model.to(device, memory_format=fmt).train()
     opt = make_adam(model.parameters(), 1e-4, 0.0)
-    vol = load_labelled("../shared/data/isbi2012/train-volume.tif", "../shared/data/isbi2012/train-labels.tif")
+    if compile_model:
+        model = torch.compile(model)
+    vol = load_labelled(f"{data}/train-volume.tif", f"{data}/train-labels.tif")
     vol = Volume(vol.images[:24], vol.names[:24], vol.source, vol.labels[:24])
     gen = torch.Generator().manual_seed(0)
     sampler = TileSampler(vol, in_size, out_size, gen)
@@ -129,13 +132,14 @@ def run_case(name: str, device: torch.device) -> dict:
     def step() -> float:
         t0 = time.perf_counter()
         x, y = sampler.sample(batch)
-        x, y = augment_batch(x, y, aug, gen)
+        x, y = augment_batch(x.to(device), y.to(device), aug, gen)  # on the device, as training does
         y = y[:, crop : crop + out_size, crop : crop + out_size] if crop else y
+        sync(device)
         data_s = time.perf_counter() - t0
-        x = to_network_input(x).to(device).contiguous(memory_format=fmt)
+        x = to_network_input(x).contiguous(memory_format=fmt)
         with autocast_for(device, precision):
             logits = model(x)
-        loss = segmentation_loss(logits, y.to(device))
+        loss = segmentation_loss(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -175,19 +179,25 @@ def main() -> int:
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated of {', '.join(CASES)}")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument("--compile", action="store_true", help="time the model under torch.compile (inductor)")
+    parser.add_argument("--data", default="../shared/data/isbi2012", help="folder with train-volume.tif and train-labels.tif")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
     if args.one:
-        print(json.dumps(run_case(args.one, device)))
+        print(json.dumps(run_case(args.one, device, args.data, args.compile)))
         return 0
 
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     print(f"{device}: matmul 4096^2 peak  fp32 {peaks['fp32']:.0f} GFLOP/s   bf16 {peaks['bf16']:.0f} GFLOP/s")
     results = []
     for name in args.cases.split(","):
-        done = subprocess.run([sys.executable, __file__, "--one", name, "--device", args.device],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run([sys.executable, __file__, "--one", name, "--device", args.device, "--data", args.data]
+                              + (["--compile"] if args.compile else []),
+                              capture_output=True, text=True)
+        if done.returncode:
+            sys.stderr.write(done.stderr)
+            raise SystemExit(f"case {name} failed (exit {done.returncode}); its error is above")
         r = json.loads(done.stdout.strip().splitlines()[-1])
         r["fraction_of_peak"] = r["train_gflops"] / peaks["bf16" if r["precision"] == "bf16" else "fp32"]
         # the convolutions alone: the same FLOPs over only the time spent in them
