@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "augment_batch", "elastic_deform", "random_affine_grid"]
+__all__ = ["AugmentConfig", "augment_batch", "elastic_deform", "gaussian_blur", "random_affine_grid"]
 
 
 @dataclass
