@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -26,6 +27,8 @@ import time
 
 import torch
 from torch import nn
+
+ISBI_DIR = "../shared/data/isbi2012"  # beside the checkout, as in CI
 
 CASES = {
     # name: preset, overrides, training tile (output side), batch, precision, timed steps
@@ -101,7 +104,7 @@ def convolution_share(step, device: torch.device) -> float:
     return conv / total if total else 0.0
 
 
-def run_case(name: str, device: torch.device, data: str = "../shared/data/isbi2012", compile_model: bool = False) -> dict:
+def run_case(name: str, device: torch.device, data: str = ISBI_DIR, compile_model: bool = False) -> dict:
     """One preset: training speed, data share, inference speed, peak memory (this process)."""
     from emunet.augment import AugmentConfig, augment_batch
     from emunet.data import TileSampler, Volume, load_labelled, to_network_input
@@ -180,10 +183,13 @@ def main() -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", help="write the figures here")
     parser.add_argument("--compile", action="store_true", help="time the model under torch.compile (inductor)")
-    parser.add_argument("--data", default="../shared/data/isbi2012", help="folder with train-volume.tif and train-labels.tif")
+    parser.add_argument("--data", default=ISBI_DIR, help="folder with train-volume.tif and train-labels.tif")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     device = torch.device(args.device)
+    for name in ("train-volume.tif", "train-labels.tif"):
+        if not os.path.isfile(os.path.join(args.data, name)):
+            parser.error(f"{os.path.join(args.data, name)}: no such file (--data names the folder with the ISBI stacks)")
     if args.one:
         print(json.dumps(run_case(args.one, device, args.data, args.compile)))
         return 0
