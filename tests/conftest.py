@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
+ISBI_SCORING = ISBI.parent / "isbi-scoring"
 
 
 @pytest.fixture(scope="session")
@@ -15,6 +16,13 @@ def isbi_dir() -> Path:
     if not (ISBI / "train-volume.tif").exists():
         pytest.fail(f"ISBI 2012 data not found at {ISBI}; the tests read it from ../shared/data/isbi2012")
     return ISBI
+
+
+@pytest.fixture(scope="session")
+def scoring_dir() -> Path:
+    if not (ISBI_SCORING / "expected.json").exists():
+        pytest.fail(f"ISBI scoring cases not found at {ISBI_SCORING}; the tests read them from ../shared/data/isbi-scoring")
+    return ISBI_SCORING
 
 
 @pytest.fixture(scope="session")

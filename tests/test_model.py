@@ -80,3 +80,48 @@ def test_lab_net_gradients_are_channels_last_throughout():
     model.inc.register_full_backward_hook(lambda m, gin, gout: skip_grads.append(gout[0]))
     model(x).sum().backward()
     assert skip_grads and skip_grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
+# std of N(0, 0.06) cut at +-0.12: 0.06 * sqrt(1 - 2 * 2 * phi(2) / (Phi(2) - Phi(-2)))
+TRUNCATED_STD = 0.06 * (1 - 4 * 0.05399096651318806 / 0.9544997361036416) ** 0.5
+
+
+@pytest.mark.parametrize("preset", ["unet_medical", "unet_paper"])
+def test_lab_presets_draw_the_labs_initial_weights(preset):
+    assert TRUNCATED_STD == pytest.approx(0.0528, abs=5e-5)
+    torch.manual_seed(0)
+    model = create_model(preset)
+    assert model.cfg.init == "lab"
+    convs = [m for m in model.modules() if type(m) is torch.nn.Conv2d]
+    ups = [m for m in model.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(convs) == 19 and len(ups) == 4  # 9 double convs and the 1x1 output conv; 4 up-samplings
+    weights = torch.cat([m.weight.flatten() for m in convs])
+    assert weights.std().item() == pytest.approx(TRUNCATED_STD, rel=0.01)
+    assert weights.abs().max().item() <= 0.12
+    for m in convs:
+        if m.weight.numel() >= 10_000:
+            assert m.weight.std().item() == pytest.approx(TRUNCATED_STD, rel=0.03)
+        assert (m.bias == 0).all()
+    for m in ups:
+        assert m.weight.std().item() == pytest.approx(0.01, rel=0.03)
+        assert m.bias is None or (m.bias == 0).all()
+
+
+def test_other_presets_keep_torch_initialisation_and_init_is_a_setting():
+    torch.manual_seed(0)
+    cpu = create_model("unet_cpu")
+    assert cpu.cfg.init == "torch"
+    deepest = cpu.down4.maxpool_conv[1].double_conv[0].weight  # kaiming-uniform: std 1/sqrt(3 fan_in)
+    assert deepest.std().item() == pytest.approx((3 * deepest[0].numel()) ** -0.5, rel=0.05)
+    torch_medical = create_model("unet_medical", width=4, init="torch")
+    assert torch_medical.outc.conv.bias.abs().sum() > 0
+    with pytest.raises(ValueError, match="model.init"):
+        create_model("unet_medical", width=4, init="kaiming")
+
+
+def test_model_init_is_a_checked_config_key():
+    from emunet.config import ConfigError, load_config
+
+    assert load_config(None, ["model.init=torch"]).model.init == "torch"
+    with pytest.raises(ConfigError, match="model.init"):
+        load_config(None, ["model.init=xavier"])

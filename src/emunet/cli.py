@@ -78,6 +78,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", type=Path, help="also write PNG overlays (membrane in red) into this folder")
     _add_inference(p)
 
+    p = sub.add_parser("score", help="score probability maps or a segmentation against labels (no model)",
+                       description="Score maps made by any tool with the ISBI 2012 challenge's V_rand and V_info after "
+                       "border thinning, computed exactly as the challenge's Fiji script computes them (thresholds 0.0..1.0 "
+                       "in steps of 0.1, best of each). Prints the sweep, per-slice scores and the maxima.",
+                       epilog="examples:\n"
+                       "  unet score prob.tif train-labels.tif --fold 1         # prob.tif: the 6 slices of fold 1\n"
+                       "  unet score prob.tif labels.tif --slices 4,6,7,9,18,19 --json scores.json\n"
+                       "  unet score cells.tif labels.tif --segmentation      # a label image: each id a cell",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("maps", help="probability maps (TIFF stack, image or folder; float in [0, 1] or 8/16-bit, "
+                   "1 = cell interior, the ISBI submission convention), or with --segmentation a label image")
+    p.add_argument("labels", help="true masks (TIFF stack, image or folder), two-valued")
+    p.add_argument("--foreground", type=int, default=255, help="mask value of the cell interior (default: 255, ISBI)")
+    p.add_argument("--slices", help="score these label slices only, 0-based: '4,6,7' or '0-5'; MAPS holds either all "
+                   "slices or just these, in the order given")
+    p.add_argument("--fold", type=int, help="score the validation slices of this fold of the lab's split of LABELS "
+                   "(fold 1: 4, 6, 7, 9, 18, 19); MAPS holds either all slices or just these, in ascending order")
+    p.add_argument("--segmentation", action="store_true",
+                   help="MAPS is a label image (integer ids, each a cell; 0 = boundary): thinned and scored once")
+    p.add_argument("--json", type=Path, help="also write every number to this JSON file")
+
     p = sub.add_parser("run", help="the main job: train, evaluate the fold, predict the test images",
                        description="Train, evaluate on the validation fold and predict data.test_images; all outputs in out_dir.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,6 +238,53 @@ def _segment(model, input_path, output, pcfg, precision, masks=None, overlays=No
     return probs
 
 
+def _slice_list(spec: str) -> list[int]:
+    out: list[int] = []
+    try:
+        for part in spec.split(","):
+            if "-" in part.strip()[1:]:
+                lo, hi = part.split("-", 1)
+                out.extend(range(int(lo), int(hi) + 1))
+            elif part.strip():
+                out.append(int(part))
+    except ValueError:
+        raise ValueError(f"--slices must list 0-based slice numbers such as '4,6,7' or '0-5', got {spec!r}") from None
+    if not out:
+        raise ValueError("--slices names no slice")
+    return out
+
+
+def cmd_score(args) -> int:
+    from .challenge import score_segmentation_stack, score_stack
+    from .data import fold_split, read_labels
+    from .evaluate import format_sweep, pick_slices, read_maps, write_json
+
+    if args.slices and args.fold is not None:
+        raise ValueError("--slices and --fold both choose slices; give one")
+    labels, _ = read_labels(args.labels, args.foreground)
+    maps, names = read_maps(args.maps, args.segmentation)
+    slices = _slice_list(args.slices) if args.slices else None
+    if args.fold is not None:
+        slices = sorted(fold_split(len(labels), args.fold)[1])
+    maps, labels = pick_slices(maps, labels, slices, args.maps)
+    if maps.shape[1:] != labels.shape[1:]:
+        raise ValueError(f"{args.maps}: maps are {maps.shape[1]}x{maps.shape[2]} but labels are {labels.shape[1]}x{labels.shape[2]}")
+    if slices is not None:
+        names = [f"slice {i}" for i in slices]
+    elif len(names) != len(maps):
+        names = [f"slice {i}" for i in range(len(maps))]
+    start = time.perf_counter()
+    result = score_segmentation_stack(maps, labels) if args.segmentation else score_stack(maps, labels)
+    seconds = time.perf_counter() - start
+    print(f"{args.maps} against {args.labels} ({len(maps)} slices, {seconds:.2f} s):")
+    print(format_sweep(result, names))
+    if args.json:
+        write_json(args.json, {"maps": str(args.maps), "labels": str(args.labels), "slices": slices,
+                               "segmentation": args.segmentation, **result, "seconds": seconds})
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_predict(args) -> int:
     models, cfg, device, precision, _ = _load(args)
     _segment(models, args.input, args.output, _predict_settings(args, cfg.predict), precision, args.masks, args.overlays)
@@ -333,7 +401,7 @@ def cmd_presets(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "run": cmd_run, "cv": cmd_cv,
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "score": cmd_score, "run": cmd_run, "cv": cmd_cv,
             "import-mindspore": cmd_import_mindspore, "export": cmd_export,
             "presets": cmd_presets}
 

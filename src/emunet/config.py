@@ -49,7 +49,12 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """A preset from the model registry, with optional overrides (null keeps the preset's)."""
+    """A preset from the model registry, with optional overrides (null keeps the preset's).
+
+    init: how fresh weights are drawn, 'lab' (the MindSpore lab's truncated normal, the
+    default of unet_medical and unet_paper) or 'torch' (PyTorch's defaults, unet_cpu's);
+    not to be confused with train.init, a checkpoint to start from.
+    """
 
     preset: str = "unet_medical"
     width: int | None = None
@@ -57,6 +62,7 @@ class ModelConfig:
     padding: str | None = None
     norm: str | None = None
     dropout: float | None = None
+    init: str | None = None
 
 
 @dataclass
@@ -186,6 +192,7 @@ class Config:
             (0.0 <= self.augment.scale <= 1.0, f"augment.scale must be 0..1 (zoom up to 1 + scale), got {self.augment.scale}"),
             (0.0 <= self.augment.blur <= 10.0, f"augment.blur must be 0..10 px (the largest blur sigma), got {self.augment.blur}"),
             (0.0 <= self.augment.contrast < 1.0, f"augment.contrast must be in [0, 1), got {self.augment.contrast}"),
+            (self.model.init in (None, "lab", "torch"), f"model.init must be 'lab' or 'torch', got {self.model.init!r}"),
             (0 <= self.data.context <= 8, f"data.context must be 0..8 neighbouring sections, got {self.data.context}"),
         ]
         for ok, msg in checks:

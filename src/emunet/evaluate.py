@@ -17,7 +17,8 @@ from .model import UNet
 from .postprocess import close_gaps_in_place, smooth_in_place
 from .tiling import model_context, predict_image, predict_image_tta
 
-__all__ = ["predict_volume", "score_probabilities", "score_volume", "format_table", "write_json"]
+__all__ = ["predict_volume", "score_probabilities", "score_volume", "format_table", "write_json", "read_maps", "pick_slices",
+           "format_sweep"]
 
 
 def predict_volume(
@@ -121,3 +122,75 @@ def write_json(path: Path, payload: dict) -> None:
     atomic_write_bytes(Path(path), (json.dumps(payload, indent=2) + "\n").encode())
 
 
+
+
+# --- scoring maps made elsewhere (``unet score``): no model involved ------------------------
+def read_maps(path: str | Path, segmentation: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Probability maps (float32 in [0, 1], 1 = cell interior) or, with ``segmentation``, label
+    images (int64, each id > 0 a cell, 0 = boundary) from a stack, an image or a folder.
+
+    8- and 16-bit maps are read as probabilities scaled by their type's maximum (a 0/255 binary
+    map scores the same at every threshold); float maps must already lie in [0, 1].
+    """
+    from .data import DataError, _read_raw
+
+    slices, names = _read_raw(Path(path))
+    if len({s.shape for s in slices}) > 1:
+        raise DataError(f"{path}: maps differ in size; score maps of one size together")
+    stack = np.stack(slices)
+    if segmentation:
+        if stack.dtype.kind not in "biu":
+            raise DataError(f"{path}: a label image must hold integer ids, got {stack.dtype}")
+        if stack.min() < 0:
+            raise DataError(f"{path}: a label image must hold ids >= 0 (0 = boundary), found {int(stack.min())}")
+        return stack.astype(np.int64), names
+    if stack.dtype == np.bool_:
+        return stack.astype(np.float32), names
+    if stack.dtype in (np.uint8, np.uint16):
+        return (stack * np.float32(1.0 / np.iinfo(stack.dtype).max)).astype(np.float32), names
+    if stack.dtype.kind != "f":
+        raise DataError(f"{path}: {stack.dtype} values look like a label image; pass --segmentation to score it as one")
+    if not np.isfinite(stack).all() or stack.min() < 0 or stack.max() > 1:
+        raise DataError(f"{path}: probabilities must be finite and lie in [0, 1] (1 = cell interior); "
+                        f"found {float(np.nanmin(stack)):.4g}..{float(np.nanmax(stack)):.4g}")
+    return stack.astype(np.float32), names
+
+
+def pick_slices(maps: np.ndarray, labels: np.ndarray, slices: list[int] | None, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Restrict labels (and maps of the same length) to ``slices``; maps that already hold
+    exactly the chosen slices are kept as they are."""
+    from .data import DataError
+
+    if slices is None:
+        if len(maps) != len(labels):
+            raise DataError(f"{source}: {len(maps)} maps for {len(labels)} label slices; choose the slices with --slices")
+        return maps, labels
+    bad = [i for i in slices if not 0 <= i < len(labels)]
+    if bad:
+        raise DataError(f"--slices: slice {bad[0]} is out of range 0..{len(labels) - 1} of the labels")
+    if len(maps) == len(labels):
+        return maps[slices], labels[slices]
+    if len(maps) == len(slices):
+        return maps, labels[slices]
+    raise DataError(f"{source}: {len(maps)} maps match neither the {len(labels)} label slices nor the {len(slices)} chosen")
+
+
+def format_sweep(result: dict, names: Sequence[str]) -> str:
+    """The challenge's numbers as a table: each threshold's V_rand (pooled split, merge) and
+    V_info, the per-slice scores at the best thresholds, and the two maxima."""
+    lines = [f"{'threshold':>18} {'V_rand':>8} {'split':>8} {'merge':>8} {'V_info':>8}"]
+    for row in result["by_threshold"]:
+        th = "label image" if row["threshold"] is None else repr(row["threshold"])
+        lines.append(f"{th:>18} {row['v_rand']:8.4f} {row['v_rand_split']:8.4f} {row['v_rand_merge']:8.4f} {row['v_info']:8.4f}")
+    lines.append("")
+    lines.append(f"{'slice':<24} {'V_rand':>8} {'V_info':>8}")
+    for name, row in zip(names, result["slices_at_best"]):
+        lines.append(f"{str(name):<24} {row['v_rand']:8.4f} {row['v_info']:8.4f}")
+    at = "" if "v_rand_threshold" not in result else f" at threshold {result['v_rand_threshold']:.1f}"
+    at_info = "" if "v_info_threshold" not in result else f" at threshold {result['v_info_threshold']:.1f}"
+    lines.append("")
+    lines.append(f"Maximal V_rand after thinning: {result['v_rand']:.6f}{at} "
+                 f"(split {result['v_rand_split']:.4f}, merge {result['v_rand_merge']:.4f})")
+    lines.append(f"Maximal V_info after thinning: {result['v_info']:.6f}{at_info} "
+                 f"(split {result['v_info_split']:.4f}, merge {result['v_info_merge']:.4f})")
+    return "\n".join(lines)

@@ -55,7 +55,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
 def build_model(cfg: Config) -> UNet:
     m = cfg.model
     return create_model(m.preset, width=m.width, depth=m.depth, padding=m.padding, norm=m.norm, dropout=m.dropout,
-                        in_channels=2 * cfg.data.context + 1)
+                        init=m.init, in_channels=2 * cfg.data.context + 1)
 
 
 def load_split(cfg: Config, min_size: int = 1) -> tuple[Volume, Volume]:
