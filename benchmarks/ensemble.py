@@ -12,13 +12,41 @@ from __future__ import annotations
 
 import argparse
 import itertools
-from dataclasses import replace
+from dataclasses import dataclass
 
-from emunet.checkpoint import load_model
-from emunet.config import config_from_dict
-from emunet.evaluate import predict_volume, score_probabilities
-from emunet.postprocess import smooth_in_place
+import numpy as np
+
+from emunet.data import Volume
+from emunet.device import resolve_device
+from emunet.evaluate import ScoreReport, score_probabilities
+from emunet.predict import load_models, postprocess_volume, predict_raw
 from emunet.train import load_split
+
+
+@dataclass
+class GroupScore:
+    members: tuple[int, ...]
+    report: ScoreReport
+
+
+def score_groups(checkpoints: list[str], precision: str = "bf16") -> tuple[list[GroupScore], Volume]:
+    """Every single checkpoint, pair and larger group scored on the first run's validation
+    fold: each model predicts once; a group's mean map is then post-processed and scored
+    exactly as ``unet evaluate A B ...`` does it."""
+    loaded = load_models(checkpoints, resolve_device("cpu"))
+    cfg = loaded.config
+    _, volume = load_split(cfg)
+    raw = [predict_raw(m, volume, cfg.predict, precision) for m in loaded.models]
+    scores = []
+    for size in range(1, len(raw) + 1):
+        for members in itertools.combinations(range(len(raw)), size):
+            mean = raw[members[0]].copy()
+            for i in members[1:]:
+                mean += raw[i]
+            if len(members) > 1:
+                mean /= np.float32(len(members))
+            scores.append(GroupScore(members, score_probabilities(postprocess_volume(mean, cfg.predict), volume)))
+    return scores, volume
 
 
 def main() -> int:
@@ -28,27 +56,14 @@ def main() -> int:
     args = parser.parse_args()
     if len(args.checkpoints) < 2:
         parser.error("give at least two checkpoints")
-    loaded = [load_model(p) for p in args.checkpoints]
-    models, run = [m for m, _ in loaded], loaded[0][1]["config"]
-    cfg = config_from_dict({k: v for k, v in run.items() if k != "model_resolved"})
-    _, volume = load_split(cfg)
-    pcfg = cfg.predict
-    # each model's raw probabilities once; the blur goes on the mean, as `unet evaluate A B` does
-    probs = [predict_volume(m, volume, replace(pcfg, smooth=0.0), args.precision) for m in models]
-
-    def report(name: str, members: tuple[int, ...]) -> None:
-        mean_probs = sum(probs[i] for i in members) / len(members)
-        for page in mean_probs:
-            smooth_in_place(page, pcfg.smooth)
-        mean = score_probabilities(mean_probs, volume)["mean"]
-        print(f"{name:<10} {'+'.join(str(i + 1) for i in members):<12} V_rand {mean['v_rand']:.4f}  "
-              f"V_info {mean['v_info']:.4f}  lab dice {mean['lab_dice']:.4f}", flush=True)
-
     for i, path in enumerate(args.checkpoints):
         print(f"model {i + 1}: {path}")
-    for size in range(1, len(models) + 1):
-        for members in itertools.combinations(range(len(models)), size):
-            report({1: "single", 2: "pair"}.get(size, f"{size} models"), members)
+    scores, _ = score_groups(args.checkpoints, args.precision)
+    for group in scores:
+        name = {1: "single", 2: "pair"}.get(len(group.members), f"{len(group.members)} models")
+        mean = group.report.mean
+        print(f"{name:<10} {'+'.join(str(i + 1) for i in group.members):<12} V_rand {mean['v_rand']:.4f}  "
+              f"V_info {mean['v_info']:.4f}  lab dice {mean['lab_dice']:.4f}", flush=True)
     return 0
 
 

@@ -110,7 +110,8 @@ def run_case(name: str, device: torch.device, data: str = ISBI_DIR, compile_mode
     from emunet.data import TileSampler, Volume, load_labelled, to_network_input
     from emunet.losses import segmentation_loss
     from emunet.model import create_model
-    from emunet.tiling import autocast_for, predict_image
+    from emunet.device import autocast_for
+    from emunet.tiling import predict_image
     from emunet.train import make_adam
 
     preset, overrides, tile, batch, precision, steps = CASES[name]

@@ -16,7 +16,7 @@ def test_perfect_prediction_scores_one():
     result = score_stack(label[None].astype(np.float32), label[None])
     for key in ("v_rand", "v_rand_split", "v_rand_merge", "v_info", "v_info_split", "v_info_merge"):
         assert result[key] == pytest.approx(1.0)
-    assert result["pixel_error"] == pytest.approx(0.0)
+    assert result["challenge_pixel_error"] == pytest.approx(0.0)
 
 
 def test_a_merge_lowers_the_merge_parts_only():

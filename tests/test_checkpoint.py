@@ -3,7 +3,8 @@ import os
 import pytest
 import torch
 
-from emunet.checkpoint import CheckpointError, atomic_write_bytes, load_into, load_model, load_state, save_weights
+from emunet.checkpoint import CheckpointError, load_into, load_model, load_state, save_weights
+from emunet.files import atomic_write_bytes
 from emunet.model import create_model
 
 

@@ -87,7 +87,7 @@ def test_an_ensemble_predicts_the_mean_of_its_models(rng, tta):
 
     from emunet.config import PredictConfig
     from emunet.data import Volume
-    from emunet.evaluate import predict_volume
+    from emunet.predict import predict_volume
 
     models = []
     for seed in (1, 2, 3):
@@ -109,7 +109,7 @@ def test_predict_volume_closes_gaps_after_the_blur(rng):
 
     from emunet.config import PredictConfig
     from emunet.data import Volume
-    from emunet.evaluate import predict_volume
+    from emunet.predict import predict_volume
     from emunet.postprocess import close_gaps_in_place
 
     torch.manual_seed(0)
@@ -127,8 +127,9 @@ def test_a_2_5d_model_takes_the_sections_as_channels(rng):
 
     from emunet.config import PredictConfig
     from emunet.data import Volume
-    from emunet.evaluate import predict_volume
-    from emunet.tiling import model_context, predict_image_tta
+    from emunet.predict import predict_volume
+    from emunet.predict import model_context
+    from emunet.tiling import predict_image_tta
 
     torch.manual_seed(0)
     net = create_model("unet_cpu", width=4, depth=2, in_channels=3).eval()

@@ -48,6 +48,23 @@ class AugmentConfig:
     blur: float = 0.0
     contrast: float = 0.0
 
+    def validate(self) -> None:
+        from .errors import ConfigError
+
+        checks = [
+            (0.0 <= self.brightness <= 1.0, f"augment.brightness must be 0..1, got {self.brightness}"),
+            (self.elastic_std >= 0.0, f"augment.elastic_std must be >= 0 px, got {self.elastic_std}"),
+            (self.elastic_grid >= 2, f"augment.elastic_grid must be at least 2 points per side, got {self.elastic_grid}"),
+            (0.0 <= self.elastic_prob <= 1.0, f"augment.elastic_prob must be 0..1, got {self.elastic_prob}"),
+            (0.0 <= self.rotate <= 180.0, f"augment.rotate must be 0..180 degrees, got {self.rotate}"),
+            (0.0 <= self.scale <= 1.0, f"augment.scale must be 0..1 (zoom up to 1 + scale), got {self.scale}"),
+            (0.0 <= self.blur <= 10.0, f"augment.blur must be 0..10 px (the largest blur sigma), got {self.blur}"),
+            (0.0 <= self.contrast < 1.0, f"augment.contrast must be in [0, 1), got {self.contrast}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
 
 def gaussian_blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
     """Blur each (C, H, W) sample of a batch with its own sigma (px; 0 leaves it unchanged),

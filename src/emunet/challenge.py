@@ -332,8 +332,8 @@ def score_stack(probs: np.ndarray, labels: np.ndarray, thresholds=THRESHOLDS) ->
     Per threshold (``by_threshold``): V_rand and V_info, the means of the per-slice F-scores;
     V_rand's split and merge from pair counts pooled over slices (as the reference's statistics
     object carries them); V_info's split and merge averaged over slices; the pixel F-score.
-    Then each score at its own best threshold (first maximum), the pixel error (1 - the best
-    pixel F-score), and the per-slice rows at the V_rand threshold (``slices_at_best``).
+    Then each score at its own best threshold (first maximum), the challenge's pixel error
+    (``challenge_pixel_error``: 1 - the best pixel F-score), and the per-slice rows at the V_rand threshold (``slices_at_best``).
     """
     if len(probs) != len(labels) or len(probs) == 0:
         raise ValueError(f"{len(probs)} probability maps for {len(labels)} label images")
@@ -351,7 +351,7 @@ def score_stack(probs: np.ndarray, labels: np.ndarray, thresholds=THRESHOLDS) ->
         "v_info_split": by_threshold[best_info]["v_info_split"],
         "v_info_merge": by_threshold[best_info]["v_info_merge"],
         "v_info_threshold": thresholds[best_info],
-        "pixel_error": 1.0 - by_threshold[best_pixel]["pixel_fscore"],
+        "challenge_pixel_error": 1.0 - by_threshold[best_pixel]["pixel_fscore"],
         "pixel_threshold": thresholds[best_pixel],
         "by_threshold": by_threshold,
         "slices_at_best": [s[best_rand] for s in per_slice],

@@ -9,69 +9,30 @@ then renamed over the target, so a kill at any moment leaves either the old or t
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from .errors import CheckpointError
+from .files import atomic_write, atomic_write_bytes
 from .model import UNet, UNetConfig
+from .ms_checkpoint import mindspore_network
 
 __all__ = [
     "CheckpointError",
-    "atomic_write",
-    "atomic_write_bytes",
     "save_state",
     "load_state",
     "save_weights",
     "load_model",
+    "import_mindspore",
     "list_checkpoints",
     "prune_checkpoints",
 ]
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used, worded for the user."""
-
-
-def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Call ``write`` on a temporary file beside ``path``, flush it to disk, rename it over
-    ``path``: a crash leaves the old file or the new one, never a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, 0o666 & ~_UMASK)
-    try:
-        os.close(fd)
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda f: f.write(data))
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
@@ -138,8 +99,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint does not exist")
     if path.suffix == ".ckpt":  # the MindSpore lab's format
-        from .ms_checkpoint import import_mindspore
-
         model, _ = import_mindspore(path)
         return model.to(device).eval(), {"step": None, "source": "mindspore"}
     if path.suffix == ".safetensors":
@@ -166,6 +125,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
     model = _build(model_cfg, path)
     load_into(model, tensors, path)
     return model.to(device).eval(), info
+
+
+def import_mindspore(path: str | Path) -> tuple[UNet, list[str]]:
+    """The lab's network from a MindSpore checkpoint, widths taken from the tensor shapes.
+
+    Returns the model (eval mode) and the names of the optimiser entries that were set aside.
+    Missing, extra or mis-shaped network tensors are refused with an error naming them.
+    """
+    tensors, model_cfg, skipped = mindspore_network(Path(path))
+    model = UNet(model_cfg)
+    load_into(model, tensors, Path(path))
+    return model.eval(), skipped
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:

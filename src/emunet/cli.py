@@ -33,6 +33,7 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--close-gaps", type=float, metavar="P",
                    help="close each cell wall whose mean membrane probability exceeds P along its whole length, "
                         "gaps included; 0 = off (default: the run's predict.close_gaps)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,98 +148,84 @@ def _config(args):
     return load_config(args.config, overrides)
 
 
-def _predict_settings(args, pcfg):
-    from dataclasses import replace
-
-    pairs = (("tile", args.tile), ("overlap", args.overlap), ("batch_size", args.batch_size), ("tta", args.tta),
-             ("smooth", args.smooth), ("close_gaps", args.close_gaps))
-    changes = {k: v for k, v in pairs if v is not None}
-    return replace(pcfg, **changes).validate()
+INFERENCE_FLAGS = (("tile", "tile"), ("overlap", "overlap"), ("batch_size", "batch_size"), ("tta", "tta"),
+                   ("smooth", "smooth"), ("close_gaps", "close_gaps"))
 
 
-def _load(args):
-    """Models (one per checkpoint), the first one's run config (or defaults), device and
-    precision for evaluate/predict."""
-    from .checkpoint import load_model
-    from .config import Config, config_from_dict
-    from .tiling import model_context
-    from .train import resolve_device, resolve_precision
+def _with_inference_flags(cfg, args):
+    """The run's settings with --tile, --overlap, ... applied as predict.* overrides, checked
+    the same way as KEY=VALUE."""
+    from .config import with_overrides
+
+    flags = [f"predict.{key}={getattr(args, attr)}" for attr, key in INFERENCE_FLAGS if getattr(args, attr) is not None]
+    return with_overrides(cfg, flags)
+
+
+def _load_for_inference(args):
+    from .device import resolve_device, resolve_precision
+    from .predict import load_models
 
     device = resolve_device(args.device)
-    loaded = [load_model(path, device) for path in args.checkpoint]
-    for path, (model, _) in zip(args.checkpoint, loaded):
-        try:
-            model_context(model)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
-    models, info = [m for m, _ in loaded], loaded[0][1]
-    run = info.get("config")
-    cfg = Config()
-    if isinstance(run, dict):
-        run = {k: v for k, v in run.items() if k != "model_resolved"}
-        cfg = config_from_dict(run)
-    return models, cfg, device, resolve_precision(args.precision, device), info
+    loaded = load_models(args.checkpoint, device)
+    loaded.config = _with_inference_flags(loaded.config, args)
+    return loaded, resolve_precision(args.precision, device)
 
 
 def cmd_evaluate(args) -> int:
     from .data import fold_split, load_labelled
-    from .evaluate import format_table, score_volume, write_json
+    from .errors import UsageError
+    from .evaluate import format_table, score_probabilities, write_eval_json
+    from .predict import predict_volume
 
-    models, cfg, device, precision, info = _load(args)
-    pcfg = _predict_settings(args, cfg.predict)
+    loaded, precision = _load_for_inference(args)
+    cfg = loaded.config
     foreground = args.foreground if args.foreground is not None else cfg.data.foreground
     if bool(args.images) != bool(args.labels):
-        raise ValueError("--images and --labels go together")
+        raise UsageError("--images and --labels go together")
     if args.images:
-        volume, what = load_labelled(args.images, args.labels, foreground), f"all of {args.images}"
+        volume, scored_data = load_labelled(args.images, args.labels, foreground), f"all of {args.images}"
     else:
         fold = cfg.data.fold if args.fold is None else args.fold
         volume = load_labelled(cfg.data.images, cfg.data.labels, foreground)
         volume = volume.subset(fold_split(len(volume), fold, cfg.data.train_ratio)[1])
-        what = f"fold {fold} of {cfg.data.images}"
+        scored_data = f"fold {fold} of {cfg.data.images}"
     start = time.perf_counter()
-    report = score_volume(models, volume, pcfg, precision, progress=True)
-    first = args.checkpoint[0]
-    if len(models) == 1:
-        print(f"{first} (step {info.get('step')}) on {what}, {precision}:")
+    report = score_probabilities(predict_volume(loaded.models, volume, cfg.predict, precision, progress=not args.quiet), volume)
+    first = loaded.paths[0]
+    if len(loaded.models) == 1:
+        print(f"{first} (step {loaded.step}) on {scored_data}, {precision}:")
     else:
-        print(f"mean of {len(models)} models ({', '.join(map(str, args.checkpoint))}) on {what}, {precision}:")
+        print(f"mean of {len(loaded.models)} models ({', '.join(map(str, loaded.paths))}) on {scored_data}, {precision}:")
     print(format_table(report))
     # beside a run's own checkpoint; for an imported .ckpt (often in a read-only data folder) here
-    name = "eval.json" if len(models) == 1 else "eval-ensemble.json"
+    name = "eval.json" if len(loaded.models) == 1 else "eval-ensemble.json"
     out = args.json or (Path(f"{first.stem}-{name}") if first.suffix == ".ckpt" else first.with_name(name))
-    write_json(out, {"checkpoint": str(first) if len(models) == 1 else [str(c) for c in args.checkpoint],
-                     "step": info.get("step"), "data": what, "precision": precision,
-                     **report, "seconds": time.perf_counter() - start})
+    checkpoints = str(first) if len(loaded.models) == 1 else [str(c) for c in loaded.paths]
+    write_eval_json(out, report, checkpoint=checkpoints, step=loaded.step, data=scored_data, precision=precision,
+                    predict=vars(cfg.predict), seconds={"eval": time.perf_counter() - start})
     print(f"wrote {out}")
     return 0
 
 
-def _segment(model, input_path, output, pcfg, precision, masks=None, overlays=None):
-    from .data import read_images
-    from .evaluate import predict_volume
-    from .predict import write_masks, write_overlays, write_probabilities
+def _print_segmented(segmented) -> None:
+    for line in segmented.written:
+        print(f"wrote {line}")
+    print(f"predicted {len(segmented.volume)} slices in {segmented.seconds:.1f} s")
 
-    output = Path(output)
-    if output.suffix.lower() not in (".tif", ".tiff"):
-        raise ValueError(f"{output}: the probability output must be a .tif file")
-    volume = read_images(input_path)
-    start = time.perf_counter()
-    probs = predict_volume(model, volume, pcfg, precision, progress=True)
-    seconds = time.perf_counter() - start
-    write_probabilities(output, probs)
-    print(f"wrote {output}: {probs.shape[0]} x {probs.shape[1]} x {probs.shape[2]} float32 probabilities "
-          f"(1 = cell interior) in {seconds:.1f} s")
-    if masks:
-        write_masks(masks, volume, probs)
-        print(f"wrote {len(volume)} masks to {masks}")
-    if overlays:
-        write_overlays(overlays, volume, probs)
-        print(f"wrote {len(volume)} overlays to {overlays}")
-    return probs
+
+def cmd_predict(args) -> int:
+    from .predict import segment_file
+
+    loaded, precision = _load_for_inference(args)
+    segmented = segment_file(loaded.models, args.input, args.output, loaded.config.predict, precision, args.masks,
+                             args.overlays, progress=not args.quiet)
+    _print_segmented(segmented)
+    return 0
 
 
 def _slice_list(spec: str) -> list[int]:
+    from .errors import UsageError
+
     out: list[int] = []
     try:
         for part in spec.split(","):
@@ -248,19 +235,21 @@ def _slice_list(spec: str) -> list[int]:
             elif part.strip():
                 out.append(int(part))
     except ValueError:
-        raise ValueError(f"--slices must list 0-based slice numbers such as '4,6,7' or '0-5', got {spec!r}") from None
+        raise UsageError(f"--slices must list 0-based slice numbers such as '4,6,7' or '0-5', got {spec!r}") from None
     if not out:
-        raise ValueError("--slices names no slice")
+        raise UsageError("--slices names no slice")
     return out
 
 
 def cmd_score(args) -> int:
     from .challenge import score_segmentation_stack, score_stack
     from .data import fold_split, read_labels
-    from .evaluate import format_sweep, pick_slices, read_maps, write_json
+    from .errors import DataError, UsageError
+    from .evaluate import format_sweep, pick_slices, read_maps
+    from .files import write_json
 
     if args.slices and args.fold is not None:
-        raise ValueError("--slices and --fold both choose slices; give one")
+        raise UsageError("--slices and --fold both choose slices; give one")
     labels, _ = read_labels(args.labels, args.foreground)
     maps, names = read_maps(args.maps, args.segmentation)
     slices = _slice_list(args.slices) if args.slices else None
@@ -268,7 +257,7 @@ def cmd_score(args) -> int:
         slices = sorted(fold_split(len(labels), args.fold)[1])
     maps, labels = pick_slices(maps, labels, slices, args.maps)
     if maps.shape[1:] != labels.shape[1:]:
-        raise ValueError(f"{args.maps}: maps are {maps.shape[1]}x{maps.shape[2]} but labels are {labels.shape[1]}x{labels.shape[2]}")
+        raise DataError(f"{args.maps}: maps are {maps.shape[1]}x{maps.shape[2]} but labels are {labels.shape[1]}x{labels.shape[2]}")
     if slices is not None:
         names = [f"slice {i}" for i in slices]
     elif len(names) != len(maps):
@@ -285,88 +274,82 @@ def cmd_score(args) -> int:
     return 0
 
 
-def cmd_predict(args) -> int:
-    models, cfg, device, precision, _ = _load(args)
-    _segment(models, args.input, args.output, _predict_settings(args, cfg.predict), precision, args.masks, args.overlays)
-    return 0
-
-
 def cmd_train(args) -> int:
     from .train import train
 
-    cfg = _config(args)
-    best = train(cfg, resume=args.resume, progress=not args.quiet)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"best weights: {best}")
+    trained = train(_config(args), resume=args.resume, progress=not args.quiet)
+    if trained is not None:  # rank 0
+        print(f"best weights: {trained.best_path} (step {trained.step})")
     return 0
 
 
 def _single_process(command: str) -> None:
+    from .errors import UsageError
+
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ValueError(f"'{command}' runs in one process; under torchrun use 'train', then 'evaluate' and 'predict'")
+        raise UsageError(f"'{command}' runs in one process; under torchrun use 'train', then 'evaluate' and 'predict'")
 
 
 def cmd_run(args) -> int:
-    from .crossval import train_and_score
-    from .evaluate import format_table, write_json
+    from .crossval import train_fold
+    from .evaluate import format_table, write_eval_json
+    from .predict import segment_file
     from .report import write_report
 
     _single_process("run")
     cfg = _config(args)
     out = Path(cfg.out_dir)
     start = time.perf_counter()
-    result, model, precision = train_and_score(cfg, resume=args.resume, progress=not args.quiet)
-    print(f"\nfold {cfg.data.fold}, best checkpoint (step {result.report['step']}), {precision}:")
-    print(format_table(result.report))
-    payload = {"checkpoint": str(out / "best.safetensors"), "fold": cfg.data.fold, "precision": precision,
-               **result.report, "train_seconds": result.seconds["train"], "eval_seconds": result.seconds["eval"]}
+    fold, trained = train_fold(cfg, resume=args.resume, progress=not args.quiet)
+    print(f"\nfold {cfg.data.fold}, best checkpoint (step {fold.step}), {trained.precision}:")
+    print(format_table(fold.report))
+    seconds = dict(fold.seconds)
     if cfg.data.test_images:
-        t0 = time.perf_counter()
-        _segment(model, cfg.data.test_images, out / "test-probabilities.tif", cfg.predict, precision,
-                 overlays=out / "test-overlays")
-        payload["predict_seconds"] = time.perf_counter() - t0
-    report = write_report(out / "report.html", [result], title=f"Fold {cfg.data.fold} report: {out}")
-    payload["total_seconds"] = time.perf_counter() - start
-    write_json(out / "eval.json", payload)
-    print(f"wrote {out / 'eval.json'} and {report}; total {payload['total_seconds']:.0f} s")
+        segmented = segment_file(trained.model, cfg.data.test_images, out / "test-probabilities.tif", cfg.predict,
+                                 trained.precision, overlays=out / "test-overlays", progress=not args.quiet)
+        _print_segmented(segmented)
+        seconds["predict"] = segmented.seconds
+    report = write_report(out / "report.html", [fold], title=f"Fold {cfg.data.fold} report: {out}")
+    seconds["total"] = time.perf_counter() - start
+    write_eval_json(out / "eval.json", fold.report, checkpoint=str(trained.best_path), step=fold.step, fold=cfg.data.fold,
+                    precision=trained.precision, seconds=seconds)
+    print(f"wrote {out / 'eval.json'} and {report}; total {seconds['total']:.0f} s")
     return 0
 
 
 def cmd_cv(args) -> int:
     from .crossval import cross_validate
+    from .errors import UsageError
+    from .predict import segment_file
 
     _single_process("cv")
     cfg = _config(args)
     try:
         folds = [int(k) for k in args.folds.split(",") if k.strip()]
     except ValueError:
-        raise ValueError(f"--folds must be comma-separated integers, got {args.folds!r}") from None
+        raise UsageError(f"--folds must be comma-separated integers, got {args.folds!r}") from None
     if not folds or min(folds) < 0:
-        raise ValueError("--folds must name at least one fold >= 0")
-    results, report = cross_validate(cfg, folds, progress=not args.quiet)
+        raise UsageError("--folds must name at least one fold >= 0")
+    trained, results, report = cross_validate(cfg, folds, progress=not args.quiet)
     for r in results:
-        m = r.report["mean"]
+        m = r.report.mean
         print(f"fold {r.fold}: lab dice {m['lab_dice']:.4f}  V_rand {m['v_rand']:.4f}  V_info {m['v_info']:.4f}")
     print(f"wrote {Path(cfg.out_dir) / 'cv.json'} and {report}")
     if cfg.data.test_images:
         # as nnU-Net does: the folds' models, each trained on different slices, predict together
-        from .checkpoint import load_model
-        from .train import resolve_device, resolve_precision
-
-        device = resolve_device(cfg.train.device)
-        models = [load_model(r.run_dir / "best.safetensors", device)[0] for r in results]
         out = Path(cfg.out_dir)
-        _segment(models, cfg.data.test_images, out / "test-probabilities.tif", cfg.predict,
-                 resolve_precision(cfg.train.precision, device), overlays=out / "test-overlays")
+        segmented = segment_file([t.model for t in trained], cfg.data.test_images, out / "test-probabilities.tif",
+                                 cfg.predict, trained[0].precision, overlays=out / "test-overlays", progress=not args.quiet)
+        _print_segmented(segmented)
     return 0
 
 
 def cmd_import_mindspore(args) -> int:
-    from .checkpoint import save_weights
-    from .ms_checkpoint import import_mindspore
+    from .checkpoint import import_mindspore, save_weights
+    from .errors import UsageError
 
     if args.output.suffix != ".safetensors":
-        raise ValueError(f"{args.output}: output must be a .safetensors file")
+        raise UsageError(f"{args.output}: output must be a .safetensors file")
     model, skipped = import_mindspore(args.checkpoint)
     save_weights(args.output, model, model.cfg, {"source": str(args.checkpoint)})
     n = sum(p.numel() for p in model.parameters())
@@ -378,14 +361,15 @@ def cmd_import_mindspore(args) -> int:
 
 def cmd_export(args) -> int:
     from .checkpoint import load_model
+    from .errors import UsageError
     from .export import export_onnx
 
     if args.output.suffix != ".onnx":
-        raise ValueError(f"{args.output}: output must be a .onnx file")
+        raise UsageError(f"{args.output}: output must be a .onnx file")
     try:
         import onnx  # noqa: F401
     except ImportError:
-        raise ValueError("ONNX export needs the onnx package: pip install onnx (or the project's [onnx] extra)") from None
+        raise UsageError("ONNX export needs the onnx package: pip install onnx (or the project's [onnx] extra)") from None
     model, _ = load_model(args.checkpoint)
     export_onnx(model, args.output, opset=args.opset, softmax=args.softmax)
     print(f"wrote {args.output} (opset {args.opset}, {'probabilities' if args.softmax else 'logits'}, dynamic batch/height/width)")
@@ -407,15 +391,12 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .train import TrainingError
+    from .errors import EmunetError
 
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (DataError, ConfigError, CheckpointError, TrainingError, ValueError) as exc:
+    except EmunetError as exc:
         print(f"unet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -16,12 +16,17 @@ from typing import Any
 import yaml
 
 from .augment import AugmentConfig
+from .errors import ConfigError
+from .model import PRESETS, UNetConfig
 
-__all__ = ["ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "PredictConfig", "Config", "load_config", "dump_config"]
+__all__ = ["ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "PredictConfig", "Config", "load_config", "with_overrides",
+           "dump_config"]
 
 
-class ConfigError(ValueError):
-    """A bad config file or override, worded for the user."""
+def _check(checks: list[tuple[bool, str]]) -> None:
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
 
 
 @dataclass
@@ -46,6 +51,13 @@ class DataConfig:
     train_ratio: float = 0.8
     context: int = 0
 
+    def validate(self) -> None:
+        _check([
+            (self.fold >= 0, "data.fold must be >= 0"),
+            (0.0 < self.train_ratio < 1.0, f"data.train_ratio must be in (0, 1), got {self.train_ratio}"),
+            (0 <= self.context <= 8, f"data.context must be 0..8 neighbouring sections, got {self.context}"),
+        ])
+
 
 @dataclass
 class ModelConfig:
@@ -63,6 +75,17 @@ class ModelConfig:
     norm: str | None = None
     dropout: float | None = None
     init: str | None = None
+
+    def validate(self) -> None:
+        """The preset exists and the overrides make a valid network (checked before anything is
+        written or built)."""
+        if self.preset not in PRESETS:
+            raise ConfigError(f"model.preset: unknown preset {self.preset!r}; known: {', '.join(sorted(PRESETS))}")
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "preset" and v is not None}
+        try:
+            UNetConfig(**{**dataclasses.asdict(PRESETS[self.preset]()), **fields})
+        except (ConfigError, ValueError) as exc:
+            raise ConfigError(str(exc)) from None
 
 
 @dataclass
@@ -120,6 +143,30 @@ class TrainConfig:
     threads: int = 0
     channels_last: bool = True
 
+    def validate(self) -> None:
+        _check([
+            (self.steps >= 1, "train.steps must be at least 1"),
+            (self.batch_size >= 1, "train.batch_size must be at least 1"),
+            (self.tile >= 1, "train.tile must be positive"),
+            (0 < self.lr < math.inf, "train.lr must be a positive number"),
+            (0 <= self.weight_decay < math.inf, "train.weight_decay must be a non-negative number"),
+            (self.schedule in ("constant", "cosine"), "train.schedule must be 'constant' or 'cosine'"),
+            (self.warmup_steps >= 0, "train.warmup_steps must be >= 0"),
+            (0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio must be in [0, 1]"),
+            (self.loss in ("ce", "ce+dice"), "train.loss must be 'ce' or 'ce+dice'"),
+            (0 < self.membrane_weight < math.inf, f"train.membrane_weight must be a positive number, got {self.membrane_weight}"),
+            (0 <= self.skeleton_weight < math.inf, f"train.skeleton_weight must be a number >= 0, got {self.skeleton_weight}"),
+            (self.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision must be auto/fp32/bf16/fp16"),
+            (0 < self.loss_scale < math.inf, "train.loss_scale must be a positive number"),
+            (self.keep >= 1, "train.keep must be at least 1"),
+            (self.log_every >= 1, "train.log_every must be at least 1"),
+            (0.0 <= self.ema < 1.0, "train.ema must be in [0, 1)"),
+            (self.select_by in ("lab_dice", "v_rand", "v_info"), "train.select_by must be lab_dice, v_rand or v_info"),
+            (self.val_every >= 0 and self.checkpoint_every >= 0, "train.val_every/checkpoint_every must be >= 0"),
+            (self.dist_timeout > 0, "train.dist_timeout must be positive"),
+            (self.threads >= 0, "train.threads must be >= 0"),
+        ])
+
 
 @dataclass
 class PredictConfig:
@@ -171,34 +218,9 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
 
     def validate(self) -> "Config":
-        t = self.train
-        checks = [
-            (t.steps >= 1, "train.steps must be at least 1"),
-            (t.batch_size >= 1, "train.batch_size must be at least 1"),
-            (t.tile >= 1, "train.tile must be positive"),
-            (0 < t.lr < math.inf, "train.lr must be a positive number"),
-            (0 <= t.weight_decay < math.inf, "train.weight_decay must be a non-negative number"),
-            (t.schedule in ("constant", "cosine"), "train.schedule must be 'constant' or 'cosine'"),
-            (t.loss in ("ce", "ce+dice"), "train.loss must be 'ce' or 'ce+dice'"),
-            (0 < t.membrane_weight < math.inf, f"train.membrane_weight must be a positive number, got {t.membrane_weight}"),
-            (0 <= t.skeleton_weight < math.inf, f"train.skeleton_weight must be a number >= 0, got {t.skeleton_weight}"),
-            (t.precision in ("auto", "fp32", "bf16", "fp16"), "train.precision must be auto/fp32/bf16/fp16"),
-            (t.keep >= 1, "train.keep must be at least 1"),
-            (0.0 <= t.ema < 1.0, "train.ema must be in [0, 1)"),
-            (t.select_by in ("lab_dice", "v_rand", "v_info"), "train.select_by must be lab_dice, v_rand or v_info"),
-            (t.val_every >= 0 and t.checkpoint_every >= 0, "train.val_every/checkpoint_every must be >= 0"),
-            (self.data.fold >= 0, "data.fold must be >= 0"),
-            (0.0 <= self.augment.rotate <= 180.0, f"augment.rotate must be 0..180 degrees, got {self.augment.rotate}"),
-            (0.0 <= self.augment.scale <= 1.0, f"augment.scale must be 0..1 (zoom up to 1 + scale), got {self.augment.scale}"),
-            (0.0 <= self.augment.blur <= 10.0, f"augment.blur must be 0..10 px (the largest blur sigma), got {self.augment.blur}"),
-            (0.0 <= self.augment.contrast < 1.0, f"augment.contrast must be in [0, 1), got {self.augment.contrast}"),
-            (self.model.init in (None, "lab", "torch"), f"model.init must be 'lab' or 'torch', got {self.model.init!r}"),
-            (0 <= self.data.context <= 8, f"data.context must be 0..8 neighbouring sections, got {self.data.context}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
-        self.predict.validate()
+        """Each section checks itself; a bad value is a ConfigError naming its key."""
+        for section in (self.data, self.model, self.augment, self.train, self.predict):
+            section.validate()
         return self
 
 
@@ -270,7 +292,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             _fill(cfg, values, "")
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
-    for item in overrides or []:
+    return with_overrides(cfg, overrides or [])
+
+
+def with_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """``cfg`` with ``section.key=value`` overrides applied (in place) and checked."""
+    for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")

@@ -16,13 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import DataError
+
 __all__ = ["DataError", "Volume", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
-
-
-class DataError(ValueError):
-    """A problem with the user's data, worded for the user."""
 
 
 @dataclass

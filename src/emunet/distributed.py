@@ -15,6 +15,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from .device import resolve_device
+
 __all__ = ["DistContext", "setup", "teardown"]
 
 
@@ -64,8 +66,6 @@ def setup(device_name: str, timeout_s: float) -> tuple[DistContext, torch.device
     """Join the process group if launched by torchrun; return the context and this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        from .train import resolve_device
-
         return DistContext(), resolve_device(device_name)
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name != "cpu" and torch.cuda.is_available()

@@ -1,127 +1,88 @@
-"""Score a model on labelled slices: per-slice scores, their mean, a table and a JSON file."""
+"""Scoring: probability maps against labels, as per-slice scores, their means and the
+challenge's sweep; one report type, one table, one ``eval.json`` layout for every command."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from .challenge import score_stack
-from .config import PredictConfig
 from .data import Volume
+from .errors import DataError
+from .files import write_json
 from .metrics import SCORE_NAMES, slice_scores
-from .model import UNet
-from .postprocess import close_gaps_in_place, smooth_in_place
-from .tiling import model_context, predict_image, predict_image_tta
 
-__all__ = ["predict_volume", "score_probabilities", "score_volume", "format_table", "write_json", "read_maps", "pick_slices",
-           "format_sweep"]
-
-
-def predict_volume(
-    model: UNet | Sequence[UNet], volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False
-) -> np.ndarray:
-    """Foreground probabilities (N, H, W) float32 of every slice, by overlap-tile prediction
-    (smoothed by ``pcfg.smooth``, then walls closed by ``pcfg.close_gaps``).
-
-    Given several models (an ensemble, e.g. runs with different seeds or folds), the result is
-    the mean of their probabilities: independently trained models disagree on the ambiguous
-    membranes, and the average is steadier than any one of them (README, Results). That costs
-    one more slice-sized buffer.
-    """
-    models = [model] if isinstance(model, UNet) else list(model)
-    if not models:
-        raise ValueError("predict_volume needs at least one model")
-    modes = [m.training for m in models]
-    for m in models:
-        m.eval()
-    out = np.empty(volume.images.shape, np.float32)
-    extra = np.empty(volume.images.shape[1:], np.float32) if len(models) > 1 else None
-    slices = tqdm(range(len(volume)), desc="predict", unit="slice", leave=False, disable=not progress)
-    settings = dict(tile=pcfg.tile, overlap=pcfg.overlap, batch_size=pcfg.batch_size, blend=pcfg.blend,
-                    margin=pcfg.margin, precision=precision)
-    for i in slices:
-        for k, m in enumerate(models):
-            target = out[i] if k == 0 else extra
-            planes = volume.planes(i, model_context(m))
-            if pcfg.tta:
-                target[...] = predict_image_tta(m, planes, **settings)
-            else:
-                predict_image(m, planes, out=target, progress=progress, **settings)  # no second copy
-            if k:
-                out[i] += extra
-        if len(models) > 1:
-            out[i] /= len(models)
-        smooth_in_place(out[i], pcfg.smooth)
-        close_gaps_in_place(out[i], pcfg.close_gaps)
-    for m, mode in zip(models, modes):
-        m.train(mode)
-    return out
-
+__all__ = ["CHALLENGE_NAMES", "ScoreReport", "score_probabilities", "format_table", "write_eval_json", "read_maps",
+           "pick_slices", "format_sweep"]
 
 CHALLENGE_NAMES = ("v_rand", "v_info")
 
 
-def score_probabilities(probs: np.ndarray, volume: Volume, challenge: bool = True) -> dict:
-    """Scores of predicted probabilities against ``volume.labels``.
+@dataclass
+class ScoreReport:
+    """Scores of a stack of probability maps.
 
-    Returns a report: ``mean`` (lab dice, membrane dice and IoU, pixel error at 0.5, averaged
-    per slice as the lab does; with ``challenge`` also the stack's V_rand and V_info at their
-    best thresholds), ``slices`` (one row per slice) and ``challenge`` (the full sweep).
+    ``mean``: the per-slice scores averaged over slices, as the lab averages its dice
+    (lab_dice, membrane_dice, membrane_iou, pixel_error_05: the share of wrong pixels at 0.5),
+    plus the challenge's V_rand and V_info of the stack at their best thresholds.
+    ``slices``: one row per slice (its name, the same scores; V_rand and V_info at the stack's
+    V_rand threshold). ``challenge``: the whole sweep (see :func:`challenge.score_stack`), with
+    ``challenge_pixel_error``, the challenge's pixel error (1 - the best pixel F-score).
     """
+
+    mean: dict[str, float]
+    slices: list[dict[str, Any]]
+    challenge: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "slices": self.slices, "challenge": self.challenge}
+
+
+def score_probabilities(probs: np.ndarray, volume: Volume, challenge: bool = True) -> ScoreReport:
+    """Score probabilities (1 = interior) against ``volume.labels``; ``challenge`` adds the
+    challenge's sweep (a few tenths of a second per 512 px slice)."""
     if volume.labels is None:
-        raise ValueError(f"{volume.source}: scoring needs labels")
+        raise DataError(f"{volume.source}: scoring needs labels")
     rows = [{"slice": name, **slice_scores(p, y)} for name, p, y in zip(volume.names, probs, volume.labels)]
     mean = {k: float(np.mean([r[k] for r in rows])) for k in SCORE_NAMES}
-    report: dict = {"mean": mean, "slices": rows}
+    report = ScoreReport(mean, rows)
     if challenge:
-        result = score_stack(probs, volume.labels)
-        for row, at_best in zip(rows, result["slices_at_best"]):
+        sweep = score_stack(probs, volume.labels)
+        for row, at_best in zip(rows, sweep["slices_at_best"]):
             row.update({k: at_best[k] for k in CHALLENGE_NAMES})
-        mean.update({k: result[k] for k in CHALLENGE_NAMES})
-        report["challenge"] = {k: v for k, v in result.items() if k != "slices_at_best"}
+        mean.update({k: sweep[k] for k in CHALLENGE_NAMES})
+        report.challenge = {k: v for k, v in sweep.items() if k != "slices_at_best"}
     return report
 
 
-def score_volume(
-    model: UNet | Sequence[UNet], volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False, challenge: bool = True
-) -> dict:
-    """Predict every slice of a labelled volume (by one model or the mean of several) and score
-    it (see :func:`score_probabilities`)."""
-    probs = predict_volume(model, volume, pcfg, precision, progress)
-    return score_probabilities(probs, volume, challenge)
-
-
-def format_table(report: dict) -> str:
+def format_table(report: ScoreReport) -> str:
     """A plain-text table: one line per slice, the mean, and the challenge scores' thresholds."""
-    mean, rows = report["mean"], report["slices"]
-    names = [k for k in (*SCORE_NAMES, *CHALLENGE_NAMES) if k in mean]
+    names = [k for k in (*SCORE_NAMES, *CHALLENGE_NAMES) if k in report.mean]
     head = f"{'slice':<24}" + "".join(f"{k:>15}" for k in names)
     lines = [head, "-" * len(head)]
-    for r in rows:
+    for r in report.slices:
         lines.append(f"{str(r['slice']):<24}" + "".join(f"{r[k]:>15.4f}" for k in names))
     lines.append("-" * len(head))
-    lines.append(f"{'mean':<24}" + "".join(f"{mean[k]:>15.4f}" for k in names))
-    if "challenge" in report:
-        c = report["challenge"]
+    lines.append(f"{'mean':<24}" + "".join(f"{report.mean[k]:>15.4f}" for k in names))
+    if report.challenge:
+        c = report.challenge
         lines.append(
             f"challenge (stack, best threshold): V_rand {c['v_rand']:.4f} (split {c['v_rand_split']:.4f}, merge "
             f"{c['v_rand_merge']:.4f}, th {c['v_rand_threshold']:.1f}); V_info {c['v_info']:.4f} (split "
             f"{c['v_info_split']:.4f}, merge {c['v_info_merge']:.4f}, th {c['v_info_threshold']:.1f}); "
-            f"pixel error {c['pixel_error']:.4f} (th {c['pixel_threshold']:.1f})"
+            f"pixel error {c['challenge_pixel_error']:.4f} (th {c['pixel_threshold']:.1f})"
         )
     return "\n".join(lines)
 
 
-def write_json(path: Path, payload: dict) -> None:
-    from .checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(Path(path), (json.dumps(payload, indent=2) + "\n").encode())
-
-
+def write_eval_json(path: Path, report: ScoreReport, **context: Any) -> None:
+    """``eval.json``: what was scored and how (``context``: checkpoint, step, data, fold,
+    precision, seconds, ...), then the report."""
+    write_json(path, {**context, **report.to_dict()})
 
 
 # --- scoring maps made elsewhere (``unet score``): no model involved ------------------------
@@ -132,7 +93,7 @@ def read_maps(path: str | Path, segmentation: bool = False) -> tuple[np.ndarray,
     8- and 16-bit maps are read as probabilities scaled by their type's maximum (a 0/255 binary
     map scores the same at every threshold); float maps must already lie in [0, 1].
     """
-    from .data import DataError, _read_raw
+    from .data import _read_raw
 
     slices, names = _read_raw(Path(path))
     if len({s.shape for s in slices}) > 1:
@@ -159,8 +120,6 @@ def read_maps(path: str | Path, segmentation: bool = False) -> tuple[np.ndarray,
 def pick_slices(maps: np.ndarray, labels: np.ndarray, slices: list[int] | None, source: str) -> tuple[np.ndarray, np.ndarray]:
     """Restrict labels (and maps of the same length) to ``slices``; maps that already hold
     exactly the chosen slices are kept as they are."""
-    from .data import DataError
-
     if slices is None:
         if len(maps) != len(labels):
             raise DataError(f"{source}: {len(maps)} maps for {len(labels)} label slices; choose the slices with --slices")

@@ -50,14 +50,14 @@ def pixel_error(prob: np.ndarray, label: np.ndarray, threshold: float = 0.5) -> 
     return float(((prob > threshold) != (label == 1)).mean())
 
 
-SCORE_NAMES = ("lab_dice", "membrane_dice", "membrane_iou", "pixel_error")
+SCORE_NAMES = ("lab_dice", "membrane_dice", "membrane_iou", "pixel_error_05")
 
 
 def slice_scores(prob: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    """All scores of one slice."""
+    """All scores of one slice (``pixel_error_05``: the share of wrong pixels at threshold 0.5)."""
     return {
         "lab_dice": lab_dice(prob, label),
         "membrane_dice": membrane_dice(prob, label),
         "membrane_iou": membrane_iou(prob, label),
-        "pixel_error": pixel_error(prob, label),
+        "pixel_error_05": pixel_error(prob, label, 0.5),
     }

@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 __all__ = ["UNetConfig", "UNet", "PRESETS", "register_preset", "create_model", "count_parameters", "init_lab_weights"]
 
 
@@ -49,15 +51,15 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         if self.init not in ("torch", "lab"):
-            raise ValueError(f"model.init must be 'torch' or 'lab', got {self.init!r}")
+            raise ConfigError(f"model.init must be 'torch' or 'lab', got {self.init!r}")
         if self.padding not in ("valid", "same"):
-            raise ValueError(f"model.padding must be 'valid' or 'same', got {self.padding!r}")
+            raise ConfigError(f"model.padding must be 'valid' or 'same', got {self.padding!r}")
         if self.norm not in ("none", "batch", "instance", "group"):
-            raise ValueError(f"model.norm must be none/batch/instance/group, got {self.norm!r}")
+            raise ConfigError(f"model.norm must be none/batch/instance/group, got {self.norm!r}")
         if self.width < 1 or self.depth < 1:
-            raise ValueError("model.width and model.depth must be positive")
+            raise ConfigError("model.width and model.depth must be positive")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -293,11 +295,11 @@ def _unet_cpu() -> UNetConfig:
 def create_model(name: str = "unet_medical", **overrides: object) -> UNet:
     """Build a preset by name, overriding any :class:`UNetConfig` field."""
     if name not in PRESETS:
-        raise ValueError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     cfg = asdict(PRESETS[name]())
     known = {f.name for f in fields(UNetConfig)}
     bad = set(overrides) - known
     if bad:
-        raise ValueError(f"unknown model option(s) {sorted(bad)}; known: {sorted(known)}")
+        raise ConfigError(f"unknown model option(s) {sorted(bad)}; known: {sorted(known)}")
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     return UNet(UNetConfig(**cfg))

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_into
-from .model import UNet, UNetConfig
+from .errors import CheckpointError
+from .model import UNetConfig
 
-__all__ = ["read_mindspore_checkpoint", "import_mindspore", "OPTIMISER_PREFIXES"]
+__all__ = ["read_mindspore_checkpoint", "mindspore_network", "OPTIMISER_PREFIXES"]
 
 DTYPES = {
     "Float16": np.float16, "Float32": np.float32, "Float64": np.float64, "BFloat16": None,
@@ -147,13 +147,10 @@ def read_mindspore_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def import_mindspore(path: str | Path) -> tuple[UNet, list[str]]:
-    """The lab's network from a MindSpore checkpoint, widths taken from the tensor shapes.
-
-    Returns the model (eval mode) and the names of the optimiser entries that were set aside.
-    Missing, extra or mis-shaped network tensors are refused with an error naming them.
-    """
-    path = Path(path)
+def mindspore_network(path: Path) -> tuple[dict[str, torch.Tensor], UNetConfig, list[str]]:
+    """The network tensors of a lab checkpoint (float32), the model config their shapes imply,
+    and the names of the optimiser entries set aside. Whether the tensors fit that config is
+    checked where they are loaded (``checkpoint.import_mindspore``)."""
     tensors = read_mindspore_checkpoint(path)
     skipped = sorted(k for k in tensors if k.startswith(OPTIMISER_PREFIXES))
     network = {k: v for k, v in tensors.items() if not k.startswith(OPTIMISER_PREFIXES)}
@@ -166,6 +163,4 @@ def import_mindspore(path: str | Path) -> tuple[UNet, list[str]]:
     if depth == 0:
         raise CheckpointError(f"{path}: no down-sampling blocks (down1.*) found")
     cfg = UNetConfig(in_channels=int(first.shape[1]), num_classes=int(last.shape[0]), width=int(first.shape[0]), depth=depth)
-    model = UNet(cfg)
-    load_into(model, {k: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in network.items()}, path)
-    return model.eval(), skipped
+    return {k: torch.from_numpy(v.astype(np.float32, copy=False)) for k, v in network.items()}, cfg, skipped

@@ -1,4 +1,5 @@
-"""Segment images of any size and write the results atomically.
+"""Prediction, one home for it: load one model or an ensemble, predict a volume slice by slice
+(overlap-tile, optional flips and turns), post-process, and write the results atomically.
 
 The probability stack is float32 with 1 = foreground (cell interior) and 0 = membrane, the
 ISBI 2012 submission convention. Binary masks (0/255 PNG) and overlays (membrane in red over
@@ -8,14 +9,168 @@ the image) are optional, for people who would rather look than read.
 from __future__ import annotations
 
 import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from .checkpoint import atomic_write, atomic_write_bytes
-from .data import Volume
+from .checkpoint import load_model
+from .config import Config, PredictConfig, config_from_dict
+from .data import Volume, read_images
+from .errors import CheckpointError, DataError
+from .files import atomic_write, atomic_write_bytes
+from .model import UNet
+from .postprocess import close_gaps_in_place, smooth_in_place
+from .tiling import predict_image, predict_image_tta
 
-__all__ = ["write_probabilities", "write_masks", "write_overlays"]
+__all__ = [
+    "model_context",
+    "LoadedModels",
+    "load_models",
+    "predict_raw",
+    "postprocess_volume",
+    "predict_volume",
+    "SegmentedFile",
+    "segment_file",
+    "write_probabilities",
+    "write_masks",
+    "write_overlays",
+]
+
+
+def model_context(model: UNet) -> int:
+    """Neighbouring sections on each side that ``model`` takes as extra input channels
+    (0 for a 2-D model, k for a 2.5-D model with 2k + 1 input channels)."""
+    channels = model.cfg.in_channels
+    if channels % 2 == 0:
+        raise CheckpointError(f"a model with {channels} input channels is neither 2-D (1) nor 2.5-D (2k + 1 sections)")
+    return (channels - 1) // 2
+
+
+@dataclass
+class LoadedModels:
+    """Models to predict with together (their probabilities are averaged), and the settings of
+    the run that wrote the first one (defaults where it carries none)."""
+
+    models: list[UNet]
+    paths: list[Path]
+    config: Config
+    step: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def load_models(paths: Sequence[str | Path], device: torch.device) -> LoadedModels:
+    """Load each checkpoint (eval mode) on ``device``; the run config comes from the first."""
+    paths = [Path(p) for p in paths]
+    loaded = [load_model(path, device) for path in paths]
+    for path, (model, _) in zip(paths, loaded):
+        try:
+            model_context(model)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+    meta = loaded[0][1]
+    run = meta.get("config")
+    config = Config()
+    if isinstance(run, dict):
+        config = config_from_dict({k: v for k, v in run.items() if k != "model_resolved"})
+    return LoadedModels([m for m, _ in loaded], paths, config, meta.get("step"), meta)
+
+
+def predict_raw(
+    models: UNet | Sequence[UNet], volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False
+) -> np.ndarray:
+    """Foreground probabilities (N, H, W) float32 of every slice by overlap-tile prediction,
+    before post-processing; for several models (an ensemble) the mean of theirs, which costs
+    one more slice-sized buffer."""
+    models = [models] if isinstance(models, UNet) else list(models)
+    if not models:
+        raise ValueError("predict_raw needs at least one model")
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    out = np.empty(volume.images.shape, np.float32)
+    extra = np.empty(volume.images.shape[1:], np.float32) if len(models) > 1 else None
+    slices = tqdm(range(len(volume)), desc="predict", unit="slice", leave=False, disable=not progress)
+    settings = dict(tile=pcfg.tile, overlap=pcfg.overlap, batch_size=pcfg.batch_size, blend=pcfg.blend,
+                    margin=pcfg.margin, precision=precision)
+    for i in slices:
+        for k, m in enumerate(models):
+            target = out[i] if k == 0 else extra
+            planes = volume.planes(i, model_context(m))
+            if pcfg.tta:
+                target[...] = predict_image_tta(m, planes, **settings)
+            else:
+                predict_image(m, planes, out=target, progress=progress, **settings)  # no second copy
+            if k:
+                out[i] += extra
+        if len(models) > 1:
+            out[i] /= len(models)
+    for m, mode in zip(models, modes):
+        m.train(mode)
+    return out
+
+
+def postprocess_volume(probs: np.ndarray, pcfg: PredictConfig) -> np.ndarray:
+    """Blur each slice by ``pcfg.smooth``, then close wall gaps by ``pcfg.close_gaps``, in place:
+    the gap closing reads the blurred map, whose walls are smoother."""
+    for page in probs:
+        smooth_in_place(page, pcfg.smooth)
+        close_gaps_in_place(page, pcfg.close_gaps)
+    return probs
+
+
+def predict_volume(
+    models: UNet | Sequence[UNet], volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False
+) -> np.ndarray:
+    """The probabilities that are written and scored: :func:`predict_raw` (the mean of several
+    models' maps: independently trained models disagree on the ambiguous membranes, and their
+    average is steadier than any one of them), then :func:`postprocess_volume`."""
+    return postprocess_volume(predict_raw(models, volume, pcfg, precision, progress), pcfg)
+
+
+@dataclass
+class SegmentedFile:
+    """What :func:`segment_file` wrote."""
+
+    probs: np.ndarray
+    volume: Volume
+    seconds: float
+    written: list[str]
+
+
+def segment_file(
+    models: UNet | Sequence[UNet],
+    input_path: str | Path,
+    output: str | Path,
+    pcfg: PredictConfig,
+    precision: str,
+    masks: Path | None = None,
+    overlays: Path | None = None,
+    progress: bool = True,
+) -> SegmentedFile:
+    """Read images, predict and post-process them, write the probability TIFF (and masks and
+    overlays where asked). The output is checked before any prediction runs."""
+    output = Path(output)
+    if output.suffix.lower() not in (".tif", ".tiff"):
+        raise DataError(f"{output}: the probability output must be a .tif file")
+    volume = read_images(input_path)
+    start = time.perf_counter()
+    probs = predict_volume(models, volume, pcfg, precision, progress=progress)
+    seconds = time.perf_counter() - start
+    write_probabilities(output, probs)
+    written = [f"{output}: {probs.shape[0]} x {probs.shape[1]} x {probs.shape[2]} float32 probabilities (1 = cell interior)"]
+    if masks:
+        write_masks(masks, volume, probs)
+        written.append(f"{masks}: {len(volume)} masks")
+    if overlays:
+        write_overlays(overlays, volume, probs)
+        written.append(f"{overlays}: {len(volume)} overlays")
+    return SegmentedFile(probs, volume, seconds, written)
 
 
 def write_probabilities(path: Path, probs: np.ndarray) -> None:

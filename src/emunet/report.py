@@ -19,12 +19,13 @@ import numpy as np
 from PIL import Image
 
 from .challenge import segment_prediction, segment_truth
-from .checkpoint import atomic_write_bytes
+from .files import atomic_write_bytes
 from .data import Volume
+from .evaluate import ScoreReport
 
 __all__ = ["FoldResult", "error_overlay", "write_report"]
 
-TABLE_KEYS = ("lab_dice", "v_rand", "v_info", "pixel_error")
+TABLE_KEYS = ("lab_dice", "v_rand", "v_info", "pixel_error_05")
 THUMB = 256
 
 
@@ -34,7 +35,8 @@ class FoldResult:
 
     fold: int
     run_dir: Path
-    report: dict
+    report: ScoreReport
+    step: int
     volume: Volume
     probs: np.ndarray
     seconds: dict[str, float] = field(default_factory=dict)
@@ -117,14 +119,13 @@ def _curves(results: list[FoldResult]) -> str:
 
 
 def _fold_table(results: list[FoldResult]) -> str:
-    keys = ["fold", *TABLE_KEYS, "v_rand_split", "v_rand_merge", "v_info_split", "v_info_merge", "v_rand_threshold"]
+    challenge_keys = ["challenge_pixel_error", "v_rand_split", "v_rand_merge", "v_info_split", "v_info_merge", "v_rand_threshold"]
+    keys = ["fold", *TABLE_KEYS, *challenge_keys]
     head = "".join(f"<th>{k}</th>" for k in keys)
     body = []
     values: dict[str, list[float]] = {k: [] for k in keys[1:]}
     for r in results:
-        c = r.report.get("challenge", {})
-        row = {**r.report["mean"], **{k: c.get(k) for k in keys[5:]}}
-        row["pixel_error"] = c.get("pixel_error", row["pixel_error"])
+        row = {**r.report.mean, **{k: r.report.challenge.get(k) for k in challenge_keys}}
         cells = [f"<td>{r.fold}</td>"]
         for k in keys[1:]:
             v = row.get(k)
@@ -139,13 +140,13 @@ def _fold_table(results: list[FoldResult]) -> str:
 
 
 def _slices(r: FoldResult) -> str:
-    th = r.report.get("challenge", {}).get("v_rand_threshold", 0.5)
+    th = r.report.challenge.get("v_rand_threshold", 0.5)
     rows = []
     for i, name in enumerate(r.volume.names):
         img = r.volume.images[i]
         label = r.volume.labels[i]
         prob = r.probs[i]
-        scores = r.report["slices"][i]
+        scores = r.report.slices[i]
         caption = ", ".join(f"{k} {scores[k]:.4f}" for k in TABLE_KEYS if k in scores)
         pics = [
             (_png((img * 255).astype(np.uint8)), "image"),
@@ -171,7 +172,8 @@ def write_report(path: Path, results: list[FoldResult], title: str = "Cross-vali
         "<p>Scores on the held-out slices of each fold (cross-validation on the ISBI 2012 training slices, not "
         "challenge test-set figures). lab_dice: the MindSpore lab's soft dice, averaged per slice. V_rand, V_info: "
         "foreground-restricted scores after border thinning, averaged over slices at the best threshold of "
-        "0.0..1.0; pixel_error: 1 - best pixel F-score over the same sweep.</p>",
+        "0.0..1.0, computed as the challenge's own code computes them; pixel_error_05: share of wrong pixels at 0.5; "
+        "challenge_pixel_error: 1 - best pixel F-score over the same sweep.</p>",
         _fold_table(results),
         f"<h2>Curves</h2><img src='{_curves(results)}' style='max-width:100%'>",
         "<h2>Validation slices</h2>",

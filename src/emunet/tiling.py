@@ -10,16 +10,17 @@ so memory stays bounded by the image and two accumulators, not by the network.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from typing import Iterator
 
 import numpy as np
 import torch
 
 from .data import mirror_index, to_network_input
+from .device import autocast_for
+from .errors import ConfigError, DataError
 from .model import UNet
 
-__all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_image_tta", "model_context", "autocast_for"]
+__all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_image_tta"]
 
 
 class TilePlan:
@@ -38,7 +39,7 @@ class TilePlan:
         self.out_size = model.output_size(self.in_size) - 2 * self.margin
         self.border = (self.in_size - self.out_size) // 2  # context on each side
         if not 0.0 <= overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+            raise ConfigError(f"predict.overlap must be in [0, 1), got {overlap}")
         stride = int(self.out_size * (1.0 - overlap)) // step * step
         self.stride = max(step, min(stride, self.out_size // step * step))
         self.height, self.width = height, width
@@ -69,14 +70,6 @@ def _profile(size: int, kind: str) -> np.ndarray:
     return np.maximum(g / g.max(), np.sqrt(1e-3)).astype(np.float32)
 
 
-def autocast_for(device: torch.device, precision: str):
-    """An autocast context for ``precision`` ('fp32', 'bf16' or 'fp16') on ``device``."""
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def _dihedral(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
     out = np.rot90(image, k, axes=(-2, -1))
     return np.ascontiguousarray(out[..., ::-1] if flip else out)
@@ -87,23 +80,14 @@ def _undo_dihedral(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(out, -k))
 
 
-def model_context(model: UNet) -> int:
-    """Neighbouring sections on each side that ``model`` takes as extra input channels
-    (0 for a 2-D model, k for a 2.5-D model with 2k + 1 input channels)."""
-    c = model.cfg.in_channels
-    if c % 2 == 0:
-        raise ValueError(f"a model with {c} input channels is neither 2-D (1) nor 2.5-D (2k + 1 sections)")
-    return (c - 1) // 2
-
-
 def _as_planes(image, model: UNet) -> list[np.ndarray]:
     """The input channels as a list of (H, W) arrays, checked against the model."""
     planes = [image] if isinstance(image, np.ndarray) and image.ndim == 2 else list(image)
     shapes = {p.shape for p in planes}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
-        raise ValueError(f"expected an (H, W) image or same-sized (H, W) channels, got shapes {sorted(shapes)}")
+        raise DataError(f"expected an (H, W) image or same-sized (H, W) channels, got shapes {sorted(shapes)}")
     if len(planes) != model.cfg.in_channels:
-        raise ValueError(f"the model takes {model.cfg.in_channels} input channel(s), got {len(planes)}")
+        raise DataError(f"the model takes {model.cfg.in_channels} input channel(s), got {len(planes)}")
     return planes
 
 

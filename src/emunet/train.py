@@ -6,50 +6,32 @@ one for dropout), both saved in every checkpoint, so ``resume`` replays a stoppe
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import copy
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from . import distributed
 from .augment import augment_batch
-from .checkpoint import atomic_write_bytes, list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
-from .config import Config, ConfigError, config_to_dict, dump_config
+from .checkpoint import list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
+from .config import Config, config_to_dict, dump_config
 from .data import TileSampler, Volume, fold_split, load_labelled, to_network_input
-from .evaluate import CHALLENGE_NAMES, score_volume
+from .device import autocast_for, resolve_precision
+from .errors import ConfigError, TrainingError
+from .evaluate import ScoreReport, score_probabilities
+from .files import atomic_write_bytes
 from .losses import segmentation_loss
-from .metrics import SCORE_NAMES
 from .model import UNet, create_model
-from .tiling import autocast_for
+from .predict import predict_volume
+from .runlog import RunLog
 
-__all__ = ["resolve_device", "resolve_precision", "build_model", "load_split", "train"]
-
-CSV_FIELDS = ["step", "loss", "lr", "images_per_s", "train_s", "wall_s", *[f"val_{k}" for k in (*SCORE_NAMES, *CHALLENGE_NAMES)]]
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (a non-finite loss, say); the last good checkpoint is kept."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but CUDA is not available on this machine")
-    return device
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    if name != "auto":
-        return name
-    return "bf16" if device.type == "cpu" else "fp16"
+__all__ = ["TrainingError", "TrainResult", "build_model", "load_split", "train"]
 
 
 def build_model(cfg: Config) -> UNet:
@@ -79,32 +61,6 @@ def _lr_factor(cfg: Config):
     return factor
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def _read_csv(path: Path, up_to: int) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if int(r["step"]) <= up_to]
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in records).encode())
-
-
-def _read_jsonl(path: Path, up_to: int) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return [r for r in map(json.loads, filter(str.strip, f)) if int(r["step"]) <= up_to]
-
-
 def make_adam(params, lr: float, weight_decay: float) -> torch.optim.Adam:
     """Adam as one fused kernel where this PyTorch has it for the device (CPU since 2.4): on
     CPU the default per-tensor loop costs about 8 % of the lab net's step."""
@@ -115,8 +71,142 @@ def make_adam(params, lr: float, weight_decay: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
-def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Path:
-    """Train per ``cfg``; return the path of the best weights (``best.safetensors``).
+class TrainState:
+    """Everything a checkpoint holds: model, optimiser, scheduler, loss scaler, weight average,
+    the two random generators, the step and the best validation so far."""
+
+    def __init__(self, cfg: Config, model: UNet, device: torch.device, precision: str) -> None:
+        t = cfg.train
+        self.model, self.device = model, device
+        self.optimizer = make_adam(model.parameters(), t.lr, t.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_factor(cfg))
+        self.scaler = torch.amp.GradScaler(device.type, init_scale=t.loss_scale, enabled=precision == "fp16")
+        self.ema = None
+        if t.ema:
+            # An exponential moving average of the weights (and batch-norm statistics) is what
+            # validation scores and what best/last weights hold: it evens out step-to-step swings.
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
+        self.sample_gen = torch.Generator().manual_seed(t.seed)
+        self.step = 0
+        self.best: dict[str, Any] = {"score": -1.0, "step": 0}
+        self.run_config = config_to_dict(cfg) | {"model_resolved": asdict(model.cfg)}
+
+    @property
+    def scored(self) -> UNet:
+        """The weights that validation scores and best/last hold."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        rng = {"sampler": self.sample_gen.get_state(), "torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "ema": self.ema.state_dict() if self.ema is not None else {}, "step": self.step, "best": self.best,
+            "rng": rng, "config": self.run_config,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.sample_gen.set_state(state["rng"]["sampler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        self.step, self.best = int(state["step"]), dict(state["best"])
+
+    def save(self, ckpt_dir: Path, keep: int) -> None:
+        save_state(ckpt_dir / f"step_{self.step:06d}.pt", self.state_dict())
+        prune_checkpoints(ckpt_dir, keep, protect={self.best["step"]})
+
+
+@dataclass
+class TrainResult:
+    """What a finished run hands back: the best weights (loaded, eval mode) and their validation,
+    so that nothing needs reading or scoring again."""
+
+    best_path: Path
+    model: UNet
+    step: int
+    report: ScoreReport
+    probs: np.ndarray
+    val: Volume
+    precision: str
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _restore(state: TrainState, ctx: distributed.DistContext, ckpt_dir: Path, resume: str | bool) -> None:
+    """Resume from ``resume`` (a checkpoint, or True for the newest in ``ckpt_dir``): rank 0
+    reads it and every rank receives it."""
+    saved = None
+    if ctx.is_main and resume:
+        found = list_checkpoints(ckpt_dir) if resume is True else [(None, Path(resume))]
+        if found:
+            path = found[-1][1]
+            saved = load_state(path, map_location="cpu")
+            load_into(state.model, saved["model"], path)  # checks the architecture before broadcasting
+            print(f"resumed from {path} at step {saved['step']}", flush=True)
+    saved = ctx.broadcast(saved)  # the other ranks never read the output folder
+    if saved is not None:
+        state.load_state_dict(saved)
+
+
+def _score(model: UNet, volume: Volume, cfg: Config, precision: str) -> tuple[ScoreReport, np.ndarray]:
+    """Score ``model`` on ``volume`` as its deployed weights will score: a plain-layout copy in
+    eval mode, as ``load_model`` gives (a channels-last net rounds differently in the last bits)."""
+    deployed = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
+    probs = predict_volume(deployed, volume, cfg.predict, precision)
+    return score_probabilities(probs, volume), probs
+
+
+def _train_step(state: TrainState, net: torch.nn.Module, batch, cfg: Config, precision: str) -> float:
+    """One optimiser step on this rank's slice of the global batch; returns its loss."""
+    images, labels = batch
+    t = cfg.train
+    with autocast_for(state.device, precision):
+        logits = net(images)
+    loss = segmentation_loss(logits, labels, t.loss, t.membrane_weight, t.skeleton_weight)
+    if not torch.isfinite(loss) and not state.scaler.is_enabled():  # with fp16 the scaler skips the step
+        raise TrainingError(f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint is kept "
+                            f"in {Path(cfg.out_dir) / 'checkpoints'}")
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
+    return loss.item()
+
+
+def _batches(sampler: TileSampler, state: TrainState, cfg: Config, mine: slice, in_size: int, out_size: int,
+             memory_format: torch.memory_format):
+    """This rank's (images, labels) of each global batch: every rank draws the same batch from
+    the same generator and keeps its slice, so N processes follow the one-process run."""
+    crop = (in_size - out_size) // 2
+    while True:
+        images, labels = sampler.sample(cfg.train.batch_size)
+        # Augment where the model runs: a GPU warps the batch in a fraction of the CPU's time.
+        # The random draws still come from the CPU generator, so a run repeats on any device.
+        images, labels = images.to(state.device, non_blocking=True), labels.to(state.device, non_blocking=True)
+        images, labels = augment_batch(images, labels, cfg.augment, state.sample_gen)
+        images, labels = images[mine], labels[mine]
+        if crop:
+            labels = labels[:, crop : crop + out_size, crop : crop + out_size]
+        yield to_network_input(images).contiguous(memory_format=memory_format), labels
+
+
+def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> TrainResult | None:
+    """Train per ``cfg``; return the best weights and their validation (``None`` on ranks
+    other than 0, which hold neither).
 
     Under ``torchrun`` each rank trains a slice of every global batch with
     DistributedDataParallel; only rank 0 reads or writes the output folder.
@@ -132,14 +222,12 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Pat
         distributed.teardown(ctx)
 
 
-def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> Path:
-    t = cfg.train
-    out = Path(cfg.out_dir)
+def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> TrainResult | None:
+    t, out = cfg.train, Path(cfg.out_dir)
     ckpt_dir = out / "checkpoints"
     precision = resolve_precision(t.precision, device)
     if t.batch_size % ctx.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {ctx.world_size} processes")
-    per_rank = t.batch_size // ctx.world_size
     if t.threads:
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
@@ -149,192 +237,85 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
         for stale in ckpt_dir.glob(".*.tmp") if ckpt_dir.is_dir() else []:
             stale.unlink()  # left by a run killed in the middle of a write
 
-    # --- data: every rank draws the same global batch and trains on its own slice -----------
+    # --- data, model, optimiser, and where a stopped run left off ------------------------
+    start = time.perf_counter()
     model = build_model(cfg)
     in_size = model.fit_input_size(t.tile)
     out_size = model.output_size(in_size)
     train_vol, val_vol = load_split(cfg)
-    sample_gen = torch.Generator().manual_seed(t.seed)
-    sampler = TileSampler(train_vol, in_size, out_size, sample_gen, context=cfg.data.context)
-
-    # --- model and optimiser ------------------------------------------------------------
     if t.init and not resume:
         init_model, _ = load_model(t.init)
         load_into(model, init_model.state_dict(), Path(t.init))
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
-    optimizer = make_adam(model.parameters(), t.lr, t.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg))
-    scaler = torch.amp.GradScaler(device.type, init_scale=t.loss_scale, enabled=precision == "fp16")
-    run_config = config_to_dict(cfg) | {"model_resolved": asdict(model.cfg)}
-    ema = None
-    if t.ema:
-        # An exponential moving average of the weights (and batch-norm statistics) is what
-        # validation scores and what best/last weights hold: it evens out step-to-step swings.
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
-    scored = ema.module if ema is not None else model
-
-    step, best = 0, {"score": -1.0, "step": 0}
-    rows: list[dict] = []
-    val_log: list[dict] = []  # per-slice scores of every validation (validation.jsonl)
-    state = None
-    if ctx.is_main:
-        start_path = None
-        if resume is True:
-            found = list_checkpoints(ckpt_dir)
-            start_path = found[-1][1] if found else None
-        elif resume:
-            start_path = Path(resume)
-        if start_path is not None:
-            state = load_state(start_path, map_location="cpu")
-            load_into(model, state["model"], start_path)  # checks the architecture before broadcasting
-            print(f"resumed from {start_path} at step {state['step']}", flush=True)
-    state = ctx.broadcast(state)  # the other ranks never read the output folder
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        sample_gen.set_state(state["rng"]["sampler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
-        step, best = int(state["step"]), dict(state["best"])
-        if ctx.is_main:
-            rows = _read_csv(out / "metrics.csv", step)
-            val_log = _read_jsonl(out / "validation.jsonl", step)
-    del state
+    state = TrainState(cfg, model, device, precision)
+    _restore(state, ctx, ckpt_dir, resume)
+    sampler = TileSampler(train_vol, in_size, out_size, state.sample_gen, context=cfg.data.context)
+    per_rank = t.batch_size // ctx.world_size
+    batches = _batches(sampler, state, cfg, slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank), in_size, out_size,
+                       memory_format)
     net = model
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    log = RunLog(out, ctx.is_main, state.step)
+    best_validation: tuple[ScoreReport, np.ndarray] | None = None
 
-    writer = None
-    if ctx.is_main:
-        _write_csv(out / "metrics.csv", rows)
-        _write_jsonl(out / "validation.jsonl", val_log)
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
-
-    def checkpoint(at: int) -> None:
-        if not ctx.is_main:
-            return
-        state = {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "ema": ema.state_dict() if ema is not None else {},
-            "step": at,
-            "best": best,
-            "rng": {"sampler": sample_gen.get_state(), "torch": torch.get_rng_state()}
-            | ({"cuda": torch.cuda.get_rng_state()} if device.type == "cuda" else {}),
-            "config": run_config,
-        }
-        save_state(ckpt_dir / f"step_{at:06d}.pt", state)
-        prune_checkpoints(ckpt_dir, t.keep, protect={best["step"]})
-
-    def validate(at: int) -> dict[str, float] | None:
-        """Rank 0 scores the fold; every rank learns the best step."""
-        mean = None
+    def validate() -> None:
+        """Rank 0 scores the fold and keeps the best weights; every rank learns the best step."""
+        nonlocal best_validation
         if ctx.is_main:
-            report = score_volume(scored, val_vol, cfg.predict, precision)
-            mean = report["mean"]
-            val_log.append({"step": at, "mean": mean, "slices": report["slices"]})
-            _write_jsonl(out / "validation.jsonl", val_log)
-            for k, v in mean.items():
-                writer.add_scalar(f"val/{k}", v, at)
-            if mean[t.select_by] > best["score"]:
-                best.update(score=mean[t.select_by], step=at)
-                save_weights(out / "best.safetensors", scored, model.cfg, {"step": at, "val": mean, "config": run_config})
-        best.update(ctx.broadcast(dict(best)))
-        return mean
+            report, probs = _score(state.scored, val_vol, cfg, precision)
+            log.log_validation(state.step, report)
+            mean = report.mean
+            bar.write(f"step {state.step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
+                      f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error_05']:.4f}")
+            if mean[t.select_by] > state.best["score"]:
+                state.best.update(score=mean[t.select_by], step=state.step)
+                save_weights(out / "best.safetensors", state.scored, model.cfg,
+                             {"step": state.step, "val": mean, "config": state.run_config})
+                best_validation = report, probs
+        state.best.update(ctx.broadcast(dict(state.best)))
 
-    # --- loop ---------------------------------------------------------------------------
+    # --- the loop: sample, step, log, validate, checkpoint -------------------------------
     model.train()
-    bar = tqdm(total=t.steps, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
-    window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-    # cumulative seconds over resumed segments: training only, and wall time with validation
-    train_s = float(rows[-1]["train_s"]) if rows and rows[-1].get("train_s") else 0.0
-    wall_s = float(rows[-1]["wall_s"]) if rows and rows[-1].get("wall_s") else 0.0
-    segment_start = time.perf_counter()
-    wall_base = wall_s
-    mine = slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank)
+    bar = tqdm(total=t.steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     try:
-        while step < t.steps:
-            images, labels = sampler.sample(t.batch_size)
-            # Augment where the model runs: a GPU warps the batch in a fraction of the CPU's time.
-            # The random draws still come from the CPU generator, so a run repeats on any device.
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            images, labels = augment_batch(images, labels, cfg.augment, sample_gen)
-            images, labels = images[mine], labels[mine]
-            if in_size != out_size:
-                crop = (in_size - out_size) // 2
-                labels = labels[:, crop : crop + out_size, crop : crop + out_size]
-            images = to_network_input(images).contiguous(memory_format=memory_format)
-            with autocast_for(device, precision):
-                logits = net(images)
-            loss = segmentation_loss(logits, labels, t.loss, t.membrane_weight, t.skeleton_weight)
-            if not torch.isfinite(loss) and not scaler.is_enabled():  # with fp16 the scaler skips the step
-                raise TrainingError(f"loss became {loss.item()} at step {step + 1} (rank {ctx.rank}); "
-                                    f"the last good checkpoint is kept in {ckpt_dir}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            step += 1
-            window_loss += loss.item()
-            window_steps += 1
+        while state.step < t.steps:
+            loss = _train_step(state, net, next(batches), cfg, precision)
+            state.step += 1
+            log.add_loss(loss)
             bar.update(1)
-
-            row: dict | None = None
-            if step % t.log_every == 0 or step == t.steps:
-                mean_loss = ctx.mean(window_loss / window_steps)
-                elapsed = time.perf_counter() - window_start
-                train_s += elapsed
-                row = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0],
-                       "images_per_s": window_steps * t.batch_size / elapsed, "train_s": train_s}
-                if writer is not None:
-                    for key in ("loss", "lr", "images_per_s"):
-                        writer.add_scalar(f"train/{key}", row[key], step)
+            last = state.step == t.steps
+            if state.step % t.log_every == 0 or last:
+                row = log.log_training(state.step, ctx.mean(log.window_loss()), state.scheduler.get_last_lr()[0], t.batch_size)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
-                window_loss, window_steps, window_start = 0.0, 0, time.perf_counter()
-            if (t.val_every and step % t.val_every == 0) or step == t.steps:
-                val_start = time.perf_counter()
-                mean = validate(step)
-                if mean is not None:
-                    if row is None:  # a validation between log steps: training seconds so far
-                        row = {"step": step, "train_s": train_s + val_start - window_start}
-                    row |= {f"val_{k}": v for k, v in mean.items()}
-                    bar.write(f"step {step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
-                              f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error']:.4f}")
-            if row is not None and ctx.is_main:
-                row["wall_s"] = wall_base + time.perf_counter() - segment_start
-                rows.append(row)
-                _write_csv(out / "metrics.csv", rows)
-            if (t.val_every and step % t.val_every == 0) or (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps:
-                checkpoint(step)
-            if row is not None and "val_lab_dice" in row:
-                window_start += time.perf_counter() - val_start  # training speed leaves validation out
+            validating = (t.val_every and state.step % t.val_every == 0) or last
+            if validating:
+                log.pause()
+                validate()
+            log.end_step()
+            if ctx.is_main and (validating or (t.checkpoint_every and state.step % t.checkpoint_every == 0)):
+                state.save(ckpt_dir, t.keep)
+            log.resume()
     except KeyboardInterrupt:
-        bar.close()
-        checkpoint(step)
+        if ctx.is_main:
+            state.save(ckpt_dir, t.keep)
         raise
     finally:
         bar.close()
-        if writer is not None:
-            writer.close()
+        log.close()
+    train_s = time.perf_counter() - start
     if ctx.is_main:
-        save_weights(out / "last.safetensors", scored, model.cfg, {"step": step, "config": run_config})
+        save_weights(out / "last.safetensors", state.scored, model.cfg, {"step": state.step, "config": state.run_config})
     ctx.barrier()
-    return out / "best.safetensors"
+    if not ctx.is_main:
+        return None
+    best_path = out / "best.safetensors"
+    best_model, _ = load_model(best_path, device)
+    if best_validation is None:  # resumed after the best step: its validation is not in memory
+        best_validation = _score(best_model, val_vol, cfg, precision)
+    report, probs = best_validation
+    return TrainResult(best_path, best_model, int(state.best["step"]), report, probs, val_vol, precision,
+                       {"train": train_s, "eval": time.perf_counter() - start - train_s})

@@ -1,0 +1,33 @@
+"""The problems a user can cause and fix, each worded for the user.
+
+The command line prints these as one line naming the file or setting and exits with 2; any
+other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["EmunetError", "DataError", "ConfigError", "CheckpointError", "TrainingError", "UsageError"]
+
+
+class EmunetError(ValueError):
+    """Base of every user-facing error."""
+
+
+class DataError(EmunetError):
+    """Images, masks or maps that cannot be used as given."""
+
+
+class ConfigError(EmunetError):
+    """A setting that is unknown, ill-typed or out of range."""
+
+
+class CheckpointError(EmunetError):
+    """A checkpoint that cannot be read or does not fit."""
+
+
+class TrainingError(EmunetError):
+    """Training cannot go on (a non-finite loss, say); the last good checkpoint is kept."""
+
+
+class UsageError(EmunetError):
+    """Command-line arguments that do not go together."""
