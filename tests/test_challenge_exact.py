@@ -78,3 +78,22 @@ def test_even_border_line_falls_where_the_fifo_flood_meets():
 def test_a_slice_with_no_interior_is_one_segment():
     assert (thin_binary(np.zeros((5, 7), bool)) == 1).all()
 
+
+
+def test_the_compiled_flood_equals_its_plain_python_loops(rng):
+    from emunet import challenge
+
+    interior = ndimage_interior(rng)
+    compiled = challenge.thin_binary(interior)
+    plain = getattr(challenge._flood_membrane, "py_func", challenge._flood_membrane)
+    original, challenge._flood_membrane = challenge._flood_membrane, plain
+    try:
+        assert np.array_equal(challenge.thin_binary(interior), compiled)
+    finally:
+        challenge._flood_membrane = original
+
+
+def ndimage_interior(rng):
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(rng.random((60, 70)), 2) > 0.5

@@ -212,3 +212,43 @@ def test_validation_log_keeps_per_slice_scores_and_follows_a_resume(small_isbi, 
     train(_cfg(small_isbi, out, *extra), resume=str(out / "checkpoints" / "step_000002.pt"), progress=False)
     again = [json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
     assert again == log
+
+
+def test_run_reads_the_training_data_once_and_reports_what_evaluate_gives(small_isbi, tmp_path, monkeypatch, capsys):
+    import emunet.data
+
+    reads: list[str] = []
+    real_read = emunet.data._read_file
+    monkeypatch.setattr(emunet.data, "_read_file", lambda path: reads.append(str(path)) or real_read(path))
+    out = tmp_path / "run"
+    args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
+            f"data.test_images={small_isbi['test']}", *TINY, "train.steps=4", "train.val_every=2"]
+    assert main(["run", "--out", str(out), "-q", *args]) == 0
+    assert reads.count(str(small_isbi["images"])) == 1 and reads.count(str(small_isbi["labels"])) == 1
+    run_report = json.loads((out / "eval.json").read_text())
+    # the run's figures are its best weights' validation, equal to scoring the saved weights anew
+    assert main(["evaluate", str(out / "best.safetensors"), "--json", str(tmp_path / "e.json"), "--precision", "fp32", "-q"]) == 0
+    scored = json.loads((tmp_path / "e.json").read_text())
+    assert scored["mean"] == run_report["mean"] and scored["challenge"] == run_report["challenge"]
+
+
+def test_ensemble_benchmark_gives_what_evaluate_gives(small_isbi, tmp_path, capsys, monkeypatch):
+    import importlib.util
+    import sys
+
+    runs = []
+    for seed in (1, 2):
+        out = tmp_path / f"seed{seed}"
+        train(_cfg(small_isbi, out, "train.steps=2", f"train.seed={seed}", "predict.smooth=1.0", "predict.close_gaps=0.5",
+                   "train.precision=bf16"), progress=False)
+        runs.append(str(out / "last.safetensors"))
+    spec = importlib.util.spec_from_file_location("ensemble", Path(__file__).resolve().parents[1] / "benchmarks" / "ensemble.py")
+    ensemble = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "ensemble", ensemble)
+    spec.loader.exec_module(ensemble)
+    groups, _ = ensemble.score_groups(runs, "bf16")
+    assert [g.members for g in groups] == [(0,), (1,), (0, 1)]
+    for group, checkpoints in zip(groups, [runs[:1], runs[1:], runs]):
+        assert main(["evaluate", *checkpoints, "--json", str(tmp_path / "e.json"), "--precision", "bf16", "--device", "cpu",
+                     "-q"]) == 0
+        assert json.loads((tmp_path / "e.json").read_text())["mean"] == group.report.mean

@@ -230,7 +230,8 @@ class UNet(nn.Module):
 
     @property
     def border(self) -> int:
-        """Pixels lost in total across one axis (184 for the paper's valid U-Net)."""
+        """Pixels lost in total across one axis, both sides together (184 for the paper's valid
+        U-Net: 92 on each side)."""
         size = self.fit_input_size(1)
         return size - self.output_size(size)
 

@@ -13,9 +13,7 @@ def smooth_in_place(prob: np.ndarray, sigma: float, chunk: int = 1024) -> np.nda
     """Gaussian-smooth a 2-D probability map in place (scipy's 'reflect' borders).
 
     A light blur (sigma about 1 px) removes one- and two-pixel dips inside cells that would
-    otherwise split a cell at the challenge's high thresholds. On fold 1 it raised V_rand by
-    0.005 on average over the 12 checkpoints it was chosen on, but only by 0.0005 (-0.002 to
-    +0.003) on 3 later runs: a small gain, not a cure (README, Results).
+    otherwise split a cell at the challenge's high thresholds (docs/results.md).
     The filter is separable and runs over bands of ``chunk`` rows, then columns, so memory
     stays at one band however large the image (as ``scipy.ndimage.gaussian_filter``, which it
     equals, would not).
@@ -52,8 +50,7 @@ def close_gaps_in_place(prob: np.ndarray, threshold: float, seed_distance: int =
        gap. Borders through a cell's interior (two basins of one cell) have a low mean and stay
        untouched; so does everything off the borders.
 
-    ``threshold`` 0 turns it off. Chosen on cross-validation folds 0, 2, 3 and 4 and checked on
-    fold 1, which it was not tuned on (README, Results). Images larger than ``window`` run in
+    ``threshold`` 0 turns it off; how it was chosen and what it changes: docs/results.md. Images larger than ``window`` run in
     windows of that side with ``margin`` pixels of context around each (read from the original
     values), so memory and the watershed's per-pixel cost stay bounded; where cells are smaller
     than the margin the result equals one pass over the whole image.

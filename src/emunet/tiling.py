@@ -37,7 +37,7 @@ class TilePlan:
             self.margin = math.ceil(margin / step) * step
             self.in_size = model.fit_input_size(tile + 2 * self.margin)
         self.out_size = model.output_size(self.in_size) - 2 * self.margin
-        self.border = (self.in_size - self.out_size) // 2  # context on each side
+        self.context = (self.in_size - self.out_size) // 2  # input pixels around the output window, per side
         if not 0.0 <= overlap < 1.0:
             raise ConfigError(f"predict.overlap must be in [0, 1), got {overlap}")
         stride = int(self.out_size * (1.0 - overlap)) // step * step
@@ -152,7 +152,7 @@ def predict_image(
     for ix in range(plan.nx):
         norm_x[ix * plan.stride : ix * plan.stride + plan.out_size] += profile
     origins = list(plan.origins())
-    m, b = plan.margin, plan.border
+    m, b = plan.margin, plan.context
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     from tqdm import tqdm
 

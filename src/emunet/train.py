@@ -94,7 +94,7 @@ class TrainState:
         self.run_config = config_to_dict(cfg) | {"model_resolved": asdict(model.cfg)}
 
     @property
-    def scored(self) -> UNet:
+    def weights_to_keep(self) -> UNet:
         """The weights that validation scores and best/last hold."""
         return self.ema.module if self.ema is not None else self.model
 
@@ -266,14 +266,14 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
         """Rank 0 scores the fold and keeps the best weights; every rank learns the best step."""
         nonlocal best_validation
         if ctx.is_main:
-            report, probs = _score(state.scored, val_vol, cfg, precision)
+            report, probs = _score(state.weights_to_keep, val_vol, cfg, precision)
             log.log_validation(state.step, report)
             mean = report.mean
             bar.write(f"step {state.step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
                       f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error_05']:.4f}")
             if mean[t.select_by] > state.best["score"]:
                 state.best.update(score=mean[t.select_by], step=state.step)
-                save_weights(out / "best.safetensors", state.scored, model.cfg,
+                save_weights(out / "best.safetensors", state.weights_to_keep, model.cfg,
                              {"step": state.step, "val": mean, "config": state.run_config})
                 best_validation = report, probs
         state.best.update(ctx.broadcast(dict(state.best)))
@@ -308,7 +308,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
         log.close()
     train_s = time.perf_counter() - start
     if ctx.is_main:
-        save_weights(out / "last.safetensors", state.scored, model.cfg, {"step": state.step, "config": state.run_config})
+        save_weights(out / "last.safetensors", state.weights_to_keep, model.cfg, {"step": state.step, "config": state.run_config})
     ctx.barrier()
     if not ctx.is_main:
         return None
