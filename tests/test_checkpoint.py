@@ -69,3 +69,29 @@ def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
         atomic_write_bytes(path, b"new")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["keep.bin"]  # no temp file left behind
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".ckpt"])
+def test_an_image_given_as_a_checkpoint_is_named_for_what_it_is(tmp_path, suffix):
+    from PIL import Image
+
+    path = tmp_path / f"picture{suffix}"
+    Image.new("L", (8, 8)).save(path, format="PNG")
+    with pytest.raises(CheckpointError, match="this is a PNG image, not a checkpoint"):
+        load_model(path)
+
+
+def test_a_crafted_header_cannot_build_a_huge_model(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    path = tmp_path / "huge.safetensors"
+    config = {"in_channels": 1, "num_classes": 2, "width": 2048, "depth": 8, "padding": "same", "norm": "none"}
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"model_config": json.dumps(config)})
+    with pytest.raises(CheckpointError, match="width 2048 .* out of range"):
+        load_model(path)
+    config.update(width=256, depth=6)  # each within bounds, together 5 billion parameters
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"model_config": json.dumps(config)})
+    with pytest.raises(CheckpointError, match="parameters, more than"):
+        load_model(path)

@@ -74,11 +74,36 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(small_isbi, tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
-    assert "interrupted after saving a checkpoint" in err and "Traceback" not in err
+    assert "interrupted at step" in err and "saved checkpoints/step_" in err and "Traceback" not in err
     found = list_checkpoints(out / "checkpoints")
     assert len(found) == 1 and found[0][0] >= 3
     state = load_state(found[0][1])
     assert state["step"] == found[0][0]
+
+
+def _wait_for_rows(out, proc, rows):
+    deadline = time.time() + 120
+    while not (out / "metrics.csv").exists() or (out / "metrics.csv").read_text().count("\n") < rows + 1:
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.05)
+
+
+def test_ctrl_c_mid_step_resumes_bit_identical(small_isbi, tmp_path):
+    reference = tmp_path / "reference"
+    assert _launch(small_isbi, reference, "train.steps=40").wait(timeout=300) == 0
+    out = tmp_path / "interrupted"
+    for attempt in range(3):  # interrupted twice at random moments, then run to the end
+        proc = _launch(small_isbi, out, "train.steps=40", *(["--resume"] if attempt else []))
+        if attempt < 2:
+            _wait_for_rows(out, proc, 3 + 12 * attempt)  # training has started
+            time.sleep(random.uniform(0.0, 0.3))  # a random moment, most likely inside a step
+            proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == (130 if attempt < 2 else 0), err
+    final = load_state(out / "checkpoints" / "step_000040.pt")["model"]
+    expected = load_state(reference / "checkpoints" / "step_000040.pt")["model"]
+    for name in expected:  # batch-norm running statistics and counts included
+        torch.testing.assert_close(final[name], expected[name], rtol=0, atol=0)
 
 
 def test_non_finite_loss_stops_with_a_clear_message(small_isbi, tmp_path, monkeypatch, capsys):

@@ -10,6 +10,7 @@ import pytest
 import tifffile
 import torch
 
+from emunet.checkpoint import list_checkpoints
 from emunet.cli import main
 from emunet.config import load_config
 from emunet.train import train
@@ -252,3 +253,49 @@ def test_ensemble_benchmark_gives_what_evaluate_gives(small_isbi, tmp_path, caps
         assert main(["evaluate", *checkpoints, "--json", str(tmp_path / "e.json"), "--precision", "bf16", "--device", "cpu",
                      "-q"]) == 0
         assert json.loads((tmp_path / "e.json").read_text())["mean"] == group.report.mean
+
+
+def test_a_finished_run_folder_is_refused_unless_resumed_or_overwritten(small_isbi, tmp_path, capsys):
+    out = tmp_path / "run"
+    data = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}", *TINY, "train.val_every=0"]
+    assert main(["train", "-q", "--out", str(out), *data, "train.steps=2"]) == 0
+    before = (out / "metrics.csv").read_text()
+    assert main(["train", "-q", "--out", str(out), *data, "train.steps=3"]) == 2
+    assert "not empty" in capsys.readouterr().err and (out / "metrics.csv").read_text() == before
+    # --resume without -c continues with the run's own settings; overrides still apply, not taken as a path
+    assert main(["train", "-q", "--out", str(out), "--resume", "train.steps=4"]) == 0
+    steps = [int(r["step"]) for r in csv.DictReader(open(out / "metrics.csv"))]
+    assert steps == [1, 2, 3, 4]
+    assert "width: 4" in (out / "config.yaml").read_text()
+    # --overwrite starts afresh: no step of the old run survives
+    (out / "notes.txt").write_text("mine")
+    assert main(["train", "-q", "--out", str(out), *data, "train.steps=1", "--overwrite"]) == 0
+    assert [int(r["step"]) for r in csv.DictReader(open(out / "metrics.csv"))] == [1]
+    assert [step for step, _ in list_checkpoints(out / "checkpoints")] == [1]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_failing_command_leaves_the_saved_config_alone(small_isbi, tmp_path, capsys):
+    out = tmp_path / "run"
+    data = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}", *TINY, "train.val_every=0"]
+    assert main(["train", "-q", "--out", str(out), *data, "train.steps=2"]) == 0
+    saved = (out / "config.yaml").read_text()
+    assert main(["train", "-q", "--out", str(out), "--resume", f"data.images={tmp_path / 'missing.tif'}"]) == 2
+    assert "missing.tif" in capsys.readouterr().err and (out / "config.yaml").read_text() == saved
+    assert main(["train", "-q", "--out", str(tmp_path / "nothing"), "--resume"]) == 2
+    assert "no run to resume" in capsys.readouterr().err
+
+
+def test_predict_never_writes_over_its_input_and_checks_outputs_first(small_isbi, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "-q", "--out", str(run), f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
+                 *TINY, "train.steps=1", "train.val_every=0"]) == 0
+    image = tmp_path / "input.tif"
+    shutil.copy(small_isbi["test"], image)
+    original = image.read_bytes()
+    assert main(["predict", str(run / "last.safetensors"), str(image), "-o", str(image), "-q"]) == 2
+    assert "the output is the input" in capsys.readouterr().err and image.read_bytes() == original
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("x")
+    assert main(["predict", str(run / "last.safetensors"), str(image), "-o", str(blocked / "p.tif"), "-q"]) == 2
+    assert "cannot write there" in capsys.readouterr().err

@@ -39,10 +39,29 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+# What a file that is not a checkpoint usually is, by its first bytes.
+_OTHER_FORMATS = {b"\x89PNG": "a PNG image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image",
+                  b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"%PDF": "a PDF document"}
+
+# Bounds on a network described by a file: the largest presets are far inside them, and a
+# crafted header could otherwise make the loader allocate gigabytes before anything is checked.
+MAX_WIDTH, MAX_DEPTH, MAX_CHANNELS, MAX_PARAMETERS = 256, 6, 64, 500_000_000
+
+
+def _not_a_checkpoint(path: Path) -> str | None:
+    """What the file is, when its first bytes say it is a known non-checkpoint format."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return next((what for magic, what in _OTHER_FORMATS.items() if head.startswith(magic)), None)
+
+
 def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint does not exist")
+    other = _not_a_checkpoint(path)
+    if other:
+        raise CheckpointError(f"{path}: this is {other}, not a checkpoint (.safetensors, .pt or the lab's .ckpt)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -65,11 +84,33 @@ def save_weights(path: Path, model: torch.nn.Module, model_config: UNetConfig, m
     atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
+def _parameter_count(cfg: UNetConfig) -> int:
+    """About the parameters of the U-Net ``cfg`` describes (within 0.1 %), without building it."""
+    widths = [cfg.width * 2**i for i in range(cfg.depth + 1)]
+    conv = lambda cin, cout, k: cin * cout * k * k + cout  # noqa: E731 (bias or norm affine: same order)
+    total = conv(cfg.in_channels, widths[0], 3) + conv(widths[0], widths[0], 3)
+    for i in range(1, cfg.depth + 1):
+        total += conv(widths[i - 1], widths[i], 3) + conv(widths[i], widths[i], 3)
+        total += widths[i] * widths[i - 1] * 4 + 2 * conv(widths[i - 1], widths[i - 1], 3) + widths[i - 1] ** 2 * 9
+    return total + conv(widths[0], cfg.num_classes, 1)
+
+
 def _build(model_cfg: dict, source: Path) -> UNet:
+    """The network a file describes, after checking the description is sane and bounded."""
     try:
-        return UNet(UNetConfig(**model_cfg))
+        cfg = UNetConfig(**model_cfg)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{source}: bad model config in checkpoint ({exc})") from None
+    limits = [(cfg.width, MAX_WIDTH, "width"), (cfg.depth, MAX_DEPTH, "depth"), (cfg.in_channels, MAX_CHANNELS, "in_channels"),
+              (cfg.num_classes, MAX_CHANNELS, "num_classes")]
+    for value, limit, name in limits:
+        if not isinstance(value, int) or not 1 <= value <= limit:
+            raise CheckpointError(f"{source}: model {name} {value!r} in the checkpoint is out of range 1..{limit}; "
+                                  "the file is damaged or not this tool's")
+    if _parameter_count(cfg) > MAX_PARAMETERS:
+        raise CheckpointError(f"{source}: the checkpoint describes a network of {_parameter_count(cfg):,d} parameters, "
+                              f"more than {MAX_PARAMETERS:,d}; the file is damaged or not this tool's")
+    return UNet(cfg)
 
 
 def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
@@ -98,6 +139,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint does not exist")
+    other = _not_a_checkpoint(path)
+    if other:
+        raise CheckpointError(f"{path}: this is {other}, not a checkpoint (.safetensors, .pt or the lab's .ckpt)")
     if path.suffix == ".ckpt":  # the MindSpore lab's format
         model, _ = import_mindspore(path)
         return model.to(device).eval(), {"step": None, "source": "mindspore"}
@@ -106,25 +150,25 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UN
 
         try:
             with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
+                header = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as exc:
             raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from None
-        if "model_config" not in meta:
+        if "model_config" not in header:
             raise CheckpointError(f"{path}: safetensors file has no model_config metadata; not written by this tool")
         try:
-            info = {k: json.loads(v) for k, v in meta.items()}
+            meta = {k: json.loads(v) for k, v in header.items()}
         except json.JSONDecodeError:
             raise CheckpointError(f"{path}: corrupt metadata") from None
-        model_cfg = info.pop("model_config")
+        model_cfg = meta.pop("model_config")
     else:
         state = load_state(path)
         tensors = state["model"]
         model_cfg = state["config"].get("model_resolved") or {}
-        info = {"step": state.get("step"), "config": state["config"]}
+        meta = {"step": state.get("step"), "config": state["config"]}
     model = _build(model_cfg, path)
     load_into(model, tensors, path)
-    return model.to(device).eval(), info
+    return model.to(device).eval(), meta
 
 
 def import_mindspore(path: str | Path) -> tuple[UNet, list[str]]:

@@ -36,11 +36,31 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def _add_run_folder_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true",
+                   help="continue the stopped run in the output folder from its newest checkpoint, with the run's own "
+                        "saved settings (config.yaml) unless -c is given; KEY=VALUE still overrides")
+    p.add_argument("--resume-from", type=Path, metavar="CHECKPOINT", help="continue from this checkpoint instead")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in the output folder (its own files are removed, nothing else); "
+                        "without it a folder that is not empty is refused")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("emunet")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unet", description="U-Net segmentation of electron-microscopy images (ISBI 2012 and alike).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model", description="Train a U-Net on random native-resolution tiles of the "
@@ -48,8 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
     p.add_argument("--out", help="output folder (same as out_dir=...)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT",
-                   help="continue a stopped run: from CHECKPOINT, or from the newest one in the output folder")
+    _add_run_folder_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("evaluate", help="score a checkpoint on labelled images",
@@ -105,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
     p.add_argument("--out", help="output folder (same as out_dir=...)")
-    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="CHECKPOINT", help="continue a stopped run")
+    _add_run_folder_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("cv", help="cross-validate: train and score several folds, write an HTML report",
@@ -116,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--folds", default="0,1,2,3,4", help="comma-separated folds (default: 0,1,2,3,4)")
     p.add_argument("--out", help="output folder (same as out_dir=...)")
+    p.add_argument("--overwrite", action="store_true", help="replace the folds' runs already in the output folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("import-mindspore", help="convert the lab's MindSpore .ckpt into a project checkpoint",
@@ -140,12 +160,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args):
+    """Settings from -c and KEY=VALUE; a resumed run without -c takes its own config.yaml (a
+    run stopped before it started has none: then the defaults and KEY=VALUE)."""
     from .config import load_config
+    from .errors import UsageError
 
     overrides = list(args.overrides)
     if getattr(args, "out", None):
         overrides.append(f"out_dir={args.out}")
+    if _resuming(args) and args.config is None:
+        saved = Path(load_config(None, overrides).out_dir) / "config.yaml"
+        if saved.is_file():
+            return load_config(saved, overrides)
+        if not args.overrides:  # a run stopped before it started has no config.yaml: its settings must be given
+            raise UsageError(f"{saved.parent}: no run to resume here (no config.yaml); give its folder with --out, "
+                             "or its settings with -c or KEY=VALUE")
     return load_config(args.config, overrides)
+
+
+def _resuming(args) -> str | bool:
+    """What train() resumes from: a checkpoint path, True (the newest in the folder) or False."""
+    if getattr(args, "resume_from", None):
+        return str(args.resume_from)
+    return bool(getattr(args, "resume", False))
 
 
 INFERENCE_FLAGS = (("tile", "tile"), ("overlap", "overlap"), ("batch_size", "batch_size"), ("tta", "tta"),
@@ -277,7 +314,7 @@ def cmd_score(args) -> int:
 def cmd_train(args) -> int:
     from .train import train
 
-    trained = train(_config(args), resume=args.resume, progress=not args.quiet)
+    trained = train(_config(args), resume=_resuming(args), progress=not args.quiet, overwrite=args.overwrite)
     if trained is not None:  # rank 0
         print(f"best weights: {trained.best_path} (step {trained.step})")
     return 0
@@ -300,7 +337,7 @@ def cmd_run(args) -> int:
     cfg = _config(args)
     out = Path(cfg.out_dir)
     start = time.perf_counter()
-    fold, trained = train_fold(cfg, resume=args.resume, progress=not args.quiet)
+    fold, trained = train_fold(cfg, resume=_resuming(args), progress=not args.quiet, overwrite=args.overwrite)
     print(f"\nfold {cfg.data.fold}, best checkpoint (step {fold.step}), {trained.precision}:")
     print(format_table(fold.report))
     seconds = dict(fold.seconds)
@@ -330,7 +367,7 @@ def cmd_cv(args) -> int:
         raise UsageError(f"--folds must be comma-separated integers, got {args.folds!r}") from None
     if not folds or min(folds) < 0:
         raise UsageError("--folds must name at least one fold >= 0")
-    trained, results, report = cross_validate(cfg, folds, progress=not args.quiet)
+    trained, results, report = cross_validate(cfg, folds, progress=not args.quiet, overwrite=args.overwrite)
     for r in results:
         m = r.report.mean
         print(f"fold {r.fold}: lab dice {m['lab_dice']:.4f}  V_rand {m['v_rand']:.4f}  V_info {m['v_info']:.4f}")
@@ -403,9 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"unet {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        saved = " after saving a checkpoint of the last step (continue with --resume)" if args.command in ("train", "run") else ""
-        print(f"unet {args.command}: interrupted{saved}", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # TrainingInterrupted says which checkpoint holds the last whole step
+        print(f"unet {args.command}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
 
 

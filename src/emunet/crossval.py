@@ -11,30 +11,35 @@ from .config import Config
 from .evaluate import write_eval_json
 from .files import write_json
 from .report import FoldResult, write_report
-from .train import TrainResult, train
+from .train import TrainResult, prepare_output, train
 
 __all__ = ["train_fold", "cross_validate"]
 
 
-def train_fold(cfg: Config, resume: str | bool = False, progress: bool = True) -> tuple[FoldResult, TrainResult]:
+def train_fold(cfg: Config, resume: str | bool = False, progress: bool = True, overwrite: bool = False
+               ) -> tuple[FoldResult, TrainResult]:
     """Train ``cfg``'s fold; its best weights' validation is the fold's result (nothing is read
     or scored twice). Returns the report's view of it and the training result (best model)."""
-    trained = train(cfg, resume=resume, progress=progress)
+    trained = train(cfg, resume=resume, progress=progress, overwrite=overwrite)
     fold = FoldResult(cfg.data.fold, Path(cfg.out_dir), trained.report, trained.step, trained.val, trained.probs,
                       trained.seconds)
     return fold, trained
 
 
-def cross_validate(cfg: Config, folds: list[int], progress: bool = True) -> tuple[list[TrainResult], list[FoldResult], Path]:
+def cross_validate(cfg: Config, folds: list[int], progress: bool = True, overwrite: bool = False
+                   ) -> tuple[list[TrainResult], list[FoldResult], Path]:
     """Train and score each fold in ``out_dir/fold{k}``; write each fold's ``eval.json``, then
-    ``cv.json`` (per fold, mean and spread) and ``report.html``."""
+    ``cv.json`` (per fold, mean and spread) and ``report.html``. A fold folder that already
+    holds a run is refused unless ``overwrite``, before any fold trains."""
     out = Path(cfg.out_dir)
+    for k in folds:
+        prepare_output(out / f"fold{k}", False, overwrite)
     trained_folds, results = [], []
     for k in folds:
         fold_cfg = replace(cfg, out_dir=str(out / f"fold{k}"), data=replace(cfg.data, fold=k))
         if progress:
             print(f"== fold {k} ==")
-        result, trained = train_fold(fold_cfg, progress=progress)
+        result, trained = train_fold(fold_cfg, progress=progress, overwrite=overwrite)
         write_eval_json(result.run_dir / "eval.json", result.report, checkpoint=str(trained.best_path), step=result.step,
                         fold=k, precision=trained.precision, seconds=result.seconds)
         trained_folds.append(trained)

@@ -6,7 +6,7 @@ other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["EmunetError", "DataError", "ConfigError", "CheckpointError", "TrainingError", "UsageError"]
+__all__ = ["EmunetError", "DataError", "ConfigError", "CheckpointError", "TrainingError", "UsageError", "TrainingInterrupted"]
 
 
 class EmunetError(ValueError):
@@ -31,3 +31,10 @@ class TrainingError(EmunetError):
 
 class UsageError(EmunetError):
     """Command-line arguments that do not go together."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training, after the checkpoint of the last whole step was saved."""
+
+    def __init__(self, step: int, checkpoint: str) -> None:
+        super().__init__(f"interrupted at step {step}; saved {checkpoint} (continue with --resume)")

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import UsageError
 from .model import UNet
 
 __all__ = ["export_onnx"]
@@ -34,7 +35,7 @@ def export_onnx(model: UNet, path: str | Path, opset: int = 17, softmax: bool = 
     import onnx
 
     if opset < 17:
-        raise ValueError(f"opset {opset} is too old; use 17 or newer")
+        raise UsageError(f"--opset {opset} is too old; use 17 or newer")
     path = Path(path)
     model = model.eval().cpu()
     net = _WithSoftmax(model) if softmax else model

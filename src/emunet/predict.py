@@ -9,6 +9,8 @@ the image) are optional, for people who would rather look than read.
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -158,6 +160,11 @@ def segment_file(
     output = Path(output)
     if output.suffix.lower() not in (".tif", ".tiff"):
         raise DataError(f"{output}: the probability output must be a .tif file")
+    if output.resolve() == Path(input_path).resolve():
+        raise DataError(f"{output}: the output is the input; choose another -o (inputs are never written over)")
+    for folder in (output.parent, masks, overlays):
+        if folder is not None:
+            _check_writable(Path(folder))
     volume = read_images(input_path)
     start = time.perf_counter()
     probs = predict_volume(models, volume, pcfg, precision, progress=progress)
@@ -171,6 +178,17 @@ def segment_file(
         write_overlays(overlays, volume, probs)
         written.append(f"{overlays}: {len(volume)} overlays")
     return SegmentedFile(probs, volume, seconds, written)
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be written there, before any prediction."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot write there ({exc.strerror or exc}); choose another output") from None
 
 
 def write_probabilities(path: Path, probs: np.ndarray) -> None:

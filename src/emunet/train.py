@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import shutil
+import signal
+import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +29,7 @@ from .checkpoint import list_checkpoints, load_into, load_model, load_state, pru
 from .config import Config, config_to_dict, dump_config
 from .data import TileSampler, Volume, fold_split, load_labelled, to_network_input
 from .device import autocast_for, resolve_precision
-from .errors import ConfigError, TrainingError
+from .errors import ConfigError, TrainingError, TrainingInterrupted, UsageError
 from .evaluate import ScoreReport, score_probabilities
 from .files import atomic_write_bytes
 from .losses import segmentation_loss
@@ -204,7 +210,62 @@ def _batches(sampler: TileSampler, state: TrainState, cfg: Config, mine: slice, 
         yield to_network_input(images).contiguous(memory_format=memory_format), labels
 
 
-def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> TrainResult | None:
+# What a run writes into its folder: what --overwrite clears, and nothing else.
+RUN_FILES = ("config.yaml", "checkpoints", "tensorboard", "metrics.csv", "validation.jsonl", "best.safetensors",
+             "last.safetensors", "eval.json", "report.html", "test-probabilities.tif", "test-overlays")
+
+
+def prepare_output(out: Path, resume: str | bool, overwrite: bool) -> None:
+    """Check the output folder before anything runs: a folder that already holds files is
+    refused unless the run continues (``resume``) or replaces the run in it (``overwrite``:
+    the run's own files are removed, nothing else); an unwritable folder fails now, not after
+    hours of training."""
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if entries and not resume:
+        if not overwrite:
+            shown = ", ".join(entries[:4]) + (" ..." if len(entries) > 4 else "")
+            raise UsageError(f"{out}: the output folder is not empty ({shown}); continue its run with --resume, "
+                             "replace it with --overwrite, or choose another --out")
+        for name in RUN_FILES:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{out}: cannot write to the output folder ({exc.strerror or exc})") from None
+    checkpoints = out / "checkpoints"
+    for stale in checkpoints.glob(".*.tmp") if checkpoints.is_dir() else []:
+        stale.unlink()  # left by a run killed in the middle of a write
+
+
+@contextmanager
+def _interrupts_at_step_boundaries():
+    """Ctrl-C (SIGINT) during a step is held until the step ends, so the checkpoint saved on
+    the way out holds whole steps only (a half-run forward pass would already have moved the
+    batch-norm statistics) and a resumed run repeats the uninterrupted one exactly."""
+    pressed: list[int] = []
+    if threading_main():
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    else:  # signals reach only the main thread; elsewhere Ctrl-C stays as it is
+        previous = None
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def threading_main() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwrite: bool = False) -> TrainResult | None:
     """Train per ``cfg``; return the best weights and their validation (``None`` on ranks
     other than 0, which hold neither).
 
@@ -214,10 +275,14 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True) -> Tra
     Args:
         resume: False to start afresh; True to continue from the newest checkpoint in
             ``cfg.out_dir`` (starting afresh if there is none); or a checkpoint path.
+        overwrite: replace the run already in ``cfg.out_dir`` instead of refusing it.
     """
     ctx, device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
     try:
-        return _train(cfg, ctx, device, resume or distributed.restarted_by_torchrun(), progress and ctx.is_main)
+        resume = resume or distributed.restarted_by_torchrun()
+        if ctx.is_main:
+            prepare_output(Path(cfg.out_dir), resume, overwrite)
+        return _train(cfg, ctx, device, resume, progress and ctx.is_main)
     finally:
         distributed.teardown(ctx)
 
@@ -231,11 +296,6 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
     if t.threads:
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
-    if ctx.is_main:
-        # Fail on an unwritable output folder now, not after the first hours of training.
-        atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
-        for stale in ckpt_dir.glob(".*.tmp") if ckpt_dir.is_dir() else []:
-            stale.unlink()  # left by a run killed in the middle of a write
 
     # --- data, model, optimiser, and where a stopped run left off ------------------------
     start = time.perf_counter()
@@ -259,6 +319,8 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if ctx.is_main:  # the run starts: its settings are saved only now, once everything loaded
+        atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
     log = RunLog(out, ctx.is_main, state.step)
     best_validation: tuple[ScoreReport, np.ndarray] | None = None
 
@@ -282,27 +344,31 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
     model.train()
     bar = tqdm(total=t.steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     try:
-        while state.step < t.steps:
-            loss = _train_step(state, net, next(batches), cfg, precision)
-            state.step += 1
-            log.add_loss(loss)
-            bar.update(1)
-            last = state.step == t.steps
-            if state.step % t.log_every == 0 or last:
-                row = log.log_training(state.step, ctx.mean(log.window_loss()), state.scheduler.get_last_lr()[0], t.batch_size)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
-            validating = (t.val_every and state.step % t.val_every == 0) or last
-            if validating:
-                log.pause()
-                validate()
-            log.end_step()
-            if ctx.is_main and (validating or (t.checkpoint_every and state.step % t.checkpoint_every == 0)):
-                state.save(ckpt_dir, t.keep)
-            log.resume()
+        with _interrupts_at_step_boundaries() as interrupt_pressed:
+            while state.step < t.steps:
+                loss = _train_step(state, net, next(batches), cfg, precision)
+                state.step += 1
+                log.add_loss(loss)
+                bar.update(1)
+                last = state.step == t.steps
+                if state.step % t.log_every == 0 or last:
+                    row = log.log_training(state.step, ctx.mean(log.window_loss()), state.scheduler.get_last_lr()[0],
+                                           t.batch_size)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
+                validating = (t.val_every and state.step % t.val_every == 0) or last
+                if validating:
+                    log.pause()
+                    validate()
+                log.end_step()
+                if ctx.is_main and (validating or (t.checkpoint_every and state.step % t.checkpoint_every == 0)):
+                    state.save(ckpt_dir, t.keep)
+                log.resume()
+                if interrupt_pressed():
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         if ctx.is_main:
             state.save(ckpt_dir, t.keep)
-        raise
+        raise TrainingInterrupted(state.step, f"checkpoints/step_{state.step:06d}.pt") from None
     finally:
         bar.close()
         log.close()
