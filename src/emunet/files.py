@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "write_json"]
+__all__ = ["atomic_write", "atomic_write_bytes", "write_json", "check_writable"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -51,3 +51,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 def write_json(path: Path, payload: dict[str, Any]) -> None:
     """Indented JSON, written atomically."""
     atomic_write_bytes(Path(path), (json.dumps(payload, indent=2) + "\n").encode())
+
+
+def check_writable(folder: Path) -> None:
+    """Create ``folder`` if needed and prove a file can be written in it (OSError if not): run
+    before hours of work, not after."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
+    os.close(fd)
+    os.unlink(probe)

@@ -9,8 +9,6 @@ the image) are optional, for people who would rather look than read.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +23,7 @@ from .checkpoint import load_model
 from .config import Config, PredictConfig, config_from_dict
 from .data import Volume, read_images
 from .errors import CheckpointError, DataError
-from .files import atomic_write, atomic_write_bytes
+from .files import atomic_write, atomic_write_bytes, check_writable
 from .model import UNet
 from .postprocess import close_gaps_in_place, smooth_in_place
 from .tiling import predict_image, predict_image_tta
@@ -181,12 +179,8 @@ def segment_file(
 
 
 def _check_writable(folder: Path) -> None:
-    """Create ``folder`` if needed and prove a file can be written there, before any prediction."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        check_writable(folder)
     except OSError as exc:
         raise DataError(f"{folder}: cannot write there ({exc.strerror or exc}); choose another output") from None
 

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -31,7 +29,7 @@ from .data import TileSampler, Volume, fold_split, load_labelled, to_network_inp
 from .device import autocast_for, resolve_precision
 from .errors import ConfigError, TrainingError, TrainingInterrupted, UsageError
 from .evaluate import ScoreReport, score_probabilities
-from .files import atomic_write_bytes
+from .files import atomic_write_bytes, check_writable
 from .losses import segmentation_loss
 from .model import UNet, create_model
 from .predict import predict_volume
@@ -233,10 +231,7 @@ def prepare_output(out: Path, resume: str | bool, overwrite: bool) -> None:
             elif target.exists():
                 target.unlink()
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=out)
-        os.close(fd)
-        os.unlink(probe)
+        check_writable(out)
     except OSError as exc:
         raise UsageError(f"{out}: cannot write to the output folder ({exc.strerror or exc})") from None
     checkpoints = out / "checkpoints"
