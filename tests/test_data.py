@@ -189,3 +189,52 @@ def test_tile_sampler_with_context_stacks_the_neighbouring_sections(tmp_path):
     torch.testing.assert_close(y, (x[:, 1] - 20 > 0.5).long())
     torch.testing.assert_close(x[:, 0], x[:, 1] - 10)
     torch.testing.assert_close(x[:, 2], x[:, 1] + 10)
+
+
+def test_antialiased_masks_need_the_threshold_option_and_then_read(tmp_path):
+    mask = np.zeros((8, 8), np.uint8)
+    mask[:, 4:] = 255
+    mask[:, 3] = 128  # an antialiased edge
+    mask[:, 2] = 16
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    with pytest.raises(DataError, match="not two-valued.*data.mask_threshold"):
+        read_labels(tmp_path / "m.tif")
+    labels, _ = read_labels(tmp_path / "m.tif", 255, threshold=128)
+    assert labels[0, 0].tolist() == [0, 0, 0, 1, 1, 1, 1, 1]
+    inverted, _ = read_labels(tmp_path / "m.tif", 0, threshold=128)
+    assert inverted[0, 0].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
+
+
+def test_inverted_masks_are_warned_about(tmp_path, caplog):
+    mask = np.zeros((10, 10), np.uint8)
+    mask[:, :2] = 255  # 255 on a fifth of the pixels: membranes marked with 255
+    tifffile.imwrite(tmp_path / "m.tif", mask)
+    with caplog.at_level("WARNING", logger="emunet"):
+        read_labels(tmp_path / "m.tif", 255)
+    assert "covers only 20% of the pixels" in caplog.text and "data.foreground" in caplog.text
+
+
+def test_one_valued_masks_are_refused_for_training(tmp_path):
+    from emunet.config import load_config
+    from emunet.train import load_split
+
+    images = np.zeros((5, 16, 16), np.uint8)
+    tifffile.imwrite(tmp_path / "i.tif", images)
+    tifffile.imwrite(tmp_path / "m.tif", np.full((5, 16, 16), 255, np.uint8))
+    cfg = load_config(None, [f"data.images={tmp_path / 'i.tif'}", f"data.labels={tmp_path / 'm.tif'}"])
+    with pytest.raises(DataError, match="every mask pixel is of one class"):
+        load_split(cfg)
+
+
+def test_jpeg_images_are_read_and_other_files_named(tmp_path, caplog):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(folder / "a.png")
+    Image.fromarray(np.full((8, 8), 100, np.uint8)).save(folder / "b.jpg", quality=100)
+    (folder / "notes.txt").write_text("not an image")
+    with caplog.at_level("WARNING", logger="emunet"):
+        volume = read_images(folder)
+    assert volume.names == ["a", "b"] and abs(float(volume.images[1].mean()) - 100 / 255) < 0.01
+    assert "skipped 1 file(s)" in caplog.text and "notes.txt" in caplog.text

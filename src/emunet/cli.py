@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="labelled images to score (stack or folder); default: the run's validation fold")
     p.add_argument("--labels", help="their masks")
     p.add_argument("--foreground", type=int, help="mask value of the foreground class (default: the run's, ISBI 255)")
+    p.add_argument("--mask-threshold", type=float, metavar="T",
+                   help="binarise masks that are not two-valued at T (default: the run's data.mask_threshold)")
     p.add_argument("--fold", type=int, help="score this fold of the run's data instead of the run's own fold")
     p.add_argument("--json", type=Path, help="write scores here (default: eval.json beside the checkpoint)")
     _add_inference(p)
@@ -111,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "1 = cell interior, the ISBI submission convention), or with --segmentation a label image")
     p.add_argument("labels", help="true masks (TIFF stack, image or folder), two-valued")
     p.add_argument("--foreground", type=int, default=255, help="mask value of the cell interior (default: 255, ISBI)")
+    p.add_argument("--mask-threshold", type=float, metavar="T", help="binarise masks that are not two-valued at T")
     p.add_argument("--slices", help="score these label slices only, 0-based: '4,6,7' or '0-5'; MAPS holds either all "
                    "slices or just these, in the order given")
     p.add_argument("--fold", type=int, help="score the validation slices of this fold of the lab's split of LABELS "
@@ -217,13 +220,14 @@ def cmd_evaluate(args) -> int:
     loaded, precision = _load_for_inference(args)
     cfg = loaded.config
     foreground = args.foreground if args.foreground is not None else cfg.data.foreground
+    threshold = args.mask_threshold if args.mask_threshold is not None else cfg.data.mask_threshold
     if bool(args.images) != bool(args.labels):
         raise UsageError("--images and --labels go together")
     if args.images:
-        volume, scored_data = load_labelled(args.images, args.labels, foreground), f"all of {args.images}"
+        volume, scored_data = load_labelled(args.images, args.labels, foreground, mask_threshold=threshold), f"all of {args.images}"
     else:
         fold = cfg.data.fold if args.fold is None else args.fold
-        volume = load_labelled(cfg.data.images, cfg.data.labels, foreground)
+        volume = load_labelled(cfg.data.images, cfg.data.labels, foreground, mask_threshold=threshold)
         volume = volume.subset(fold_split(len(volume), fold, cfg.data.train_ratio)[1])
         scored_data = f"fold {fold} of {cfg.data.images}"
     start = time.perf_counter()
@@ -287,7 +291,7 @@ def cmd_score(args) -> int:
 
     if args.slices and args.fold is not None:
         raise UsageError("--slices and --fold both choose slices; give one")
-    labels, _ = read_labels(args.labels, args.foreground)
+    labels, _ = read_labels(args.labels, args.foreground, args.mask_threshold)
     maps, names = read_maps(args.maps, args.segmentation)
     slices = _slice_list(args.slices) if args.slices else None
     if args.fold is not None:
@@ -422,6 +426,19 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def _show_warnings() -> None:
+    """The package's warnings (skipped files, suspicious masks) as one line each on stderr."""
+    import logging
+
+    logger = logging.getLogger("emunet")
+    if not any(getattr(h, "_emunet", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("unet: warning: %(message)s"))
+        handler._emunet = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "score": cmd_score, "run": cmd_run, "cv": cmd_cv,
             "import-mindspore": cmd_import_mindspore, "export": cmd_export,
             "presets": cmd_presets}
@@ -431,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import EmunetError
 
     args = build_parser().parse_args(argv)
+    _show_warnings()
     try:
         return COMMANDS[args.command](args)
     except EmunetError as exc:

@@ -36,6 +36,8 @@ class DataConfig:
     labels: their masks (same layout; folders are matched by file name).
     test_images: images that the main job segments after training (optional).
     foreground: mask value of the foreground class (ISBI: 255 = cell interior).
+    mask_threshold: binarise masks that are not two-valued (antialiased or resized): values at
+        or above it are the high value; null (the default) requires two-valued masks.
     fold: cross-validation fold (the lab's split; fold 1 validates on ISBI slices 4,6,7,9,18,19).
     train_ratio: share of images that train; the rest validate.
     context: neighbouring sections on each side that the model sees as extra input channels
@@ -47,6 +49,7 @@ class DataConfig:
     labels: str = "../shared/data/isbi2012/train-labels.tif"
     test_images: str | None = "../shared/data/isbi2012/test-volume.tif"
     foreground: int = 255
+    mask_threshold: float | None = None
     fold: int = 1
     train_ratio: float = 0.8
     context: int = 0

@@ -27,7 +27,7 @@ from .checkpoint import list_checkpoints, load_into, load_model, load_state, pru
 from .config import Config, config_to_dict, dump_config
 from .data import TileSampler, Volume, fold_split, load_labelled, to_network_input
 from .device import autocast_for, resolve_precision
-from .errors import ConfigError, TrainingError, TrainingInterrupted, UsageError
+from .errors import ConfigError, DataError, TrainingError, TrainingInterrupted, UsageError
 from .evaluate import ScoreReport, score_probabilities
 from .files import atomic_write_bytes, check_writable
 from .losses import segmentation_loss
@@ -46,7 +46,11 @@ def build_model(cfg: Config) -> UNet:
 
 def load_split(cfg: Config, min_size: int = 1) -> tuple[Volume, Volume]:
     """The training and validation slices of ``cfg.data.fold``."""
-    vol = load_labelled(cfg.data.images, cfg.data.labels, cfg.data.foreground, min_size=min_size)
+    vol = load_labelled(cfg.data.images, cfg.data.labels, cfg.data.foreground, min_size=min_size,
+                        mask_threshold=cfg.data.mask_threshold)
+    if vol.labels.min() == vol.labels.max():
+        raise DataError(f"{cfg.data.labels}: every mask pixel is of one class; training needs both cell interior and "
+                        "membrane (check data.foreground and data.mask_threshold)")
     train_idx, val_idx = fold_split(len(vol), cfg.data.fold, cfg.data.train_ratio)
     return vol.subset(train_idx), vol.subset(val_idx)
 
