@@ -299,3 +299,17 @@ def test_predict_never_writes_over_its_input_and_checks_outputs_first(small_isbi
     blocked.write_text("x")
     assert main(["predict", str(run / "last.safetensors"), str(image), "-o", str(blocked / "p.tif"), "-q"]) == 2
     assert "cannot write there" in capsys.readouterr().err
+
+
+def test_progress_in_a_log_is_plain_lines(small_isbi, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "emunet", "train", "--out", str(out), f"data.images={small_isbi['images']}",
+           f"data.labels={small_isbi['labels']}", *TINY, "train.steps=3", "train.val_every=3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr
+    assert "\r" not in done.stderr and "\x1b[" not in done.stderr
+    assert "train: 3/3 steps" in done.stderr and "step 3: val lab dice" in done.stdout

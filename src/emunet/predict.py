@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .checkpoint import load_model
 from .config import Config, PredictConfig, config_from_dict
@@ -26,6 +25,7 @@ from .errors import CheckpointError, DataError
 from .files import atomic_write, atomic_write_bytes, check_writable
 from .model import UNet
 from .postprocess import close_gaps_in_place, smooth_in_place
+from .progress import progress_bar
 from .tiling import predict_image, predict_image_tta
 
 __all__ = [
@@ -95,7 +95,7 @@ def predict_raw(
         m.eval()
     out = np.empty(volume.images.shape, np.float32)
     extra = np.empty(volume.images.shape[1:], np.float32) if len(models) > 1 else None
-    slices = tqdm(range(len(volume)), desc="predict", unit="slice", leave=False, disable=not progress)
+    slices = progress_bar(desc="predict", unit="slice", enabled=progress, items=range(len(volume)), transient=True)
     settings = dict(tile=pcfg.tile, overlap=pcfg.overlap, batch_size=pcfg.batch_size, blend=pcfg.blend,
                     margin=pcfg.margin, precision=precision)
     for i in slices:

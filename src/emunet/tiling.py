@@ -19,6 +19,7 @@ from .data import mirror_index, to_network_input
 from .device import autocast_for
 from .errors import ConfigError, DataError
 from .model import UNet
+from .progress import progress_bar
 
 __all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_image_tta"]
 
@@ -154,9 +155,7 @@ def predict_image(
     origins = list(plan.origins())
     m, b = plan.margin, plan.context
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(origins), desc="tiles", unit="tile", leave=False, disable=not progress or len(origins) < 64)
+    bar = progress_bar(len(origins), desc="tiles", unit="tile", enabled=progress and len(origins) >= 64, transient=True)
     for start in range(0, len(origins), batch_size):
         chunk = origins[start : start + batch_size]
         bar.update(len(chunk))

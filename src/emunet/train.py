@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from . import distributed
 from .augment import augment_batch
@@ -33,6 +32,7 @@ from .files import atomic_write_bytes, check_writable
 from .losses import segmentation_loss
 from .model import UNet, create_model
 from .predict import predict_volume
+from .progress import progress_bar
 from .runlog import RunLog
 
 __all__ = ["TrainingError", "TrainResult", "build_model", "load_split", "train"]
@@ -341,7 +341,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
 
     # --- the loop: sample, step, log, validate, checkpoint -------------------------------
     model.train()
-    bar = tqdm(total=t.steps, initial=state.step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(t.steps, desc="train", unit="step", enabled=progress, initial=state.step)
     try:
         with _interrupts_at_step_boundaries() as interrupt_pressed:
             while state.step < t.steps:
