@@ -313,3 +313,20 @@ def test_progress_in_a_log_is_plain_lines(small_isbi, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "\r" not in done.stderr and "\x1b[" not in done.stderr
     assert "train: 3/3 steps" in done.stderr and "step 3: val lab dice" in done.stdout
+
+
+def test_probability_stacks_are_imagej_stacks_with_the_inputs_calibration(small_isbi, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "-q", "--out", str(run), f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
+                 *TINY, "train.steps=1", "train.val_every=0"]) == 0
+    image = tmp_path / "calibrated.tif"
+    tifffile.imwrite(image, tifffile.imread(small_isbi["test"]), imagej=True, resolution=(250.0, 250.0),
+                     metadata={"axes": "ZYX", "spacing": 0.05, "unit": "um"})
+    out = tmp_path / "prob.tif"
+    assert main(["predict", str(run / "last.safetensors"), str(image), "-o", str(out), "-q"]) == 0
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].axes == "ZYX" and tif.series[0].shape == (2, 200, 300)
+        assert tif.pages[0].resolution == pytest.approx((250.0, 250.0))
+        meta = tif.imagej_metadata
+        assert meta["spacing"] == pytest.approx(0.05) and meta["unit"] == "um"
+        assert meta["Labels"] == ["calibrated_000", "calibrated_001"]

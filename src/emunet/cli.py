@@ -90,13 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment images of any size",
                        description="Segment a stack, an image or a folder with overlap-tile prediction and mirror "
-                       "padding. Writes a float32 probability TIFF (1 = cell interior, 0 = membrane, the ISBI convention).")
+                       "padding. Writes a float32 probability TIFF (1 = cell interior, 0 = membrane, the ISBI convention) as an "
+                       "ImageJ stack (axes ZYX) with the input's pixel size and each slice's source file as its label.")
     p.add_argument("checkpoint", type=Path, nargs="+",
                    help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, or the lab's MindSpore .ckpt; "
                    "several: write the mean of their probabilities (an ensemble; settings from the first)")
     p.add_argument("input", help="a (multi-page) TIFF or PNG, or a folder of them")
     p.add_argument("-o", "--output", type=Path, required=True, help="probability TIFF to write")
-    p.add_argument("--masks", type=Path, help="also write 0/255 PNG masks (threshold 0.5) into this folder")
+    p.add_argument("--masks", type=Path, help="also write PNG masks into this folder: 255 = cell interior (probability "
+                   "above 0.5), 0 = membrane, as the ISBI labels")
     p.add_argument("--overlays", type=Path, help="also write PNG overlays (membrane in red) into this folder")
     _add_inference(p)
 

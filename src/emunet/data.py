@@ -18,13 +18,44 @@ import torch
 
 from .errors import DataError
 
-__all__ = ["DataError", "Volume", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index"]
+__all__ = ["DataError", "Calibration", "read_calibration", "Volume", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # A foreground share below this is unlike EM cell interiors (ISBI: about 78 %): most likely
 # masks whose polarity is the other way round.
 FOREGROUND_WARNING_SHARE = 0.25
 log = logging.getLogger("emunet")
+
+
+@dataclass
+class Calibration:
+    """Physical pixel size (x, y) and section spacing (z) in ``unit``, as an ImageJ TIFF keeps
+    them: carried from the input to the outputs, so Fiji and napari show real sizes."""
+
+    pixel_size: tuple[float, float]
+    spacing: float | None
+    unit: str
+
+
+def read_calibration(path: Path) -> Calibration | None:
+    """The calibration of a TIFF's first page, or None where the file has none (1 pixel per
+    unit and no unit, or not a TIFF)."""
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return None
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            x_per_unit, y_per_unit = page.resolution
+            meta = tif.imagej_metadata or {}
+            unit = meta.get("unit") or {2: "inch", 3: "cm"}.get(int(page.resolutionunit), "")
+    except Exception:  # no resolution tags, or an unreadable one: no calibration
+        return None
+    if not unit or x_per_unit <= 0 or y_per_unit <= 0 or (x_per_unit == 1 and y_per_unit == 1 and "spacing" not in meta):
+        return None
+    spacing = meta.get("spacing")
+    return Calibration((1.0 / x_per_unit, 1.0 / y_per_unit), float(spacing) if spacing else None, str(unit))
 
 
 @dataclass
@@ -42,6 +73,7 @@ class Volume:
     labels: np.ndarray | None = None  # (N, H, W) uint8 in {0, 1}; 1 = foreground
     stack: np.ndarray | None = None  # the whole (Z, H, W) section stack; default: images
     z: list[int] | None = None  # each slice's index in ``stack``
+    calibration: Calibration | None = None  # pixel size and section spacing, where the file says
 
     def __post_init__(self) -> None:
         if self.stack is None:
@@ -53,7 +85,7 @@ class Volume:
     def subset(self, indices: list[int]) -> "Volume":
         labels = None if self.labels is None else self.labels[indices]
         return Volume(self.images[indices], [self.names[i] for i in indices], self.source, labels,
-                      stack=self.stack, z=[self.z[i] for i in indices])
+                      stack=self.stack, z=[self.z[i] for i in indices], calibration=self.calibration)
 
     def planes(self, i: int, context: int = 0) -> list[np.ndarray]:
         """Slice ``i`` with ``context`` neighbouring sections on each side, in stack order
@@ -216,7 +248,7 @@ def read_images(path: str | Path, min_size: int = 1) -> Volume:
     images = np.empty((len(slices), *first), np.float32)
     for i, (arr, f) in enumerate(zip(slices, files)):
         _scale(arr, f, images[i])
-    return Volume(images, names, path)
+    return Volume(images, names, path, calibration=read_calibration(files[0]))
 
 
 def read_labels(path: str | Path, foreground: int = 255, threshold: float | None = None) -> tuple[np.ndarray, list[Path]]:

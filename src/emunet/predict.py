@@ -167,7 +167,7 @@ def segment_file(
     start = time.perf_counter()
     probs = predict_volume(models, volume, pcfg, precision, progress=progress)
     seconds = time.perf_counter() - start
-    write_probabilities(output, probs)
+    write_probabilities(output, probs, volume)
     written = [f"{output}: {probs.shape[0]} x {probs.shape[1]} x {probs.shape[2]} float32 probabilities (1 = cell interior)"]
     if masks:
         write_masks(masks, volume, probs)
@@ -185,11 +185,23 @@ def _check_writable(folder: Path) -> None:
         raise DataError(f"{folder}: cannot write there ({exc.strerror or exc}); choose another output") from None
 
 
-def write_probabilities(path: Path, probs: np.ndarray) -> None:
-    """A float32 (multi-page) TIFF, one page per slice."""
+def write_probabilities(path: Path, probs: np.ndarray, volume: Volume | None = None) -> None:
+    """A float32 ImageJ hyperstack, one page per slice (axes ZYX), with the input's pixel size,
+    section spacing and unit, and each slice labelled with its source (file name for folders)."""
     import tifffile
 
-    atomic_write(Path(path), lambda f: tifffile.imwrite(f, probs.astype(np.float32, copy=False), photometric="minisblack"))
+    metadata: dict = {"axes": "ZYX"}
+    resolution = None
+    if volume is not None:
+        metadata["Labels"] = list(volume.names)
+        if volume.calibration is not None:
+            cal = volume.calibration
+            resolution = (1.0 / cal.pixel_size[0], 1.0 / cal.pixel_size[1])
+            metadata["unit"] = cal.unit
+            if cal.spacing:
+                metadata["spacing"] = cal.spacing
+    data = probs.astype(np.float32, copy=False)
+    atomic_write(Path(path), lambda f: tifffile.imwrite(f, data, imagej=True, resolution=resolution, metadata=metadata))
 
 
 def _png(array: np.ndarray) -> bytes:
