@@ -238,3 +238,26 @@ def test_jpeg_images_are_read_and_other_files_named(tmp_path, caplog):
         volume = read_images(folder)
     assert volume.names == ["a", "b"] and abs(float(volume.images[1].mean()) - 100 / 255) < 0.01
     assert "skipped 1 file(s)" in caplog.text and "notes.txt" in caplog.text
+
+
+def test_tiff_axes_are_read_from_the_metadata(tmp_path, caplog):
+    rgb = np.zeros((32, 40, 3), np.uint8)
+    rgb[..., 0] = 255  # pure red: grey 0.299 * 255
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    volume = read_images(tmp_path / "rgb.tif")
+    assert volume.images.shape == (1, 32, 40) and abs(float(volume.images.mean()) - 0.299) < 0.01
+
+    hyper = np.zeros((4, 2, 32, 40), np.uint8)
+    hyper[:, 1] = 200
+    tifffile.imwrite(tmp_path / "hyper.tif", hyper, imagej=True, metadata={"axes": "ZCYX"})
+    with pytest.raises(DataError, match="2 channels .*data.channel"):
+        read_images(tmp_path / "hyper.tif")
+    second = read_images(tmp_path / "hyper.tif", channel=1)
+    assert second.images.shape == (4, 32, 40) and abs(float(second.images.mean()) - 200 / 255) < 1e-6
+    with pytest.raises(DataError, match="channel 2 asked for"):
+        read_images(tmp_path / "hyper.tif", channel=2)
+
+    tifffile.imwrite(tmp_path / "cyx.tif", hyper[:, 0], imagej=True, metadata={"axes": "CYX"})
+    with caplog.at_level("WARNING", logger="emunet"):
+        assert read_images(tmp_path / "cyx.tif").images.shape == (4, 32, 40)
+    assert "channels (axes CYX) as sections" in caplog.text

@@ -33,6 +33,8 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--close-gaps", type=float, metavar="P",
                    help="close each cell wall whose mean membrane probability exceeds P along its whole length, "
                         "gaps included; 0 = off (default: the run's predict.close_gaps)")
+    p.add_argument("--channel", type=int, help="channel to read from multi-channel images, from 0 (default: the run's "
+                   "data.channel)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -223,13 +225,15 @@ def cmd_evaluate(args) -> int:
     cfg = loaded.config
     foreground = args.foreground if args.foreground is not None else cfg.data.foreground
     threshold = args.mask_threshold if args.mask_threshold is not None else cfg.data.mask_threshold
+    channel = args.channel if args.channel is not None else cfg.data.channel
     if bool(args.images) != bool(args.labels):
         raise UsageError("--images and --labels go together")
     if args.images:
-        volume, scored_data = load_labelled(args.images, args.labels, foreground, mask_threshold=threshold), f"all of {args.images}"
+        volume = load_labelled(args.images, args.labels, foreground, mask_threshold=threshold, channel=channel)
+        scored_data = f"all of {args.images}"
     else:
         fold = cfg.data.fold if args.fold is None else args.fold
-        volume = load_labelled(cfg.data.images, cfg.data.labels, foreground, mask_threshold=threshold)
+        volume = load_labelled(cfg.data.images, cfg.data.labels, foreground, mask_threshold=threshold, channel=channel)
         volume = volume.subset(fold_split(len(volume), fold, cfg.data.train_ratio)[1])
         scored_data = f"fold {fold} of {cfg.data.images}"
     start = time.perf_counter()
@@ -260,8 +264,9 @@ def cmd_predict(args) -> int:
     from .predict import segment_file
 
     loaded, precision = _load_for_inference(args)
+    channel = args.channel if args.channel is not None else loaded.config.data.channel
     segmented = segment_file(loaded.models, args.input, args.output, loaded.config.predict, precision, args.masks,
-                             args.overlays, progress=not args.quiet)
+                             args.overlays, progress=not args.quiet, channel=channel)
     _print_segmented(segmented)
     return 0
 
@@ -349,7 +354,8 @@ def cmd_run(args) -> int:
     seconds = dict(fold.seconds)
     if cfg.data.test_images:
         segmented = segment_file(trained.model, cfg.data.test_images, out / "test-probabilities.tif", cfg.predict,
-                                 trained.precision, overlays=out / "test-overlays", progress=not args.quiet)
+                                 trained.precision, overlays=out / "test-overlays", progress=not args.quiet,
+                                 channel=cfg.data.channel)
         _print_segmented(segmented)
         seconds["predict"] = segmented.seconds
     report = write_report(out / "report.html", [fold], title=f"Fold {cfg.data.fold} report: {out}")
@@ -382,7 +388,8 @@ def cmd_cv(args) -> int:
         # as nnU-Net does: the folds' models, each trained on different slices, predict together
         out = Path(cfg.out_dir)
         segmented = segment_file([t.model for t in trained], cfg.data.test_images, out / "test-probabilities.tif",
-                                 cfg.predict, trained[0].precision, overlays=out / "test-overlays", progress=not args.quiet)
+                                 cfg.predict, trained[0].precision, overlays=out / "test-overlays", progress=not args.quiet,
+                                 channel=cfg.data.channel)
         _print_segmented(segmented)
     return 0
 

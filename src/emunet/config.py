@@ -38,6 +38,8 @@ class DataConfig:
     foreground: mask value of the foreground class (ISBI: 255 = cell interior).
     mask_threshold: binarise masks that are not two-valued (antialiased or resized): values at
         or above it are the high value; null (the default) requires two-valued masks.
+    channel: the channel to read from images with several (ImageJ hyperstacks, OME-TIFF),
+        counting from 0; null for single-channel images.
     fold: cross-validation fold (the lab's split; fold 1 validates on ISBI slices 4,6,7,9,18,19).
     train_ratio: share of images that train; the rest validate.
     context: neighbouring sections on each side that the model sees as extra input channels
@@ -50,6 +52,7 @@ class DataConfig:
     test_images: str | None = "../shared/data/isbi2012/test-volume.tif"
     foreground: int = 255
     mask_threshold: float | None = None
+    channel: int | None = None
     fold: int = 1
     train_ratio: float = 0.8
     context: int = 0
@@ -59,6 +62,7 @@ class DataConfig:
             (self.fold >= 0, "data.fold must be >= 0"),
             (0.0 < self.train_ratio < 1.0, f"data.train_ratio must be in (0, 1), got {self.train_ratio}"),
             (0 <= self.context <= 8, f"data.context must be 0..8 neighbouring sections, got {self.context}"),
+            (self.channel is None or self.channel >= 0, f"data.channel must be >= 0, got {self.channel}"),
         ])
 
 

@@ -102,15 +102,16 @@ def mirror_index(start: int, size: int, extent: int) -> np.ndarray:
     return np.where(i < extent, i, 2 * extent - 1 - i)
 
 
-def _read_file(path: Path) -> np.ndarray:
-    """Read one image file as an array: (H, W), (H, W, C) or, for TIFF stacks, (N, H, W[, C])."""
+def _read_file(path: Path, channel: int | None = None, channels_warning: bool = True) -> np.ndarray:
+    """Read one image file as an array: (H, W) or (H, W, S) for PNG/JPEG, (N, H, W) or
+    (N, H, W, S) for TIFF (S: colour samples), channels resolved by ``channel``."""
     if not path.exists():
         raise DataError(f"{path}: file does not exist")
     if not path.is_file():
         raise DataError(f"{path}: not a file")
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
-            arr = _read_tiff(path)
+            arr = _read_tiff(path, channel, channels_warning)
         else:
             from PIL import Image
 
@@ -137,7 +138,15 @@ class _ErrorLog(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def _read_tiff(path: Path) -> np.ndarray:
+# TIFF axes (tifffile's names) that are stacks of sections; Y, X are the image, S its colour
+# samples and C its channels.
+_STACK_AXES = "ZTQIRPHVLMAEFGJKNOUWc"  # c: channels read as sections
+
+
+def _read_tiff(path: Path, channel: int | None = None, channels_warning: bool = True) -> np.ndarray:
+    """A TIFF as (N, H, W) or (N, H, W, S), by the axes its metadata declare (ImageJ, OME, or
+    tifffile's reading of the tags): colour samples stay last for ``_to_grey``; channels need
+    ``channel`` unless there is one; one stack axis (Z, T, ...) becomes the slices."""
     import tifffile
 
     errors = _ErrorLog()
@@ -147,17 +156,52 @@ def _read_tiff(path: Path) -> np.ndarray:
     logger.propagate = False
     try:
         with tifffile.TiffFile(path) as tif:
-            pages = [page.asarray() for page in tif.pages]
+            series = tif.series
+            if not series:
+                raise DataError(f"{path}: TIFF file holds no images")
+            if len({s.shape for s in series}) > 1:
+                raise DataError(f"{path}: TIFF pages differ in size; all slices of a stack must share one size")
+            arrays = [s.asarray() for s in series]
+            axes = series[0].axes if len(series) == 1 else "I" + series[0].axes
+            arr = arrays[0] if len(arrays) == 1 else np.stack(arrays)
     finally:
         logger.removeHandler(errors)
         logger.propagate = previous
     if errors.messages:
         raise DataError(f"{path}: corrupt or truncated TIFF ({errors.messages[0]})")
-    if not pages:
-        raise DataError(f"{path}: TIFF file holds no images")
-    if len({p.shape for p in pages}) > 1:
-        raise DataError(f"{path}: TIFF pages differ in size; all slices of a stack must share one size")
-    return np.stack(pages) if len(pages) > 1 else pages[0]
+    return _by_axes(arr, axes, path, channel, channels_warning)
+
+
+def _by_axes(arr: np.ndarray, axes: str, path: Path, channel: int | None, channels_warning: bool = True) -> np.ndarray:
+    """(N, H, W) or (N, H, W, S) from an array with tifffile axes."""
+    if "Y" not in axes or "X" not in axes:
+        raise DataError(f"{path}: no image plane in the TIFF (axes {axes})")
+    stacked = [a for a in axes if a in _STACK_AXES and arr.shape[axes.index(a)] > 1]
+    if "C" in axes and channel is None and not stacked and arr.shape[axes.index("C")] > 1:
+        # Channels and no sections: a stack saved with the wrong axis name, as often as an image
+        # with channels. Read as sections, as ImageJ's stack functions do, and say so.
+        if channels_warning:
+            log.warning(f"{path}: read the {arr.shape[axes.index('C')]} channels (axes {axes}) as sections; if they are "
+                        "channels of one image, choose one with data.channel (or --channel)")
+        axes = axes.replace("C", "c")
+    if "C" in axes:
+        count = arr.shape[axes.index("C")]
+        if channel is None and count > 1:
+            raise DataError(f"{path}: the image has {count} channels (axes {axes}); choose one with data.channel "
+                            "(or --channel), counting from 0")
+        index = 0 if channel is None else channel
+        if not 0 <= index < count:
+            raise DataError(f"{path}: channel {index} asked for, but the image has {count} (0..{count - 1})")
+        arr, axes = np.take(arr, index, axis=axes.index("C")), axes.replace("C", "")
+    stacks = [a for a in axes if a in _STACK_AXES and arr.shape[axes.index(a)] > 1]
+    if len(stacks) > 1:
+        raise DataError(f"{path}: the TIFF has more than one stack axis ({', '.join(stacks)} in axes {axes}); "
+                        "save the sections as one Z stack")
+    order = [axes.index(a) for a in axes if a in _STACK_AXES] + [axes.index("Y"), axes.index("X")]
+    order += [axes.index("S")] if "S" in axes else []
+    arr = np.transpose(arr, order)
+    spatial = arr.shape[len(order) - (3 if "S" in axes else 2):]
+    return arr.reshape(-1, *spatial)
 
 
 def _to_grey(arr: np.ndarray, path: Path, stack: bool) -> np.ndarray:
@@ -208,26 +252,33 @@ def _list_folder(folder: Path) -> list[Path]:
     return files
 
 
-def _read_raw(path: Path) -> tuple[list[np.ndarray], list[str]]:
-    """Slices (each (H, W) grey, raw dtype) and their names, from a stack file or a folder."""
+def _one_image(path: Path, channel: int | None, channels_warning: bool) -> np.ndarray:
+    """A single (H, W) grey image from a file of a folder."""
+    arr = _read_file(path, channel, channels_warning)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        if len(arr) != 1:
+            raise DataError(f"{path}: holds {len(arr)} slices; a folder holds single images (give a stack as its file)")
+        arr = arr[0]
+    return _to_grey(arr, path, stack=False)
+
+
+def _read_raw(path: Path, channel: int | None = None, channels_warning: bool = True
+              ) -> tuple[list[np.ndarray], list[str], list[Path]]:
+    """Slices (each (H, W) grey, raw dtype), their names and the file each came from, from a
+    stack file or a folder. Masks and maps read channels-only TIFFs as sections without a
+    warning (``channels_warning``), as the challenge's Fiji scoring reads every plane."""
     path = Path(path)
     if path.is_dir():
         files = _list_folder(path)
-        slices, names = [], []
-        for f in files:
-            arr = _to_grey(_read_file(f), f, stack=False)
-            slices.append(arr)
-            names.append(f.stem)
-        return slices, names
-    arr = _read_file(path)
-    if arr.ndim == 2 or (arr.ndim == 3 and arr.shape[-1] in (3, 4) and path.suffix.lower() == ".png"):
-        arr = _to_grey(arr, path, stack=False)[None]
+        return [_one_image(f, channel, channels_warning) for f in files], [f.stem for f in files], files
+    if path.suffix.lower() in (".tif", ".tiff"):
+        arr = _to_grey(_read_file(path, channel, channels_warning), path, stack=True)
     else:
-        arr = _to_grey(arr, path, stack=True)
-    return list(arr), [f"{path.stem}_{i:03d}" for i in range(len(arr))]
+        arr = _to_grey(_read_file(path, channel, channels_warning), path, stack=False)[None]
+    return list(arr), [f"{path.stem}_{i:03d}" for i in range(len(arr))], [path] * len(arr)
 
 
-def read_images(path: str | Path, min_size: int = 1) -> Volume:
+def read_images(path: str | Path, min_size: int = 1, channel: int | None = None) -> Volume:
     """Read a stack or folder of images as float32 grey in [0, 1].
 
     Args:
@@ -237,8 +288,7 @@ def read_images(path: str | Path, min_size: int = 1) -> Volume:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: path does not exist")
-    slices, names = _read_raw(path)
-    files = _list_folder(path) if path.is_dir() else [path] * len(slices)
+    slices, names, files = _read_raw(path, channel)
     first = slices[0].shape
     for arr, f in zip(slices, files):
         if min(arr.shape) < min_size:
@@ -262,8 +312,7 @@ def read_labels(path: str | Path, foreground: int = 255, threshold: float | None
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: path does not exist")
-    slices, _ = _read_raw(path)
-    files = _list_folder(path) if path.is_dir() else [path] * len(slices)
+    slices, _, files = _read_raw(path, channels_warning=False)
     first = slices[0].shape
     for arr, f in zip(slices, files):
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -294,9 +343,10 @@ def read_labels(path: str | Path, foreground: int = 255, threshold: float | None
 
 
 def load_labelled(images: str | Path, labels: str | Path, foreground: int = 255, min_size: int = 1,
-                  mask_threshold: float | None = None) -> Volume:
-    """Read images and their masks, checking counts, names and shapes agree."""
-    vol = read_images(images, min_size=min_size)
+                  mask_threshold: float | None = None, channel: int | None = None) -> Volume:
+    """Read images (``channel`` of multi-channel ones) and their masks, checking counts, names
+    and shapes agree."""
+    vol = read_images(images, min_size=min_size, channel=channel)
     lab, label_files = read_labels(labels, foreground, mask_threshold)
     if len(lab) != len(vol):
         raise DataError(f"{labels}: {len(lab)} masks for {len(vol)} images in {images}")

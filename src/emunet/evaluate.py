@@ -95,7 +95,7 @@ def read_maps(path: str | Path, segmentation: bool = False) -> tuple[np.ndarray,
     """
     from .data import _read_raw
 
-    slices, names = _read_raw(Path(path))
+    slices, names, _ = _read_raw(Path(path), channels_warning=False)
     if len({s.shape for s in slices}) > 1:
         raise DataError(f"{path}: maps differ in size; score maps of one size together")
     stack = np.stack(slices)

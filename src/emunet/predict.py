@@ -152,6 +152,7 @@ def segment_file(
     masks: Path | None = None,
     overlays: Path | None = None,
     progress: bool = True,
+    channel: int | None = None,
 ) -> SegmentedFile:
     """Read images, predict and post-process them, write the probability TIFF (and masks and
     overlays where asked). The output is checked before any prediction runs."""
@@ -163,7 +164,7 @@ def segment_file(
     for folder in (output.parent, masks, overlays):
         if folder is not None:
             _check_writable(Path(folder))
-    volume = read_images(input_path)
+    volume = read_images(input_path, channel=channel)
     start = time.perf_counter()
     probs = predict_volume(models, volume, pcfg, precision, progress=progress)
     seconds = time.perf_counter() - start

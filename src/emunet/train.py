@@ -47,7 +47,7 @@ def build_model(cfg: Config) -> UNet:
 def load_split(cfg: Config, min_size: int = 1) -> tuple[Volume, Volume]:
     """The training and validation slices of ``cfg.data.fold``."""
     vol = load_labelled(cfg.data.images, cfg.data.labels, cfg.data.foreground, min_size=min_size,
-                        mask_threshold=cfg.data.mask_threshold)
+                        mask_threshold=cfg.data.mask_threshold, channel=cfg.data.channel)
     if vol.labels.min() == vol.labels.max():
         raise DataError(f"{cfg.data.labels}: every mask pixel is of one class; training needs both cell interior and "
                         "membrane (check data.foreground and data.mask_threshold)")
