@@ -261,3 +261,27 @@ def test_tiff_axes_are_read_from_the_metadata(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="emunet"):
         assert read_images(tmp_path / "cyx.tif").images.shape == (4, 32, 40)
     assert "channels (axes CYX) as sections" in caplog.text
+
+
+def test_twelve_bit_data_is_scaled_by_its_bit_depth_as_eight_bit_data_is(tmp_path):
+    eight = (np.arange(64, dtype=np.uint8).reshape(8, 8) * 4)
+    twelve = eight.astype(np.uint16) * 16 + 15  # the same picture in 12 bits: 0..4095
+    tifffile.imwrite(tmp_path / "8.tif", eight)
+    tifffile.imwrite(tmp_path / "12.tif", twelve)
+    a, b = read_images(tmp_path / "8.tif"), read_images(tmp_path / "12.tif")
+    assert b.intensity.how == "12-bit" and b.intensity.high == 4095
+    np.testing.assert_allclose(a.images, b.images, atol=1.0 / 255)
+    # a recorded scaling is kept for new images of the same type, whatever their own range
+    darker = read_images(tmp_path / "12.tif", intensity=b.intensity)
+    tifffile.imwrite(tmp_path / "dark.tif", (twelve // 2).astype(np.uint16))
+    assert read_images(tmp_path / "dark.tif", intensity=b.intensity).images.max() < 0.51
+    assert read_images(tmp_path / "dark.tif").intensity.how == "11-bit"
+    np.testing.assert_array_equal(darker.images, b.images)
+
+
+def test_percentile_scaling_clips_the_tails(tmp_path):
+    image = np.linspace(0, 1000, 10_000, dtype=np.float32).reshape(100, 100)
+    tifffile.imwrite(tmp_path / "f.tif", image)
+    volume = read_images(tmp_path / "f.tif", intensity_mode="percentile")
+    assert volume.intensity.how == "percentiles 0.5-99.5" and volume.images.min() == 0 and volume.images.max() == 1
+    assert abs(float(np.median(volume.images)) - 0.5) < 0.01

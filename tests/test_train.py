@@ -330,3 +330,16 @@ def test_probability_stacks_are_imagej_stacks_with_the_inputs_calibration(small_
         meta = tif.imagej_metadata
         assert meta["spacing"] == pytest.approx(0.05) and meta["unit"] == "um"
         assert meta["Labels"] == ["calibrated_000", "calibrated_001"]
+
+
+def test_checkpoints_record_how_the_training_images_were_scaled(small_isbi, tmp_path, capsys):
+    from emunet.predict import load_models
+
+    images16 = tmp_path / "twelve-bit.tif"
+    tifffile.imwrite(images16, tifffile.imread(small_isbi["images"]).astype(np.uint16) * 16)  # 0..4080: 12-bit
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), f"data.images={images16}", f"data.labels={small_isbi['labels']}", *TINY,
+                 "train.steps=1", "train.val_every=0"]) == 0
+    assert "images: 12-bit (uint16), scaled from 0..4095 to 0..1" in capsys.readouterr().out
+    loaded = load_models([out / "last.safetensors"], torch.device("cpu"))
+    assert loaded.intensity.how == "12-bit" and loaded.intensity.high == 4095

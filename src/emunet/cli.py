@@ -229,11 +229,13 @@ def cmd_evaluate(args) -> int:
     if bool(args.images) != bool(args.labels):
         raise UsageError("--images and --labels go together")
     if args.images:
-        volume = load_labelled(args.images, args.labels, foreground, mask_threshold=threshold, channel=channel)
+        volume = load_labelled(args.images, args.labels, foreground, mask_threshold=threshold, channel=channel,
+                               intensity=loaded.intensity)
         scored_data = f"all of {args.images}"
     else:
         fold = cfg.data.fold if args.fold is None else args.fold
-        volume = load_labelled(cfg.data.images, cfg.data.labels, foreground, mask_threshold=threshold, channel=channel)
+        volume = load_labelled(cfg.data.images, cfg.data.labels, foreground, mask_threshold=threshold, channel=channel,
+                               intensity=loaded.intensity)
         volume = volume.subset(fold_split(len(volume), fold, cfg.data.train_ratio)[1])
         scored_data = f"fold {fold} of {cfg.data.images}"
     start = time.perf_counter()
@@ -266,7 +268,7 @@ def cmd_predict(args) -> int:
     loaded, precision = _load_for_inference(args)
     channel = args.channel if args.channel is not None else loaded.config.data.channel
     segmented = segment_file(loaded.models, args.input, args.output, loaded.config.predict, precision, args.masks,
-                             args.overlays, progress=not args.quiet, channel=channel)
+                             args.overlays, progress=not args.quiet, channel=channel, intensity=loaded.intensity)
     _print_segmented(segmented)
     return 0
 
@@ -355,7 +357,7 @@ def cmd_run(args) -> int:
     if cfg.data.test_images:
         segmented = segment_file(trained.model, cfg.data.test_images, out / "test-probabilities.tif", cfg.predict,
                                  trained.precision, overlays=out / "test-overlays", progress=not args.quiet,
-                                 channel=cfg.data.channel)
+                                 channel=cfg.data.channel, intensity=trained.val.intensity)
         _print_segmented(segmented)
         seconds["predict"] = segmented.seconds
     report = write_report(out / "report.html", [fold], title=f"Fold {cfg.data.fold} report: {out}")
@@ -389,7 +391,7 @@ def cmd_cv(args) -> int:
         out = Path(cfg.out_dir)
         segmented = segment_file([t.model for t in trained], cfg.data.test_images, out / "test-probabilities.tif",
                                  cfg.predict, trained[0].precision, overlays=out / "test-overlays", progress=not args.quiet,
-                                 channel=cfg.data.channel)
+                                 channel=cfg.data.channel, intensity=trained[0].val.intensity)
         _print_segmented(segmented)
     return 0
 

@@ -40,6 +40,10 @@ class DataConfig:
         or above it are the high value; null (the default) requires two-valued masks.
     channel: the channel to read from images with several (ImageJ hyperstacks, OME-TIFF),
         counting from 0; null for single-channel images.
+    intensity: how pixel values become [0, 1], chosen once from the training images and kept in
+        the checkpoints for prediction: 'auto' (8-bit by 255, other integers by the bit depth
+        their largest value needs, e.g. 12-bit by 4095; floats as they are in [0, 1], else by
+        the data set's range) or 'percentile' (the 0.5 and 99.5 percentiles, clipped).
     fold: cross-validation fold (the lab's split; fold 1 validates on ISBI slices 4,6,7,9,18,19).
     train_ratio: share of images that train; the rest validate.
     context: neighbouring sections on each side that the model sees as extra input channels
@@ -53,6 +57,7 @@ class DataConfig:
     foreground: int = 255
     mask_threshold: float | None = None
     channel: int | None = None
+    intensity: str = "auto"
     fold: int = 1
     train_ratio: float = 0.8
     context: int = 0
@@ -63,6 +68,7 @@ class DataConfig:
             (0.0 < self.train_ratio < 1.0, f"data.train_ratio must be in (0, 1), got {self.train_ratio}"),
             (0 <= self.context <= 8, f"data.context must be 0..8 neighbouring sections, got {self.context}"),
             (self.channel is None or self.channel >= 0, f"data.channel must be >= 0, got {self.channel}"),
+            (self.intensity in ("auto", "percentile"), f"data.intensity must be 'auto' or 'percentile', got {self.intensity!r}"),
         ])
 
 

@@ -18,7 +18,7 @@ import torch
 
 from .errors import DataError
 
-__all__ = ["DataError", "Calibration", "read_calibration", "Volume", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index"]
+__all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "Volume", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # A foreground share below this is unlike EM cell interiors (ISBI: about 78 %): most likely
@@ -74,6 +74,7 @@ class Volume:
     stack: np.ndarray | None = None  # the whole (Z, H, W) section stack; default: images
     z: list[int] | None = None  # each slice's index in ``stack``
     calibration: Calibration | None = None  # pixel size and section spacing, where the file says
+    intensity: Intensity | None = None  # how the raw pixel values were scaled to [0, 1]
 
     def __post_init__(self) -> None:
         if self.stack is None:
@@ -85,7 +86,8 @@ class Volume:
     def subset(self, indices: list[int]) -> "Volume":
         labels = None if self.labels is None else self.labels[indices]
         return Volume(self.images[indices], [self.names[i] for i in indices], self.source, labels,
-                      stack=self.stack, z=[self.z[i] for i in indices], calibration=self.calibration)
+                      stack=self.stack, z=[self.z[i] for i in indices], calibration=self.calibration,
+                      intensity=self.intensity)
 
     def planes(self, i: int, context: int = 0) -> list[np.ndarray]:
         """Slice ``i`` with ``context`` neighbouring sections on each side, in stack order
@@ -219,24 +221,64 @@ def _to_grey(arr: np.ndarray, path: Path, stack: bool) -> np.ndarray:
     return arr
 
 
-def _scale(arr: np.ndarray, path: Path, out: np.ndarray) -> None:
-    """Write ``arr`` as float32 in [0, 1] into ``out``: integer images scale by their type's
-    range, float images must be finite and are min-max scaled unless already in [0, 1].
-    Writing in place keeps a large image to one float32 copy."""
-    if arr.dtype == np.bool_ or arr.dtype == np.uint8 or arr.dtype == np.uint16:
-        np.multiply(arr, np.float32(1.0 / (1 if arr.dtype == np.bool_ else np.iinfo(arr.dtype).max)), out=out, casting="unsafe")
-        return
-    if arr.dtype.kind not in "uif":
+@dataclass
+class Intensity:
+    """How a data set's raw pixel values become [0, 1]: ``(value - low) / (high - low)``,
+    clipped. Chosen once per data set from all its images, recorded in the run and in its
+    checkpoints, and applied as it is to the images a checkpoint later predicts (of the same
+    pixel type), as nnU-Net and MONAI keep their normalisation with the model.
+    """
+
+    low: float
+    high: float
+    dtype: str  # the raw pixel type it was chosen for
+    how: str  # in words: "8-bit", "12-bit", "range 0.1..2.5", "percentiles 0.5-99.5", ...
+
+    def apply(self, arr: np.ndarray, out: np.ndarray) -> None:
+        """Write ``arr`` scaled into the float32 ``out``; in place, so a large image costs one copy."""
+        if self.how == "8-bit" and arr.dtype == np.uint8:  # the lab's and ISBI's case, bit for bit as before
+            np.multiply(arr, np.float32(1.0 / 255), out=out, casting="unsafe")
+            return
+        if self.how in ("binary", "as is"):
+            out[...] = arr
+            return
+        span = self.high - self.low
+        if span <= 0:
+            out[...] = 0.0
+            return
+        out[...] = (arr.astype(np.float64) - self.low) / span
+        np.clip(out, 0.0, 1.0, out=out)
+
+
+def _check_pixels(arr: np.ndarray, path: Path) -> None:
+    if arr.dtype != np.bool_ and arr.dtype.kind not in "uif":
         raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise DataError(f"{path}: image contains NaN or infinite values")
-    lo, hi = float(arr.min()), float(arr.max())
-    if arr.dtype.kind == "f" and lo >= 0.0 and hi <= 1.0:
-        out[...] = arr
-    elif hi == lo:
-        out[...] = 0.0
-    else:
-        out[...] = (arr.astype(np.float64) - lo) / (hi - lo)
+
+
+def choose_intensity(slices: list[np.ndarray], mode: str = "auto") -> Intensity:
+    """The data set's scaling. ``auto``: 8-bit by 255; other integers by the bit depth their
+    largest value needs (12-bit data by 4095, not 65535); floats as they are when within [0, 1],
+    else by the data set's range. ``percentile``: the 0.5 and 99.5 percentiles of all images."""
+    dtype = str(slices[0].dtype)
+    if mode == "percentile":
+        sample = np.concatenate([a.ravel()[:: max(1, a.size // 100_000)] for a in slices]).astype(np.float64)
+        low, high = np.percentile(sample, [0.5, 99.5])
+        return Intensity(float(low), float(high), dtype, "percentiles 0.5-99.5")
+    lo = min(float(a.min()) for a in slices)
+    hi = max(float(a.max()) for a in slices)
+    kind = slices[0].dtype.kind
+    if slices[0].dtype == np.bool_:
+        return Intensity(0.0, 1.0, dtype, "binary")
+    if slices[0].dtype == np.uint8:
+        return Intensity(0.0, 255.0, dtype, "8-bit")
+    if kind in "ui" and lo >= 0:
+        bits = max(8, int(np.ceil(np.log2(hi + 1))))
+        return Intensity(0.0, float(2**bits - 1), dtype, f"{bits}-bit")
+    if kind == "f" and lo >= 0.0 and hi <= 1.0:
+        return Intensity(0.0, 1.0, dtype, "as is")
+    return Intensity(lo, hi, dtype, f"range {lo:g}..{hi:g}")
 
 
 def _list_folder(folder: Path) -> list[Path]:
@@ -278,12 +320,16 @@ def _read_raw(path: Path, channel: int | None = None, channels_warning: bool = T
     return list(arr), [f"{path.stem}_{i:03d}" for i in range(len(arr))], [path] * len(arr)
 
 
-def read_images(path: str | Path, min_size: int = 1, channel: int | None = None) -> Volume:
+def read_images(path: str | Path, min_size: int = 1, channel: int | None = None, intensity: Intensity | None = None,
+                intensity_mode: str = "auto") -> Volume:
     """Read a stack or folder of images as float32 grey in [0, 1].
 
     Args:
-        path: a (multi-page) TIFF or PNG file, or a folder of them.
+        path: a (multi-page) TIFF, PNG or JPEG file, or a folder of them.
         min_size: smallest accepted height and width.
+        channel: the channel of multi-channel images.
+        intensity: a recorded scaling to apply (a checkpoint's); chosen from these images
+            (by ``intensity_mode``) when None or recorded for another pixel type.
     """
     path = Path(path)
     if not path.exists():
@@ -295,10 +341,19 @@ def read_images(path: str | Path, min_size: int = 1, channel: int | None = None)
             raise DataError(f"{f}: image is {arr.shape[0]}x{arr.shape[1]}, smaller than the minimum {min_size}x{min_size}")
         if arr.shape != first:
             raise DataError(f"{f}: image shape {arr.shape} differs from the first image's {first}; all images must share one size")
+    for arr, f in zip(slices, files):
+        _check_pixels(arr, f)
+        if arr.dtype != slices[0].dtype:
+            raise DataError(f"{f}: pixel type {arr.dtype} differs from the first image's {slices[0].dtype}")
+    if intensity is not None and intensity.dtype != str(slices[0].dtype):
+        log.warning(f"{path}: {slices[0].dtype} pixels, but the model's scaling was chosen for {intensity.dtype} "
+                    "ones; scaling these by their own range instead")
+        intensity = None
+    intensity = intensity or choose_intensity(slices, intensity_mode)
     images = np.empty((len(slices), *first), np.float32)
-    for i, (arr, f) in enumerate(zip(slices, files)):
-        _scale(arr, f, images[i])
-    return Volume(images, names, path, calibration=read_calibration(files[0]))
+    for i, arr in enumerate(slices):
+        intensity.apply(arr, images[i])
+    return Volume(images, names, path, calibration=read_calibration(files[0]), intensity=intensity)
 
 
 def read_labels(path: str | Path, foreground: int = 255, threshold: float | None = None) -> tuple[np.ndarray, list[Path]]:
@@ -343,10 +398,11 @@ def read_labels(path: str | Path, foreground: int = 255, threshold: float | None
 
 
 def load_labelled(images: str | Path, labels: str | Path, foreground: int = 255, min_size: int = 1,
-                  mask_threshold: float | None = None, channel: int | None = None) -> Volume:
-    """Read images (``channel`` of multi-channel ones) and their masks, checking counts, names
-    and shapes agree."""
-    vol = read_images(images, min_size=min_size, channel=channel)
+                  mask_threshold: float | None = None, channel: int | None = None, intensity: Intensity | None = None,
+                  intensity_mode: str = "auto") -> Volume:
+    """Read images (``channel`` of multi-channel ones; see :func:`read_images` for the scaling)
+    and their masks, checking counts, names and shapes agree."""
+    vol = read_images(images, min_size=min_size, channel=channel, intensity=intensity, intensity_mode=intensity_mode)
     lab, label_files = read_labels(labels, foreground, mask_threshold)
     if len(lab) != len(vol):
         raise DataError(f"{labels}: {len(lab)} masks for {len(vol)} images in {images}")

@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import load_model
 from .config import Config, PredictConfig, config_from_dict
-from .data import Volume, read_images
+from .data import Intensity, Volume, read_images
 from .errors import CheckpointError, DataError
 from .files import atomic_write, atomic_write_bytes, check_writable
 from .model import UNet
@@ -63,6 +63,12 @@ class LoadedModels:
     step: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def intensity(self) -> Intensity | None:
+        """How the run scaled its training images, where the checkpoint records it."""
+        recorded = (self.meta.get("config") or {}).get("intensity")
+        return Intensity(**recorded) if isinstance(recorded, dict) else None
+
 
 def load_models(paths: Sequence[str | Path], device: torch.device) -> LoadedModels:
     """Load each checkpoint (eval mode) on ``device``; the run config comes from the first."""
@@ -77,7 +83,7 @@ def load_models(paths: Sequence[str | Path], device: torch.device) -> LoadedMode
     run = meta.get("config")
     config = Config()
     if isinstance(run, dict):
-        config = config_from_dict({k: v for k, v in run.items() if k != "model_resolved"})
+        config = config_from_dict({k: v for k, v in run.items() if k not in ("model_resolved", "intensity")})
     return LoadedModels([m for m, _ in loaded], paths, config, meta.get("step"), meta)
 
 
@@ -153,6 +159,7 @@ def segment_file(
     overlays: Path | None = None,
     progress: bool = True,
     channel: int | None = None,
+    intensity: Intensity | None = None,
 ) -> SegmentedFile:
     """Read images, predict and post-process them, write the probability TIFF (and masks and
     overlays where asked). The output is checked before any prediction runs."""
@@ -164,7 +171,7 @@ def segment_file(
     for folder in (output.parent, masks, overlays):
         if folder is not None:
             _check_writable(Path(folder))
-    volume = read_images(input_path, channel=channel)
+    volume = read_images(input_path, channel=channel, intensity=intensity)
     start = time.perf_counter()
     probs = predict_volume(models, volume, pcfg, precision, progress=progress)
     seconds = time.perf_counter() - start

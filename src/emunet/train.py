@@ -47,7 +47,7 @@ def build_model(cfg: Config) -> UNet:
 def load_split(cfg: Config, min_size: int = 1) -> tuple[Volume, Volume]:
     """The training and validation slices of ``cfg.data.fold``."""
     vol = load_labelled(cfg.data.images, cfg.data.labels, cfg.data.foreground, min_size=min_size,
-                        mask_threshold=cfg.data.mask_threshold, channel=cfg.data.channel)
+                        mask_threshold=cfg.data.mask_threshold, channel=cfg.data.channel, intensity_mode=cfg.data.intensity)
     if vol.labels.min() == vol.labels.max():
         raise DataError(f"{cfg.data.labels}: every mask pixel is of one class; training needs both cell interior and "
                         "membrane (check data.foreground and data.mask_threshold)")
@@ -308,6 +308,10 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     state = TrainState(cfg, model, device, precision)
+    state.run_config["intensity"] = asdict(train_vol.intensity)  # prediction scales new images the same way
+    if progress:
+        print(f"images: {train_vol.intensity.how} ({train_vol.intensity.dtype}), scaled from "
+              f"{train_vol.intensity.low:g}..{train_vol.intensity.high:g} to 0..1", flush=True)
     _restore(state, ctx, ckpt_dir, resume)
     sampler = TileSampler(train_vol, in_size, out_size, state.sample_gen, context=cfg.data.context)
     per_rank = t.batch_size // ctx.world_size
