@@ -59,3 +59,18 @@ def test_onnx_session_drives_the_overlap_tile_prediction(tmp_path):
     net = create_model("unet_cpu", width=4)
     net.forward = lambda x: torch.from_numpy(session.run(None, {"image": x.contiguous().numpy()})[0])
     np.testing.assert_allclose(predict_image(net, image, tile=64), expected, atol=1e-4)
+
+
+def test_onnx_files_say_how_to_feed_and_read_them(tmp_path, capsys):
+    import json
+
+    import onnx
+
+    model = create_model("unet_cpu", width=4)
+    intensity = {"low": 0.0, "high": 4095.0, "dtype": "uint16", "how": "12-bit"}
+    save_weights(tmp_path / "w.safetensors", model, model.cfg, {"step": 1, "config": {"intensity": intensity}})
+    assert main(["export", str(tmp_path / "w.safetensors"), str(tmp_path / "m.onnx")]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert "2 * grey - 1" in meta["emunet.input"] and "12-bit" in meta["emunet.input"]
+    assert "channel 1 = cell interior" in meta["emunet.output"]
+    assert json.loads(meta["emunet.intensity"]) == intensity and json.loads(meta["emunet.model_config"])["width"] == 4

@@ -65,3 +65,13 @@ def test_score_refuses_bad_input_in_one_line(tmp_path, capsys, maps, extra, mess
     assert main(["score", str(tmp_path / "maps.tif"), str(tmp_path / "lab.tif"), *extra]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_every_command_takes_q(scoring_dir, capsys):
+    from emunet.cli import build_parser
+
+    parser = build_parser()
+    for name in parser._subparsers._group_actions[0].choices:
+        assert "-q" in parser._subparsers._group_actions[0].choices[name].format_help(), name
+    assert main(["score", "-q", str(scoring_dir / "1_perfect_thin_prob.tif"), str(scoring_dir / "1_perfect_thin_lab.tif")]) == 0
+    assert capsys.readouterr().out == ""

@@ -151,3 +151,21 @@ def test_a_2_5d_model_takes_the_sections_as_channels(rng):
         predict_image(net, stack[0], tile=32)
     with pytest.raises(ValueError, match="neither 2-D"):
         model_context(create_model("unet_cpu", width=4, depth=2, in_channels=2))
+
+
+def test_the_python_interface_gives_what_predict_writes(small_isbi, tmp_path, capsys):
+    import tifffile
+
+    from emunet import Segmenter
+    from emunet.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "-q", "--out", str(run), f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
+                 "model.preset=unet_cpu", "model.width=4", "model.depth=2", "train.tile=32", "train.batch_size=2",
+                 "train.steps=1", "train.val_every=0", "predict.tile=64", "predict.smooth=1.0", "predict.close_gaps=0.5"]) == 0
+    assert main(["predict", str(run / "last.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "p.tif"), "-q"]) == 0
+    written = tifffile.imread(tmp_path / "p.tif")
+    segment = Segmenter(run / "last.safetensors")
+    np.testing.assert_array_equal(segment(small_isbi["test"]), written)
+    raw = tifffile.imread(small_isbi["test"])  # uint8 pixels, scaled as in training
+    np.testing.assert_array_equal(segment(raw[1]), written[1])

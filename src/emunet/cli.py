@@ -163,6 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default: 17)")
 
     sub.add_parser("presets", help="list the model presets")
+    for name, command in sub.choices.items():  # -q everywhere: no progress bars, or no output where there are none
+        if not any("--quiet" in action.option_strings for action in command._actions):
+            command.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     return parser
 
 
@@ -422,8 +425,8 @@ def cmd_export(args) -> int:
         import onnx  # noqa: F401
     except ImportError:
         raise UsageError("ONNX export needs the onnx package: pip install onnx (or the project's [onnx] extra)") from None
-    model, _ = load_model(args.checkpoint)
-    export_onnx(model, args.output, opset=args.opset, softmax=args.softmax)
+    model, meta = load_model(args.checkpoint)
+    export_onnx(model, args.output, opset=args.opset, softmax=args.softmax, intensity=(meta.get("config") or {}).get("intensity"))
     print(f"wrote {args.output} (opset {args.opset}, {'probabilities' if args.softmax else 'logits'}, dynamic batch/height/width)")
     return 0
 
@@ -450,6 +453,8 @@ def _show_warnings() -> None:
         logger.setLevel(logging.WARNING)
 
 
+QUIET_MEANS_SILENT = ("score", "import-mindspore", "export", "presets")  # commands with no progress to hide
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "score": cmd_score, "run": cmd_run, "cv": cmd_cv,
             "import-mindspore": cmd_import_mindspore, "export": cmd_export,
             "presets": cmd_presets}
@@ -461,6 +466,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _show_warnings()
     try:
+        if args.quiet and args.command in QUIET_MEANS_SILENT:
+            import contextlib
+            import io
+
+            with contextlib.redirect_stdout(io.StringIO()):
+                return COMMANDS[args.command](args)
         return COMMANDS[args.command](args)
     except EmunetError as exc:
         print(f"unet {args.command}: error: {exc}", file=sys.stderr)

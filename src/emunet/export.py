@@ -3,8 +3,10 @@ or Ascend. Optionally the softmax is folded in, so the output is class probabili
 
 from __future__ import annotations
 
+import json
 import tempfile
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -25,12 +27,32 @@ class _WithSoftmax(nn.Module):
         return torch.softmax(self.model(x), dim=1)
 
 
-def export_onnx(model: UNet, path: str | Path, opset: int = 17, softmax: bool = False) -> Path:
+def onnx_metadata(model: UNet, softmax: bool, intensity: dict | None = None) -> dict[str, str]:
+    """What a consumer of the ONNX file needs to feed it and read it, as metadata_props."""
+    scaling = "pixels scaled to grey in [0, 1]"
+    if intensity:
+        scaling = (f"pixels scaled to grey in [0, 1] as in training ({intensity['how']}: (value - {intensity['low']:g}) / "
+                   f"({intensity['high']:g} - {intensity['low']:g}), clipped)")
+    sections = model.cfg.in_channels
+    return {
+        "emunet.input": f"image: (N, {sections}, H, W) float32 = 2 * grey - 1; grey: {scaling}"
+                        + ("" if sections == 1 else f"; the channels are {sections} consecutive sections, the slice in the middle"),
+        "emunet.input_sizes": "H and W any multiple of 16" if model.cfg.padding == "same"
+                              else f"H and W from {model.fit_input_size(1)} in steps of 16; the output is {model.border} px smaller",
+        "emunet.output": ("probabilities" if softmax else "logits") + ": (N, 2, H', W'); channel 1 = cell interior, "
+                         "channel 0 = membrane" + ("" if softmax else " (softmax over the channels gives probabilities)"),
+        "emunet.model_config": json.dumps(asdict(model.cfg)),
+        "emunet.intensity": json.dumps(intensity or {}),
+    }
+
+
+def export_onnx(model: UNet, path: str | Path, opset: int = 17, softmax: bool = False, intensity: dict | None = None) -> Path:
     """Write ``model`` as ONNX to ``path`` (atomically) and check it with ``onnx.checker``.
 
     The input ``image`` is (batch, channels, height, width), already mapped to [-1, 1] as in
     training; height and width must be sizes the network accepts (``UNet.fit_input_size``).
-    The output is ``logits`` (or ``probabilities`` with ``softmax``).
+    The output is ``logits`` (or ``probabilities`` with ``softmax``). The file's metadata say
+    so, with the input scaling of the training images (``intensity``) and the model config.
     """
     import onnx
 
@@ -51,6 +73,10 @@ def export_onnx(model: UNet, path: str | Path, opset: int = 17, softmax: bool = 
             torch.onnx.export(net, (example,), str(tmp_path), dynamo=False, opset_version=opset,
                               input_names=["image"], output_names=[output],
                               dynamic_axes={"image": axes, output: axes})
-        onnx.checker.check_model(str(tmp_path))
+        exported = onnx.load(str(tmp_path))
+        for key, value in onnx_metadata(model, softmax, intensity).items():
+            exported.metadata_props.add(key=key, value=value)
+        onnx.checker.check_model(exported)
+        onnx.save(exported, str(tmp_path))
         tmp_path.replace(path)
     return path
