@@ -169,3 +169,27 @@ def test_the_python_interface_gives_what_predict_writes(small_isbi, tmp_path, ca
     np.testing.assert_array_equal(segment(small_isbi["test"]), written)
     raw = tifffile.imread(small_isbi["test"])  # uint8 pixels, scaled as in training
     np.testing.assert_array_equal(segment(raw[1]), written[1])
+
+
+def test_predict_writes_one_tiff_per_image_of_any_size(small_isbi, tmp_path, capsys):
+    import tifffile
+    from PIL import Image
+
+    from emunet.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "-q", "--out", str(run), f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
+                 "model.preset=unet_cpu", "model.width=4", "model.depth=2", "train.tile=32", "train.batch_size=2",
+                 "train.steps=1", "train.val_every=0", "predict.tile=64"]) == 0
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    test = tifffile.imread(small_isbi["test"])
+    Image.fromarray(test[0, :100, :120]).save(folder / "a.png")
+    Image.fromarray(test[1, :70, :50]).save(folder / "b.jpg", quality=95)
+    assert main(["predict", str(run / "last.safetensors"), str(folder), "-o", str(tmp_path / "p.tif"), "-q"]) == 2
+    assert "give a folder as -o" in capsys.readouterr().err
+    assert main(["predict", str(run / "last.safetensors"), str(folder), "-o", str(tmp_path / "probs"),
+                 "--overlays", str(tmp_path / "over"), "-q"]) == 0
+    assert tifffile.imread(tmp_path / "probs" / "a.tif").shape == (100, 120)
+    assert tifffile.imread(tmp_path / "probs" / "b.tif").shape == (70, 50)
+    assert sorted(p.name for p in (tmp_path / "over").iterdir()) == ["a_overlay.png", "b_overlay.png"]

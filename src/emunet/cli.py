@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, or the lab's MindSpore .ckpt; "
                    "several: write the mean of their probabilities (an ensemble; settings from the first)")
     p.add_argument("input", help="a (multi-page) TIFF or PNG, or a folder of them")
-    p.add_argument("-o", "--output", type=Path, required=True, help="probability TIFF to write")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="a .tif: one probability stack for images of one size; a folder: one TIFF per image, any sizes")
     p.add_argument("--masks", type=Path, help="also write PNG masks into this folder: 255 = cell interior (probability "
                    "above 0.5), 0 = membrane, as the ISBI labels")
     p.add_argument("--overlays", type=Path, help="also write PNG overlays (membrane in red) into this folder")
@@ -262,7 +263,7 @@ def cmd_evaluate(args) -> int:
 def _print_segmented(segmented) -> None:
     for line in segmented.written:
         print(f"wrote {line}")
-    print(f"predicted {len(segmented.volume)} slices in {segmented.seconds:.1f} s")
+    print(f"predicted {segmented.count} slices in {segmented.seconds:.1f} s")
 
 
 def cmd_predict(args) -> int:

@@ -18,7 +18,7 @@ import torch
 
 from .errors import DataError
 
-__all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "Volume", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index"]
+__all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # A foreground share below this is unlike EM cell interiors (ISBI: about 78 %): most likely
@@ -354,6 +354,27 @@ def read_images(path: str | Path, min_size: int = 1, channel: int | None = None,
     for i, arr in enumerate(slices):
         intensity.apply(arr, images[i])
     return Volume(images, names, path, calibration=read_calibration(files[0]), intensity=intensity)
+
+
+def read_each(path: str | Path, channel: int | None = None, intensity: Intensity | None = None) -> list[Volume]:
+    """Each image of a folder (or stack) as a one-slice volume of its own size, scaled alike:
+    for predicting images of different sizes."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: path does not exist")
+    slices, names, files = _read_raw(path, channel)
+    for arr, f in zip(slices, files):
+        _check_pixels(arr, f)
+        if arr.dtype != slices[0].dtype:
+            raise DataError(f"{f}: pixel type {arr.dtype} differs from the first image's {slices[0].dtype}")
+    if intensity is None or intensity.dtype != str(slices[0].dtype):
+        intensity = choose_intensity(slices)
+    volumes = []
+    for arr, name, f in zip(slices, names, files):
+        scaled = np.empty((1, *arr.shape), np.float32)
+        intensity.apply(arr, scaled[0])
+        volumes.append(Volume(scaled, [name], f, calibration=read_calibration(f), intensity=intensity))
+    return volumes
 
 
 def read_labels(path: str | Path, foreground: int = 255, threshold: float | None = None) -> tuple[np.ndarray, list[Path]]:

@@ -20,7 +20,7 @@ import torch
 
 from .checkpoint import load_model
 from .config import Config, PredictConfig, config_from_dict
-from .data import Intensity, Volume, choose_intensity, read_images
+from .data import Intensity, Volume, choose_intensity, read_each, read_images
 from .errors import CheckpointError, DataError
 from .files import atomic_write, atomic_write_bytes, check_writable
 from .model import UNet
@@ -192,12 +192,14 @@ class Segmenter:
 
 @dataclass
 class SegmentedFile:
-    """What :func:`segment_file` wrote."""
+    """What :func:`segment_file` wrote: the slices predicted, the time it took, and a line per
+    output; the probabilities and images themselves for a stack written as one TIFF."""
 
-    probs: np.ndarray
-    volume: Volume
+    count: int
     seconds: float
     written: list[str]
+    probs: np.ndarray | None = None
+    volume: Volume | None = None
 
 
 def segment_file(
@@ -212,29 +214,59 @@ def segment_file(
     channel: int | None = None,
     intensity: Intensity | None = None,
 ) -> SegmentedFile:
-    """Read images, predict and post-process them, write the probability TIFF (and masks and
-    overlays where asked). The output is checked before any prediction runs."""
+    """Read images, predict and post-process them, write the probabilities (and masks and
+    overlays where asked). ``output`` is a .tif for one stack of same-sized images, or a folder
+    for one TIFF per image, of any sizes. Outputs are checked before any prediction runs."""
     output = Path(output)
-    if output.suffix.lower() not in (".tif", ".tiff"):
-        raise DataError(f"{output}: the probability output must be a .tif file")
+    one_stack = output.suffix.lower() in (".tif", ".tiff")
     if output.resolve() == Path(input_path).resolve():
         raise DataError(f"{output}: the output is the input; choose another -o (inputs are never written over)")
-    for folder in (output.parent, masks, overlays):
+    for folder in (output.parent if one_stack else output, masks, overlays):
         if folder is not None:
             _check_writable(Path(folder))
-    volume = read_images(input_path, channel=channel, intensity=intensity)
+    if not one_stack:
+        return _segment_each(models, input_path, output, pcfg, precision, masks, overlays, progress, channel, intensity)
+    try:
+        volume = read_images(input_path, channel=channel, intensity=intensity)
+    except DataError as exc:
+        if "differs from the first image's" in str(exc):
+            raise DataError(f"{exc}; to predict images of different sizes give a folder as -o (one TIFF each)") from None
+        raise
     start = time.perf_counter()
     probs = predict_volume(models, volume, pcfg, precision, progress=progress)
     seconds = time.perf_counter() - start
     write_probabilities(output, probs, volume)
     written = [f"{output}: {probs.shape[0]} x {probs.shape[1]} x {probs.shape[2]} float32 probabilities (1 = cell interior)"]
+    written += _write_pictures(volume, probs, masks, overlays)
+    return SegmentedFile(len(volume), seconds, written, probs, volume)
+
+
+def _write_pictures(volume: Volume, probs: np.ndarray, masks: Path | None, overlays: Path | None) -> list[str]:
+    written = []
     if masks:
         write_masks(masks, volume, probs)
         written.append(f"{masks}: {len(volume)} masks")
     if overlays:
         write_overlays(overlays, volume, probs)
         written.append(f"{overlays}: {len(volume)} overlays")
-    return SegmentedFile(probs, volume, seconds, written)
+    return written
+
+
+def _segment_each(models, input_path, output: Path, pcfg: PredictConfig, precision: str, masks, overlays, progress: bool,
+                  channel: int | None, intensity: Intensity | None) -> SegmentedFile:
+    """One probability TIFF per image into the folder ``output``, each image at its own size."""
+    models = [models] if isinstance(models, UNet) else list(models)
+    if any(model_context(m) for m in models):
+        raise DataError(f"{output}: a 2.5-D model reads neighbouring sections of one stack; give a .tif as -o")
+    volumes = read_each(input_path, channel, intensity)
+    start = time.perf_counter()
+    for volume in progress_bar(desc="predict", unit="image", enabled=progress, items=volumes):
+        probs = predict_volume(models, volume, pcfg, precision)
+        write_probabilities(output / f"{volume.names[0]}.tif", probs, volume)
+        _write_pictures(volume, probs, masks, overlays)
+    written = [f"{output}: {len(volumes)} float32 probability TIFFs (1 = cell interior), one per image"]
+    written += [f"{folder}: {len(volumes)} {kind}" for folder, kind in ((masks, "masks"), (overlays, "overlays")) if folder]
+    return SegmentedFile(len(volumes), time.perf_counter() - start, written)
 
 
 def _check_writable(folder: Path) -> None:
