@@ -74,3 +74,25 @@ def test_onnx_files_say_how_to_feed_and_read_them(tmp_path, capsys):
     assert "2 * grey - 1" in meta["emunet.input"] and "12-bit" in meta["emunet.input"]
     assert "channel 1 = cell interior" in meta["emunet.output"]
     assert json.loads(meta["emunet.intensity"]) == intensity and json.loads(meta["emunet.model_config"])["width"] == 4
+
+
+@pytest.mark.parametrize("preset, overrides", [("unet_cpu", {"width": 4}), ("unet_medical", {"width": 2, "depth": 2})])
+def test_bioimageio_package_passes_the_model_zoos_own_test(tmp_path, capsys, preset, overrides):
+    import zipfile
+
+    import yaml
+    from bioimageio.core import test_model
+
+    model = create_model(preset, **overrides)
+    intensity = {"low": 0.0, "high": 255.0, "dtype": "uint8", "how": "8-bit"}
+    save_weights(tmp_path / "w.safetensors", model, model.cfg, {"step": 3, "config": {"intensity": intensity}})
+    package = tmp_path / "model.zip"
+    assert main(["export", str(tmp_path / "w.safetensors"), str(package), "--format", "bioimageio"]) == 0
+    with zipfile.ZipFile(package) as z:
+        rdf = yaml.safe_load(z.read("rdf.yaml"))
+        assert {"test_input.npy", "test_output.npy", "README.md"} <= set(z.namelist())
+    assert rdf["format_version"].startswith("0.5") and set(rdf["weights"]) == {"pytorch_state_dict", "torchscript", "onnx"}
+    scaling = next(step for step in rdf["inputs"][0]["preprocessing"] if step["id"] == "scale_linear")
+    assert scaling["kwargs"] == {"gain": 2 / 255, "offset": -1.0}
+    summary = test_model(package)
+    assert summary.status == "passed", summary.format()

@@ -153,13 +153,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="MindSpore .ckpt file")
     p.add_argument("output", type=Path, help=".safetensors file to write")
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX",
-                       description="Write ONNX (opset 17+) with dynamic batch, height and width. The input 'image' is "
+    p = sub.add_parser("export", help="export a checkpoint to ONNX or a BioImage Model Zoo package",
+                       description="ONNX (the default): opset 17+, dynamic batch, height and width; the input 'image' is "
                        "(N, C, H, W) mapped to [-1, 1] (2 * grey - 1), C = 1 (2k + 1 sections for a data.context=k model); "
-                       "H and W must fit the network (any multiple of 16 for "
-                       "same-padded presets; 572, 588, ... for the lab's valid one). Needs: pip install onnx.")
+                       "H and W must fit the network (any multiple of 16 for same-padded presets; 572, 588, ... for the "
+                       "lab's valid one); the file's metadata say so. Needs: pip install onnx. --format bioimageio: a "
+                       "BioImage Model Zoo package (.zip, format 0.5) with TorchScript, ONNX and state-dict weights, test "
+                       "tensors and the input scaling, for ilastik, deepImageJ, napari and bioimageio.core. Needs: pip "
+                       "install bioimageio.core.")
     p.add_argument("checkpoint", type=Path, help=".safetensors, .pt or MindSpore .ckpt")
-    p.add_argument("output", type=Path, help=".onnx file to write")
+    p.add_argument("output", type=Path, help=".onnx file (or .zip package) to write")
+    p.add_argument("--format", choices=["onnx", "bioimageio"], default="onnx", help="what to write (default: onnx)")
     p.add_argument("--softmax", action="store_true", help="fold the softmax in: output class probabilities")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default: 17)")
 
@@ -420,6 +424,13 @@ def cmd_export(args) -> int:
     from .errors import UsageError
     from .export import export_onnx
 
+    if args.format == "bioimageio":
+        from .bioimageio import export_bioimageio
+
+        model, meta = load_model(args.checkpoint)
+        export_bioimageio(model, args.output, meta)
+        print(f"wrote {args.output} (BioImage Model Zoo package, format 0.5: TorchScript, ONNX and state-dict weights)")
+        return 0
     if args.output.suffix != ".onnx":
         raise UsageError(f"{args.output}: output must be a .onnx file")
     try:
