@@ -96,3 +96,21 @@ def test_bioimageio_package_passes_the_model_zoos_own_test(tmp_path, capsys, pre
     assert scaling["kwargs"] == {"gain": 2 / 255, "offset": -1.0}
     summary = test_model(package)
     assert summary.status == "passed", summary.format()
+
+
+@pytest.mark.parametrize("preset, overrides", [("unet_cpu", {"width": 4}), ("unet_medical", {"width": 2, "depth": 2})])
+def test_bioimageio_torchscript_weights_take_other_sizes(tmp_path, capsys, preset, overrides):
+    import io
+    import zipfile
+
+    import torch
+
+    model = create_model(preset, **overrides).eval()
+    save_weights(tmp_path / "w.safetensors", model, model.cfg, {"step": 1})
+    assert main(["export", str(tmp_path / "w.safetensors"), str(tmp_path / "m.zip"), "--format", "bioimageio", "-q"]) == 0
+    with zipfile.ZipFile(tmp_path / "m.zip") as z:
+        scripted = torch.jit.load(io.BytesIO(z.read("weights.torchscript.pt")))
+    size = model.fit_input_size(64) + 32  # not the traced size
+    x = torch.rand(1, 1, size, size) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), torch.softmax(model(x), dim=1))
