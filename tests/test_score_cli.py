@@ -75,3 +75,11 @@ def test_every_command_takes_q(scoring_dir, capsys):
         assert "-q" in parser._subparsers._group_actions[0].choices[name].format_help(), name
     assert main(["score", "-q", str(scoring_dir / "1_perfect_thin_prob.tif"), str(scoring_dir / "1_perfect_thin_lab.tif")]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_version(capsys):
+    import emunet
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.strip() == f"unet {emunet.__version__}"
