@@ -289,11 +289,11 @@ def slice_scores_at(truth: np.ndarray, pred: np.ndarray) -> SliceScores:
     return SliceScores(v_rand, rand_split, rand_merge, v_info, info_split, info_merge, tp, fp, fn)
 
 
-def _pixel_fscore(interior: np.ndarray, label: np.ndarray) -> float:
-    pred, true = interior, label == 1
-    tp = float((pred & true).sum())
-    denom = 2 * tp + float((pred & ~true).sum()) + float((~pred & true).sum())
-    return 1.0 if denom == 0 else 2 * tp / denom
+def _pixel_fscore(interior: np.ndarray, true: np.ndarray, true_count: int) -> float:
+    """F-score of the interior pixels: 2 tp / (2 tp + fp + fn) = 2 tp / (predicted + true)."""
+    tp = np.count_nonzero(interior & true)
+    denom = np.count_nonzero(interior) + true_count
+    return 1.0 if denom == 0 else 2.0 * tp / denom
 
 
 def score_slice(prob: np.ndarray, label: np.ndarray, thresholds=THRESHOLDS) -> list[dict[str, float]]:
@@ -302,12 +302,14 @@ def score_slice(prob: np.ndarray, label: np.ndarray, thresholds=THRESHOLDS) -> l
     if prob.shape != label.shape:
         raise ValueError(f"prediction shape {prob.shape} differs from label shape {label.shape}")
     truth = segment_truth(label)
+    true = np.asarray(label) == 1
+    true_count = np.count_nonzero(true)
     prob64 = np.asarray(prob, np.float32).astype(np.float64)
     rows = []
     for th in thresholds:
         interior = prob64 > th
         scores = slice_scores_at(truth, thin_binary(interior))
-        rows.append({"threshold": th, **scores.as_dict(), "pixel_fscore": _pixel_fscore(interior, label)})
+        rows.append({"threshold": th, **scores.as_dict(), "pixel_fscore": _pixel_fscore(interior, true, true_count)})
     return rows
 
 
