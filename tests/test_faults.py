@@ -90,18 +90,19 @@ def _wait_for_rows(out, proc, rows):
 
 def test_ctrl_c_mid_step_resumes_bit_identical(small_isbi, tmp_path):
     reference = tmp_path / "reference"
-    assert _launch(small_isbi, reference, "train.steps=40").wait(timeout=300) == 0
+    steps = "train.steps=150"  # long enough that both interrupts land inside the steps
+    assert _launch(small_isbi, reference, steps).wait(timeout=300) == 0
     out = tmp_path / "interrupted"
     for attempt in range(3):  # interrupted twice at random moments, then run to the end
-        proc = _launch(small_isbi, out, "train.steps=40", *(["--resume"] if attempt else []))
+        proc = _launch(small_isbi, out, steps, *(["--resume"] if attempt else []))
         if attempt < 2:
-            _wait_for_rows(out, proc, 3 + 12 * attempt)  # training has started
-            time.sleep(random.uniform(0.0, 0.3))  # a random moment, most likely inside a step
+            _wait_for_rows(out, proc, 3 + 40 * attempt)  # training has started
+            time.sleep(random.uniform(0.0, 0.1))  # a random moment, most likely inside a step
             proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=300)
         assert proc.returncode == (130 if attempt < 2 else 0), err
-    final = load_state(out / "checkpoints" / "step_000040.pt")["model"]
-    expected = load_state(reference / "checkpoints" / "step_000040.pt")["model"]
+    final = load_state(out / "checkpoints" / "step_000150.pt")["model"]
+    expected = load_state(reference / "checkpoints" / "step_000150.pt")["model"]
     for name in expected:  # batch-norm running statistics and counts included
         torch.testing.assert_close(final[name], expected[name], rtol=0, atol=0)
 

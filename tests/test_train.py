@@ -220,7 +220,7 @@ def test_run_reads_the_training_data_once_and_reports_what_evaluate_gives(small_
 
     reads: list[str] = []
     real_read = emunet.data._read_file
-    monkeypatch.setattr(emunet.data, "_read_file", lambda path: reads.append(str(path)) or real_read(path))
+    monkeypatch.setattr(emunet.data, "_read_file", lambda path, *rest: reads.append(str(path)) or real_read(path, *rest))
     out = tmp_path / "run"
     args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
             f"data.test_images={small_isbi['test']}", *TINY, "train.steps=4", "train.val_every=2"]
