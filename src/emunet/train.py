@@ -286,17 +286,30 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwr
         distributed.teardown(ctx)
 
 
-def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> TrainResult | None:
+@dataclass
+class _Run:
+    """A run ready to train: its state, data stream, network wrapper and log."""
+
+    out: Path
+    precision: str
+    state: TrainState
+    net: torch.nn.Module
+    batches: Any
+    val: Volume
+    log: RunLog
+    start: float
+    best_validation: tuple[ScoreReport, np.ndarray] | None = None
+
+
+def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> _Run:
+    """Data, model, optimiser, and where a stopped run left off; the run's config.yaml once all loaded."""
     t, out = cfg.train, Path(cfg.out_dir)
-    ckpt_dir = out / "checkpoints"
     precision = resolve_precision(t.precision, device)
     if t.batch_size % ctx.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {ctx.world_size} processes")
     if t.threads:
         torch.set_num_threads(t.threads)
     torch.manual_seed(t.seed)
-
-    # --- data, model, optimiser, and where a stopped run left off ------------------------
     start = time.perf_counter()
     model = build_model(cfg)
     in_size = model.fit_input_size(t.tile)
@@ -312,44 +325,50 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
     if progress:
         print(f"images: {train_vol.intensity.how} ({train_vol.intensity.dtype}), scaled from "
               f"{train_vol.intensity.low:g}..{train_vol.intensity.high:g} to 0..1", flush=True)
-    _restore(state, ctx, ckpt_dir, resume)
+    _restore(state, ctx, out / "checkpoints", resume)
     sampler = TileSampler(train_vol, in_size, out_size, state.sample_gen, context=cfg.data.context)
     per_rank = t.batch_size // ctx.world_size
     batches = _batches(sampler, state, cfg, slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank), in_size, out_size,
                        memory_format)
-    net = model
+    net: torch.nn.Module = model
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if ctx.is_main:  # the run starts: its settings are saved only now, once everything loaded
         atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
-    log = RunLog(out, ctx.is_main, state.step)
-    best_validation: tuple[ScoreReport, np.ndarray] | None = None
+    return _Run(out, precision, state, net, batches, val_vol, RunLog(out, ctx.is_main, state.step), start)
 
-    def validate() -> None:
-        """Rank 0 scores the fold and keeps the best weights; every rank learns the best step."""
-        nonlocal best_validation
-        if ctx.is_main:
-            report, probs = _score(state.weights_to_keep, val_vol, cfg, precision)
-            log.log_validation(state.step, report)
-            mean = report.mean
-            bar.write(f"step {state.step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
-                      f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error_05']:.4f}")
-            if mean[t.select_by] > state.best["score"]:
-                state.best.update(score=mean[t.select_by], step=state.step)
-                save_weights(out / "best.safetensors", state.weights_to_keep, model.cfg,
-                             {"step": state.step, "val": mean, "config": state.run_config})
-                best_validation = report, probs
-        state.best.update(ctx.broadcast(dict(state.best)))
+
+def _validate(run: _Run, cfg: Config, ctx: distributed.DistContext, bar) -> None:
+    """Rank 0 scores the fold and keeps the best weights; every rank learns the best step."""
+    state, select_by = run.state, cfg.train.select_by
+    if ctx.is_main:
+        report, probs = _score(state.weights_to_keep, run.val, cfg, run.precision)
+        run.log.log_validation(state.step, report)
+        mean = report.mean
+        bar.write(f"step {state.step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
+                  f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error_05']:.4f}")
+        if mean[select_by] > state.best["score"]:
+            state.best.update(score=mean[select_by], step=state.step)
+            save_weights(run.out / "best.safetensors", state.weights_to_keep, state.model.cfg,
+                         {"step": state.step, "val": mean, "config": state.run_config})
+            run.best_validation = report, probs
+    state.best.update(ctx.broadcast(dict(state.best)))
+
+
+def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> TrainResult | None:
+    t = cfg.train
+    run = _prepare(cfg, ctx, device, resume, progress)
+    state, log, ckpt_dir = run.state, run.log, run.out / "checkpoints"
 
     # --- the loop: sample, step, log, validate, checkpoint -------------------------------
-    model.train()
+    state.model.train()
     bar = progress_bar(t.steps, desc="train", unit="step", enabled=progress, initial=state.step)
     try:
         with _interrupts_at_step_boundaries() as interrupt_pressed:
             while state.step < t.steps:
-                loss = _train_step(state, net, next(batches), cfg, precision)
+                loss = _train_step(state, run.net, next(run.batches), cfg, run.precision)
                 state.step += 1
                 log.add_loss(loss)
                 bar.update(1)
@@ -361,7 +380,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
                 validating = (t.val_every and state.step % t.val_every == 0) or last
                 if validating:
                     log.pause()
-                    validate()
+                    _validate(run, cfg, ctx, bar)
                 log.end_step()
                 if ctx.is_main and (validating or (t.checkpoint_every and state.step % t.checkpoint_every == 0)):
                     state.save(ckpt_dir, t.keep)
@@ -375,16 +394,23 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
     finally:
         bar.close()
         log.close()
-    train_s = time.perf_counter() - start
+    return _finish(run, cfg, ctx, device)
+
+
+def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.device) -> TrainResult | None:
+    """Save the last weights; on rank 0 hand back the best ones with their validation."""
+    state = run.state
+    train_s = time.perf_counter() - run.start
     if ctx.is_main:
-        save_weights(out / "last.safetensors", state.weights_to_keep, model.cfg, {"step": state.step, "config": state.run_config})
+        save_weights(run.out / "last.safetensors", state.weights_to_keep, state.model.cfg,
+                     {"step": state.step, "config": state.run_config})
     ctx.barrier()
     if not ctx.is_main:
         return None
-    best_path = out / "best.safetensors"
+    best_path = run.out / "best.safetensors"
     best_model, _ = load_model(best_path, device)
-    if best_validation is None:  # resumed after the best step: its validation is not in memory
-        best_validation = _score(best_model, val_vol, cfg, precision)
-    report, probs = best_validation
-    return TrainResult(best_path, best_model, int(state.best["step"]), report, probs, val_vol, precision,
-                       {"train": train_s, "eval": time.perf_counter() - start - train_s})
+    if run.best_validation is None:  # resumed after the best step: its validation is not in memory
+        run.best_validation = _score(best_model, run.val, cfg, run.precision)
+    report, probs = run.best_validation
+    return TrainResult(best_path, best_model, int(state.best["step"]), report, probs, run.val, run.precision,
+                       {"train": train_s, "eval": time.perf_counter() - run.start - train_s})
