@@ -69,8 +69,9 @@ class RunLog:
             self._paused = True
 
     def resume(self) -> None:
-        self._running_since = time.perf_counter()
-        self._paused = False
+        if self._paused:
+            self._running_since = time.perf_counter()
+            self._paused = False
 
     def _train_seconds_now(self) -> float:
         return self.train_s + (0.0 if self._paused else time.perf_counter() - self._running_since)
