@@ -200,8 +200,7 @@ def _resuming(args) -> str | bool:
     return bool(getattr(args, "resume", False))
 
 
-INFERENCE_FLAGS = (("tile", "tile"), ("overlap", "overlap"), ("batch_size", "batch_size"), ("tta", "tta"),
-                   ("smooth", "smooth"), ("close_gaps", "close_gaps"))
+INFERENCE_FLAGS = ("tile", "overlap", "batch_size", "tta", "smooth", "close_gaps")  # --batch-size sets predict.batch_size
 
 
 def _with_inference_flags(cfg, args):
@@ -209,7 +208,7 @@ def _with_inference_flags(cfg, args):
     the same way as KEY=VALUE."""
     from .config import with_overrides
 
-    flags = [f"predict.{key}={getattr(args, attr)}" for attr, key in INFERENCE_FLAGS if getattr(args, attr) is not None]
+    flags = [f"predict.{key}={getattr(args, key)}" for key in INFERENCE_FLAGS if getattr(args, key) is not None]
     return with_overrides(cfg, flags)
 
 
