@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import ConfigError
+
 __all__ = ["AugmentConfig", "augment_batch", "elastic_deform", "gaussian_blur", "random_affine_grid"]
 
 
@@ -49,9 +51,7 @@ class AugmentConfig:
     contrast: float = 0.0
 
     def validate(self) -> None:
-        from .errors import ConfigError
-
-        checks = [
+        ConfigError.check([
             (0.0 <= self.brightness <= 1.0, f"augment.brightness must be 0..1, got {self.brightness}"),
             (self.elastic_std >= 0.0, f"augment.elastic_std must be >= 0 px, got {self.elastic_std}"),
             (self.elastic_grid >= 2, f"augment.elastic_grid must be at least 2 points per side, got {self.elastic_grid}"),
@@ -60,10 +60,7 @@ class AugmentConfig:
             (0.0 <= self.scale <= 1.0, f"augment.scale must be 0..1 (zoom up to 1 + scale), got {self.scale}"),
             (0.0 <= self.blur <= 10.0, f"augment.blur must be 0..10 px (the largest blur sigma), got {self.blur}"),
             (0.0 <= self.contrast < 1.0, f"augment.contrast must be in [0, 1), got {self.contrast}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        ])
 
 
 def gaussian_blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import __version__
+
 EPILOG = """Settings come from a YAML file (-c) and KEY=VALUE overrides, e.g.
   unet train -c configs/isbi-cpu.yaml train.steps=200 out_dir=runs/try
 Sections: data, model, augment, train, predict (see configs/*.yaml for every key)."""
@@ -48,21 +50,12 @@ def _add_run_folder_options(p: argparse.ArgumentParser) -> None:
                         "without it a folder that is not empty is refused")
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("emunet")
-    except PackageNotFoundError:  # run from a source tree that is not installed
-        return "unknown (not installed)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unet", description="U-Net segmentation of electron-microscopy images (ISBI 2012 and alike).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model", description="Train a U-Net on random native-resolution tiles of the "

@@ -23,11 +23,6 @@ __all__ = ["ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "PredictCo
            "dump_config"]
 
 
-def _check(checks: list[tuple[bool, str]]) -> None:
-    for ok, msg in checks:
-        if not ok:
-            raise ConfigError(msg)
-
 
 @dataclass
 class DataConfig:
@@ -63,7 +58,7 @@ class DataConfig:
     context: int = 0
 
     def validate(self) -> None:
-        _check([
+        ConfigError.check([
             (self.fold >= 0, "data.fold must be >= 0"),
             (0.0 < self.train_ratio < 1.0, f"data.train_ratio must be in (0, 1), got {self.train_ratio}"),
             (0 <= self.context <= 8, f"data.context must be 0..8 neighbouring sections, got {self.context}"),
@@ -157,7 +152,7 @@ class TrainConfig:
     channels_last: bool = True
 
     def validate(self) -> None:
-        _check([
+        ConfigError.check([
             (self.steps >= 1, "train.steps must be at least 1"),
             (self.batch_size >= 1, "train.batch_size must be at least 1"),
             (self.tile >= 1, "train.tile must be positive"),
@@ -215,9 +210,7 @@ class PredictConfig:
             (0.0 <= self.close_gaps < 1.0,
              f"predict.close_gaps (--close-gaps) must be a membrane probability in [0, 1) (0 = off), got {self.close_gaps}"),
         ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
+        ConfigError.check(checks)
         return self
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError
+from .errors import DataError, ImageSizesDiffer
 
-__all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index"]
+__all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "scaling_for", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # A foreground share below this is unlike EM cell interiors (ISBI: about 78 %): most likely
@@ -236,11 +236,9 @@ class Intensity:
 
     def apply(self, arr: np.ndarray, out: np.ndarray) -> None:
         """Write ``arr`` scaled into the float32 ``out``; in place, so a large image costs one copy."""
-        if self.how == "8-bit" and arr.dtype == np.uint8:  # the lab's and ISBI's case, bit for bit as before
+        if arr.dtype == np.uint8 and (self.low, self.high) == (0.0, 255.0):
+            # 8-bit by 255 in float32, bit for bit as the lab's pipeline (and earlier runs) scale it
             np.multiply(arr, np.float32(1.0 / 255), out=out, casting="unsafe")
-            return
-        if self.how in ("binary", "as is"):
-            out[...] = arr
             return
         span = self.high - self.low
         if span <= 0:
@@ -250,11 +248,22 @@ class Intensity:
         np.clip(out, 0.0, 1.0, out=out)
 
 
-def _check_pixels(arr: np.ndarray, path: Path) -> None:
-    if arr.dtype != np.bool_ and arr.dtype.kind not in "uif":
-        raise DataError(f"{path}: unsupported pixel type {arr.dtype}")
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        raise DataError(f"{path}: image contains NaN or infinite values")
+def scaling_for(slices: list[np.ndarray], files: list[Path], intensity: Intensity | None = None,
+                mode: str = "auto") -> Intensity:
+    """The one scaling for these raw slices, after checking their pixels: ``intensity`` (a
+    checkpoint's) where it was chosen for this pixel type, else one chosen from them by ``mode``."""
+    for arr, f in zip(slices, files):
+        if arr.dtype != np.bool_ and arr.dtype.kind not in "uif":
+            raise DataError(f"{f}: unsupported pixel type {arr.dtype}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise DataError(f"{f}: image contains NaN or infinite values")
+        if arr.dtype != slices[0].dtype:
+            raise DataError(f"{f}: pixel type {arr.dtype} differs from the first image's {slices[0].dtype}")
+    if intensity is not None and intensity.dtype != str(slices[0].dtype):
+        log.warning(f"{files[0]}: {slices[0].dtype} pixels, but the model's scaling was chosen for {intensity.dtype} "
+                    "ones; scaling these by their own range instead")
+        intensity = None
+    return intensity or choose_intensity(slices, mode)
 
 
 def choose_intensity(slices: list[np.ndarray], mode: str = "auto") -> Intensity:
@@ -340,16 +349,9 @@ def read_images(path: str | Path, min_size: int = 1, channel: int | None = None,
         if min(arr.shape) < min_size:
             raise DataError(f"{f}: image is {arr.shape[0]}x{arr.shape[1]}, smaller than the minimum {min_size}x{min_size}")
         if arr.shape != first:
-            raise DataError(f"{f}: image shape {arr.shape} differs from the first image's {first}; all images must share one size")
-    for arr, f in zip(slices, files):
-        _check_pixels(arr, f)
-        if arr.dtype != slices[0].dtype:
-            raise DataError(f"{f}: pixel type {arr.dtype} differs from the first image's {slices[0].dtype}")
-    if intensity is not None and intensity.dtype != str(slices[0].dtype):
-        log.warning(f"{path}: {slices[0].dtype} pixels, but the model's scaling was chosen for {intensity.dtype} "
-                    "ones; scaling these by their own range instead")
-        intensity = None
-    intensity = intensity or choose_intensity(slices, intensity_mode)
+            raise ImageSizesDiffer(f"{f}: image shape {arr.shape} differs from the first image's {first}; all images must "
+                                   "share one size")
+    intensity = scaling_for(slices, files, intensity, intensity_mode)
     images = np.empty((len(slices), *first), np.float32)
     for i, arr in enumerate(slices):
         intensity.apply(arr, images[i])
@@ -363,17 +365,12 @@ def read_each(path: str | Path, channel: int | None = None, intensity: Intensity
     if not path.exists():
         raise DataError(f"{path}: path does not exist")
     slices, names, files = _read_raw(path, channel)
-    for arr, f in zip(slices, files):
-        _check_pixels(arr, f)
-        if arr.dtype != slices[0].dtype:
-            raise DataError(f"{f}: pixel type {arr.dtype} differs from the first image's {slices[0].dtype}")
-    if intensity is None or intensity.dtype != str(slices[0].dtype):
-        intensity = choose_intensity(slices)
+    intensity = scaling_for(slices, files, intensity)
     volumes = []
     for arr, name, f in zip(slices, names, files):
-        scaled = np.empty((1, *arr.shape), np.float32)
-        intensity.apply(arr, scaled[0])
-        volumes.append(Volume(scaled, [name], f, calibration=read_calibration(f), intensity=intensity))
+        image = np.empty((1, *arr.shape), np.float32)
+        intensity.apply(arr, image[0])
+        volumes.append(Volume(image, [name], f, calibration=read_calibration(f), intensity=intensity))
     return volumes
 
 

@@ -6,7 +6,8 @@ other exception is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-__all__ = ["EmunetError", "DataError", "ConfigError", "CheckpointError", "TrainingError", "UsageError", "TrainingInterrupted"]
+__all__ = ["EmunetError", "DataError", "ImageSizesDiffer", "ConfigError", "CheckpointError", "TrainingError", "UsageError",
+           "TrainingInterrupted"]
 
 
 class EmunetError(ValueError):
@@ -17,8 +18,19 @@ class DataError(EmunetError):
     """Images, masks or maps that cannot be used as given."""
 
 
+class ImageSizesDiffer(DataError):
+    """Images that must form one stack are of different sizes."""
+
+
 class ConfigError(EmunetError):
     """A setting that is unknown, ill-typed or out of range."""
+
+    @classmethod
+    def check(cls, checks: list[tuple[bool, str]]) -> None:
+        """Raise the message of the first check that fails."""
+        for ok, message in checks:
+            if not ok:
+                raise cls(message)
 
 
 class CheckpointError(EmunetError):

@@ -20,8 +20,8 @@ import torch
 
 from .checkpoint import load_model
 from .config import Config, PredictConfig, config_from_dict
-from .data import Intensity, Volume, choose_intensity, read_each, read_images
-from .errors import CheckpointError, DataError
+from .data import Intensity, Volume, read_each, read_images, scaling_for
+from .errors import CheckpointError, DataError, ImageSizesDiffer
 from .files import atomic_write, atomic_write_bytes, check_writable
 from .model import UNet
 from .postprocess import close_gaps_in_place, smooth_in_place
@@ -176,9 +176,7 @@ class Segmenter:
         stack = raw[None] if raw.ndim == 2 else raw
         if stack.ndim != 3:
             raise DataError(f"expected an (H, W) image or an (N, H, W) stack of raw pixels, got shape {raw.shape}")
-        intensity = self.loaded.intensity
-        if intensity is None or intensity.dtype != str(stack.dtype):
-            intensity = choose_intensity(list(stack))
+        intensity = scaling_for(list(stack), [Path(f"<array>[{i}]") for i in range(len(stack))], self.loaded.intensity)
         scaled = np.empty(stack.shape, np.float32)
         for i, page in enumerate(stack):
             intensity.apply(page, scaled[i])
@@ -192,14 +190,11 @@ class Segmenter:
 
 @dataclass
 class SegmentedFile:
-    """What :func:`segment_file` wrote: the slices predicted, the time it took, and a line per
-    output; the probabilities and images themselves for a stack written as one TIFF."""
+    """What :func:`segment_file` wrote: the slices predicted, the time it took, a line per output."""
 
     count: int
     seconds: float
     written: list[str]
-    probs: np.ndarray | None = None
-    volume: Volume | None = None
 
 
 def segment_file(
@@ -228,17 +223,15 @@ def segment_file(
         return _segment_each(models, input_path, output, pcfg, precision, masks, overlays, progress, channel, intensity)
     try:
         volume = read_images(input_path, channel=channel, intensity=intensity)
-    except DataError as exc:
-        if "differs from the first image's" in str(exc):
-            raise DataError(f"{exc}; to predict images of different sizes give a folder as -o (one TIFF each)") from None
-        raise
+    except ImageSizesDiffer as exc:
+        raise DataError(f"{exc}; to predict images of different sizes give a folder as -o (one TIFF each)") from None
     start = time.perf_counter()
     probs = predict_volume(models, volume, pcfg, precision, progress=progress)
     seconds = time.perf_counter() - start
     write_probabilities(output, probs, volume)
     written = [f"{output}: {probs.shape[0]} x {probs.shape[1]} x {probs.shape[2]} float32 probabilities (1 = cell interior)"]
     written += _write_pictures(volume, probs, masks, overlays)
-    return SegmentedFile(len(volume), seconds, written, probs, volume)
+    return SegmentedFile(len(volume), seconds, written)
 
 
 def _write_pictures(volume: Volume, probs: np.ndarray, masks: Path | None, overlays: Path | None) -> list[str]:

@@ -44,9 +44,6 @@ class _Silent(_Lines):
     def _print(self) -> None:
         pass
 
-    def write(self, message: str) -> None:
-        print(message, flush=True)
-
 
 class _Iterating:
     def __init__(self, items: Iterable, bar: Any) -> None:

@@ -57,7 +57,8 @@ class RunLog:
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._write_files()
+            self._write_metrics()
+            self._write_validations()
             self.tensorboard = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
 
     # --- clocks: validation is left out of training time ---------------------------------
@@ -107,6 +108,7 @@ class RunLog:
         if not self.enabled:
             return
         self.validations.append({"step": step, "mean": report.mean, "slices": report.slices})
+        self._write_validations()
         for key, value in report.mean.items():
             self.tensorboard.add_scalar(f"val/{key}", value, step)
 
@@ -115,15 +117,17 @@ class RunLog:
         if self._row is not None and self.enabled:
             self._row["wall_s"] = self._wall_base + time.perf_counter() - self._segment_start
             self.rows.append(self._row)
-            self._write_files()
+            self._write_metrics()
         self._row = None
 
-    def _write_files(self) -> None:
+    def _write_metrics(self) -> None:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(self.rows)
         atomic_write_bytes(self.out / "metrics.csv", buf.getvalue().encode())
+
+    def _write_validations(self) -> None:
         atomic_write_bytes(self.out / "validation.jsonl", "".join(json.dumps(r) + "\n" for r in self.validations).encode())
 
     def close(self) -> None:
