@@ -95,3 +95,10 @@ def test_a_crafted_header_cannot_build_a_huge_model(tmp_path):
     save_file({"x": torch.zeros(1)}, str(path), metadata={"model_config": json.dumps(config)})
     with pytest.raises(CheckpointError, match="parameters, more than"):
         load_model(path)
+
+
+def test_a_text_file_given_as_a_training_checkpoint_is_not_called_a_pickle(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("these are notes, not weights")
+    with pytest.raises(CheckpointError, match="not a PyTorch training checkpoint"):
+        load_model(path)

@@ -62,6 +62,11 @@ def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str
     other = _not_a_checkpoint(path)
     if other:
         raise CheckpointError(f"{path}: this is {other}, not a checkpoint (.safetensors, .pt or the lab's .ckpt)")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive (a pickle before 1.6)
+        raise CheckpointError(f"{path}: not a PyTorch training checkpoint (.pt); give best.safetensors, "
+                              "last.safetensors, checkpoints/step_N.pt or the lab's .ckpt")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:

@@ -402,7 +402,7 @@ def read_labels(path: str | Path, foreground: int = 255, threshold: float | None
             if len(values) > 2:
                 shown = sorted(values)[:8]
                 raise DataError(f"{f}: mask is not two-valued; found values {shown}{' ...' if len(values) > 8 else ''}; "
-                                "for antialiased or resized masks set data.mask_threshold (e.g. 128)")
+                                "for antialiased or resized masks set data.mask_threshold (--mask-threshold), e.g. 128")
         if foreground not in values and len(values) == 2:
             raise DataError(f"{path}: foreground value {foreground} does not occur in the masks (values {sorted(values)}); "
                             "set data.foreground")
