@@ -234,7 +234,9 @@ def test_validation_log_keeps_per_slice_scores_and_follows_a_resume(small_isbi, 
     assert again == log
 
 
-def test_run_reads_the_training_data_once_and_reports_what_evaluate_gives(small_isbi, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_run_reads_the_training_data_once_and_reports_what_evaluate_gives(small_isbi, tmp_path, monkeypatch, capsys,
+                                                                          precision):
     import emunet.data
 
     reads: list[str] = []
@@ -242,12 +244,14 @@ def test_run_reads_the_training_data_once_and_reports_what_evaluate_gives(small_
     monkeypatch.setattr(emunet.data, "_read_file", lambda path, *rest: reads.append(str(path)) or real_read(path, *rest))
     out = tmp_path / "run"
     args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
-            f"data.test_images={small_isbi['test']}", *TINY, "train.steps=4", "train.val_every=2"]
+            f"data.test_images={small_isbi['test']}", *TINY, "train.steps=4", "train.val_every=2",
+            f"train.precision={precision}"]
     assert main(["run", "--out", str(out), "-q", *args]) == 0
     assert reads.count(str(small_isbi["images"])) == 1 and reads.count(str(small_isbi["labels"])) == 1
     run_report = json.loads((out / "eval.json").read_text())
     # the run's figures are its best weights' validation, equal to scoring the saved weights anew
-    assert main(["evaluate", str(out / "best.safetensors"), "--json", str(tmp_path / "e.json"), "--precision", "fp32", "-q"]) == 0
+    assert main(["evaluate", str(out / "best.safetensors"), "--json", str(tmp_path / "e.json"), "--precision", precision,
+                 "-q"]) == 0
     scored = json.loads((tmp_path / "e.json").read_text())
     assert scored["mean"] == run_report["mean"] and scored["challenge"] == run_report["challenge"]
 

@@ -168,9 +168,9 @@ def _restore(state: TrainState, ctx: distributed.DistContext, ckpt_dir: Path, re
 
 
 def _score(model: UNet, volume: Volume, cfg: Config, precision: str) -> tuple[ScoreReport, np.ndarray]:
-    """Score ``model`` on ``volume`` as its deployed weights will score: a plain-layout copy in
-    eval mode, as ``load_model`` gives (a channels-last net rounds differently in the last bits)."""
-    deployed = copy.deepcopy(model).to(memory_format=torch.contiguous_format).eval()
+    """Score ``model`` on ``volume`` as its deployed weights will score: a copy in eval mode,
+    laid out by :func:`predict_raw` as it lays out the weights ``load_model`` gives."""
+    deployed = copy.deepcopy(model).eval()
     probs = predict_volume(deployed, volume, cfg.predict, precision)
     return score_probabilities(probs, volume), probs
 
