@@ -123,6 +123,8 @@ class TrainConfig:
     dist_timeout: seconds a collective waits under torchrun before the job fails (a dead rank).
     threads: CPU threads for PyTorch; 0 = PyTorch's default.
     channels_last: NHWC memory layout (faster convolutions on CPU).
+    prefetch: batches prepared ahead in a background thread while the current step runs
+        (0 = each batch prepared when the step needs it); the run is the same either way.
     """
 
     steps: int = 600
@@ -150,6 +152,7 @@ class TrainConfig:
     ema: float = 0.0
     threads: int = 0
     channels_last: bool = True
+    prefetch: int = 2
 
     def validate(self) -> None:
         ConfigError.check([
@@ -173,6 +176,7 @@ class TrainConfig:
             (self.val_every >= 0 and self.checkpoint_every >= 0, "train.val_every/checkpoint_every must be >= 0"),
             (self.dist_timeout > 0, "train.dist_timeout must be positive"),
             (self.threads >= 0, "train.threads must be >= 0"),
+            (self.prefetch >= 0, "train.prefetch must be >= 0"),
         ])
 
 

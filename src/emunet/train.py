@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from . import distributed
-from .augment import augment_batch
+from .batches import BatchStream, make_batch_fn
 from .checkpoint import list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
 from .config import Config, config_to_dict, dump_config
-from .data import TileSampler, Volume, fold_split, load_labelled, to_network_input
+from .data import TileSampler, Volume, fold_split, load_labelled
 from .device import autocast_for, resolve_precision
 from .errors import ConfigError, DataError, TrainingError, TrainingInterrupted, UsageError
 from .evaluate import ScoreReport, score_probabilities
@@ -97,6 +97,7 @@ class TrainState:
 
             self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True)
         self.sample_gen = torch.Generator().manual_seed(t.seed)
+        self.batches: BatchStream | None = None  # once it runs, it knows where the generator stands
         self.step = 0
         self.best: dict[str, Any] = {"score": -1.0, "step": 0}
         self.run_config = config_to_dict(cfg) | {"model_resolved": asdict(model.cfg)}
@@ -107,7 +108,8 @@ class TrainState:
         return self.ema.module if self.ema is not None else self.model
 
     def state_dict(self) -> dict[str, Any]:
-        rng = {"sampler": self.sample_gen.get_state(), "torch": torch.get_rng_state()}
+        sampler = self.batches.position if self.batches is not None else self.sample_gen.get_state()
+        rng = {"sampler": sampler, "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
         return {
@@ -195,23 +197,6 @@ def _train_step(state: TrainState, net: torch.nn.Module, batch, cfg: Config, pre
     return loss.item()
 
 
-def _batches(sampler: TileSampler, state: TrainState, cfg: Config, mine: slice, in_size: int, out_size: int,
-             memory_format: torch.memory_format):
-    """This rank's (images, labels) of each global batch: every rank draws the same batch from
-    the same generator and keeps its slice, so N processes follow the one-process run."""
-    crop = (in_size - out_size) // 2
-    while True:
-        images, labels = sampler.sample(cfg.train.batch_size)
-        # Augment where the model runs: a GPU warps the batch in a fraction of the CPU's time.
-        # The random draws still come from the CPU generator, so a run repeats on any device.
-        images, labels = images.to(state.device, non_blocking=True), labels.to(state.device, non_blocking=True)
-        images, labels = augment_batch(images, labels, cfg.augment, state.sample_gen)
-        images, labels = images[mine], labels[mine]
-        if crop:
-            labels = labels[:, crop : crop + out_size, crop : crop + out_size]
-        yield to_network_input(images).contiguous(memory_format=memory_format), labels
-
-
 # What a run writes into its folder: what --overwrite clears, and nothing else.
 RUN_FILES = ("config.yaml", "checkpoints", "tensorboard", "metrics.csv", "validation.jsonl", "best.safetensors",
              "last.safetensors", "eval.json", "report.html", "test-probabilities.tif", "test-overlays")
@@ -294,7 +279,7 @@ class _Run:
     precision: str
     state: TrainState
     net: torch.nn.Module
-    batches: Any
+    batches: BatchStream
     val: Volume
     log: RunLog
     start: float
@@ -328,8 +313,8 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
     _restore(state, ctx, out / "checkpoints", resume)
     sampler = TileSampler(train_vol, in_size, out_size, state.sample_gen, context=cfg.data.context)
     per_rank = t.batch_size // ctx.world_size
-    batches = _batches(sampler, state, cfg, slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank), in_size, out_size,
-                       memory_format)
+    next_batch = make_batch_fn(sampler, cfg.augment, t.batch_size, slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank),
+                               out_size, device, memory_format)
     net: torch.nn.Module = model
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -337,7 +322,8 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if ctx.is_main:  # the run starts: its settings are saved only now, once everything loaded
         atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
-    return _Run(out, precision, state, net, batches, val_vol, RunLog(out, ctx.is_main, state.step), start)
+    state.batches = BatchStream(next_batch, state.sample_gen, t.prefetch, device)
+    return _Run(out, precision, state, net, state.batches, val_vol, RunLog(out, ctx.is_main, state.step), start)
 
 
 def _validate(run: _Run, cfg: Config, ctx: distributed.DistContext, bar) -> None:
@@ -392,6 +378,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
             state.save(ckpt_dir, t.keep)
         raise TrainingInterrupted(state.step, f"checkpoints/step_{state.step:06d}.pt") from None
     finally:
+        run.batches.close()
         bar.close()
         log.close()
     return _finish(run, cfg, ctx, device)

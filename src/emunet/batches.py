@@ -1,0 +1,133 @@
+"""The training batch stream: sample tiles, move them to the device, augment, crop the labels;
+optionally prepared ahead in a background thread while the device computes the current step.
+
+Every random draw comes from one CPU generator, in the same order with or without the
+background thread, so a run is the same either way. A checkpoint must record the generator as
+it stood after the *last batch trained on*, not after the batches prepared ahead: the stream
+hands that state out with each batch (:attr:`BatchStream.position`).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .augment import augment_batch
+from .config import AugmentConfig
+from .data import TileSampler, to_network_input
+
+__all__ = ["Batch", "BatchStream", "make_batch_fn"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # network input (B, C, H, W), labels (B, h, w)
+
+
+def make_batch_fn(sampler: TileSampler, augment: AugmentConfig, batch_size: int, mine: slice, out_size: int,
+                  device: torch.device, memory_format: torch.memory_format) -> Callable[[], Batch]:
+    """One global batch drawn, this rank's slice of it kept: every rank draws the same batch
+    from the same generator, so N processes follow the one-process run."""
+    crop = (sampler.in_size - out_size) // 2
+    pin = device.type == "cuda"
+
+    def next_batch() -> Batch:
+        images, labels = sampler.sample(batch_size)
+        if pin:  # page-locked, so the copy below runs asynchronously
+            images, labels = images.pin_memory(), labels.pin_memory()
+        # Augment where the model runs: a GPU warps the batch in a fraction of the CPU's time.
+        # The random draws still come from the CPU generator, so a run repeats on any device.
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        images, labels = augment_batch(images, labels, augment, sampler.generator)
+        images, labels = images[mine], labels[mine]
+        if crop:
+            labels = labels[:, crop : crop + out_size, crop : crop + out_size]
+        return to_network_input(images).contiguous(memory_format=memory_format), labels.contiguous()
+
+    return next_batch
+
+
+class BatchStream:
+    """Batches from ``next_batch``, ``ahead`` of them prepared in a background thread (0: each
+    prepared when asked for, in the caller's thread).
+
+    On CUDA the background thread works on its own stream, so the copy and augmentation of
+    batch n+1 overlap step n; the consumer's stream waits for the batch's event before use.
+    Close it (or use it as a context manager) to stop the thread.
+    """
+
+    def __init__(self, next_batch: Callable[[], Batch], generator: torch.Generator, ahead: int,
+                 device: torch.device) -> None:
+        self._next_batch, self._generator, self._device = next_batch, generator, device
+        self.position = generator.get_state()  # the generator after the last batch handed out
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, ahead))
+        self._stop = threading.Event()
+        self._thread = None
+        if ahead > 0:
+            self._thread = threading.Thread(target=self._produce, name="emunet-batches", daemon=True)
+            self._thread.start()
+
+    def _prepare(self) -> tuple[Batch, torch.Tensor, Any]:
+        event = None
+        if self._device.type == "cuda":
+            side = torch.cuda.Stream(self._device)
+            with torch.cuda.stream(side):
+                batch = self._next_batch()
+                event = torch.cuda.Event()
+                event.record(side)
+        else:
+            batch = self._next_batch()
+        return batch, self._generator.get_state(), event
+
+    def _produce(self) -> None:
+        if self._device.type == "cuda":
+            torch.cuda.set_device(self._device)
+        try:
+            while not self._stop.is_set():
+                self._put(("batch", self._prepare()))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(("error", exc))
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._thread is None:
+            batch, self.position, _ = self._prepare()
+            return batch
+        kind, payload = self._queue.get()
+        if kind == "error":
+            raise payload
+        batch, self.position, event = payload
+        if event is not None:
+            current = torch.cuda.current_stream(self._device)
+            current.wait_event(event)
+            for tensor in batch:  # its memory, allocated on the side stream, now serves this one
+                tensor.record_stream(current)
+        return batch
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            while self._thread.is_alive():
+                try:  # unblock a producer waiting on a full queue
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+                self._thread.join(timeout=0.1)
+            self._thread = None
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
