@@ -322,7 +322,8 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if ctx.is_main:  # the run starts: its settings are saved only now, once everything loaded
         atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
-    state.batches = BatchStream(next_batch, state.sample_gen, t.prefetch, device)
+    ahead = t.prefetch if t.prefetch is not None else (2 if device.type == "cuda" else 0)
+    state.batches = BatchStream(next_batch, state.sample_gen, ahead, device)
     return _Run(out, precision, state, net, state.batches, val_vol, RunLog(out, ctx.is_main, state.step), start)
 
 
