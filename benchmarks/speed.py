@@ -1,7 +1,10 @@
 """Speed benchmark: training and inference throughput against the machine's own matmul peak.
 
 Measures, in one run, for the lab preset (unet_medical, 572 -> 388) and the CPU preset
-(unet_cpu, 256 px tiles): training images/s and achieved GFLOP/s (from counted MACs: a
+(unet_cpu, 256 px tiles): training images/s of the project's own step fed by its batch stream,
+beside a plain reference loop in the same process on the same device (the same network written
+in a page of plain PyTorch, one fixed random batch, the same precision, layout and fused Adam;
+"x plain" is the project's speed over the plain loop's), and achieved GFLOP/s (from counted MACs: a
 training step costs about 3x the forward pass, 2 FLOPs per MAC), the share of step time spent
 in tile sampling and augmentation, overlap-tile inference megapixels/s, and peak memory (each
 case in a fresh subprocess); plus the fp32 and bf16 matmul peak, printing every figure as a
@@ -104,60 +107,105 @@ def convolution_share(step, device: torch.device) -> float:
     return conv / total if total else 0.0
 
 
+class PlainUNet(nn.Module):
+    """The reference: a U-Net as a user would write it in a page of plain PyTorch, with no code
+    of this project; the same shape as the preset it stands beside."""
+
+    def __init__(self, width: int, depth: int, same: bool, batchnorm: bool) -> None:
+        super().__init__()
+
+        def double(cin: int, cout: int) -> nn.Sequential:
+            layers: list[nn.Module] = []
+            for c in (cin, cout):
+                layers += [nn.Conv2d(c, cout, 3, padding=int(same))]
+                layers += [nn.BatchNorm2d(cout)] if batchnorm else []
+                layers += [nn.ReLU(inplace=True)]
+            return nn.Sequential(*layers)
+
+        chans = [width * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList([double(1, chans[0])] + [double(a, b) for a, b in zip(chans, chans[1:])])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(b, a, 2, stride=2, bias=False) for a, b in zip(chans, chans[1:])])
+        self.merge = nn.ModuleList([double(b, a) for a, b in zip(chans, chans[1:])])
+        self.head = nn.Conv2d(chans[0], 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else nn.functional.max_pool2d(x, 2))
+            skips.append(x)
+        for up, merge, skip in zip(reversed(self.up), reversed(self.merge), reversed(skips[:-1])):
+            x = torch.relu(up(x))
+            top = (skip.shape[-1] - x.shape[-1]) // 2
+            x = merge(torch.cat([skip[..., top : top + x.shape[-2], top : top + x.shape[-1]], x], dim=1))
+        return self.head(x)
+
+
+def time_steps(step, steps: int, device: torch.device) -> float:
+    """Seconds per step, after one warm-up step."""
+    step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
 def run_case(name: str, device: torch.device, data: str = ISBI_DIR, compile_model: bool = False) -> dict:
-    """One preset: training speed, data share, inference speed, peak memory (this process)."""
-    from emunet.augment import AugmentConfig, augment_batch
-    from emunet.data import TileSampler, Volume, load_labelled, to_network_input
-    from emunet.losses import segmentation_loss
-    from emunet.model import create_model
+    """One preset in one process: the plain loop, the project's training step on a fixed batch,
+    the same step fed by the project's batch stream (sampling + augmentation, prepared ahead
+    as a run prepares them), inference speed and peak memory."""
+    from emunet.batches import BatchStream, make_batch_fn
+    from emunet.config import load_config
+    from emunet.data import TileSampler, Volume, load_labelled
     from emunet.device import autocast_for
     from emunet.tiling import predict_image
-    from emunet.train import make_adam
+    from emunet.train import TrainState, _train_step, build_model, make_adam
 
     preset, overrides, tile, batch, precision, steps = CASES[name]
     if device.type == "cuda":
-        batch, steps, precision = 16, 20, "bf16" if precision == "bf16" else precision
-    model = create_model(preset, **overrides)
+        batch, steps = 16, 20
+        torch.backends.cudnn.benchmark = True
+    cfg = load_config(None, [f"model.preset={preset}", f"train.batch_size={batch}", f"train.tile={tile}",
+                             f"train.precision={precision}", "train.lr=1e-4", "train.weight_decay=0"])
+    fmt = torch.channels_last
+    model = build_model(cfg)
     in_size = model.fit_input_size(tile)
     out_size = model.output_size(in_size)
     macs = count_macs(model, (1, 1, in_size, in_size))
-    fmt = torch.channels_last
     model = model.to(device, memory_format=fmt).train()
-    opt = make_adam(model.parameters(), 1e-4, 0.0)
-    if compile_model:
-        model = torch.compile(model)
+    state = TrainState(cfg, model, device, precision)
+    net = torch.compile(model) if compile_model else model
+
+    # the plain loop: one fixed random batch, the same precision, layout and fused Adam
+    m = model.cfg
+    plain = PlainUNet(m.width, m.depth, m.padding == "same", m.norm == "batch").to(device, memory_format=fmt)
+    plain_opt = make_adam(plain.parameters(), 1e-4, 0.0)
+    plain_net = torch.compile(plain) if compile_model else plain
+    fixed_x = torch.rand(batch, 1, in_size, in_size, device=device).contiguous(memory_format=fmt)
+    fixed_y = torch.randint(0, 2, (batch, out_size, out_size), device=device)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def plain_step() -> None:
+        with autocast_for(device, precision):
+            loss = nn.functional.cross_entropy(plain_net(fixed_x).float(), fixed_y)
+        plain_opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(plain_opt)
+        scaler.update()
+
+    plain_s = time_steps(plain_step, steps, device)
+
     vol = load_labelled(f"{data}/train-volume.tif", f"{data}/train-labels.tif")
     vol = Volume(vol.images[:24], vol.names[:24], vol.source, vol.labels[:24])
-    gen = torch.Generator().manual_seed(0)
-    sampler = TileSampler(vol, in_size, out_size, gen)
-    aug = AugmentConfig()
-    crop = (in_size - out_size) // 2
-
-    def step() -> float:
-        t0 = time.perf_counter()
-        x, y = sampler.sample(batch)
-        x, y = augment_batch(x.to(device), y.to(device), aug, gen)  # on the device, as training does
-        y = y[:, crop : crop + out_size, crop : crop + out_size] if crop else y
-        sync(device)
-        data_s = time.perf_counter() - t0
-        x = to_network_input(x).contiguous(memory_format=fmt)
-        with autocast_for(device, precision):
-            logits = model(x)
-        loss = segmentation_loss(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sync(device)
-        return data_s
-
-    step()  # warm-up
-    t0 = time.perf_counter()
-    data = sum(step() for _ in range(steps))
-    train_s = (time.perf_counter() - t0) / steps
-    images_per_s = batch / train_s
-    train_gflops = 3 * 2 * macs * images_per_s / 1e9
-
-    conv_share = convolution_share(step, device)
+    sampler = TileSampler(vol, in_size, out_size, state.sample_gen)
+    next_batch = make_batch_fn(sampler, cfg.augment, batch, slice(None), out_size, device, fmt)
+    fixed = next_batch()
+    fixed_s = time_steps(lambda: _train_step(state, net, fixed, cfg, precision), steps, device)
+    ahead = 2 if device.type == "cuda" else 0  # as a run prepares them (train.prefetch unset)
+    with BatchStream(next_batch, state.sample_gen, ahead, device) as stream:
+        train_s = time_steps(lambda: _train_step(state, net, next(stream), cfg, precision), steps, device)
+    conv_share = convolution_share(lambda: _train_step(state, net, fixed, cfg, precision), device)
 
     model.eval()
     image = vol.images[0]
@@ -172,9 +220,11 @@ def run_case(name: str, device: torch.device, data: str = ISBI_DIR, compile_mode
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    images_per_s = batch / train_s
     return {"case": name, "preset": preset, "input": in_size, "batch": batch, "precision": precision,
-            "gmac_per_image": macs / 1e9, "train_images_per_s": images_per_s, "train_gflops": train_gflops,
-            "data_share": data / (train_s * steps), "conv_share": conv_share,
+            "gmac_per_image": macs / 1e9, "train_images_per_s": images_per_s, "train_gflops": 3 * 2 * macs * images_per_s / 1e9,
+            "plain_images_per_s": batch / plain_s, "fixed_batch_images_per_s": batch / fixed_s,
+            "of_plain": plain_s / train_s, "data_share": max(0.0, 1 - fixed_s / train_s), "conv_share": conv_share,
             "infer_mpix_per_s": mpix, "peak_mb": peak_mb}
 
 
@@ -206,16 +256,20 @@ def main() -> int:
             sys.stderr.write(done.stderr)
             raise SystemExit(f"case {name} failed (exit {done.returncode}); its error is above")
         r = json.loads(done.stdout.strip().splitlines()[-1])
-        r["fraction_of_peak"] = r["train_gflops"] / peaks["bf16" if r["precision"] == "bf16" else "fp32"]
+        peak = peaks["bf16" if r["precision"] == "bf16" else "fp32"]
+        r["fraction_of_peak"] = r["train_gflops"] / peak
+        r["plain_fraction_of_peak"] = r["train_gflops"] / r["of_plain"] / peak
         # the convolutions alone: the same FLOPs over only the time spent in them
         r["conv_fraction_of_peak"] = r["fraction_of_peak"] / r["conv_share"] if r["conv_share"] else 0.0
         results.append(r)
-    head = (f"{'case':<9}{'prec':>6}{'in':>5}{'batch':>6}{'GMAC/img':>10}{'img/s':>8}{'GFLOP/s':>9}{'of peak':>9}"
+    head = (f"{'case':<9}{'prec':>6}{'in':>5}{'batch':>6}{'GMAC/img':>10}{'img/s':>8}{'plain':>8}{'x plain':>8}"
+            f"{'GFLOP/s':>9}{'of peak':>9}{'plain of peak':>14}"
             f"{'conv':>6}{'conv of peak':>13}{'data':>7}{'MP/s':>7}{'peak MB':>9}")
     print(head)
     for r in results:
         print(f"{r['case']:<9}{r['precision']:>6}{r['input']:>5}{r['batch']:>6}{r['gmac_per_image']:>10.1f}"
-              f"{r['train_images_per_s']:>8.2f}{r['train_gflops']:>9.0f}{r['fraction_of_peak']:>9.0%}"
+              f"{r['train_images_per_s']:>8.2f}{r['plain_images_per_s']:>8.2f}{r['of_plain']:>8.2f}"
+              f"{r['train_gflops']:>9.0f}{r['fraction_of_peak']:>9.0%}{r['plain_fraction_of_peak']:>14.0%}"
               f"{r['conv_share']:>6.0%}{r['conv_fraction_of_peak']:>13.0%}"
               f"{r['data_share']:>7.0%}{r['infer_mpix_per_s']:>7.2f}{r['peak_mb']:>9.0f}")
     if args.json:
