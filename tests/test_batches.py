@@ -53,3 +53,49 @@ def test_a_run_prepared_ahead_resumes_a_run_prepared_in_turn_exactly(small_isbi,
     final_b = torch.load(resumed / "checkpoints" / "step_000006.pt", weights_only=True)["model"]
     for name in final_a:
         assert torch.equal(final_a[name], final_b[name]), name
+
+
+def _validation_outputs(run_dir):
+    import csv
+    import json
+
+    from emunet.checkpoint import load_model
+
+    with open(run_dir / "metrics.csv") as f:
+        rows = [{k: v for k, v in r.items() if k.startswith("val_") or k in ("step", "loss")} for r in csv.DictReader(f)]
+    validations = [json.loads(line) for line in (run_dir / "validation.jsonl").read_text().splitlines()]
+    best, meta = load_model(run_dir / "best.safetensors")
+    return rows, validations, best.state_dict(), meta["step"]
+
+
+def test_scores_computed_in_the_background_give_the_same_run(small_isbi, tmp_path):
+    extra = ["train.steps=6", "train.val_every=2", "train.log_every=3", "train.select_by=v_rand", "train.keep=2"]
+    train(_cfg(small_isbi, tmp_path / "fg", *extra, "train.background_scoring=false"), progress=False)
+    result = train(_cfg(small_isbi, tmp_path / "bg", *extra, "train.background_scoring=true"), progress=False)
+    fg, bg = _validation_outputs(tmp_path / "fg"), _validation_outputs(tmp_path / "bg")
+    assert fg[0] == bg[0] and fg[1] == bg[1] and fg[3] == bg[3] == result.step
+    assert [r["step"] for r in fg[1]] == [2, 4, 6] and all(r.get("val_v_rand") for r in fg[0] if r["step"] in "246")
+    for name in fg[2]:
+        assert torch.equal(fg[2][name], bg[2][name]), name
+    # each validation step's checkpoint, written when its scores arrived, is the one written at the step
+    names = sorted(p.name for p in (tmp_path / "fg" / "checkpoints").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "bg" / "checkpoints").iterdir())
+    for name in names:
+        a = torch.load(tmp_path / "fg" / "checkpoints" / name, weights_only=True)
+        b = torch.load(tmp_path / "bg" / "checkpoints" / name, weights_only=True)
+        assert a["step"] == b["step"] and a["best"] == b["best"]
+        assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+        assert torch.equal(a["rng"]["sampler"], b["rng"]["sampler"])
+
+
+def test_background_scoring_is_refused_under_torchrun():
+    from emunet.distributed import DistContext
+    from emunet.errors import ConfigError
+    from emunet.train import _scores_in_background
+
+    several = DistContext(rank=0, world_size=2, local_rank=0)
+    with pytest.raises(ConfigError, match="several processes"):
+        _scores_in_background(True, torch.device("cpu"), several)
+    assert _scores_in_background(None, torch.device("cuda"), several) is False
+    one = DistContext()
+    assert _scores_in_background(None, torch.device("cuda"), one) and not _scores_in_background(None, torch.device("cpu"), one)

@@ -78,7 +78,7 @@ THRESHOLDS = _reference_thresholds()
 _LINE, _UNSEEN, _MASK, _QUEUED = 0, -1, -2, -3
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # nogil: validation scores in a thread beside training
 def _flood_membrane(state: np.ndarray, order_rows: np.ndarray, order_cols: np.ndarray, next_label: int) -> None:
     """Flood the membrane pixels (listed column by column in ``order_*``) from the labelled
     basins in ``state``, in place: the second level of a Vincent-Soille watershed of a
@@ -177,7 +177,7 @@ def segment_prediction(prob: np.ndarray, threshold: float) -> np.ndarray:
     return thin_binary(np.asarray(prob, np.float32).astype(np.float64) > threshold)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # nogil: validation scores in a thread beside training
 def _overlaps(truth: np.ndarray, pred: np.ndarray, n_truth: int, n_pred: int):
     """Overlap counts over the true foreground (truth > 0): pixels per true segment, per
     predicted segment, on predicted lines (pred == 0), and every non-zero n_ij with i, j >= 1."""

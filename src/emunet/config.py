@@ -127,6 +127,9 @@ class TrainConfig:
         (0 = each batch prepared when the step needs it); the run is the same either way.
         Unset: 2 on a GPU, 0 on a CPU, where the thread would only compete with the step for
         the same cores (measured: 23 against 26 images/s on 2 cores, docs/speed.md).
+    background_scoring: score validations in a background thread while training goes on (the
+        best weights and the validation step's checkpoint are written when the scores arrive;
+        the run and its report are the same). Unset: on a GPU, off on a CPU.
     """
 
     steps: int = 600
@@ -155,6 +158,7 @@ class TrainConfig:
     threads: int = 0
     channels_last: bool = True
     prefetch: int | None = None
+    background_scoring: bool | None = None
 
     def validate(self) -> None:
         ConfigError.check([

@@ -101,10 +101,21 @@ class RunLog:
     def window_loss(self) -> float:
         return self._window_loss / max(self._window_steps, 1)
 
+    def validation_started(self, step: int) -> None:
+        """Give ``step`` a row (if logging gave it none), which its scores will fill."""
+        self._row = self._row or {"step": step, "train_s": self._train_seconds_now()}
+
     def log_validation(self, step: int, report: ScoreReport) -> None:
-        self._row = (self._row or {"step": step, "train_s": self._train_seconds_now()}) | {
-            f"val_{k}": v for k, v in report.mean.items()
-        }
+        """Record the scores of the validation at ``step``: in this step's row, or, scored in
+        the background and arriving later, in its row already written."""
+        scores = {f"val_{k}": v for k, v in report.mean.items()}
+        written = next((r for r in reversed(self.rows) if int(r["step"]) == step), None)
+        if written is not None:
+            written.update(scores)
+            if self.enabled:
+                self._write_metrics()
+        else:
+            self._row = (self._row or {"step": step, "train_s": self._train_seconds_now()}) | scores
         if not self.enabled:
             return
         self.validations.append({"step": step, "mean": report.mean, "slices": report.slices})

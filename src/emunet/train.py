@@ -34,6 +34,7 @@ from .model import UNet, create_model
 from .predict import predict_volume
 from .progress import progress_bar
 from .runlog import RunLog
+from .validation import FoldScorer, snapshot_of
 
 __all__ = ["TrainingError", "TrainResult", "build_model", "load_split", "train"]
 
@@ -133,8 +134,11 @@ class TrainState:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
         self.step, self.best = int(state["step"]), dict(state["best"])
 
-    def save(self, ckpt_dir: Path, keep: int) -> None:
-        save_state(ckpt_dir / f"step_{self.step:06d}.pt", self.state_dict())
+    def save(self, ckpt_dir: Path, keep: int, snapshot: dict[str, Any] | None = None) -> None:
+        """Write this step's checkpoint, or an earlier step's ``snapshot`` (whose validation was
+        scored in the background) with the best validation known now; prune old ones."""
+        state = self.state_dict() if snapshot is None else snapshot | {"best": dict(self.best)}
+        save_state(ckpt_dir / f"step_{state['step']:06d}.pt", state)
         prune_checkpoints(ckpt_dir, keep, protect={self.best["step"]})
 
 
@@ -281,6 +285,7 @@ class _Run:
     net: torch.nn.Module
     batches: BatchStream
     val: Volume
+    scorer: FoldScorer
     log: RunLog
     start: float
     best_validation: tuple[ScoreReport, np.ndarray] | None = None
@@ -324,24 +329,63 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
         atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
     ahead = t.prefetch if t.prefetch is not None else (2 if device.type == "cuda" else 0)
     state.batches = BatchStream(next_batch, state.sample_gen, ahead, device)
-    return _Run(out, precision, state, net, state.batches, val_vol, RunLog(out, ctx.is_main, state.step), start)
+    scorer = FoldScorer(val_vol, cfg.predict, precision, _scores_in_background(t.background_scoring, device, ctx))
+    return _Run(out, precision, state, net, state.batches, val_vol, scorer, RunLog(out, ctx.is_main, state.step), start)
+
+
+def _scores_in_background(asked: bool | None, device: torch.device, ctx: distributed.DistContext) -> bool:
+    """Unset: on a GPU, whose steps leave the CPU free for scoring; not on a CPU, where the
+    scoring thread would take the cores the steps use. Never under torchrun, whose ranks all
+    learn the best step at the validation itself."""
+    if ctx.enabled:
+        if asked:
+            raise ConfigError("train.background_scoring is not available with several processes (torchrun); unset it")
+        return False
+    return asked if asked is not None else device.type == "cuda"
 
 
 def _validate(run: _Run, cfg: Config, ctx: distributed.DistContext, bar) -> None:
-    """Rank 0 scores the fold and keeps the best weights; every rank learns the best step."""
-    state, select_by = run.state, cfg.train.select_by
+    """Rank 0 predicts the fold with the weights of this step. Scored in the foreground, its
+    scores are recorded now and every rank learns the best step; scored in the background, they
+    are recorded when they arrive, and this step's checkpoint is written then, holding them."""
+    state = run.state
     if ctx.is_main:
-        report, probs = _score(state.weights_to_keep, run.val, cfg, run.precision)
-        run.log.log_validation(state.step, report)
-        mean = report.mean
-        bar.write(f"step {state.step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
+        run.log.validation_started(state.step)
+        snapshot = snapshot_of(state.state_dict()) if run.scorer.background else None
+        run.scorer.submit(state.step, state.weights_to_keep, snapshot)
+    if not run.scorer.background:
+        _record_scores(run, cfg, bar, wait=True)
+        state.best.update(ctx.broadcast(dict(state.best)))
+
+
+def _record_scores(run: _Run, cfg: Config, bar, wait: bool) -> None:
+    """Log the validations scored so far in step order, keep the best weights, and write the
+    checkpoints that waited for their scores."""
+    state, select_by = run.state, cfg.train.select_by
+    for done in run.scorer.finished(wait):
+        run.log.log_validation(done.step, done.report)
+        mean = done.report.mean
+        bar.write(f"step {done.step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
                   f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error_05']:.4f}")
         if mean[select_by] > state.best["score"]:
-            state.best.update(score=mean[select_by], step=state.step)
-            save_weights(run.out / "best.safetensors", state.weights_to_keep, state.model.cfg,
-                         {"step": state.step, "val": mean, "config": state.run_config})
-            run.best_validation = report, probs
-    state.best.update(ctx.broadcast(dict(state.best)))
+            state.best.update(score=mean[select_by], step=done.step)
+            save_weights(run.out / "best.safetensors", done.model, state.model.cfg,
+                         {"step": done.step, "val": mean, "config": state.run_config})
+            run.best_validation = done.report, done.probs
+        if done.snapshot is not None:
+            state.save(run.out / "checkpoints", cfg.train.keep, done.snapshot)
+
+
+def _checkpoint_due(run: _Run, cfg: Config, bar, validating: bool) -> bool:
+    """Whether this step writes a checkpoint now. One between validations first waits for the
+    scores still being computed, so that it holds the best validation up to its step."""
+    t = cfg.train
+    due = validating or bool(t.checkpoint_every and run.state.step % t.checkpoint_every == 0)
+    if due and run.scorer.background:
+        if validating:
+            return False  # written with its scores
+        _record_scores(run, cfg, bar, wait=True)
+    return due
 
 
 def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> TrainResult | None:
@@ -365,20 +409,24 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
                                            t.batch_size)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
                 validating = (t.val_every and state.step % t.val_every == 0) or last
+                log.pause()  # what follows is not training time
                 if validating:
-                    log.pause()
                     _validate(run, cfg, ctx, bar)
                 log.end_step()
-                if ctx.is_main and (validating or (t.checkpoint_every and state.step % t.checkpoint_every == 0)):
+                _record_scores(run, cfg, bar, wait=False)  # scores that arrived from the background
+                if ctx.is_main and _checkpoint_due(run, cfg, bar, validating):
                     state.save(ckpt_dir, t.keep)
                 log.resume()
                 if interrupt_pressed():
                     raise KeyboardInterrupt
+        _record_scores(run, cfg, bar, wait=True)
     except KeyboardInterrupt:
         if ctx.is_main:
+            _record_scores(run, cfg, bar, wait=True)
             state.save(ckpt_dir, t.keep)
         raise TrainingInterrupted(state.step, f"checkpoints/step_{state.step:06d}.pt") from None
     finally:
+        run.scorer.close()
         run.batches.close()
         bar.close()
         log.close()

@@ -1,0 +1,94 @@
+"""Validation during training: the fold is predicted at the step, and scored either then or in a
+background thread while the next steps train.
+
+Scoring (the lab dice, thinning, the challenge's V_rand and V_info at 11 thresholds) runs on the
+CPU; on a GPU it would otherwise stall the device for longer than the prediction itself. The
+scores of a validation arrive in step order with everything needed to act on them as if they
+had been computed at the step: the weights that were scored and, where the run asked for it, the
+training state of that step for its checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import PredictConfig
+from .data import Volume
+from .evaluate import ScoreReport, score_probabilities
+from .model import UNet
+from .predict import predict_volume
+
+__all__ = ["ScoredValidation", "FoldScorer", "snapshot_of"]
+
+
+@dataclass
+class ScoredValidation:
+    """One validation, scored: the step, the weights scored (eval mode), the probabilities and
+    their report, and the training state of the step when it was kept for a checkpoint."""
+
+    step: int
+    model: UNet
+    probs: np.ndarray
+    report: ScoreReport
+    snapshot: dict[str, Any] | None
+
+
+def snapshot_of(state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a training state whose tensors later steps do not change (cloned on their own
+    device: on a GPU a fraction of a millisecond per hundred megabytes)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: snapshot_of(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(snapshot_of(v) for v in state)
+    return copy.deepcopy(state)
+
+
+class FoldScorer:
+    """Predicts the validation fold and scores it, in the foreground or (``background``) in one
+    worker thread, so that at most one scoring runs beside training."""
+
+    def __init__(self, volume: Volume, pcfg: PredictConfig, precision: str, background: bool) -> None:
+        self.volume, self.pcfg, self.precision, self.background = volume, pcfg, precision, background
+        self._pending: deque[tuple[int, UNet, np.ndarray, Future | ScoreReport, dict | None]] = deque()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emunet-scoring") if background else None
+
+    def submit(self, step: int, model: UNet, snapshot: dict[str, Any] | None = None) -> None:
+        """Predict the fold with a copy of ``model`` as its deployed weights will predict (eval
+        mode, laid out by :func:`predict_volume` as loaded weights are) and score it."""
+        deployed = copy.deepcopy(model).eval()
+        probs = predict_volume(deployed, self.volume, self.pcfg, self.precision)
+        if self._pool is not None:
+            report: Future | ScoreReport = self._pool.submit(score_probabilities, probs, self.volume)
+        else:
+            report = score_probabilities(probs, self.volume)
+        self._pending.append((step, deployed, probs, report, snapshot))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def finished(self, wait: bool = False) -> list[ScoredValidation]:
+        """The validations scored so far, oldest first (all of them, waiting, with ``wait``)."""
+        done = []
+        while self._pending:
+            step, model, probs, report, snapshot = self._pending[0]
+            if isinstance(report, Future):
+                if not (wait or report.done()):
+                    break
+                report = report.result()  # an error in the scoring thread is raised here
+            self._pending.popleft()
+            done.append(ScoredValidation(step, model, probs, report, snapshot))
+        return done
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
