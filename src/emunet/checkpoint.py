@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .storage import local_copy
 from .errors import CheckpointError
 from .files import atomic_write, atomic_write_bytes
 from .model import UNet, UNetConfig
@@ -55,8 +56,8 @@ def _not_a_checkpoint(path: Path) -> str | None:
     return next((what for magic, what in _OTHER_FORMATS.items() if head.startswith(magic)), None)
 
 
-def load_state(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = local_copy(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint does not exist")
     other = _not_a_checkpoint(path)
@@ -141,7 +142,7 @@ def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:
     """A model in eval mode from ``.safetensors`` weights, a ``.pt`` training checkpoint or a
     MindSpore ``.ckpt``, with the checkpoint's metadata (step, score, run config where known)."""
-    path = Path(path)
+    path = local_copy(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint does not exist")
     other = _not_a_checkpoint(path)
@@ -182,9 +183,10 @@ def import_mindspore(path: str | Path) -> tuple[UNet, list[str]]:
     Returns the model (eval mode) and the names of the optimiser entries that were set aside.
     Missing, extra or mis-shaped network tensors are refused with an error naming them.
     """
-    tensors, model_cfg, skipped = mindspore_network(Path(path))
+    path = local_copy(path)
+    tensors, model_cfg, skipped = mindspore_network(path)
     model = UNet(model_cfg)
-    load_into(model, tensors, Path(path))
+    load_into(model, tensors, path)
     return model.eval(), skipped
 
 

@@ -6,13 +6,18 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from . import __version__
 
 EPILOG = """Settings come from a YAML file (-c) and KEY=VALUE overrides, e.g.
   unet train -c configs/isbi-cpu.yaml train.steps=200 out_dir=runs/try
 Sections: data, model, augment, train, predict (see configs/*.yaml for every key)."""
+
+
+def _path_or_url(text: str) -> Path | str:
+    """A local path, or an object-store URL (s3://bucket/key, ...) kept as written."""
+    return text if "://" in text else Path(text)
 
 
 def _add_common(p: argparse.ArgumentParser, overrides: bool = True) -> None:
@@ -44,7 +49,7 @@ def _add_run_folder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the stopped run in the output folder from its newest checkpoint, with the run's own "
                         "saved settings (config.yaml) unless -c is given; KEY=VALUE still overrides")
-    p.add_argument("--resume-from", type=Path, metavar="CHECKPOINT", help="continue from this checkpoint instead")
+    p.add_argument("--resume-from", type=_path_or_url, metavar="CHECKPOINT", help="continue from this checkpoint instead")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the run already in the output folder (its own files are removed, nothing else); "
                         "without it a folder that is not empty is refused")
@@ -71,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "membrane dice and IoU at 0.5, pixel error, and the ISBI challenge's V_rand and V_info after "
                        "border thinning (best of thresholds 0.0..1.0, with split and merge parts). By default on the "
                        "validation fold of the run that wrote the checkpoint; with --images/--labels on all of those.")
-    p.add_argument("checkpoint", type=Path, nargs="+",
+    p.add_argument("checkpoint", type=_path_or_url, nargs="+",
                    help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, or the lab's MindSpore .ckpt; "
                    "several: score the mean of their probabilities (an ensemble; settings and fold from the first)")
     p.add_argument("--images", help="labelled images to score (stack or folder); default: the run's validation fold")
@@ -80,22 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-threshold", type=float, metavar="T",
                    help="binarise masks that are not two-valued at T (default: the run's data.mask_threshold)")
     p.add_argument("--fold", type=int, help="score this fold of the run's data instead of the run's own fold")
-    p.add_argument("--json", type=Path, help="write scores here (default: eval.json beside the checkpoint)")
+    p.add_argument("--json", type=_path_or_url, help="write scores here (default: eval.json beside the checkpoint)")
     _add_inference(p)
 
     p = sub.add_parser("predict", help="segment images of any size",
                        description="Segment a stack, an image or a folder with overlap-tile prediction and mirror "
                        "padding. Writes a float32 probability TIFF (1 = cell interior, 0 = membrane, the ISBI convention) as an "
                        "ImageJ stack (axes ZYX) with the input's pixel size and each slice's source file as its label.")
-    p.add_argument("checkpoint", type=Path, nargs="+",
+    p.add_argument("checkpoint", type=_path_or_url, nargs="+",
                    help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, or the lab's MindSpore .ckpt; "
                    "several: write the mean of their probabilities (an ensemble; settings from the first)")
     p.add_argument("input", help="a (multi-page) TIFF or PNG, or a folder of them")
-    p.add_argument("-o", "--output", type=Path, required=True,
+    p.add_argument("-o", "--output", type=_path_or_url, required=True,
                    help="a .tif: one probability stack for images of one size; a folder: one TIFF per image, any sizes")
-    p.add_argument("--masks", type=Path, help="also write PNG masks into this folder: 255 = cell interior (probability "
+    p.add_argument("--masks", type=_path_or_url, help="also write PNG masks into this folder: 255 = cell interior (probability "
                    "above 0.5), 0 = membrane, as the ISBI labels")
-    p.add_argument("--overlays", type=Path, help="also write PNG overlays (membrane in red) into this folder")
+    p.add_argument("--overlays", type=_path_or_url, help="also write PNG overlays (membrane in red) into this folder")
     _add_inference(p)
 
     p = sub.add_parser("score", help="score probability maps or a segmentation against labels (no model)",
@@ -118,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(fold 1: 4, 6, 7, 9, 18, 19); MAPS holds either all slices or just these, in ascending order")
     p.add_argument("--segmentation", action="store_true",
                    help="MAPS is a label image (integer ids, each a cell; 0 = boundary): thinned and scored once")
-    p.add_argument("--json", type=Path, help="also write every number to this JSON file")
+    p.add_argument("--json", type=_path_or_url, help="also write every number to this JSON file")
 
     p = sub.add_parser("run", help="the main job: train, evaluate the fold, predict the test images",
                        description="Train, evaluate on the validation fold and predict data.test_images; all outputs in out_dir.",
@@ -143,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Read a MindSpore checkpoint of the lab's unet_medical (no MindSpore needed), take the "
                        "widths from its tensor shapes, set the optimiser state aside, and write safetensors weights that "
                        "predict, evaluate and train (train.init=...) use. predict/evaluate also accept the .ckpt directly.")
-    p.add_argument("checkpoint", type=Path, help="MindSpore .ckpt file")
-    p.add_argument("output", type=Path, help=".safetensors file to write")
+    p.add_argument("checkpoint", type=_path_or_url, help="MindSpore .ckpt file")
+    p.add_argument("output", type=_path_or_url, help=".safetensors file to write")
 
     p = sub.add_parser("export", help="export a checkpoint to ONNX or a BioImage Model Zoo package",
                        description="ONNX (the default): opset 17+, dynamic batch, height and width; the input 'image' is "
@@ -154,8 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "BioImage Model Zoo package (.zip, format 0.5) with TorchScript, ONNX and state-dict weights, test "
                        "tensors and the input scaling, for ilastik, deepImageJ, napari and bioimageio.core. Needs: pip "
                        "install bioimageio.core.")
-    p.add_argument("checkpoint", type=Path, help=".safetensors, .pt or MindSpore .ckpt")
-    p.add_argument("output", type=Path, help=".onnx file (or .zip package) to write")
+    p.add_argument("checkpoint", type=_path_or_url, help=".safetensors, .pt or MindSpore .ckpt")
+    p.add_argument("output", type=_path_or_url, help=".onnx file (or .zip package) to write")
     p.add_argument("--format", choices=["onnx", "bioimageio"], default="onnx", help="what to write (default: onnx)")
     p.add_argument("--softmax", action="store_true", help="fold the softmax in: output class probabilities")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default: 17)")
@@ -170,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args):
     """Settings from -c and KEY=VALUE; a resumed run without -c takes its own config.yaml (a
     run stopped before it started has none: then the defaults and KEY=VALUE)."""
+    from . import storage
     from .config import load_config
     from .errors import UsageError
 
@@ -177,13 +183,17 @@ def _config(args):
     if getattr(args, "out", None):
         overrides.append(f"out_dir={args.out}")
     if _resuming(args) and args.config is None:
-        saved = Path(load_config(None, overrides).out_dir) / "config.yaml"
-        if saved.is_file():
-            return load_config(saved, overrides)
+        given = load_config(None, overrides)
+        storage.configure(given.storage)
+        saved = f"{str(given.out_dir).rstrip('/')}/config.yaml"
+        if storage.exists(saved):
+            return load_config(storage.local_copy(saved), overrides)
         if not args.overrides:  # a run stopped before it started has no config.yaml: its settings must be given
-            raise UsageError(f"{saved.parent}: no run to resume here (no config.yaml); give its folder with --out, "
+            raise UsageError(f"{given.out_dir}: no run to resume here (no config.yaml); give its folder with --out, "
                              "or its settings with -c or KEY=VALUE")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    storage.configure(cfg.storage)
+    return cfg
 
 
 def _resuming(args) -> str | bool:
@@ -220,6 +230,7 @@ def cmd_evaluate(args) -> int:
     from .errors import UsageError
     from .evaluate import format_table, score_probabilities, write_eval_json
     from .predict import predict_volume
+    from .storage import is_url, staged_output
 
     loaded, precision = _load_for_inference(args)
     cfg = loaded.config
@@ -248,28 +259,43 @@ def cmd_evaluate(args) -> int:
     print(format_table(report))
     # beside a run's own checkpoint; for an imported .ckpt (often in a read-only data folder) here
     name = "eval.json" if len(loaded.models) == 1 else "eval-ensemble.json"
-    out = args.json or (Path(f"{first.stem}-{name}") if first.suffix == ".ckpt" else first.with_name(name))
+    stem, suffix = PurePosixPath(str(first)).stem, PurePosixPath(str(first)).suffix
+    out = args.json or (Path(f"{stem}-{name}") if suffix == ".ckpt" else f"{str(first).rsplit('/', 1)[0]}/{name}"
+                        if is_url(first) else first.with_name(name))
     checkpoints = str(first) if len(loaded.models) == 1 else [str(c) for c in loaded.paths]
-    write_eval_json(out, report, checkpoint=checkpoints, step=loaded.step, data=scored_data, precision=precision,
-                    predict=vars(cfg.predict), seconds={"eval": time.perf_counter() - start})
+    with staged_output(out) as local:
+        write_eval_json(local, report, checkpoint=checkpoints, step=loaded.step, data=scored_data, precision=precision,
+                        predict=vars(cfg.predict), seconds={"eval": time.perf_counter() - start})
     print(f"wrote {out}")
     return 0
 
 
-def _print_segmented(segmented) -> None:
+def _print_segmented(segmented, shown_as: dict[str, str] | None = None) -> None:
+    """What was written, each output named as the user gave it (a URL, not its local staging)."""
+    from .storage import shown
+
     for line in segmented.written:
-        print(f"wrote {line}")
+        for local, given in (shown_as or {}).items():
+            line = line.replace(local, given) if local != given else line
+        path, sep, rest = line.partition(": ")
+        print(f"wrote {shown(path)}{sep}{rest}")
     print(f"predicted {segmented.count} slices in {segmented.seconds:.1f} s")
 
 
 def cmd_predict(args) -> int:
+    from .errors import DataError
     from .predict import segment_file
+    from .storage import staged_output
 
     loaded, precision = _load_for_inference(args)
     channel = args.channel if args.channel is not None else loaded.config.data.channel
-    segmented = segment_file(loaded.models, args.input, args.output, loaded.config.predict, precision, args.masks,
-                             args.overlays, progress=not args.quiet, channel=channel, intensity=loaded.intensity)
-    _print_segmented(segmented)
+    if str(args.output) == str(args.input):
+        raise DataError(f"{args.output}: the output is the input; choose another -o (inputs are never written over)")
+    with staged_output(args.output) as output, staged_output(args.masks) as masks, staged_output(args.overlays) as overlays:
+        segmented = segment_file(loaded.models, args.input, output, loaded.config.predict, precision, masks, overlays,
+                                 progress=not args.quiet, channel=channel, intensity=loaded.intensity)
+    _print_segmented(segmented, {str(output): str(args.output), str(masks): str(args.masks),
+                                 str(overlays): str(args.overlays)})
     return 0
 
 
@@ -297,6 +323,7 @@ def cmd_score(args) -> int:
     from .errors import DataError, UsageError
     from .evaluate import format_sweep, pick_slices, read_maps
     from .files import write_json
+    from .storage import staged_output
 
     if args.slices and args.fold is not None:
         raise UsageError("--slices and --fold both choose slices; give one")
@@ -318,18 +345,22 @@ def cmd_score(args) -> int:
     print(f"{args.maps} against {args.labels} ({len(maps)} slices, {seconds:.2f} s):")
     print(format_sweep(result, names))
     if args.json:
-        write_json(args.json, {"maps": str(args.maps), "labels": str(args.labels), "slices": slices,
+        with staged_output(args.json) as local:
+            write_json(local, {"maps": str(args.maps), "labels": str(args.labels), "slices": slices,
                                "segmentation": args.segmentation, **result, "seconds": seconds})
         print(f"wrote {args.json}")
     return 0
 
 
 def cmd_train(args) -> int:
+    from .storage import is_url
     from .train import train
 
-    trained = train(_config(args), resume=_resuming(args), progress=not args.quiet, overwrite=args.overwrite)
+    cfg = _config(args)
+    trained = train(cfg, resume=_resuming(args), progress=not args.quiet, overwrite=args.overwrite)
     if trained is not None:  # rank 0
-        print(f"best weights: {trained.best_path} (step {trained.step})")
+        where = f"{str(cfg.out_dir).rstrip('/')}/best.safetensors" if is_url(cfg.out_dir) else trained.best_path
+        print(f"best weights: {where} (step {trained.step})")
     return 0
 
 
@@ -341,14 +372,25 @@ def _single_process(command: str) -> None:
 
 
 def cmd_run(args) -> int:
+    from .storage import is_url, mirrored_run
+    from .train import RUN_FILES
+
+    _single_process("run")
+    cfg = _config(args)
+    with mirrored_run(cfg.out_dir, bool(_resuming(args)), args.overwrite, RUN_FILES) as out:
+        _run_in(cfg, out, args)
+    if is_url(cfg.out_dir):
+        print(f"uploaded the run to {cfg.out_dir}")
+    return 0
+
+
+def _run_in(cfg, out: Path, args) -> None:
     from .crossval import train_fold
+    from .storage import shown
     from .evaluate import format_table, write_eval_json
     from .predict import segment_file
     from .report import write_report
 
-    _single_process("run")
-    cfg = _config(args)
-    out = Path(cfg.out_dir)
     start = time.perf_counter()
     fold, trained = train_fold(cfg, resume=_resuming(args), progress=not args.quiet, overwrite=args.overwrite)
     print(f"\nfold {cfg.data.fold}, best checkpoint (step {fold.step}), {trained.precision}:")
@@ -362,16 +404,15 @@ def cmd_run(args) -> int:
         seconds["predict"] = segmented.seconds
     report = write_report(out / "report.html", [fold], title=f"Fold {cfg.data.fold} report: {out}")
     seconds["total"] = time.perf_counter() - start
-    write_eval_json(out / "eval.json", fold.report, checkpoint=str(trained.best_path), step=fold.step, fold=cfg.data.fold,
+    write_eval_json(out / "eval.json", fold.report, checkpoint=shown(trained.best_path), step=fold.step, fold=cfg.data.fold,
                     precision=trained.precision, seconds=seconds)
-    print(f"wrote {out / 'eval.json'} and {report}; total {seconds['total']:.0f} s")
-    return 0
+    print(f"wrote {shown(out / 'eval.json')} and {shown(report)}; total {seconds['total']:.0f} s")
 
 
 def cmd_cv(args) -> int:
-    from .crossval import cross_validate
+    from .crossval import cv_files
     from .errors import UsageError
-    from .predict import segment_file
+    from .storage import is_url, mirrored_run
 
     _single_process("cv")
     cfg = _config(args)
@@ -381,29 +422,41 @@ def cmd_cv(args) -> int:
         raise UsageError(f"--folds must be comma-separated integers, got {args.folds!r}") from None
     if not folds or min(folds) < 0:
         raise UsageError("--folds must name at least one fold >= 0")
+    with mirrored_run(cfg.out_dir, False, args.overwrite, cv_files(folds)) as out:
+        _cv_in(cfg, folds, out, args)
+    if is_url(cfg.out_dir):
+        print(f"uploaded the cross-validation to {cfg.out_dir}")
+    return 0
+
+
+def _cv_in(cfg, folds: list[int], out: Path, args) -> None:
+    from .crossval import cross_validate
+    from .storage import shown
+    from .predict import segment_file
+
     trained, results, report = cross_validate(cfg, folds, progress=not args.quiet, overwrite=args.overwrite)
     for r in results:
         m = r.report.mean
         print(f"fold {r.fold}: lab dice {m['lab_dice']:.4f}  V_rand {m['v_rand']:.4f}  V_info {m['v_info']:.4f}")
-    print(f"wrote {Path(cfg.out_dir) / 'cv.json'} and {report}")
+    print(f"wrote {shown(out / 'cv.json')} and {shown(report)}")
     if cfg.data.test_images:
         # as nnU-Net does: the folds' models, each trained on different slices, predict together
-        out = Path(cfg.out_dir)
         segmented = segment_file([t.model for t in trained], cfg.data.test_images, out / "test-probabilities.tif",
                                  cfg.predict, trained[0].precision, overlays=out / "test-overlays", progress=not args.quiet,
                                  channel=cfg.data.channel, intensity=trained[0].val.intensity)
         _print_segmented(segmented)
-    return 0
 
 
 def cmd_import_mindspore(args) -> int:
     from .checkpoint import import_mindspore, save_weights
     from .errors import UsageError
+    from .storage import staged_output
 
-    if args.output.suffix != ".safetensors":
+    if PurePosixPath(str(args.output)).suffix != ".safetensors":
         raise UsageError(f"{args.output}: output must be a .safetensors file")
     model, skipped = import_mindspore(args.checkpoint)
-    save_weights(args.output, model, model.cfg, {"source": str(args.checkpoint)})
+    with staged_output(args.output) as local:
+        save_weights(local, model, model.cfg, {"source": str(args.checkpoint)})
     n = sum(p.numel() for p in model.parameters())
     print(f"imported {args.checkpoint}: unet_medical, width {model.cfg.width}, depth {model.cfg.depth}, {n:,d} parameters")
     print(f"set aside {len(skipped)} optimiser entries ({', '.join(skipped[:4])}{', ...' if len(skipped) > 4 else ''})")
@@ -415,22 +468,25 @@ def cmd_export(args) -> int:
     from .checkpoint import load_model
     from .errors import UsageError
     from .export import export_onnx
+    from .storage import staged_output
 
     if args.format == "bioimageio":
         from .bioimageio import export_bioimageio
 
         model, meta = load_model(args.checkpoint)
-        export_bioimageio(model, args.output, meta)
+        with staged_output(args.output) as local:
+            export_bioimageio(model, local, meta)
         print(f"wrote {args.output} (BioImage Model Zoo package, format 0.5: TorchScript, ONNX and state-dict weights)")
         return 0
-    if args.output.suffix != ".onnx":
+    if PurePosixPath(str(args.output)).suffix != ".onnx":
         raise UsageError(f"{args.output}: output must be a .onnx file")
     try:
         import onnx  # noqa: F401
     except ImportError:
         raise UsageError("ONNX export needs the onnx package: pip install onnx (or the project's [onnx] extra)") from None
     model, meta = load_model(args.checkpoint)
-    export_onnx(model, args.output, opset=args.opset, softmax=args.softmax, intensity=(meta.get("config") or {}).get("intensity"))
+    with staged_output(args.output) as local:
+        export_onnx(model, local, opset=args.opset, softmax=args.softmax, intensity=(meta.get("config") or {}).get("intensity"))
     print(f"wrote {args.output} (opset {args.opset}, {'probabilities' if args.softmax else 'logits'}, dynamic batch/height/width)")
     return 0
 

@@ -225,6 +225,31 @@ class PredictConfig:
 
 
 @dataclass
+class StorageConfig:
+    """Args:
+    endpoint_url: an S3-compatible store's endpoint (OBS, MinIO, ...); unset: AWS_ENDPOINT_URL,
+        else AWS itself.
+    region: the store's region; unset: AWS_REGION / the profile's.
+    cache: local folder for inputs copied from a store and for runs being uploaded to one;
+        unset: $EMUNET_CACHE, else ~/.cache/emunet.
+    retry_s: how long, at the end of a command, uploads to a store that went away are retried
+        before the command fails (naming the local copy, which keeps everything).
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    cache: str | None = None
+    retry_s: float = 300.0
+
+    def validate(self) -> None:
+        ConfigError.check([
+            (self.endpoint_url is None or self.endpoint_url.startswith(("http://", "https://")),
+             f"storage.endpoint_url must be an http:// or https:// URL, got {self.endpoint_url!r}"),
+            (0 <= self.retry_s < math.inf, "storage.retry_s must be a number of seconds >= 0"),
+        ])
+
+
+@dataclass
 class Config:
     out_dir: str = "runs/isbi"
     data: DataConfig = field(default_factory=DataConfig)
@@ -232,10 +257,11 @@ class Config:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def validate(self) -> "Config":
         """Each section checks itself; a bad value is a ConfigError naming its key."""
-        for section in (self.data, self.model, self.augment, self.train, self.predict):
+        for section in (self.data, self.model, self.augment, self.train, self.predict, self.storage):
             section.validate()
         return self
 

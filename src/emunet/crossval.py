@@ -11,9 +11,10 @@ from .config import Config
 from .evaluate import write_eval_json
 from .files import write_json
 from .report import FoldResult, write_report
-from .train import TrainResult, prepare_output, train
+from .storage import local_folder, mirrored_run, shown
+from .train import RUN_FILES, TrainResult, prepare_output, train
 
-__all__ = ["train_fold", "cross_validate"]
+__all__ = ["train_fold", "cross_validate", "cv_files"]
 
 
 def train_fold(cfg: Config, resume: str | bool = False, progress: bool = True, overwrite: bool = False
@@ -21,26 +22,37 @@ def train_fold(cfg: Config, resume: str | bool = False, progress: bool = True, o
     """Train ``cfg``'s fold; its best weights' validation is the fold's result (nothing is read
     or scored twice). Returns the report's view of it and the training result (best model)."""
     trained = train(cfg, resume=resume, progress=progress, overwrite=overwrite)
-    fold = FoldResult(cfg.data.fold, Path(cfg.out_dir), trained.report, trained.step, trained.val, trained.probs,
+    fold = FoldResult(cfg.data.fold, local_folder(cfg.out_dir), trained.report, trained.step, trained.val, trained.probs,
                       trained.seconds)
     return fold, trained
+
+
+def cv_files(folds: list[int]) -> tuple[str, ...]:
+    """What a cross-validation writes into its folder (what --overwrite replaces)."""
+    return (*RUN_FILES, "cv.json", *(f"fold{k}" for k in folds))
 
 
 def cross_validate(cfg: Config, folds: list[int], progress: bool = True, overwrite: bool = False
                    ) -> tuple[list[TrainResult], list[FoldResult], Path]:
     """Train and score each fold in ``out_dir/fold{k}``; write each fold's ``eval.json``, then
     ``cv.json`` (per fold, mean and spread) and ``report.html``. A fold folder that already
-    holds a run is refused unless ``overwrite``, before any fold trains."""
-    out = Path(cfg.out_dir)
+    holds a run is refused unless ``overwrite``, before any fold trains. ``out_dir`` may be a
+    URL (see :func:`storage.mirrored_run`)."""
+    with mirrored_run(cfg.out_dir, False, overwrite, cv_files(folds)) as out:
+        return _cross_validate(cfg, folds, out, progress, overwrite)
+
+
+def _cross_validate(cfg: Config, folds: list[int], out: Path, progress: bool, overwrite: bool
+                    ) -> tuple[list[TrainResult], list[FoldResult], Path]:
     for k in folds:
         prepare_output(out / f"fold{k}", False, overwrite)
     trained_folds, results = [], []
     for k in folds:
-        fold_cfg = replace(cfg, out_dir=str(out / f"fold{k}"), data=replace(cfg.data, fold=k))
+        fold_cfg = replace(cfg, out_dir=f"{str(cfg.out_dir).rstrip('/')}/fold{k}", data=replace(cfg.data, fold=k))
         if progress:
             print(f"== fold {k} ==")
         result, trained = train_fold(fold_cfg, progress=progress, overwrite=overwrite)
-        write_eval_json(result.run_dir / "eval.json", result.report, checkpoint=str(trained.best_path), step=result.step,
+        write_eval_json(result.run_dir / "eval.json", result.report, checkpoint=shown(trained.best_path), step=result.step,
                         fold=k, precision=trained.precision, seconds=result.seconds)
         trained_folds.append(trained)
         results.append(result)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .storage import local_copy
 from .errors import DataError, ImageSizesDiffer
 
 __all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "scaling_for", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index"]
@@ -340,7 +341,7 @@ def read_images(path: str | Path, min_size: int = 1, channel: int | None = None,
         intensity: a recorded scaling to apply (a checkpoint's); chosen from these images
             (by ``intensity_mode``) when None or recorded for another pixel type.
     """
-    path = Path(path)
+    path = local_copy(path)  # a URL: its cached local copy
     if not path.exists():
         raise DataError(f"{path}: path does not exist")
     slices, names, files = _read_raw(path, channel)
@@ -361,7 +362,7 @@ def read_images(path: str | Path, min_size: int = 1, channel: int | None = None,
 def read_each(path: str | Path, channel: int | None = None, intensity: Intensity | None = None) -> list[Volume]:
     """Each image of a folder (or stack) as a one-slice volume of its own size, scaled alike:
     for predicting images of different sizes."""
-    path = Path(path)
+    path = local_copy(path)  # a URL: its cached local copy
     if not path.exists():
         raise DataError(f"{path}: path does not exist")
     slices, names, files = _read_raw(path, channel)
@@ -382,7 +383,7 @@ def read_labels(path: str | Path, foreground: int = 255, threshold: float | None
     ``foreground`` at or above the threshold makes the high side the foreground. A foreground
     of less than a quarter of the pixels is warned about (inverted masks, most likely).
     """
-    path = Path(path)
+    path = local_copy(path)  # a URL: its cached local copy
     if not path.exists():
         raise DataError(f"{path}: path does not exist")
     slices, _, files = _read_raw(path, channels_warning=False)
@@ -420,6 +421,7 @@ def load_labelled(images: str | Path, labels: str | Path, foreground: int = 255,
                   intensity_mode: str = "auto") -> Volume:
     """Read images (``channel`` of multi-channel ones; see :func:`read_images` for the scaling)
     and their masks, checking counts, names and shapes agree."""
+    images, labels = local_copy(images), local_copy(labels)
     vol = read_images(images, min_size=min_size, channel=channel, intensity=intensity, intensity_mode=intensity_mode)
     lab, label_files = read_labels(labels, foreground, mask_threshold)
     if len(lab) != len(vol):

@@ -41,6 +41,10 @@ class TrainingError(EmunetError):
     """Training cannot go on (a non-finite loss, say); the last good checkpoint is kept."""
 
 
+class StorageError(EmunetError):
+    """An object store that cannot be reached, refuses the credentials, or lacks the bucket or key."""
+
+
 class UsageError(EmunetError):
     """Command-line arguments that do not go together."""
 

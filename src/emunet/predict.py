@@ -26,6 +26,7 @@ from .files import atomic_write, atomic_write_bytes, check_writable
 from .model import UNet
 from .postprocess import close_gaps_in_place, smooth_in_place
 from .progress import progress_bar
+from .storage import is_url
 from .tiling import predict_image, predict_image_tta
 
 __all__ = [
@@ -73,7 +74,7 @@ class LoadedModels:
 
 def load_models(paths: Sequence[str | Path], device: torch.device) -> LoadedModels:
     """Load each checkpoint (eval mode) on ``device``; the run config comes from the first."""
-    paths = [Path(p) for p in paths]
+    paths = [p if is_url(p) else Path(p) for p in paths]  # a URL keeps its // (Path would fold it)
     loaded = [load_model(path, device) for path in paths]
     for path, (model, _) in zip(paths, loaded):
         try:

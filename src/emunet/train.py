@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed
+from . import distributed, storage
 from .batches import BatchStream, make_batch_fn
 from .checkpoint import list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
 from .config import Config, config_to_dict, dump_config
@@ -190,7 +190,7 @@ def _train_step(state: TrainState, net: torch.nn.Module, batch, cfg: Config, pre
     loss = segmentation_loss(logits, labels, t.loss, t.membrane_weight, t.skeleton_weight)
     if not torch.isfinite(loss) and not state.scaler.is_enabled():  # with fp16 the scaler skips the step
         raise TrainingError(f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint is kept "
-                            f"in {Path(cfg.out_dir) / 'checkpoints'}")
+                            f"in {storage.local_folder(cfg.out_dir) / 'checkpoints'}")
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()  # DDP averages the gradients over ranks here
     state.scaler.step(state.optimizer)
@@ -268,9 +268,11 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwr
     ctx, device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
     try:
         resume = resume or distributed.restarted_by_torchrun()
-        if ctx.is_main:
-            prepare_output(Path(cfg.out_dir), resume, overwrite)
-        return _train(cfg, ctx, device, resume, progress and ctx.is_main)
+        storage.configure(cfg.storage)
+        with storage.mirrored_run(cfg.out_dir, bool(resume), overwrite, RUN_FILES, enabled=ctx.is_main) as out:
+            if ctx.is_main:
+                prepare_output(out, resume, overwrite)
+            return _train(cfg, ctx, device, resume, progress and ctx.is_main)
     finally:
         distributed.teardown(ctx)
 
@@ -293,7 +295,7 @@ class _Run:
 
 def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> _Run:
     """Data, model, optimiser, and where a stopped run left off; the run's config.yaml once all loaded."""
-    t, out = cfg.train, Path(cfg.out_dir)
+    t, out = cfg.train, storage.local_folder(cfg.out_dir)
     precision = resolve_precision(t.precision, device)
     if t.batch_size % ctx.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {ctx.world_size} processes")

@@ -1,0 +1,374 @@
+"""Object storage wherever a path goes: ``s3://bucket/key`` (s3fs), and any other fsspec URL
+(``gs://``, ``az://``, ``https://`` for reading) when its package is installed.
+
+Local files stay the fast path. An input on a store is copied once into a local cache and read
+from there (copied again only when the object changes). A run whose ``out_dir`` is a URL writes
+into a local folder that :class:`RunMirror` uploads as files complete: an object appears whole or
+not at all, checkpoints pruned locally are deleted on the store, and when the store goes away
+training goes on while the uploads are retried with backoff.
+
+Credentials come from the standard AWS chain (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``,
+``AWS_PROFILE``, ``~/.aws``); the endpoint of an S3-compatible store (OBS, MinIO, Ceph,
+SeaweedFS) from ``storage.endpoint_url`` or ``AWS_ENDPOINT_URL``. Neither is ever written into a
+config, log or report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import threading
+import time
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .config import StorageConfig
+from .errors import StorageError
+
+log = logging.getLogger("emunet")
+
+__all__ = ["shown", "mirrored_run", "configure", "is_url", "local_copy", "exists", "local_folder", "staged_output", "RunMirror",
+           "download_run", "check_store"]
+
+# The package that gives fsspec each protocol, for the error when it is missing.
+PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs",
+            "http": "aiohttp", "https": "aiohttp"}
+
+
+_settings = StorageConfig()
+
+
+def configure(settings: StorageConfig) -> None:
+    """Use these settings for every URL from now on (the CLI passes the run's ``storage``)."""
+    global _settings
+    _settings = settings
+
+
+def is_url(path: str | os.PathLike | None) -> bool:
+    return path is not None and "://" in str(path) and not str(path).startswith("file://")
+
+
+def _endpoint() -> str | None:
+    return _settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def cache_root() -> Path:
+    return Path(_settings.cache or os.environ.get("EMUNET_CACHE") or Path.home() / ".cache" / "emunet").expanduser()
+
+
+def _filesystem(url: str):
+    import fsspec
+
+    protocol = url.split("://", 1)[0].lower()
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except ImportError:
+        package = PACKAGES.get(protocol, f"the fsspec package for {protocol}://")
+        raise StorageError(f"{url}: {protocol}:// needs {package}: pip install {package}") from None
+    except ValueError:
+        raise StorageError(f"{url}: unknown storage protocol {protocol}://") from None
+    options: dict[str, Any] = {}
+    if protocol in ("s3", "s3a"):
+        client = {"endpoint_url": _endpoint()} if _endpoint() else {}
+        if _settings.region:
+            client["region_name"] = _settings.region
+        # fail fast on a store that does not answer; the uploader has its own retries
+        options = {"client_kwargs": client, "skip_instance_cache": True,
+                   "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}}}
+    return cls(**options)
+
+
+def _where() -> str:
+    return f" at {_endpoint()}" if _endpoint() else ""
+
+
+@contextmanager
+def _named(url: str) -> Iterator[None]:
+    """Store errors as one line naming the URL and what to check."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except PermissionError:
+        raise StorageError(f"{url}: access denied by the store{_where()}; check the credentials (AWS_ACCESS_KEY_ID and "
+                           "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)") from None
+    except FileNotFoundError as exc:
+        if "bucket" in str(exc).lower():
+            raise StorageError(f"{url}: no such bucket on the store{_where()}; create it or check the URL") from None
+        raise StorageError(f"{url}: no such object or prefix on the store{_where()}") from None
+    except Exception as exc:  # connection refused, DNS, timeouts: botocore's and aiohttp's own types
+        raise StorageError(f"{url}: cannot reach the store{_where()} ({type(exc).__name__}: {exc})") from None
+
+
+def _key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()[:12]
+
+
+def _tag(info: dict[str, Any]) -> str:
+    return str(info.get("ETag") or info.get("etag") or (info.get("size"), info.get("LastModified") or info.get("mtime")))
+
+
+def local_copy(path: str | os.PathLike) -> Path:
+    """``path`` itself for a local path; for a URL a local copy of its object, or of the image
+    files under its prefix (as a folder), copied into the cache once and again only when the
+    object changed on the store."""
+    if not is_url(path):
+        return Path(path)
+    url = str(path).rstrip("/")
+    fs = _filesystem(url)
+    # under its own name, so that slices are named as the files on the store are
+    target = cache_root() / "inputs" / _key(url) / url.rsplit("/", 1)[-1]
+    manifest_path = target.parent / "manifest.json"
+    with _named(url):
+        info = fs.info(url)
+        if info["type"] == "directory":
+            files = {p: i for p, i in fs.find(url, detail=True).items() if i["type"] == "file"}
+            if not files:
+                raise FileNotFoundError(url)
+            wanted = {Path(p).relative_to(fs._strip_protocol(url)).as_posix(): (p, _tag(i)) for p, i in files.items()}
+        else:
+            wanted = {"": (url, _tag(info))}
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        for rel, (source, tag) in wanted.items():
+            local = target / rel if rel else target
+            if manifest.get(rel) != tag or not local.is_file():
+                local.parent.mkdir(parents=True, exist_ok=True)
+                partial = local.with_name(f".{local.name}.part")
+                fs.get_file(source, str(partial))
+                partial.replace(local)  # a copy is in place whole or not at all
+                manifest[rel] = tag
+        manifest_path.write_text(json.dumps(manifest))
+    return target
+
+
+def exists(path: str | os.PathLike) -> bool:
+    if not is_url(path):
+        return Path(path).exists()
+    url = str(path).rstrip("/")
+    with _named(url):
+        return _filesystem(url).exists(url)
+
+
+def check_store(url: str) -> None:
+    """Fail now, before any work, if the store at ``url`` cannot be reached, refuses the
+    credentials or lacks the bucket."""
+    fs = _filesystem(url)
+    bucket = fs._strip_protocol(url).split("/", 1)[0]
+    with _named(url):
+        fs.ls(bucket, refresh=True)
+
+
+def _put(fs, local: Path, url: str) -> None:
+    fs.put_file(str(local), url)  # one PUT (or a multipart upload completed at once): whole or absent
+
+
+@contextmanager
+def staged_output(target: str | os.PathLike | None) -> Iterator[Path | None]:
+    """A local path to write ``target`` to: itself when local; for a URL a file or folder in
+    the cache, uploaded (each file whole) when the block ends without an error."""
+    if target is None or not is_url(target):
+        yield None if target is None else Path(target)
+        return
+    url = str(target).rstrip("/")
+    check_store(url)
+    staging = cache_root() / "outputs" / _key(url)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    local = staging / url.rsplit("/", 1)[-1]
+    yield local
+    fs = _filesystem(url)
+    with _named(url):
+        if local.is_dir():
+            for file in sorted(p for p in local.rglob("*") if p.is_file()):
+                _put(fs, file, f"{url}/{file.relative_to(local).as_posix()}")
+        elif local.is_file():
+            _put(fs, local, url)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+_active: dict[str, Path] = {}  # run URLs being mirrored now, and their local folders
+
+
+def shown(path: str | os.PathLike) -> str:
+    """``path`` as the user named it: a file in a mirrored run's local folder as its URL."""
+    text = str(path)
+    for url, local in _active.items():
+        if text == str(local) or text.startswith(str(local) + os.sep):
+            return url + text[len(str(local)):].replace(os.sep, "/")
+    return text
+
+
+def local_folder(out_dir: str | os.PathLike) -> Path:
+    """Where a run writes: ``out_dir`` itself, or for a URL the local folder mirrored to it
+    (inside the folder of a URL above it that is mirrored now, as a cross-validation's folds)."""
+    if not is_url(out_dir):
+        return Path(out_dir)
+    url = str(out_dir).rstrip("/")
+    for parent, local in _active.items():
+        if url == parent or url.startswith(parent + "/"):
+            return local / url[len(parent):].lstrip("/")
+    return cache_root() / "runs" / f"{_key(url)}-{url.rsplit('/', 1)[-1]}"
+
+
+@contextmanager
+def mirrored_run(out_dir: str, resume: bool, overwrite: bool, run_files: tuple[str, ...], enabled: bool = True
+                 ) -> Iterator[Path]:
+    """The local folder to run in, mirrored to ``out_dir`` when that is a URL: the store is
+    checked before anything runs; a run already there is refused unless resumed (its files are
+    copied down first) or overwritten (its ``run_files`` deleted); when the block ends what is
+    left is uploaded, and the local folder, then redundant, removed. Does nothing for a local
+    ``out_dir``, for a URL inside one mirrored already, or where not ``enabled`` (ranks > 0)."""
+    url = str(out_dir).rstrip("/")
+    if not is_url(url) or not enabled or any(url == p or url.startswith(p + "/") for p in _active):
+        yield local_folder(out_dir)
+        return
+    from .errors import UsageError
+
+    check_store(url)
+    local = local_folder(url)
+    fs = _filesystem(url)
+    with _named(url):
+        root = fs._strip_protocol(url)
+        remote = sorted(Path(p).relative_to(root).as_posix() for p in fs.find(root))
+    if resume:
+        download_run(url, local)
+    else:
+        if local.is_dir() and any(local.iterdir()) and not overwrite:
+            raise UsageError(f"{local}: an earlier run for {url} left files here that may not all be uploaded; continue "
+                             "it with --resume (its files are uploaded then) or replace it with --overwrite")
+        if remote and not overwrite:
+            shown = ", ".join(remote[:4]) + (" ..." if len(remote) > 4 else "")
+            raise UsageError(f"{url}: the output prefix is not empty ({shown}); continue its run with --resume, replace "
+                             "it with --overwrite, or choose another --out")
+        shutil.rmtree(local, ignore_errors=True)
+        with _named(url):
+            for rel in remote:
+                if rel.split("/", 1)[0] in run_files:
+                    fs.rm_file(f"{url}/{rel}")
+    local.mkdir(parents=True, exist_ok=True)
+    mirror = RunMirror(url, local)
+    _active[url] = local
+    try:
+        yield local
+    except BaseException:
+        try:  # a stopped or failed run: upload what it wrote, without holding the user for long
+            mirror.close(retry_s=min(30.0, _settings.retry_s))
+        except StorageError as exc:
+            log.warning(str(exc))
+        raise
+    else:
+        mirror.close()
+        shutil.rmtree(local, ignore_errors=True)
+    finally:
+        _active.pop(url, None)
+
+
+def download_run(url: str, local: Path) -> int:
+    """Copy the run at ``url`` into ``local`` to resume it, keeping newer local files (a run
+    whose last uploads failed left them there); returns the number of files copied."""
+    fs = _filesystem(url)
+    root = fs._strip_protocol(url.rstrip("/"))
+    copied = 0
+    with _named(url):
+        for path, info in fs.find(root, detail=True).items():
+            rel = Path(path).relative_to(root)
+            target = local / rel
+            if info["type"] != "file" or target.exists():
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.part")
+            fs.get_file(path, str(partial))
+            partial.replace(target)
+            copied += 1
+    return copied
+
+
+class RunMirror:
+    """Uploads a run folder to ``url`` as its files complete, from a background thread.
+
+    Every ``every`` seconds the folder is scanned; a file that is new or changed since its
+    last upload is uploaded whole (files in the folder are themselves replaced atomically, and
+    temporary files are skipped), and a checkpoint that is gone locally (pruned) is deleted on
+    the store. A failed upload is retried with growing pauses (up to a minute) while training
+    goes on, with one warning; :meth:`close` makes the final pass, retrying for
+    ``settings.retry_s`` before it fails, naming the local copy.
+    """
+
+    def __init__(self, url: str, local: Path, every: float = 2.0) -> None:
+        self.url, self.local, self.every = url.rstrip("/"), local, every
+        self._fs = _filesystem(self.url)
+        self._uploaded: dict[str, tuple[int, int]] = {}
+        self._remote_checkpoints: set[str] = set()
+        self._stop = threading.Event()
+        self._failing_since: float | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="emunet-upload", daemon=True)
+        self._thread.start()
+
+    def _changed(self) -> list[tuple[str, Path, tuple[int, int]]]:
+        found = []
+        for file in sorted(p for p in self.local.rglob("*") if p.is_file()):
+            rel = file.relative_to(self.local).as_posix()
+            if file.name.startswith(".") or file.name.endswith((".tmp", ".part")):
+                continue
+            try:
+                stat = file.stat()
+            except FileNotFoundError:  # replaced between listing and reading
+                continue
+            if self._uploaded.get(rel) != (stat.st_size, stat.st_mtime_ns):
+                found.append((rel, file, (stat.st_size, stat.st_mtime_ns)))
+        return found
+
+    def sync(self) -> None:
+        """One pass: upload what changed, delete pruned checkpoints. Raises on a store error."""
+        with self._lock:
+            for rel, file, stamp in self._changed():
+                _put(self._fs, file, f"{self.url}/{rel}")
+                self._uploaded[rel] = stamp
+                if rel.startswith("checkpoints/"):
+                    self._remote_checkpoints.add(rel)
+            local = {p.relative_to(self.local).as_posix() for p in (self.local / "checkpoints").glob("step_*.pt")}
+            for rel in sorted(self._remote_checkpoints - local):
+                self._fs.rm_file(f"{self.url}/{rel}")
+                self._remote_checkpoints.discard(rel)
+
+    def _run(self) -> None:
+        pause = self.every
+        while not self._stop.wait(pause):
+            try:
+                self.sync()
+                if self._failing_since is not None:
+                    log.warning(f"{self.url}: the store answers again; uploads caught up")
+                self._failing_since, pause = None, self.every
+            except Exception as exc:
+                if self._failing_since is None:
+                    self._failing_since = time.monotonic()
+                    log.warning(f"{self.url}: upload failed ({type(exc).__name__}: {exc}); training goes on in "
+                                f"{self.local} and the uploads are retried")
+                pause = min(60.0, pause * 2)
+
+    def close(self, retry_s: float | None = None) -> None:
+        """Stop the thread and upload what is left, retrying for ``retry_s`` seconds."""
+        self._stop.set()
+        self._thread.join()
+        deadline = time.monotonic() + (_settings.retry_s if retry_s is None else retry_s)
+        pause = 1.0
+        while True:
+            try:
+                with _named(self.url):
+                    self.sync()
+                return
+            except StorageError as exc:
+                if pause == 1.0:
+                    log.warning(f"{exc}; retrying for up to {max(0.0, deadline - time.monotonic()):.0f} s "
+                                "(storage.retry_s)")
+                if time.monotonic() >= deadline:
+                    raise StorageError(f"{exc}; everything the run wrote is in {self.local}: resume with --resume when the store "
+                                       f"answers (its files are uploaded then), or copy that folder to {self.url}") from None
+                time.sleep(pause)
+                pause = min(30.0, pause * 2)

@@ -1,0 +1,190 @@
+"""Data and runs in object storage, against a real S3 server (SeaweedFS) on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from emunet.cli import main
+
+from s3_server import ACCESS_KEY, SECRET_KEY, S3Server
+from test_train import TINY
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = S3Server(tmp_path_factory.mktemp("s3"))
+    s.start()
+    yield s
+    s.stop(grace=2.0)
+
+
+@pytest.fixture
+def store(server, monkeypatch, tmp_path):
+    """The server's environment for this test, a fresh bucket, and an s3fs handle to check it."""
+    import s3fs
+
+    for key, value in server.environment().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("EMUNET_CACHE", str(tmp_path / "cache"))
+    fs = s3fs.S3FileSystem(key=ACCESS_KEY, secret=SECRET_KEY, client_kwargs={"endpoint_url": server.endpoint},
+                           skip_instance_cache=True)
+    bucket = f"lab-{tmp_path.name.replace('_', '-').lower()[-40:]}"
+    fs.mkdir(bucket)
+    return fs, bucket
+
+
+def _upload_data(fs, bucket, small_isbi):
+    for key, name in (("images", "train-volume.tif"), ("labels", "train-labels.tif"), ("test", "test-volume.tif")):
+        fs.put_file(str(small_isbi[key]), f"{bucket}/data/{name}")
+    return [f"data.images=s3://{bucket}/data/train-volume.tif", f"data.labels=s3://{bucket}/data/train-labels.tif",
+            f"data.test_images=s3://{bucket}/data/test-volume.tif"]
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def test_the_lab_layout_on_a_store_trains_evaluates_and_predicts(store, small_isbi, tmp_path, capsys):
+    fs, bucket = store
+    data = _upload_data(fs, bucket, small_isbi)
+    out = f"s3://{bucket}/output"
+    assert main(["run", "--out", out, "-q", *data, *TINY, "train.steps=4", "train.val_every=2", "train.keep=1"]) == 0
+    listed = sorted(p.split("/output/", 1)[1] for p in fs.find(f"{bucket}/output"))
+    for name in ("config.yaml", "best.safetensors", "last.safetensors", "metrics.csv", "validation.jsonl", "eval.json",
+                 "report.html", "test-probabilities.tif", "checkpoints/step_000004.pt"):
+        assert name in listed, (name, listed)
+    assert any(p.startswith("tensorboard/") for p in listed) and any(p.startswith("test-overlays/") for p in listed)
+    # keep=1 pruned the step-2 checkpoint on the store too, unless it is the best
+    best_step = json.loads(fs.cat_file(f"{bucket}/output/eval.json"))["step"]
+    assert {p for p in listed if p.startswith("checkpoints/")} == {f"checkpoints/step_{s:06d}.pt" for s in {4, best_step}}
+    config = fs.cat_file(f"{bucket}/output/config.yaml").decode()
+    assert f"out_dir: {out}" in config
+    for path in fs.find(f"{bucket}/output"):  # credentials are never written anywhere
+        assert SECRET_KEY.encode() not in fs.cat_file(path) and ACCESS_KEY.encode() not in fs.cat_file(path)
+
+    # byte for byte what a local run of the same settings writes
+    local = tmp_path / "local"
+    assert main(["run", "--out", str(local), "-q", f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
+                 f"data.test_images={small_isbi['test']}", *TINY, "train.steps=4", "train.val_every=2", "train.keep=1"]) == 0
+    fs.get_file(f"{bucket}/output/best.safetensors", str(tmp_path / "best.safetensors"))
+    remote, here = _weights(tmp_path / "best.safetensors"), _weights(local / "best.safetensors")
+    assert remote.keys() == here.keys() and all(torch.equal(remote[k], here[k]) for k in here)
+    assert fs.cat_file(f"{bucket}/output/validation.jsonl") == (local / "validation.jsonl").read_bytes()
+
+    # evaluate and predict from the store, writing to it
+    assert main(["evaluate", f"{out}/best.safetensors", "-q", "--precision", "fp32"]) == 0
+    scored = json.loads(fs.cat_file(f"{bucket}/output/eval.json"))  # beside the checkpoint, as for a local one
+    assert scored["mean"] == json.loads((local / "eval.json").read_text())["mean"]
+    assert main(["predict", f"{out}/best.safetensors", f"s3://{bucket}/data/test-volume.tif", "-o",
+                 f"{out}/predicted.tif", "--masks", f"{out}/masks", "-q", "--precision", "fp32"]) == 0
+    assert f"wrote {out}/predicted.tif" in capsys.readouterr().out
+    fs.get_file(f"{bucket}/output/predicted.tif", str(tmp_path / "predicted.tif"))
+    assert np.array_equal(tifffile.imread(tmp_path / "predicted.tif"), tifffile.imread(local / "test-probabilities.tif"))
+    assert len(fs.ls(f"{bucket}/output/masks")) == 2
+
+
+def test_a_folder_on_a_store_is_read_as_a_folder_and_a_run_resumes_from_the_store(store, small_isbi, tmp_path):
+    fs, bucket = store
+    images = tifffile.imread(small_isbi["images"])
+    labels = tifffile.imread(small_isbi["labels"])
+    for i in range(len(images)):
+        fs.pipe_file(f"{bucket}/slices/images/s{i:02d}.tif", _tiff_bytes(images[i]))
+        fs.pipe_file(f"{bucket}/slices/labels/s{i:02d}.tif", _tiff_bytes(labels[i]))
+    data = [f"data.images=s3://{bucket}/slices/images/", f"data.labels=s3://{bucket}/slices/labels/"]
+    out = f"s3://{bucket}/run"
+    common = [*data, *TINY, "train.val_every=2"]
+    assert main(["train", "--out", out, "-q", *common, "train.steps=4"]) == 0
+    assert main(["train", "--out", out, "-q", *common, "train.steps=4"]) == 2  # a run is there: refused
+    assert main(["train", "--resume", "--out", out, "-q", "train.steps=6"]) == 0  # its config.yaml read from the store
+    metrics = fs.cat_file(f"{bucket}/run/metrics.csv").decode().splitlines()
+    assert [line.split(",")[0] for line in metrics[1:]][-1] == "6"
+    whole = tmp_path / "whole"
+    local_data = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}"]
+    assert main(["train", "--out", str(whole), "-q", *local_data, *TINY, "train.val_every=2", "train.steps=6"]) == 0
+    fs.get_file(f"{bucket}/run/last.safetensors", str(tmp_path / "last.safetensors"))
+    a, b = _weights(tmp_path / "last.safetensors"), _weights(whole / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def _tiff_bytes(array) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, array)
+    return buf.getvalue()
+
+
+def test_errors_name_the_url_and_what_to_check(store, small_isbi, server, monkeypatch, capsys):
+    fs, bucket = store
+    data = _upload_data(fs, bucket, small_isbi)
+    args = ["train", "-q", *TINY, "train.steps=2"]
+
+    assert main([*args, *data, "--out", "s3://no-such-bucket-here/run"]) == 2
+    assert "s3://no-such-bucket-here/run: no such bucket" in capsys.readouterr().err
+    assert main([*args, f"data.images=s3://{bucket}/data/missing.tif", *data[1:], "--out", f"s3://{bucket}/r1"]) == 2
+    assert f"s3://{bucket}/data/missing.tif: no such object" in capsys.readouterr().err
+    assert main(["predict", f"s3://{bucket}/nothing/best.safetensors", str(small_isbi["test"]), "-o", "x.tif"]) == 2
+    assert f"s3://{bucket}/nothing/best.safetensors: no such object" in capsys.readouterr().err
+    assert main(["predict", "gs://bucket/best.safetensors", str(small_isbi["test"]), "-o", "x.tif"]) == 2
+    assert "gs://bucket/best.safetensors: gs:// needs gcsfs: pip install gcsfs" in capsys.readouterr().err
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    assert main([*args, *data, "--out", f"s3://{bucket}/r2"]) == 2
+    err = capsys.readouterr().err
+    assert f"s3://{bucket}/r2: access denied" in err and "AWS_SECRET_ACCESS_KEY" in err and "not-the-secret" not in err
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    start = time.monotonic()
+    assert main([*args, f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
+                 "--out", f"s3://{bucket}/r3"]) == 2
+    err = capsys.readouterr().err
+    assert f"s3://{bucket}/r3: cannot reach the store at http://127.0.0.1:9" in err and len(err.splitlines()) == 1
+    assert time.monotonic() - start < 60
+    assert not (Path.cwd() / "x.tif").exists()
+
+
+def test_a_store_that_goes_away_during_training_loses_nothing(store, server, small_isbi, tmp_path):
+    fs, bucket = store
+    data = _upload_data(fs, bucket, small_isbi)
+    settings = [*data, *TINY, "train.steps=1000", "train.val_every=100", "train.keep=20", "storage.retry_s=120"]
+    out = f"s3://{bucket}/flaky"
+    env = {**__import__("os").environ}
+    run = subprocess.Popen([sys.executable, "-m", "emunet", "train", "--out", out, "-q", *settings],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not fs.exists(f"{bucket}/flaky/checkpoints/step_000100.pt"):  # training and uploading: now pull the plug
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()[0]
+        time.sleep(0.2)
+        fs.invalidate_cache()
+    server.kill()
+    time.sleep(6)  # three upload rounds
+    assert run.poll() is None  # training goes on without the store
+    server.start()
+    output, _ = run.communicate(timeout=300)
+    assert run.returncode == 0, output
+    assert "upload failed" in output and "training goes on" in output
+
+    whole = tmp_path / "whole"
+    local = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}"]
+    assert main(["train", "--out", str(whole), "-q", *local, *TINY, "train.steps=1000", "train.val_every=100",
+                 "train.keep=20"]) == 0
+    fs.invalidate_cache()
+    listed = sorted(p.rsplit("/", 1)[1] for p in fs.find(f"{bucket}/flaky/checkpoints"))
+    assert listed == sorted(p.name for p in (whole / "checkpoints").iterdir())
+    for name in ("last.safetensors", "best.safetensors"):
+        fs.get_file(f"{bucket}/flaky/{name}", str(tmp_path / name))
+        a, b = _weights(tmp_path / name), _weights(whole / name)
+        assert all(torch.equal(a[k], b[k]) for k in b), name
+    assert fs.cat_file(f"{bucket}/flaky/validation.jsonl") == (whole / "validation.jsonl").read_bytes()
