@@ -107,6 +107,9 @@ def test_a_folder_on_a_store_is_read_as_a_folder_and_a_run_resumes_from_the_stor
     assert main(["train", "--out", out, "-q", *common, "train.steps=4"]) == 0
     assert main(["train", "--out", out, "-q", *common, "train.steps=4"]) == 2  # a run is there: refused
     assert main(["train", "--resume", "--out", out, "-q", "train.steps=6"]) == 0  # its config.yaml read from the store
+    assert main(["train", "--resume-from", f"{out}/checkpoints/step_000004.pt", "--out", f"s3://{bucket}/again", "-q",
+                 *common, "train.steps=6"]) == 0
+    assert _same_weights(fs, f"{bucket}/again/last.safetensors", f"{bucket}/run/last.safetensors", tmp_path)
     metrics = fs.cat_file(f"{bucket}/run/metrics.csv").decode().splitlines()
     assert [line.split(",")[0] for line in metrics[1:]][-1] == "6"
     whole = tmp_path / "whole"
@@ -115,6 +118,24 @@ def test_a_folder_on_a_store_is_read_as_a_folder_and_a_run_resumes_from_the_stor
     fs.get_file(f"{bucket}/run/last.safetensors", str(tmp_path / "last.safetensors"))
     a, b = _weights(tmp_path / "last.safetensors"), _weights(whole / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def _same_weights(fs, a: str, b: str, tmp_path) -> bool:
+    fs.get_file(a, str(tmp_path / "a.safetensors"))
+    fs.get_file(b, str(tmp_path / "b.safetensors"))
+    wa, wb = _weights(tmp_path / "a.safetensors"), _weights(tmp_path / "b.safetensors")
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_score_reads_maps_and_labels_from_a_store_and_writes_its_json_there(store, scoring_dir, capsys):
+    fs, bucket = store
+    fs.put_file(str(scoring_dir / "fold1_main_prob.tif"), f"{bucket}/maps/prob.tif")
+    fs.put_file(str(scoring_dir.parent / "isbi2012" / "train-labels.tif"), f"{bucket}/maps/labels.tif")
+    assert main(["score", f"s3://{bucket}/maps/prob.tif", f"s3://{bucket}/maps/labels.tif", "--fold", "1", "--json",
+                 f"s3://{bucket}/maps/scores.json"]) == 0
+    scored = json.loads(fs.cat_file(f"{bucket}/maps/scores.json"))
+    want = json.loads((scoring_dir / "expected.json").read_text())["fold1_main"]
+    assert scored["v_rand"] == pytest.approx(want["max_v_rand"], abs=1e-12) and scored["maps"] == f"s3://{bucket}/maps/prob.tif"
 
 
 def _tiff_bytes(array) -> bytes:

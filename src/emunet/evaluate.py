@@ -94,8 +94,9 @@ def read_maps(path: str | Path, segmentation: bool = False) -> tuple[np.ndarray,
     map scores the same at every threshold); float maps must already lie in [0, 1].
     """
     from .data import _read_raw
+    from .storage import local_copy
 
-    slices, names, _ = _read_raw(Path(path), channels_warning=False)
+    slices, names, _ = _read_raw(local_copy(path), channels_warning=False)
     if len({s.shape for s in slices}) > 1:
         raise DataError(f"{path}: maps differ in size; score maps of one size together")
     stack = np.stack(slices)

@@ -162,7 +162,7 @@ def _restore(state: TrainState, ctx: distributed.DistContext, ckpt_dir: Path, re
     reads it and every rank receives it."""
     saved = None
     if ctx.is_main and resume:
-        found = list_checkpoints(ckpt_dir) if resume is True else [(None, Path(resume))]
+        found = list_checkpoints(ckpt_dir) if resume is True else [(None, resume)]  # a path or a URL
         if found:
             path = found[-1][1]
             saved = load_state(path, map_location="cpu")
