@@ -59,7 +59,9 @@ def test_the_lab_layout_on_a_store_trains_evaluates_and_predicts(store, small_is
     fs, bucket = store
     data = _upload_data(fs, bucket, small_isbi)
     out = f"s3://{bucket}/output"
-    assert main(["run", "--out", out, "-q", *data, *TINY, "train.steps=4", "train.val_every=2", "train.keep=1"]) == 0
+    assert data  # the lab's layout: --data_url holds the three stacks, --train_url takes every output
+    assert main(["run", "--data_url", f"s3://{bucket}/data/", "--train_url", out, "-q", *TINY, "train.steps=4",
+                 "train.val_every=2", "train.keep=1"]) == 0
     listed = sorted(p.split("/output/", 1)[1] for p in fs.find(f"{bucket}/output"))
     for name in ("config.yaml", "best.safetensors", "last.safetensors", "metrics.csv", "validation.jsonl", "eval.json",
                  "report.html", "test-probabilities.tif", "checkpoints/step_000004.pt"):

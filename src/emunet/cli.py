@@ -45,6 +45,15 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
+def _add_out(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", "--train_url", dest="out", metavar="DIR_OR_URL",
+                   help="output folder or object-store prefix, e.g. s3://bucket/output (same as out_dir=...; "
+                   "--train_url as the lab's job names it)")
+    p.add_argument("--data_url", metavar="DIR_OR_URL",
+                   help="a folder or object-store prefix holding the lab's train-volume.tif, train-labels.tif and "
+                   "test-volume.tif (sets data.images, data.labels and data.test_images)")
+
+
 def _add_run_folder_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the stopped run in the output folder from its newest checkpoint, with the run's own "
@@ -67,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "training fold, validating on the held-out fold.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
-    p.add_argument("--out", help="output folder (same as out_dir=...)")
+    _add_out(p)
     _add_run_folder_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
@@ -129,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train, evaluate on the validation fold and predict data.test_images; all outputs in out_dir.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
-    p.add_argument("--out", help="output folder (same as out_dir=...)")
+    _add_out(p)
     _add_run_folder_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -140,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
     p.add_argument("--folds", default="0,1,2,3,4", help="comma-separated folds (default: 0,1,2,3,4)")
-    p.add_argument("--out", help="output folder (same as out_dir=...)")
+    _add_out(p)
     p.add_argument("--overwrite", action="store_true", help="replace the folds' runs already in the output folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -180,6 +189,10 @@ def _config(args):
     from .errors import UsageError
 
     overrides = list(args.overrides)
+    if getattr(args, "data_url", None):  # KEY=VALUE given beside it still wins
+        root = args.data_url.rstrip("/")
+        overrides[:0] = [f"data.images={root}/train-volume.tif", f"data.labels={root}/train-labels.tif",
+                         f"data.test_images={root}/test-volume.tif"]
     if getattr(args, "out", None):
         overrides.append(f"out_dir={args.out}")
     if _resuming(args) and args.config is None:
