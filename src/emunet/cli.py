@@ -110,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", type=_path_or_url, help="also write PNG masks into this folder: 255 = cell interior (probability "
                    "above 0.5), 0 = membrane, as the ISBI labels")
     p.add_argument("--overlays", type=_path_or_url, help="also write PNG overlays (membrane in red) into this folder")
+    volumes = p.add_argument_group("volumes larger than memory (-o OUT.ome.zarr: predicted block by block on Dask)")
+    volumes.add_argument("--block", type=int, default=2048, help="block side in pixels, whole chunks (default: 2048)")
+    volumes.add_argument("--chunk", type=int, default=1024, help="output chunk side; chunks are 1 x N x N (default: 1024)")
+    volumes.add_argument("--dtype", default="uint8", choices=["uint8", "float16", "float32"],
+                         help="probabilities as uint8 (x 255, the default), float16 or float32")
+    volumes.add_argument("--levels", type=int, default=1, help="resolutions to write; more than 1 adds 2x-downsampled "
+                         "levels for viewers (default: 1)")
+    volumes.add_argument("--scheduler", metavar="ADDRESS", help="a dask.distributed scheduler (tcp://host:8786) to run "
+                         "the blocks on; default: in this process")
+    volumes.add_argument("--workers", type=int, default=1, help="threads of the in-process scheduler (default: 1)")
+    volumes.add_argument("--axes", help="the input's axes where its metadata has none, e.g. zyx or czyx")
     _add_inference(p)
 
     p = sub.add_parser("score", help="score probability maps or a segmentation against labels (no model)",
@@ -298,10 +309,12 @@ def _print_segmented(segmented, shown_as: dict[str, str] | None = None) -> None:
 def cmd_predict(args) -> int:
     from .errors import DataError
     from .predict import segment_file
-    from .storage import staged_output
+    from .storage import is_url, staged_output
 
     loaded, precision = _load_for_inference(args)
     channel = args.channel if args.channel is not None else loaded.config.data.channel
+    if str(args.output).rstrip("/").endswith(".zarr"):
+        return _predict_blockwise(args, loaded, precision, channel)
     if str(args.output) == str(args.input):
         raise DataError(f"{args.output}: the output is the input; choose another -o (inputs are never written over)")
     with staged_output(args.output) as output, staged_output(args.masks) as masks, staged_output(args.overlays) as overlays:
@@ -309,6 +322,24 @@ def cmd_predict(args) -> int:
                                  progress=not args.quiet, channel=channel, intensity=loaded.intensity)
     _print_segmented(segmented, {str(output): str(args.output), str(masks): str(args.masks),
                                  str(overlays): str(args.overlays)})
+    return 0
+
+
+def _predict_blockwise(args, loaded, precision: str, channel: int | None) -> int:
+    from .blockwise import predict_to_ome_zarr
+    from .errors import UsageError
+    from .storage import is_url
+
+    if args.masks or args.overlays or is_url(args.output):
+        raise UsageError(f"{args.output}: an OME-Zarr output is written to a local folder, without --masks or --overlays")
+    result = predict_to_ome_zarr(loaded.paths, str(args.input), Path(args.output), loaded.config.predict, precision,
+                                 device=args.device, block=args.block, chunk=args.chunk, dtype=args.dtype,
+                                 levels=args.levels, scheduler=args.scheduler, workers=args.workers, channel=channel,
+                                 axes=args.axes, progress=not args.quiet)
+    n, h, w = result.shape
+    print(f"wrote {args.output}: {n} x {h} x {w} {args.dtype} probabilities (1 = cell interior), OME-Zarr, "
+          f"{result.blocks} blocks ({result.skipped} finished before), {result.seconds:.1f} s, "
+          f"{n * h * w / 1e6 / max(result.seconds, 1e-9):.2f} MP/s")
     return 0
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .storage import local_copy
 from .errors import DataError, ImageSizesDiffer
+from .pixels import Calibration, Intensity, choose_intensity, read_calibration
+from .storage import local_copy
+from .volumes import is_volume_path, open_volume
 
 __all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "scaling_for", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index"]
 
@@ -26,37 +28,6 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # masks whose polarity is the other way round.
 FOREGROUND_WARNING_SHARE = 0.25
 log = logging.getLogger("emunet")
-
-
-@dataclass
-class Calibration:
-    """Physical pixel size (x, y) and section spacing (z) in ``unit``, as an ImageJ TIFF keeps
-    them: carried from the input to the outputs, so Fiji and napari show real sizes."""
-
-    pixel_size: tuple[float, float]
-    spacing: float | None
-    unit: str
-
-
-def read_calibration(path: Path) -> Calibration | None:
-    """The calibration of a TIFF's first page, or None where the file has none (1 pixel per
-    unit and no unit, or not a TIFF)."""
-    if path.suffix.lower() not in (".tif", ".tiff"):
-        return None
-    import tifffile
-
-    try:
-        with tifffile.TiffFile(path) as tif:
-            page = tif.pages[0]
-            x_per_unit, y_per_unit = page.resolution
-            meta = tif.imagej_metadata or {}
-            unit = meta.get("unit") or {2: "inch", 3: "cm"}.get(int(page.resolutionunit), "")
-    except Exception:  # no resolution tags, or an unreadable one: no calibration
-        return None
-    if not unit or x_per_unit <= 0 or y_per_unit <= 0 or (x_per_unit == 1 and y_per_unit == 1 and "spacing" not in meta):
-        return None
-    spacing = meta.get("spacing")
-    return Calibration((1.0 / x_per_unit, 1.0 / y_per_unit), float(spacing) if spacing else None, str(unit))
 
 
 @dataclass
@@ -222,33 +193,6 @@ def _to_grey(arr: np.ndarray, path: Path, stack: bool) -> np.ndarray:
     return arr
 
 
-@dataclass
-class Intensity:
-    """How a data set's raw pixel values become [0, 1]: ``(value - low) / (high - low)``,
-    clipped. Chosen once per data set from all its images, recorded in the run and in its
-    checkpoints, and applied as it is to the images a checkpoint later predicts (of the same
-    pixel type), as nnU-Net and MONAI keep their normalisation with the model.
-    """
-
-    low: float
-    high: float
-    dtype: str  # the raw pixel type it was chosen for
-    how: str  # in words: "8-bit", "12-bit", "range 0.1..2.5", "percentiles 0.5-99.5", ...
-
-    def apply(self, arr: np.ndarray, out: np.ndarray) -> None:
-        """Write ``arr`` scaled into the float32 ``out``; in place, so a large image costs one copy."""
-        if arr.dtype == np.uint8 and (self.low, self.high) == (0.0, 255.0):
-            # 8-bit by 255 in float32, bit for bit as the lab's pipeline (and earlier runs) scale it
-            np.multiply(arr, np.float32(1.0 / 255), out=out, casting="unsafe")
-            return
-        span = self.high - self.low
-        if span <= 0:
-            out[...] = 0.0
-            return
-        out[...] = (arr.astype(np.float64) - self.low) / span
-        np.clip(out, 0.0, 1.0, out=out)
-
-
 def scaling_for(slices: list[np.ndarray], files: list[Path], intensity: Intensity | None = None,
                 mode: str = "auto") -> Intensity:
     """The one scaling for these raw slices, after checking their pixels: ``intensity`` (a
@@ -265,30 +209,6 @@ def scaling_for(slices: list[np.ndarray], files: list[Path], intensity: Intensit
                     "ones; scaling these by their own range instead")
         intensity = None
     return intensity or choose_intensity(slices, mode)
-
-
-def choose_intensity(slices: list[np.ndarray], mode: str = "auto") -> Intensity:
-    """The data set's scaling. ``auto``: 8-bit by 255; other integers by the bit depth their
-    largest value needs (12-bit data by 4095, not 65535); floats as they are when within [0, 1],
-    else by the data set's range. ``percentile``: the 0.5 and 99.5 percentiles of all images."""
-    dtype = str(slices[0].dtype)
-    if mode == "percentile":
-        sample = np.concatenate([a.ravel()[:: max(1, a.size // 100_000)] for a in slices]).astype(np.float64)
-        low, high = np.percentile(sample, [0.5, 99.5])
-        return Intensity(float(low), float(high), dtype, "percentiles 0.5-99.5")
-    lo = min(float(a.min()) for a in slices)
-    hi = max(float(a.max()) for a in slices)
-    kind = slices[0].dtype.kind
-    if slices[0].dtype == np.bool_:
-        return Intensity(0.0, 1.0, dtype, "binary")
-    if slices[0].dtype == np.uint8:
-        return Intensity(0.0, 255.0, dtype, "8-bit")
-    if kind in "ui" and lo >= 0:
-        bits = max(8, int(np.ceil(np.log2(hi + 1))))
-        return Intensity(0.0, float(2**bits - 1), dtype, f"{bits}-bit")
-    if kind == "f" and lo >= 0.0 and hi <= 1.0:
-        return Intensity(0.0, 1.0, dtype, "as is")
-    return Intensity(lo, hi, dtype, f"range {lo:g}..{hi:g}")
 
 
 def _list_folder(folder: Path) -> list[Path]:
@@ -318,7 +238,15 @@ def _read_raw(path: Path, channel: int | None = None, channels_warning: bool = T
               ) -> tuple[list[np.ndarray], list[str], list[Path]]:
     """Slices (each (H, W) grey, raw dtype), their names and the file each came from, from a
     stack file or a folder. Masks and maps read channels-only TIFFs as sections without a
-    warning (``channels_warning``), as the challenge's Fiji scoring reads every plane."""
+    warning (``channels_warning``), as the challenge's Fiji scoring reads every plane. Zarr,
+    OME-Zarr and HDF5 volumes are read whole (:mod:`volumes`; ``unet predict -o x.ome.zarr``
+    predicts them block by block instead)."""
+    if is_volume_path(path):
+        volume = open_volume(path, channel)
+        n, h, w = volume.shape
+        stem = Path(str(path).split(".zarr")[0].split(":")[0]).stem
+        return [volume.raw(z, slice(0, h), slice(0, w)) for z in range(n)], [f"{stem}_{z:03d}" for z in range(n)], \
+            [Path(str(path))] * n
     path = Path(path)
     if path.is_dir():
         files = _list_folder(path)
@@ -342,7 +270,7 @@ def read_images(path: str | Path, min_size: int = 1, channel: int | None = None,
             (by ``intensity_mode``) when None or recorded for another pixel type.
     """
     path = local_copy(path)  # a URL: its cached local copy
-    if not path.exists():
+    if not path.exists() and not is_volume_path(path):
         raise DataError(f"{path}: path does not exist")
     slices, names, files = _read_raw(path, channel)
     first = slices[0].shape
@@ -363,7 +291,7 @@ def read_each(path: str | Path, channel: int | None = None, intensity: Intensity
     """Each image of a folder (or stack) as a one-slice volume of its own size, scaled alike:
     for predicting images of different sizes."""
     path = local_copy(path)  # a URL: its cached local copy
-    if not path.exists():
+    if not path.exists() and not is_volume_path(path):
         raise DataError(f"{path}: path does not exist")
     slices, names, files = _read_raw(path, channel)
     intensity = scaling_for(slices, files, intensity)
@@ -384,7 +312,7 @@ def read_labels(path: str | Path, foreground: int = 255, threshold: float | None
     of less than a quarter of the pixels is warned about (inverted masks, most likely).
     """
     path = local_copy(path)  # a URL: its cached local copy
-    if not path.exists():
+    if not path.exists() and not is_volume_path(path):
         raise DataError(f"{path}: path does not exist")
     slices, _, files = _read_raw(path, channels_warning=False)
     first = slices[0].shape

@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["smooth_in_place", "close_gaps_in_place"]
+__all__ = ["smooth_in_place", "close_gaps_in_place", "wall_levels", "CLOSE_GAPS_WINDOW", "CLOSE_GAPS_MARGIN"]
+
+# The closing runs over windows of this side, each with this much context around it: memory and
+# the watershed's per-pixel cost stay bounded on huge images, and a volume predicted in blocks of
+# whole windows is closed exactly as its sections are whole.
+CLOSE_GAPS_WINDOW, CLOSE_GAPS_MARGIN = 1024, 128
 
 
 def smooth_in_place(prob: np.ndarray, sigma: float, chunk: int = 1024) -> np.ndarray:
@@ -32,7 +37,8 @@ def smooth_in_place(prob: np.ndarray, sigma: float, chunk: int = 1024) -> np.nda
     return prob
 
 
-def close_gaps_in_place(prob: np.ndarray, threshold: float, seed_distance: int = 10, window: int = 1024, margin: int = 128) -> np.ndarray:
+def close_gaps_in_place(prob: np.ndarray, threshold: float, seed_distance: int = 10, window: int = CLOSE_GAPS_WINDOW,
+                        margin: int = CLOSE_GAPS_MARGIN) -> np.ndarray:
     """Close the gaps in cell walls that are visible along most of their length, in place.
 
     Why: at any threshold, one short gap in the wall between two cells (a faint, oblique
@@ -71,13 +77,13 @@ def close_gaps_in_place(prob: np.ndarray, threshold: float, seed_distance: int =
         above = band[end - margin - lo : end - lo].copy() if end < h else None
         for left in range(0, w, window):
             first, last, right = max(0, left - margin), min(w, left + window + margin), min(w, left + window)
-            walls = _wall_levels(np.ascontiguousarray(band[:, first:last]), threshold, seed_distance)
+            walls = wall_levels(np.ascontiguousarray(band[:, first:last]), threshold, seed_distance)
             inner = prob[top:end, left:right]
             np.minimum(inner, walls[top - lo : end - lo, left - first : right - first], out=inner)
     return prob
 
 
-def _wall_levels(prob: np.ndarray, threshold: float, seed_distance: int) -> np.ndarray:
+def wall_levels(prob: np.ndarray, threshold: float, seed_distance: int = 10) -> np.ndarray:
     """1 everywhere except on the basin borders that are walls, where it is 1 - the border's
     mean membrane probability (see :func:`close_gaps_in_place`)."""
     from skimage.feature import peak_local_max

@@ -10,7 +10,7 @@ so memory stays bounded by the image and two accumulators, not by the network.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from .errors import ConfigError, DataError
 from .model import UNet
 from .progress import progress_bar
 
-__all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_image_tta"]
+__all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_region", "predict_image_tta"]
 
 
 class TilePlan:
@@ -103,7 +103,6 @@ def predict_image_tta(model: UNet, image, **kwargs) -> np.ndarray:
     return (total / 8).astype(np.float32)
 
 
-@torch.no_grad()
 def predict_image(
     model: UNet,
     image: np.ndarray | list[np.ndarray],
@@ -136,12 +135,43 @@ def predict_image(
         out: optional float32 (H, W) array to write the result into.
         progress: show a bar over the tiles when there are many (large images).
     """
-    device = torch.device(device) if device is not None else next(model.parameters()).device
     planes = _as_planes(image, model)
     h, w = planes[0].shape
+    return predict_region(model, lambda rows, cols: [p[rows, cols] for p in planes], (h, w), (0, h, 0, w), tile=tile,
+                          overlap=overlap, batch_size=batch_size, blend=blend, margin=margin, precision=precision,
+                          device=device, out=out, progress=progress)
+
+
+@torch.no_grad()
+def predict_region(
+    model: UNet,
+    read: Callable[[slice, slice], list[np.ndarray]],
+    shape: tuple[int, int],
+    region: tuple[int, int, int, int],
+    tile: int = 388,
+    overlap: float = 0.0,
+    batch_size: int = 4,
+    blend: str = "gaussian",
+    margin: int = 32,
+    precision: str = "fp32",
+    device: torch.device | str | None = None,
+    out: np.ndarray | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """The probabilities of the rows ``y0:y1`` and columns ``x0:x1`` (``region``) of an image of
+    ``shape`` that :func:`predict_image` of the whole image gives: the same tiles of the whole
+    image's grid, blended the same way, so that an image predicted region by region (a volume
+    too large for memory, in blocks) equals the image predicted at once.
+
+    ``read(rows, cols)`` returns the input channels' float32 pixels of a rectangle of the image
+    (slices within the image); only the rectangle that the region's tiles need is read.
+    """
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    h, w = shape
+    y0, y1, x0, x1 = region
     plan = plan_tiles(model, h, w, tile, overlap, margin)
     if out is None:
-        out = np.zeros((h, w), np.float32)
+        out = np.zeros((y1 - y0, x1 - x0), np.float32)
     else:
         out[...] = 0.0
     profile = _profile(plan.out_size, blend)
@@ -152,14 +182,21 @@ def predict_image(
         norm_y[iy * plan.stride : iy * plan.stride + plan.out_size] += profile
     for ix in range(plan.nx):
         norm_x[ix * plan.stride : ix * plan.stride + plan.out_size] += profile
-    origins = list(plan.origins())
+    origins = [(y, x) for y, x in plan.origins()
+               if y < y1 and y + plan.out_size > y0 and x < x1 and x + plan.out_size > x0]
     m, b = plan.margin, plan.context
+    rows = [mirror_index(y - b, plan.in_size, h) for y, _ in origins]
+    cols = [mirror_index(x - b, plan.in_size, w) for _, x in origins]
+    if not origins:
+        return out
+    top, left = min(r.min() for r in rows), min(c.min() for c in cols)
+    planes = read(slice(top, max(r.max() for r in rows) + 1), slice(left, max(c.max() for c in cols) + 1))
     memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
     bar = progress_bar(len(origins), desc="tiles", unit="tile", enabled=progress and len(origins) >= 64, transient=True)
     for start in range(0, len(origins), batch_size):
-        chunk = origins[start : start + batch_size]
+        chunk = range(start, min(start + batch_size, len(origins)))
         bar.update(len(chunk))
-        windows = [np.ix_(mirror_index(y - b, plan.in_size, h), mirror_index(x - b, plan.in_size, w)) for y, x in chunk]
+        windows = [np.ix_(rows[i] - top, cols[i] - left) for i in chunk]
         batch = np.stack([np.stack([p[window] for p in planes]) for window in windows]).astype(np.float32, copy=False)
         x_t = to_network_input(torch.from_numpy(batch).to(device)).contiguous(memory_format=memory_format)
         with autocast_for(device, precision):
@@ -168,10 +205,13 @@ def predict_image(
         if m:
             prob = prob[:, m:-m, m:-m]
         prob = prob.cpu().numpy()
-        for (y, x), p in zip(chunk, prob):
-            hy, wx = min(plan.out_size, h - y), min(plan.out_size, w - x)  # the part inside the image
-            out[y : y + hy, x : x + wx] += (p * weight)[:hy, :wx]
+        for i, p in zip(chunk, prob):
+            y, x = origins[i]
+            # the part of the tile's output inside both the image and the region
+            ty0, ty1 = max(y, y0), min(y + plan.out_size, h, y1)
+            tx0, tx1 = max(x, x0), min(x + plan.out_size, w, x1)
+            out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += (p * weight)[ty0 - y : ty1 - y, tx0 - x : tx1 - x]
     bar.close()
-    out /= norm_y[:h, None]
-    out /= norm_x[None, :w]
+    out /= norm_y[y0:y1, None]
+    out /= norm_x[None, x0:x1]
     return out

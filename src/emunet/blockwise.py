@@ -1,0 +1,225 @@
+"""Blockwise prediction of volumes larger than memory, on Dask: from one process to a cluster.
+
+The volume is cut into blocks of whole output chunks. A block is predicted with the tiles of
+its whole section's tile grid that reach into it, reading from its neighbours the context
+those tiles need (mirror padding only at the volume's own edges), so that a volume predicted
+block by block equals each section predicted whole (:func:`tiling.predict_region`). The blur
+and the wall-gap closing get a halo of their own: the closing's windows are the same as a
+whole section's (blocks are whole windows), each with the same margin of context.
+
+Each task owns its block's output chunks, writes them, then a marker; a prediction that was
+killed and is run again skips the blocks with markers and ends with the same output as an
+undisturbed run. Memory per task depends on the block size, not on the volume's.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import PredictConfig
+from .errors import DataError, UsageError
+from .postprocess import CLOSE_GAPS_MARGIN, CLOSE_GAPS_WINDOW, smooth_in_place, wall_levels
+
+__all__ = ["Block", "plan_blocks", "predict_block", "predict_to_ome_zarr", "BlockwiseResult"]
+
+DONE = ".emunet-blocks"  # markers of finished blocks, inside the output (ignored by Zarr readers)
+
+
+@dataclass(frozen=True)
+class Block:
+    z: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.z}.{self.y0}.{self.x0}"
+
+
+def plan_blocks(shape: tuple[int, int, int], block: int) -> list[Block]:
+    n, h, w = shape
+    return [Block(z, y, min(y + block, h), x, min(x + block, w))
+            for z in range(n) for y in range(0, h, block) for x in range(0, w, block)]
+
+
+def _halo(pcfg: PredictConfig) -> int:
+    """Pixels of context a block's post-processing needs around it: the blur's kernel radius
+    (scipy truncates at 4 std), plus the closing's margin, which must itself be blurred right."""
+    radius = int(4.0 * pcfg.smooth + 0.5) if pcfg.smooth > 0 else 0
+    return radius + (CLOSE_GAPS_MARGIN if pcfg.close_gaps > 0 else 0)
+
+
+def check_block_size(block: int, chunk: int, pcfg: PredictConfig) -> None:
+    if block % chunk:
+        raise UsageError(f"--block {block} must be a multiple of the output chunk {chunk}")
+    if pcfg.close_gaps > 0 and block % CLOSE_GAPS_WINDOW:
+        raise UsageError(f"--block {block}: with wall-gap closing a block is whole closing windows of "
+                         f"{CLOSE_GAPS_WINDOW} px (e.g. --block 2048), or turn it off with --close-gaps 0")
+
+
+def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConfig, precision: str) -> np.ndarray:
+    """The post-processed probabilities of one block (float32), equal to the same pixels of its
+    section predicted and post-processed whole."""
+    from .predict import model_context
+    from .tiling import predict_region
+
+    n, h, w = volume.shape
+    halo = _halo(pcfg)
+    ry0, ry1, rx0, rx1 = max(0, block.y0 - halo), min(h, block.y1 + halo), max(0, block.x0 - halo), min(w, block.x1 + halo)
+    raw = np.zeros((ry1 - ry0, rx1 - rx0), np.float32)
+    extra = np.empty_like(raw) if len(models) > 1 else None
+    for k, model in enumerate(models):
+        k_ctx = model_context(model)
+        sections = [min(max(block.z + d, 0), n - 1) for d in range(-k_ctx, k_ctx + 1)]  # as Volume.planes
+        read = lambda rows, cols, s=sections: [volume.read(z, rows, cols) for z in s]  # noqa: E731
+        predict_region(model, read, (h, w), (ry0, ry1, rx0, rx1), tile=pcfg.tile, overlap=pcfg.overlap,
+                       batch_size=pcfg.batch_size, blend=pcfg.blend, margin=pcfg.margin, precision=precision,
+                       out=raw if k == 0 else extra)
+        if k:
+            raw += extra
+    if len(models) > 1:
+        raw /= len(models)
+    smooth_in_place(raw, pcfg.smooth)
+    inner = raw[block.y0 - ry0 : block.y1 - ry0, block.x0 - rx0 : block.x1 - rx0].copy()
+    if pcfg.close_gaps > 0:
+        _close_gaps_of_block(raw, (ry0, rx0), inner, block, (h, w), pcfg.close_gaps)
+    return inner
+
+
+def _close_gaps_of_block(smoothed: np.ndarray, origin: tuple[int, int], inner: np.ndarray, block: Block,
+                         shape: tuple[int, int], threshold: float) -> None:
+    """Lower ``inner`` (the block) by the walls of each closing window in it, each window's
+    walls found from its blurred values and a margin around it, as a whole section's are."""
+    h, w = shape
+    oy, ox = origin
+    m = CLOSE_GAPS_MARGIN
+    for top in range(block.y0, block.y1, CLOSE_GAPS_WINDOW):
+        lo, hi, end = max(0, top - m), min(h, top + CLOSE_GAPS_WINDOW + m), min(h, top + CLOSE_GAPS_WINDOW)
+        for left in range(block.x0, block.x1, CLOSE_GAPS_WINDOW):
+            first, last, right = max(0, left - m), min(w, left + CLOSE_GAPS_WINDOW + m), min(w, left + CLOSE_GAPS_WINDOW)
+            walls = wall_levels(np.ascontiguousarray(smoothed[lo - oy : hi - oy, first - ox : last - ox]), threshold)
+            target = inner[top - block.y0 : end - block.y0, left - block.x0 : right - block.x0]
+            np.minimum(target, walls[top - lo : end - lo, left - first : right - first], out=target)
+
+
+def _encode(probs: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "uint8":
+        return np.rint(probs * 255.0).astype(np.uint8)
+    return probs.astype(dtype)
+
+
+# --- the tasks: one per block, each loading the models once per process ---------------------
+
+_loaded: dict[tuple, Any] = {}
+_loading = threading.Lock()
+
+
+def _models_and_volume(checkpoints: tuple[str, ...], device: str, source: str, channel: int | None, axes: str | None):
+    """The models (loaded once per worker process) and the opened input, scaled as they were trained."""
+    from .device import resolve_device
+    from .predict import load_models
+    from .volumes import open_volume
+
+    key = (checkpoints, device, source, channel, axes)
+    with _loading:
+        if key not in _loaded:
+            loaded = load_models(list(checkpoints), resolve_device(device))
+            volume = open_volume(source, channel, axes)
+            volume.choose_scaling(loaded.intensity)
+            _loaded[key] = (loaded.models, volume)
+        return _loaded[key]
+
+
+def _run_block(job: dict, block: Block) -> str:
+    import zarr
+
+    models, volume = _models_and_volume(job["checkpoints"], job["device"], job["source"], job["channel"], job["axes"])
+    probs = predict_block(models, volume, block, job["predict"], job["precision"])
+    target = zarr.open_array(str(Path(job["output"]) / "0"), mode="r+", zarr_format=2)
+    target[block.z, block.y0 : block.y1, block.x0 : block.x1] = _encode(probs, job["dtype"])
+    marker = Path(job["output"]) / DONE / block.name
+    marker.write_bytes(b"")  # written after the chunks: a block without it is predicted again
+    return block.name
+
+
+@dataclass
+class BlockwiseResult:
+    shape: tuple[int, int, int]
+    blocks: int
+    skipped: int
+    seconds: float
+
+
+def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: Path, pcfg: PredictConfig,
+                        precision: str, device: str = "auto", block: int = 2048, chunk: int = 1024,
+                        dtype: str = "uint8", levels: int = 1, scheduler: str | None = None, workers: int = 1,
+                        channel: int | None = None, axes: str | None = None, progress: bool = True) -> BlockwiseResult:
+    """Predict the volume ``source`` block by block into the OME-Zarr image ``output``.
+
+    Args:
+        block: block side in pixels, a multiple of ``chunk`` (and of the closing's window).
+        chunk: output chunk side (chunks are 1 x chunk x chunk).
+        dtype: 'uint8' (probability x 255), 'float16' or 'float32'.
+        levels: resolutions written (1 = full resolution only; more add 2x-downsampled levels).
+        scheduler: None for an in-process Dask scheduler with ``workers`` threads, or the address
+            of a ``dask.distributed`` scheduler (``tcp://host:8786``), whose workers each load
+            the models once.
+    """
+    from .volumes import create_ome_zarr, open_volume, write_pyramid
+
+    if dtype not in ("uint8", "float16", "float32"):
+        raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
+    check_block_size(block, chunk, pcfg)
+    volume = open_volume(source, channel, axes)
+    shape = volume.shape
+    group = create_ome_zarr(output, shape, (1, chunk, chunk), dtype, volume.calibration, Path(source).name, levels)
+    done_dir = output / DONE
+    done_dir.mkdir(exist_ok=True)
+    blocks = plan_blocks(shape, block)
+    finished = {p.name for p in done_dir.iterdir()}
+    todo = [b for b in blocks if b.name not in finished]
+    job = {"checkpoints": tuple(str(c) for c in checkpoints), "device": device, "source": str(source), "channel": channel,
+           "axes": axes, "predict": pcfg, "precision": precision, "output": str(output), "dtype": dtype}
+    start = time.perf_counter()
+    if todo:
+        _compute(job, todo, scheduler, workers, progress)
+    if levels > 1:
+        write_pyramid(group)
+    return BlockwiseResult(shape, len(blocks), len(blocks) - len(todo), time.perf_counter() - start)
+
+
+def _compute(job: dict, todo: list[Block], scheduler: str | None, workers: int, progress: bool) -> None:
+    import dask
+
+    from .progress import progress_bar
+
+    tasks = [dask.delayed(_run_block, pure=False)(job, b, dask_key_name=f"block-{b.name}") for b in todo]
+    bar = progress_bar(len(todo), desc="blocks", unit="block", enabled=progress)
+    try:
+        if scheduler is None:
+            from dask.callbacks import Callback
+
+            with Callback(posttask=lambda key, *rest: bar.update(1) if str(key).startswith("block-") else None):
+                dask.compute(*tasks, scheduler="threads", num_workers=workers)
+        else:
+            from distributed import Client, as_completed
+
+            try:
+                client = Client(scheduler, timeout="20s")
+            except OSError as exc:
+                raise DataError(f"{scheduler}: cannot reach the Dask scheduler ({exc})") from None
+            with client:
+                for future in as_completed(client.compute(tasks)):
+                    future.result()  # a failed block raises here, naming its error
+                    bar.update(1)
+    finally:
+        bar.close()

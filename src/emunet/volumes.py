@@ -1,0 +1,291 @@
+"""Volumes too large for memory: Zarr (v2, v3), OME-Zarr, HDF5 and big TIFF stacks opened
+lazily, read block by block; OME-Zarr written chunk by chunk.
+
+A volume is addressed as
+
+- ``data.zarr`` (an array, or an OME-Zarr image whose first resolution is used) or
+  ``data.zarr/path/in/store`` (an array inside a group);
+- ``data.h5:/path/in/file`` (an HDF5 dataset; ``.hdf5`` and ``.hdf`` too);
+- ``stack.tif`` read through tifffile's Zarr view (no page is read until asked for).
+
+Axes come from the metadata (OME-NGFF ``axes``, ImageJ/OME-TIFF axes, an HDF5 dataset's
+``axes`` attribute) or the ``axes`` argument; without any, 2-D is ``yx`` and 3-D ``zyx``. A
+volume with channels needs ``channel`` (never silently flattened); a time axis longer than one
+is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .pixels import Calibration, Intensity, choose_intensity, read_calibration
+from .errors import DataError
+
+log = logging.getLogger("emunet")
+
+__all__ = ["LazyVolume", "is_volume_path", "open_volume", "create_ome_zarr", "write_pyramid"]
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+
+
+def is_volume_path(path: str | Path) -> bool:
+    """Whether ``path`` names a Zarr or HDF5 volume (read lazily) rather than an image file or folder."""
+    text = str(path)
+    return ".zarr" in text or any(f"{s}:" in text or text.endswith(s) for s in HDF5_SUFFIXES)
+
+
+@dataclass
+class LazyVolume:
+    """A stack of sections (``shape`` = (N, H, W)) read on demand: ``read(z, rows, cols)`` gives
+    float32 pixels scaled by ``intensity``, ``raw(z, rows, cols)`` the stored values."""
+
+    array: Any  # zarr array, h5py dataset or tifffile's zarr view: anything sliceable
+    index: tuple  # where (z, y, x) sit among the array's axes: an int (a chosen channel) or None (z, y, x)
+    source: str
+    axes: str
+    calibration: Calibration | None = None
+    intensity: Intensity | None = None
+    keep_open: list = field(default_factory=list)  # files that must stay open while the array is read
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        dims = [n for n, i in zip(self.array.shape, self.index) if i is None]
+        return (1, *dims) if len(dims) == 2 else tuple(dims)  # type: ignore[return-value]
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.array.dtype)
+
+    def raw(self, z: int, rows: slice, cols: slice) -> np.ndarray:
+        spatial = iter([z, rows, cols] if sum(i is None for i in self.index) == 3 else [rows, cols])
+        key = tuple(next(spatial) if i is None else i for i in self.index)
+        return np.asarray(self.array[key])
+
+    def read(self, z: int, rows: slice, cols: slice) -> np.ndarray:
+        raw = self.raw(z, rows, cols)
+        out = np.empty(raw.shape, np.float32)
+        self.intensity.apply(raw, out)
+        return out
+
+    def choose_scaling(self, recorded: Intensity | None) -> None:
+        """The checkpoint's scaling where it was chosen for this pixel type; else one chosen from
+        the first, middle and last sections (a whole volume is not read for it)."""
+        if recorded is not None and recorded.dtype == str(self.dtype):
+            self.intensity = recorded
+            return
+        n, h, w = self.shape
+        sample = [self.raw(z, slice(0, h), slice(0, w)) for z in sorted({0, n // 2, n - 1})]
+        self.intensity = choose_intensity(sample)
+
+
+def _axes_index(axes: str, shape: tuple[int, ...], channel: int | None, source: str) -> tuple:
+    axes = axes.lower()
+    if len(axes) != len(shape):
+        raise DataError(f"{source}: axes {axes!r} do not match the array's {len(shape)} dimensions {shape}")
+    if "y" not in axes or "x" not in axes:
+        raise DataError(f"{source}: axes {axes!r} have no y and x")
+    index: list = []
+    for name, size in zip(axes, shape):
+        if name in "zyx":
+            index.append(None)
+        elif name in "cs":
+            if size > 1 and channel is None:
+                raise DataError(f"{source}: the volume has {size} channels (axes {axes!r}); choose one with "
+                                "data.channel / --channel")
+            if channel is not None and not 0 <= channel < size:
+                raise DataError(f"{source}: channel {channel} does not exist (the volume has {size})")
+            index.append(channel or 0)
+        elif size == 1:
+            index.append(0)
+        else:
+            raise DataError(f"{source}: axis {name!r} of length {size} (axes {axes!r}); only z, y, x and a chosen "
+                            "channel are read; cut the volume to one time point first")
+    return tuple(index)
+
+
+def _default_axes(ndim: int, source: str) -> str:
+    if ndim == 2:
+        return "yx"
+    if ndim == 3:
+        return "zyx"
+    raise DataError(f"{source}: a {ndim}-D array without axes metadata; give its axes (e.g. 'czyx')")
+
+
+def _open_zarr(path: str) -> tuple[Any, str | None, Calibration | None]:
+    import zarr
+
+    store, _, inner = path.partition(".zarr")
+    root_path = store + ".zarr"
+    try:
+        node = zarr.open(root_path + inner, mode="r")
+    except Exception as exc:  # a missing path, a store of another kind
+        raise DataError(f"{path}: not a readable Zarr array or group ({type(exc).__name__}: {exc})") from None
+    if isinstance(node, zarr.Array):
+        axes = node.attrs.get("_ARRAY_DIMENSIONS") or node.attrs.get("axes")
+        return node, "".join(axes).lower() if axes else None, None
+    multiscales = node.attrs.get("multiscales") or (node.attrs.get("ome") or {}).get("multiscales")
+    if not multiscales:
+        arrays = sorted(name for name, _ in node.arrays())
+        raise DataError(f"{path}: a Zarr group without OME-NGFF multiscales; name the array inside it "
+                        f"({', '.join(arrays[:4]) or 'it holds none'}), e.g. {path}/{arrays[0] if arrays else 'raw'}")
+    first = multiscales[0]
+    level = first["datasets"][0]
+    axes = "".join(a["name"] if isinstance(a, dict) else a for a in first.get("axes", [])) or None
+    calibration = None
+    scale = next((t["scale"] for t in level.get("coordinateTransformations", []) if t.get("type") == "scale"), None)
+    if scale and axes and "y" in axes and "x" in axes:
+        units = {a.get("name"): a.get("unit") for a in first.get("axes", []) if isinstance(a, dict)}
+        calibration = Calibration((float(scale[axes.index("x")]), float(scale[axes.index("y")])),
+                                  float(scale[axes.index("z")]) if "z" in axes else None, units.get("x") or "pixel")
+    return node[level["path"]], axes, calibration
+
+
+def _open_hdf5(path: str) -> tuple[Any, str | None, Any]:
+    import h5py
+
+    for suffix in HDF5_SUFFIXES:
+        if f"{suffix}:" in path:
+            file_name, _, inner = path.partition(f"{suffix}:")
+            file_name += suffix
+            break
+    else:
+        file_name, inner = path, ""
+    if not Path(file_name).is_file():
+        raise DataError(f"{file_name}: path does not exist")
+    handle = h5py.File(file_name, "r")
+    if not inner:
+        names: list[str] = []
+        handle.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        if len(names) != 1:
+            raise DataError(f"{file_name}: name the dataset to read, e.g. {file_name}:/{names[0] if names else 'raw'} "
+                            f"(it holds {len(names)})")
+        inner = names[0]
+    if inner not in handle or not isinstance(handle[inner], h5py.Dataset):
+        raise DataError(f"{file_name}: no dataset {inner!r} in the file")
+    dataset = handle[inner]
+    axes = dataset.attrs.get("axes")
+    return dataset, str(axes).lower() if axes is not None else None, handle
+
+
+def _open_tiff(path: str) -> tuple[Any, str | None, Any]:
+    import tifffile
+    import zarr
+
+    tif = tifffile.TiffFile(path)
+    series = tif.series[0]
+    store = series.aszarr()
+    array = zarr.open(store, mode="r")
+    if not isinstance(array, zarr.Array):  # a pyramid: its first level
+        array = array["0"]
+    return array, _tiff_axes(series.axes, tuple(array.shape), path), tif
+
+
+def _tiff_axes(axes: str, shape: tuple[int, ...], path: str) -> str:
+    """tifffile's axes as z, y, x, c: its section axes (Z, T, Q, I, ...) are z; a channel or
+    sample axis in a file without sections is read as sections, with a warning, as
+    :func:`data.read_images` reads such files."""
+    sized = {a: n for a, n in zip(axes, shape)}
+    sections = [a for a in axes if a not in "YXCS" and sized[a] > 1]
+    if len(sections) > 1:
+        raise DataError(f"{path}: the TIFF has more than one stack axis ({', '.join(sections)} in axes {axes}); "
+                        "save the sections as one Z stack")
+    channels = [a for a in axes if a in "CS" and sized[a] > 1]
+    out = ""
+    for a in axes:
+        if a in "YX":
+            out += a.lower()
+        elif a in sections or (not sections and channels == [a] and a == axes[0]):
+            if a in "CS":
+                log.warning(f"{path}: read the {sized[a]} channels (axes {axes}) as sections; if they are channels of "
+                            "one image, choose one with data.channel (or --channel) and name the axes (--axes cyx)")
+            out += "z"
+        elif a in "CS":
+            out += "c"
+        else:
+            out += "t"  # a length-1 axis
+    return out
+
+
+def open_volume(path: str | Path, channel: int | None = None, axes: str | None = None) -> LazyVolume:
+    """A lazily read (N, H, W) volume from a Zarr array or OME-Zarr image, an HDF5 dataset or a
+    TIFF stack (see the module's docstring for how each is named)."""
+    text = str(path)
+    keep: list = []
+    calibration = None
+    if ".zarr" in text:
+        array, found_axes, calibration = _open_zarr(text)
+    elif any(f"{s}:" in text or text.endswith(s) for s in HDF5_SUFFIXES):
+        array, found_axes, handle = _open_hdf5(text)
+        keep.append(handle)
+    elif text.lower().endswith((".tif", ".tiff")):
+        if not Path(text).is_file():
+            raise DataError(f"{text}: path does not exist")
+        array, found_axes, handle = _open_tiff(text)
+        keep.append(handle)
+        calibration = read_calibration(Path(text))
+    else:
+        raise DataError(f"{text}: not a volume (a .zarr, an .h5 dataset or a .tif stack)")
+    used_axes = (axes or found_axes or _default_axes(len(array.shape), text)).lower()
+    index = _axes_index(used_axes, tuple(array.shape), channel, text)
+    return LazyVolume(array, index, text, used_axes, calibration, keep_open=keep)
+
+
+def create_ome_zarr(path: Path, shape: tuple[int, int, int], chunks: tuple[int, int, int], dtype: str,
+                    calibration: Calibration | None, name: str, levels: int = 1) -> Any:
+    """An empty OME-Zarr image (NGFF 0.4, Zarr v2: what napari-ome-zarr and neuroglancer read):
+    axes z, y, x, the input's scale, compressed chunks, ``levels`` resolutions each half the
+    last in y and x. Returns the group; level ``i`` is ``group[str(i)]``. An existing one of the
+    same shape, chunks and type is opened as it is (a restarted prediction continues it)."""
+    import zarr
+    from numcodecs import Blosc
+
+    if (path / ".zattrs").is_file():
+        group = zarr.open_group(str(path), mode="r+", zarr_format=2)
+        level0 = group["0"]
+        if tuple(level0.shape) == shape and tuple(level0.chunks) == chunks and str(level0.dtype) == dtype:
+            return group
+        raise DataError(f"{path}: holds an image of shape {tuple(level0.shape)}, chunks {tuple(level0.chunks)}, "
+                        f"{level0.dtype}; this prediction is {shape}, {chunks}, {dtype}: choose another -o or remove it")
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    dx, dy = calibration.pixel_size if calibration else (1.0, 1.0)
+    dz = (calibration.spacing if calibration and calibration.spacing else 1.0)
+    unit = calibration.unit if calibration and calibration.unit not in (None, "", "pixel") else None
+    datasets = []
+    for level in range(levels):
+        f = 2**level
+        level_shape = (shape[0], -(-shape[1] // f), -(-shape[2] // f))
+        group.create_array(str(level), shape=level_shape, chunks=chunks, dtype=dtype, fill_value=0,
+                           compressors=Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE))
+        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [dz, dy * f, dx * f]}]})
+    axes = [{"name": "z", "type": "space"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    if unit:
+        for a in axes:
+            a["unit"] = unit
+    group.attrs["multiscales"] = [{"version": "0.4", "name": name, "axes": axes, "datasets": datasets,
+                                   "type": "mean" if levels > 1 else None}]
+    return group
+
+
+def write_pyramid(group: Any) -> None:
+    """Fill levels 1, 2, ... of an OME-Zarr image by 2 x 2 means of the level above, chunk by
+    chunk (memory: a few chunks)."""
+    levels = sorted(int(k) for k in group.array_keys())
+    for level in levels[1:]:
+        source, target = group[str(level - 1)], group[str(level)]
+        cz, cy, cx = target.chunks
+        for z in range(target.shape[0]):
+            for y in range(0, target.shape[1], cy):
+                for x in range(0, target.shape[2], cx):
+                    block = np.asarray(source[z, 2 * y : 2 * (y + cy), 2 * x : 2 * (x + cx)], np.float32)
+                    ph, pw = block.shape[0] % 2, block.shape[1] % 2
+                    if ph or pw:
+                        block = np.pad(block, ((0, ph), (0, pw)), mode="edge")
+                    mean = block.reshape(block.shape[0] // 2, 2, block.shape[1] // 2, 2).mean(axis=(1, 3))
+                    if target.dtype.kind in "iu":
+                        mean = np.rint(mean)
+                    target[z, y : y + mean.shape[0], x : x + mean.shape[1]] = mean.astype(target.dtype)

@@ -1,0 +1,204 @@
+"""Volumes larger than memory: formats in and out, blockwise prediction equal to in-memory
+prediction, restart after a kill, a distributed run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from emunet.cli import main
+from emunet.errors import DataError
+from emunet.volumes import open_volume
+
+
+@pytest.fixture(scope="module")
+def stack(isbi_dir) -> np.ndarray:
+    return tifffile.imread(isbi_dir / "train-volume.tif")[:3, :300, :340]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small untrained network with the CPU preset's shape: its weights are what matters here."""
+    import torch
+
+    from emunet.checkpoint import save_weights
+    from emunet.config import config_to_dict, load_config
+    from emunet.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model("unet_cpu", width=4, depth=2).eval()
+    cfg = load_config(None, ["model.preset=unet_cpu", "model.width=4", "model.depth=2", "predict.tile=128",
+                             "predict.overlap=0.25", "predict.margin=16"])
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    intensity = {"low": 0.0, "high": 255.0, "dtype": "uint8", "how": "8-bit"}
+    save_weights(path, model, model.cfg, {"step": 0, "config": config_to_dict(cfg) | {"intensity": intensity}})
+    return path
+
+
+def _write_formats(folder: Path, stack: np.ndarray) -> dict[str, str]:
+    import h5py
+    from ome_zarr.io import parse_url
+    from ome_zarr.writer import write_image
+
+    paths = {}
+    z2 = zarr.open_array(str(folder / "v2.zarr"), mode="w", shape=stack.shape, chunks=(1, 128, 128), dtype=stack.dtype,
+                         zarr_format=2)
+    z2[...] = stack
+    paths["zarr v2"] = str(folder / "v2.zarr")
+    g3 = zarr.open_group(str(folder / "v3.zarr"), mode="w", zarr_format=3)
+    g3.create_array("raw", shape=stack.shape, chunks=(1, 100, 100), dtype=stack.dtype)[...] = stack
+    paths["zarr v3 array in a group"] = str(folder / "v3.zarr" / "raw")
+    ome = parse_url(str(folder / "v05.ome.zarr"), mode="w").store  # NGFF 0.5 as ome-zarr writes it, with a pyramid
+    write_image(stack, zarr.group(store=ome), axes="zyx")
+    paths["OME-Zarr 0.5"] = str(folder / "v05.ome.zarr")
+    group = zarr.open_group(str(folder / "image.ome.zarr"), mode="w", zarr_format=2)  # NGFF 0.4, calibrated
+    group.create_array("0", shape=stack.shape, chunks=(1, 128, 128), dtype=stack.dtype)[...] = stack
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n, "type": "space", "unit": "nanometer"} for n in "zyx"],
+                                   "datasets": [{"path": "0", "coordinateTransformations": [
+                                       {"type": "scale", "scale": [50.0, 4.0, 4.0]}]}]}]
+    paths["OME-Zarr 0.4"] = str(folder / "image.ome.zarr")
+    with h5py.File(folder / "data.h5", "w") as f:
+        f.create_dataset("volumes/raw", data=stack, chunks=(1, 64, 64))
+    paths["HDF5"] = f"{folder / 'data.h5'}:/volumes/raw"
+    tifffile.imwrite(folder / "stack.tif", stack)
+    paths["TIFF"] = str(folder / "stack.tif")
+    return paths
+
+
+def test_every_format_reads_lazily_as_the_stack_it_holds(stack, tmp_path):
+    for kind, path in _write_formats(tmp_path, stack).items():
+        volume = open_volume(path)
+        assert volume.shape == stack.shape, kind
+        assert np.array_equal(volume.raw(1, slice(10, 70), slice(5, 300)), stack[1, 10:70, 5:300]), kind
+    ome = open_volume(tmp_path / "image.ome.zarr")
+    assert ome.axes == "zyx" and ome.calibration.pixel_size == (4.0, 4.0) and ome.calibration.spacing == 50.0
+
+
+def test_channels_and_time_need_a_choice_and_axes_must_fit(stack, tmp_path):
+    import h5py
+
+    two = np.stack([stack, 255 - stack], axis=0)  # c z y x
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        f.create_dataset("raw", data=two).attrs["axes"] = "czyx"
+    with pytest.raises(DataError, match="has 2 channels.*--channel"):
+        open_volume(f"{tmp_path / 'c.h5'}:/raw")
+    second = open_volume(f"{tmp_path / 'c.h5'}:/raw", channel=1)
+    assert second.shape == stack.shape and np.array_equal(second.raw(0, slice(0, 5), slice(0, 5)), 255 - stack[0, :5, :5])
+    with pytest.raises(DataError, match="channel 2 does not exist"):
+        open_volume(f"{tmp_path / 'c.h5'}:/raw", channel=2)
+    with pytest.raises(DataError, match="axis 't' of length 2"):
+        open_volume(f"{tmp_path / 'c.h5'}:/raw", axes="tzyx")
+    with pytest.raises(DataError, match="do not match"):
+        open_volume(f"{tmp_path / 'c.h5'}:/raw", axes="zyx")
+    with pytest.raises(DataError, match="name the dataset"):
+        with h5py.File(tmp_path / "two.h5", "w") as f:
+            f["a"], f["b"] = stack, stack
+        open_volume(tmp_path / "two.h5")
+
+
+def test_blockwise_prediction_equals_whole_sections_at_block_edges_too(tiny_model, isbi_dir, tmp_path):
+    from emunet.blockwise import predict_to_ome_zarr
+    from emunet.config import PredictConfig
+    from emunet.data import read_images
+    from emunet.predict import load_models, predict_volume
+
+    tiles = tifffile.imread(isbi_dir / "train-volume.tif")[:2]
+    big = np.tile(tiles, (1, 3, 3))[:, :1100, :1090]  # 2 x 1100 x 1090: more than one closing window
+    tifffile.imwrite(tmp_path / "big.tif", big)
+    zarr.open_array(str(tmp_path / "big.zarr"), mode="w", shape=big.shape, chunks=(1, 256, 256), dtype=big.dtype,
+                    zarr_format=2)[...] = big
+    loaded = load_models([tiny_model], "cpu")
+    whole = read_images(tmp_path / "big.tif", intensity=loaded.intensity)
+    for pcfg, block, chunk in ((PredictConfig(tile=128, overlap=0.25, margin=16, smooth=1.0), 256, 128),
+                               (PredictConfig(tile=128, overlap=0.25, margin=16, smooth=1.0, close_gaps=0.5), 1024, 512)):
+        expected = predict_volume(loaded.models, whole, pcfg, "fp32")
+        out = tmp_path / f"out-{block}.ome.zarr"
+        result = predict_to_ome_zarr([tiny_model], str(tmp_path / "big.zarr"), out, pcfg, "fp32", device="cpu",
+                                     block=block, chunk=chunk, dtype="float32", progress=False)
+        assert result.blocks == 2 * (-(-1100 // block)) * (-(-1090 // block))
+        got = zarr.open_array(str(out / "0"), mode="r")[...]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+        edge = slice(block - 3, block + 3)  # the seams between blocks
+        np.testing.assert_allclose(got[:, edge], expected[:, edge], rtol=0, atol=1e-6)
+
+
+def test_ome_zarr_output_reads_back_with_its_metadata_and_a_pyramid(tiny_model, stack, tmp_path, capsys):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    tifffile.imwrite(tmp_path / "in.tif", stack, imagej=True, resolution=(1 / 4.0, 1 / 4.0),
+                     metadata={"axes": "ZYX", "unit": "nm", "spacing": 50.0})
+    out = tmp_path / "pred.ome.zarr"
+    assert main(["predict", str(tiny_model), str(tmp_path / "in.tif"), "-o", str(out), "--block", "128", "--chunk", "64",
+                 "--levels", "2", "--close-gaps", "0", "-q"]) == 0
+    assert f"wrote {out}: 3 x 300 x 340 uint8" in capsys.readouterr().out
+    node = next(iter(Reader(parse_url(str(out)))()))
+    assert [a["name"] for a in node.metadata["axes"]] == ["z", "y", "x"] and node.metadata["axes"][1]["unit"] == "nm"
+    scales = [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]
+    assert scales == [[50.0, 4.0, 4.0], [50.0, 8.0, 8.0]]
+    full, half = (np.asarray(level) for level in node.data)
+    assert full.shape == (3, 300, 340) and half.shape == (3, 150, 170) and full.dtype == np.uint8
+    assert zarr.open_array(str(out / "0"), mode="r").chunks == (1, 64, 64)
+    assert abs(float(half[1].mean()) - float(full[1].mean())) < 1.0
+
+
+def test_a_killed_prediction_rerun_continues_and_ends_as_an_undisturbed_one(tiny_model, stack, tmp_path):
+    tifffile.imwrite(tmp_path / "in.tif", np.concatenate([stack] * 4))  # 12 sections
+    command = [sys.executable, "-m", "emunet", "predict", str(tiny_model), str(tmp_path / "in.tif"), "--block", "64",
+               "--chunk", "64", "--close-gaps", "0", "--precision", "fp32", "-q", "-o"]
+    undisturbed = tmp_path / "whole.ome.zarr"
+    subprocess.run([*command, str(undisturbed)], check=True)
+    killed = tmp_path / "killed.ome.zarr"
+    run = subprocess.Popen([*command, str(killed)])
+    done = killed / ".emunet-blocks"
+    deadline = time.monotonic() + 120
+    while not (done.is_dir() and len(list(done.iterdir())) >= 20):
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    run.kill()  # kill -9, anywhere in a block
+    run.wait()
+    finished = len(list(done.iterdir()))
+    assert finished < 12 * 6 * 5
+    out = subprocess.run([*command[:-2], "-o", str(killed)], capture_output=True, text=True, check=True).stdout
+    assert f"({finished} finished before)" in out
+    a = zarr.open_array(str(undisturbed / "0"), mode="r")[...]
+    b = zarr.open_array(str(killed / "0"), mode="r")[...]
+    assert np.array_equal(a, b)
+
+
+def test_a_distributed_run_on_two_worker_processes_gives_the_same_output(tiny_model, stack, tmp_path):
+    from distributed import LocalCluster
+
+    from emunet.blockwise import predict_to_ome_zarr
+    from emunet.config import PredictConfig
+
+    zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=stack.shape, chunks=(1, 128, 128), dtype=stack.dtype,
+                    zarr_format=2)[...] = stack
+    pcfg = PredictConfig(tile=128, overlap=0.25, margin=16, smooth=1.0)
+    local = predict_to_ome_zarr([tiny_model], str(tmp_path / "in.zarr"), tmp_path / "local.ome.zarr", pcfg, "fp32",
+                                device="cpu", block=128, chunk=128, progress=False)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        spread = predict_to_ome_zarr([tiny_model], str(tmp_path / "in.zarr"), tmp_path / "spread.ome.zarr", pcfg, "fp32",
+                                     device="cpu", block=128, chunk=128, scheduler=cluster.scheduler_address,
+                                     progress=False)
+    assert spread.blocks == local.blocks == 3 * 3 * 3
+    a = zarr.open_array(str(tmp_path / "local.ome.zarr" / "0"), mode="r")[...]
+    b = zarr.open_array(str(tmp_path / "spread.ome.zarr" / "0"), mode="r")[...]
+    assert np.array_equal(a, b)
+
+
+def test_volumes_are_accepted_where_images_are(tiny_model, stack, tmp_path, capsys):
+    import h5py
+
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["raw"] = stack
+    assert main(["predict", str(tiny_model), f"{tmp_path / 'd.h5'}:/raw", "-o", str(tmp_path / "p.tif"), "-q"]) == 0
+    assert tifffile.imread(tmp_path / "p.tif").shape == stack.shape
