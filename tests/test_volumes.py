@@ -68,7 +68,7 @@ def _write_formats(folder: Path, stack: np.ndarray) -> dict[str, str]:
     with h5py.File(folder / "data.h5", "w") as f:
         f.create_dataset("volumes/raw", data=stack, chunks=(1, 64, 64))
     paths["HDF5"] = f"{folder / 'data.h5'}:/volumes/raw"
-    tifffile.imwrite(folder / "stack.tif", stack)
+    tifffile.imwrite(folder / "stack.tif", stack, photometric="minisblack")
     paths["TIFF"] = str(folder / "stack.tif")
     return paths
 
@@ -151,14 +151,14 @@ def test_ome_zarr_output_reads_back_with_its_metadata_and_a_pyramid(tiny_model, 
 
 
 def test_a_killed_prediction_rerun_continues_and_ends_as_an_undisturbed_one(tiny_model, stack, tmp_path):
-    tifffile.imwrite(tmp_path / "in.tif", np.concatenate([stack] * 4))  # 12 sections
+    tifffile.imwrite(tmp_path / "in.tif", np.concatenate([stack] * 4), photometric="minisblack")  # 12 sections
     command = [sys.executable, "-m", "emunet", "predict", str(tiny_model), str(tmp_path / "in.tif"), "--block", "64",
                "--chunk", "64", "--close-gaps", "0", "--precision", "fp32", "-q", "-o"]
     undisturbed = tmp_path / "whole.ome.zarr"
     subprocess.run([*command, str(undisturbed)], check=True)
     killed = tmp_path / "killed.ome.zarr"
     run = subprocess.Popen([*command, str(killed)])
-    done = killed / ".emunet-blocks"
+    done = tmp_path / ".killed.ome.zarr.blocks"
     deadline = time.monotonic() + 120
     while not (done.is_dir() and len(list(done.iterdir())) >= 20):
         assert run.poll() is None and time.monotonic() < deadline
@@ -172,6 +172,11 @@ def test_a_killed_prediction_rerun_continues_and_ends_as_an_undisturbed_one(tiny
     a = zarr.open_array(str(undisturbed / "0"), mode="r")[...]
     b = zarr.open_array(str(killed / "0"), mode="r")[...]
     assert np.array_equal(a, b)
+    import shutil
+
+    shutil.rmtree(killed)  # the output removed: the markers beside it no longer count
+    subprocess.run([*command[:-2], "-o", str(killed)], check=True)
+    assert np.array_equal(a, zarr.open_array(str(killed / "0"), mode="r")[...])
 
 
 def test_a_distributed_run_on_two_worker_processes_gives_the_same_output(tiny_model, stack, tmp_path):

@@ -14,6 +14,7 @@ undisturbed run. Memory per task depends on the block size, not on the volume's.
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Sequence
@@ -29,7 +30,10 @@ from .postprocess import CLOSE_GAPS_MARGIN, CLOSE_GAPS_WINDOW, smooth_in_place, 
 
 __all__ = ["Block", "plan_blocks", "predict_block", "predict_to_ome_zarr", "BlockwiseResult"]
 
-DONE = ".emunet-blocks"  # markers of finished blocks, inside the output (ignored by Zarr readers)
+def markers_folder(output: Path) -> Path:
+    """Where the markers of finished blocks go: a hidden folder beside the output (inside it,
+    Zarr readers would warn about a member they do not know)."""
+    return output.parent / f".{output.name}.blocks"
 
 
 @dataclass(frozen=True)
@@ -146,7 +150,7 @@ def _run_block(job: dict, block: Block) -> str:
     probs = predict_block(models, volume, block, job["predict"], job["precision"])
     target = zarr.open_array(str(Path(job["output"]) / "0"), mode="r+", zarr_format=2)
     target[block.z, block.y0 : block.y1, block.x0 : block.x1] = _encode(probs, job["dtype"])
-    marker = Path(job["output"]) / DONE / block.name
+    marker = markers_folder(Path(job["output"])) / block.name
     marker.write_bytes(b"")  # written after the chunks: a block without it is predicted again
     return block.name
 
@@ -181,8 +185,10 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     check_block_size(block, chunk, pcfg)
     volume = open_volume(source, channel, axes)
     shape = volume.shape
+    done_dir = markers_folder(output)
+    if not (output / ".zattrs").is_file():  # a new output: markers left from a removed one mean nothing
+        shutil.rmtree(done_dir, ignore_errors=True)
     group = create_ome_zarr(output, shape, (1, chunk, chunk), dtype, volume.calibration, Path(source).name, levels)
-    done_dir = output / DONE
     done_dir.mkdir(exist_ok=True)
     blocks = plan_blocks(shape, block)
     finished = {p.name for p in done_dir.iterdir()}
