@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "above 0.5), 0 = membrane, as the ISBI labels")
     p.add_argument("--overlays", type=_path_or_url, help="also write PNG overlays (membrane in red) into this folder")
     volumes = p.add_argument_group("volumes larger than memory (-o OUT.ome.zarr: predicted block by block on Dask)")
-    volumes.add_argument("--block", type=int, default=2048, help="block side in pixels, whole chunks (default: 2048)")
+    volumes.add_argument("--block", type=int, default=4096, help="block side in pixels, whole chunks; larger blocks recompute less of their border (default: 4096)")
     volumes.add_argument("--chunk", type=int, default=1024, help="output chunk side; chunks are 1 x N x N (default: 1024)")
     volumes.add_argument("--dtype", default="uint8", choices=["uint8", "float16", "float32"],
                          help="probabilities as uint8 (x 255, the default), float16 or float32")
