@@ -7,15 +7,17 @@
 #   3. the lab's job end to end (`unet run -c configs/isbi-lab.yaml`: 600 steps of batch 16, the
 #      lab's initial weights, validation every 50 steps with the challenge's exact scores, test
 #      prediction), once in the lab's fp16 with loss scale 1024 and once in bf16;
-#   4. data-parallel under torchrun (NCCL), 20 steps.
+#   4. data-parallel under torchrun (NCCL), 20 steps;
+#   5. blockwise prediction of a 4 x 4096 x 4096 Zarr volume into OME-Zarr with the bf16 model
+#      (megapixels per second, beside the in-memory prediction of one slice).
 # A check that fails is reported and the next one still runs.
 #
 # Usage, from the repository root:  bash benchmarks/gpu_check.sh DATA_DIR [OUT_DIR]
 #   DATA_DIR holds the ISBI 2012 stacks train-volume.tif, train-labels.tif, test-volume.tif;
 #   python3 needs torch, numpy, scipy, scikit-image, tifffile, safetensors, tensorboard, tqdm,
-#   pyyaml and numba. OUT_DIR (default ./gpu-check) receives 7 small files: speed.json,
-#   speed-compile.json, lab-fp16-eval.json, lab-bf16-eval.json, lab.log, ddp.log and
-#   summary.txt, whose table is also printed last.
+#   pyyaml, numba, zarr, ome-zarr, h5py and dask. OUT_DIR (default ./gpu-check) receives 8 small
+#   files: speed.json, speed-compile.json, lab-fp16-eval.json, lab-bf16-eval.json, lab.log,
+#   ddp.log, volume.log and summary.txt, whose table is also printed last.
 # Without a GPU, a dry run of the script itself: DEVICE=cpu STEPS=2 SPEED_CASES=cpu bash ... DIR OUT
 set -uo pipefail
 data=${1:?usage: bash benchmarks/gpu_check.sh DATA_DIR [OUT_DIR]  (DATA_DIR with train-volume.tif, train-labels.tif, test-volume.tif)}
@@ -60,6 +62,10 @@ echo "== 4. data-parallel under torchrun, 20 steps" | tee "$out/ddp.log"
   | tee -a "$out/ddp.log" || failed+=(ddp)
 tail -n 2 "$runs/ddp/metrics.csv" 2>/dev/null >> "$out/ddp.log"
 
+echo "== 5. blockwise prediction of a 4 x 4096 x 4096 volume" | tee "$out/volume.log"
+"$py" benchmarks/volume_predict.py "$runs/lab-bf16/best.safetensors" --data "$data" --sections 4 --side 4096 \
+  --work "$runs/volume" 2>&1 | tee -a "$out/volume.log" || failed+=(volume)
+
 "$py" - "$out" "$runs" "${failed[*]:-}" <<'EOF' | tee "$out/summary.txt"
 import csv, json, os, sys
 out, runs, failed = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -87,6 +93,9 @@ for precision in ("fp16", "bf16"):
     m = ev["mean"]
     print(f"{'lab ' + precision:<24}{wall:>9.0f}{train_s:>9.1f}{(loop_s - train_s) / loop_s:>9.1%}"
           f"{m['lab_dice']:>9.4f}{m['v_rand']:>8.4f}{m['v_info']:>8.4f}")
+for line in open(os.path.join(out, "volume.log")).read().splitlines() if os.path.exists(os.path.join(out, "volume.log")) else []:
+    if line.startswith(("in-memory", "blockwise")):
+        print(line)
 print("failed: " + failed if failed else "all checks ran")
 EOF
 rm -rf "$runs"

@@ -27,13 +27,13 @@ import numpy as np
 ISBI = Path("../shared/data/isbi2012")
 
 
-def make_volume(path: Path, sections: int, side: int) -> None:
+def make_volume(path: Path, sections: int, side: int, data: Path = ISBI) -> None:
     import tifffile
     import zarr
 
     if (path / ".zarray").is_file() and zarr.open_array(str(path), mode="r").shape == (sections, side, side):
         return
-    slices = tifffile.imread(ISBI / "train-volume.tif")
+    slices = tifffile.imread(data / "train-volume.tif")
     array = zarr.open_array(str(path), mode="w", shape=(sections, side, side), chunks=(1, 1024, 1024), dtype=np.uint8,
                             zarr_format=2)
     reps = side // slices.shape[1]
@@ -44,7 +44,7 @@ def make_volume(path: Path, sections: int, side: int) -> None:
         array[z] = np.concatenate([r if i % 2 == 0 else r[::-1] for i, r in enumerate(rows)], axis=0)
 
 
-def one_slice_mp_per_s(checkpoint: str, reps: int = 3) -> float:
+def one_slice_mp_per_s(checkpoint: str, data: Path = ISBI, reps: int = 3) -> float:
     """The in-memory `predict` of one ISBI slice (512 x 512), as `unet predict` runs it."""
     from emunet.data import read_images
     from emunet.device import resolve_precision
@@ -52,10 +52,11 @@ def one_slice_mp_per_s(checkpoint: str, reps: int = 3) -> float:
 
     import torch
 
-    loaded = load_models([checkpoint], torch.device("cpu"))
-    volume = read_images(ISBI / "test-volume.tif", intensity=loaded.intensity)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    loaded = load_models([checkpoint], device)
+    volume = read_images(data / "test-volume.tif", intensity=loaded.intensity)
     one = volume.subset([0])
-    precision = resolve_precision("auto", torch.device("cpu"))
+    precision = resolve_precision("auto", device)
     predict_volume(loaded.models, one, loaded.config.predict, precision)  # warm-up
     start = time.perf_counter()
     for _ in range(reps):
@@ -100,14 +101,15 @@ def main() -> int:
     parser.add_argument("--sections", type=int, default=16)
     parser.add_argument("--side", type=int, default=8192)
     parser.add_argument("--work", default="/tmp/emunet-volume-bench", help="folder for the input and outputs")
+    parser.add_argument("--data", type=Path, default=ISBI, help="folder with the ISBI stacks (default: %(default)s)")
     parser.add_argument("--scheduler", choices=["in-process", "local-2"], default="in-process")
     args, passed_on = parser.parse_known_args()  # the rest goes to `unet predict`, e.g. --block 4096
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     source = work / f"volume-{args.sections}x{args.side}.zarr"
-    make_volume(source, args.sections, args.side)
+    make_volume(source, args.sections, args.side, args.data)
     pixels = args.sections * args.side**2
-    reference = one_slice_mp_per_s(args.checkpoint)
+    reference = one_slice_mp_per_s(args.checkpoint, args.data)
     print(f"in-memory predict of one 512 x 512 slice: {reference:.2f} MP/s")
     output = work / f"pred-{args.sections}-{args.scheduler}.ome.zarr"
     procs: list[subprocess.Popen] = []

@@ -64,25 +64,28 @@ class BatchStream:
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, ahead))
         self._stop = threading.Event()
         self._thread = None
+        # the background thread's own CUDA stream: its copies and augmentation overlap the step
+        self._side = torch.cuda.Stream(device) if device.type == "cuda" and ahead > 0 else None
         if ahead > 0:
             self._thread = threading.Thread(target=self._produce, name="emunet-batches", daemon=True)
             self._thread.start()
 
     def _prepare(self) -> tuple[Batch, torch.Tensor, Any]:
+        """The next batch, the generator after it, and (on the side stream) the event that marks
+        the batch ready; in the caller's thread the batch is queued on the current stream."""
         event = None
-        if self._device.type == "cuda":
-            side = torch.cuda.Stream(self._device)
-            with torch.cuda.stream(side):
+        if self._side is not None and threading.current_thread() is self._thread:
+            with torch.cuda.stream(self._side):
                 batch = self._next_batch()
                 event = torch.cuda.Event()
-                event.record(side)
+                event.record(self._side)
         else:
             batch = self._next_batch()
         return batch, self._generator.get_state(), event
 
     def _produce(self) -> None:
-        if self._device.type == "cuda":
-            torch.cuda.set_device(self._device)
+        if self._device.type == "cuda" and self._device.index is not None:
+            torch.cuda.set_device(self._device)  # a new thread starts on device 0
         try:
             while not self._stop.is_set():
                 self._put(("batch", self._prepare()))

@@ -129,7 +129,8 @@ class TrainConfig:
         the same cores (measured: 23 against 26 images/s on 2 cores, docs/speed.md).
     background_scoring: score validations in a background thread while training goes on (the
         best weights and the validation step's checkpoint are written when the scores arrive;
-        the run and its report are the same). Unset: on a GPU, off on a CPU.
+        the run and its report are the same). Unset: on, except under torchrun. On 2 CPU cores
+        the main job's validations took 8.1 s instead of 10.1 s of its 3.5 minutes.
     """
 
     steps: int = 600

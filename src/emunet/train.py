@@ -331,19 +331,19 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
         atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
     ahead = t.prefetch if t.prefetch is not None else (2 if device.type == "cuda" else 0)
     state.batches = BatchStream(next_batch, state.sample_gen, ahead, device)
-    scorer = FoldScorer(val_vol, cfg.predict, precision, _scores_in_background(t.background_scoring, device, ctx))
+    scorer = FoldScorer(val_vol, cfg.predict, precision, _scores_in_background(t.background_scoring, ctx))
     return _Run(out, precision, state, net, state.batches, val_vol, scorer, RunLog(out, ctx.is_main, state.step), start)
 
 
-def _scores_in_background(asked: bool | None, device: torch.device, ctx: distributed.DistContext) -> bool:
-    """Unset: on a GPU, whose steps leave the CPU free for scoring; not on a CPU, where the
-    scoring thread would take the cores the steps use. Never under torchrun, whose ranks all
-    learn the best step at the validation itself."""
+def _scores_in_background(asked: bool | None, ctx: distributed.DistContext) -> bool:
+    """Unset: on (a GPU's steps leave the CPU free for scoring; on 2 CPU cores the scoring
+    thread still gained more than it took from the steps: docs/speed.md). Never under
+    torchrun, whose ranks all learn the best step at the validation itself."""
     if ctx.enabled:
         if asked:
             raise ConfigError("train.background_scoring is not available with several processes (torchrun); unset it")
         return False
-    return asked if asked is not None else device.type == "cuda"
+    return True if asked is None else asked
 
 
 def _validate(run: _Run, cfg: Config, ctx: distributed.DistContext, bar) -> None:
