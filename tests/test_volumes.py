@@ -130,6 +130,31 @@ def test_blockwise_prediction_equals_whole_sections_at_block_edges_too(tiny_mode
         np.testing.assert_allclose(got[:, edge], expected[:, edge], rtol=0, atol=1e-6)
 
 
+def test_a_valid_padded_network_predicts_blockwise_as_it_predicts_whole_sections(stack, tmp_path):
+    """The lab's kind of network (valid convolutions, no margin): tiles need context beyond the
+    block, read from its neighbours."""
+    import torch
+
+    from emunet.blockwise import Block, predict_block
+    from emunet.config import PredictConfig
+    from emunet.model import create_model
+    from emunet.pixels import Intensity
+    from emunet.tiling import predict_image
+
+    torch.manual_seed(0)
+    model = create_model("unet_medical", width=4, depth=2).eval()
+    zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=stack.shape, chunks=(1, 64, 64), dtype=stack.dtype,
+                    zarr_format=2)[...] = stack
+    volume = open_volume(tmp_path / "in.zarr")
+    volume.intensity = Intensity(0.0, 255.0, "uint8", "8-bit")
+    pcfg = PredictConfig(tile=100, overlap=0.0)
+    whole = predict_image(model, stack[1].astype(np.float32) / np.float32(255), tile=100, overlap=0.0, precision="fp32")
+    for y0, x0 in ((0, 0), (96, 160), (192, 288)):
+        block = Block(1, y0, min(y0 + 96, 300), x0, min(x0 + 160, 340))
+        got = predict_block([model], volume, block, pcfg, "fp32")
+        np.testing.assert_allclose(got, whole[block.y0 : block.y1, block.x0 : block.x1], rtol=0, atol=1e-6)
+
+
 def test_ome_zarr_output_reads_back_with_its_metadata_and_a_pyramid(tiny_model, stack, tmp_path, capsys):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
