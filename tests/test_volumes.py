@@ -232,3 +232,16 @@ def test_volumes_are_accepted_where_images_are(tiny_model, stack, tmp_path, caps
         f["raw"] = stack
     assert main(["predict", str(tiny_model), f"{tmp_path / 'd.h5'}:/raw", "-o", str(tmp_path / "p.tif"), "-q"]) == 0
     assert tifffile.imread(tmp_path / "p.tif").shape == stack.shape
+
+
+def test_predict_writes_an_hdf5_dataset_that_reads_back_as_a_volume(tiny_model, stack, tmp_path, capsys):
+    import h5py
+
+    tifffile.imwrite(tmp_path / "in.tif", stack, photometric="minisblack")
+    assert main(["predict", str(tiny_model), str(tmp_path / "in.tif"), "-o", f"{tmp_path / 'out.h5'}:/pred/prob", "-q"]) == 0
+    assert f"{tmp_path / 'out.h5'}:/pred/prob: 3 x 300 x 340 float32" in capsys.readouterr().out
+    assert main(["predict", str(tiny_model), str(tmp_path / "in.tif"), "-o", str(tmp_path / "p.tif"), "-q"]) == 0
+    with h5py.File(tmp_path / "out.h5", "r") as f:
+        assert f["pred/prob"].attrs["axes"] == "zyx"
+        assert np.array_equal(f["pred/prob"][...], tifffile.imread(tmp_path / "p.tif"))
+    assert open_volume(f"{tmp_path / 'out.h5'}:/pred/prob").shape == stack.shape

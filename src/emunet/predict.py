@@ -41,6 +41,7 @@ __all__ = [
     "SegmentedFile",
     "segment_file",
     "write_probabilities",
+    "write_probabilities_h5",
     "write_masks",
     "write_overlays",
 ]
@@ -224,8 +225,8 @@ def segment_file(
     """Read images, predict and post-process them, write the probabilities (and masks and
     overlays where asked). ``output`` is a .tif for one stack of same-sized images, or a folder
     for one TIFF per image, of any sizes. Outputs are checked before any prediction runs."""
-    output = Path(output)
-    one_stack = output.suffix.lower() in (".tif", ".tiff")
+    output, h5_dataset = _hdf5_target(str(output))
+    one_stack = output.suffix.lower() in (".tif", ".tiff", ".h5")
     if output.resolve() == Path(input_path).resolve():
         raise DataError(f"{output}: the output is the input; choose another -o (inputs are never written over)")
     for folder in (output.parent if one_stack else output, masks, overlays):
@@ -240,10 +241,24 @@ def segment_file(
     start = time.perf_counter()
     probs = predict_volume(models, volume, pcfg, precision, progress=progress)
     seconds = time.perf_counter() - start
+    if output.suffix.lower() == ".h5":
+        write_probabilities_h5(output, h5_dataset, probs, volume)
+        written = [f"{output}:/{h5_dataset.lstrip('/')}: {probs.shape[0]} x {probs.shape[1]} x {probs.shape[2]} float32 "
+                   "probabilities (1 = cell interior), HDF5"]
+        return SegmentedFile(len(volume), seconds, written + _write_pictures(volume, probs, masks, overlays))
     write_probabilities(output, probs, volume)
     written = [f"{output}: {probs.shape[0]} x {probs.shape[1]} x {probs.shape[2]} float32 probabilities (1 = cell interior)"]
     written += _write_pictures(volume, probs, masks, overlays)
     return SegmentedFile(len(volume), seconds, written)
+
+
+def _hdf5_target(text: str) -> tuple[Path, str]:
+    """``file.h5:/path/in/file`` (or ``file.h5``: dataset 'probabilities') as the file and the
+    dataset; any other output as itself and ''."""
+    if ".h5:" in text:
+        stem, _, dataset = text.partition(".h5:")
+        return Path(stem + ".h5"), dataset
+    return Path(text), "probabilities" if text.endswith(".h5") else ""
 
 
 def _write_pictures(volume: Volume, probs: np.ndarray, masks: Path | None, overlays: Path | None) -> list[str]:
@@ -298,6 +313,25 @@ def write_probabilities(path: Path, probs: np.ndarray, volume: Volume | None = N
                 metadata["spacing"] = cal.spacing
     data = probs.astype(np.float32, copy=False)
     atomic_write(Path(path), lambda f: tifffile.imwrite(f, data, imagej=True, resolution=resolution, metadata=metadata))
+
+
+def write_probabilities_h5(path: Path, dataset: str, probs: np.ndarray, volume: Volume | None = None) -> None:
+    """A float32 HDF5 dataset (axes zyx, chunked per section, gzip), with the input's pixel
+    size as ``element_size_um``-style ``resolution`` and ``axes`` attributes, written whole
+    or not at all."""
+    import h5py
+
+    def write(f) -> None:
+        with h5py.File(f, "w") as h5:
+            data = h5.create_dataset(dataset, data=probs.astype(np.float32, copy=False), compression="gzip",
+                                     chunks=(1, *probs.shape[1:]))
+            data.attrs["axes"] = "zyx"
+            if volume is not None and volume.calibration is not None:
+                cal = volume.calibration
+                data.attrs["resolution"] = [cal.spacing or 1.0, cal.pixel_size[1], cal.pixel_size[0]]
+                data.attrs["unit"] = cal.unit
+
+    atomic_write(Path(path), write)
 
 
 def _png(array: np.ndarray) -> bytes:
