@@ -245,3 +245,37 @@ def test_predict_writes_an_hdf5_dataset_that_reads_back_as_a_volume(tiny_model, 
         assert f["pred/prob"].attrs["axes"] == "zyx"
         assert np.array_equal(f["pred/prob"][...], tifffile.imread(tmp_path / "p.tif"))
     assert open_volume(f"{tmp_path / 'out.h5'}:/pred/prob").shape == stack.shape
+
+
+def test_training_on_a_zarr_volume_reads_tiles_from_disk_and_trains_as_on_the_stack_in_memory(isbi_dir, tmp_path,
+                                                                                            monkeypatch):
+    import csv
+
+    import emunet.data
+
+    from emunet.train import train
+    from test_train import _cfg, TINY
+
+    images = tifffile.imread(isbi_dir / "train-volume.tif")[:10, :256, :256]
+    labels = tifffile.imread(isbi_dir / "train-labels.tif")[:10, :256, :256]
+    tifffile.imwrite(tmp_path / "i.tif", images, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "l.tif", labels, photometric="minisblack")
+    for name, data in (("i.zarr", images), ("l.zarr", labels)):
+        zarr.open_array(str(tmp_path / name), mode="w", shape=data.shape, chunks=(1, 64, 64), dtype=data.dtype,
+                        zarr_format=2)[...] = data
+    extra = ["train.steps=4", "train.val_every=2", "augment.elastic_std=5"]
+    paths = {"images": tmp_path / "i.tif", "labels": tmp_path / "l.tif", "test": tmp_path / "i.tif"}
+    in_memory = train(_cfg(paths, tmp_path / "mem", *extra), progress=False)
+    lazy_paths = {"images": tmp_path / "i.zarr", "labels": tmp_path / "l.zarr", "test": tmp_path / "i.tif"}
+    drawn = []
+    real = emunet.data.VolumeTileSampler.sample
+    monkeypatch.setattr(emunet.data.VolumeTileSampler, "sample", lambda self, n: drawn.append(n) or real(self, n))
+    lazy = train(_cfg(lazy_paths, tmp_path / "lazy", *extra), progress=False)
+
+    def losses(run):
+        with open(run / "metrics.csv") as f:
+            return [r["loss"] for r in csv.DictReader(f)]
+
+    assert drawn == [2] * 4  # every batch cut from the Zarr arrays, not from a copy in memory
+    assert losses(tmp_path / "mem") == losses(tmp_path / "lazy")
+    assert lazy.report.mean == in_memory.report.mean

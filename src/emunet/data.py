@@ -19,9 +19,9 @@ import torch
 from .errors import DataError, ImageSizesDiffer
 from .pixels import Calibration, Intensity, choose_intensity, read_calibration
 from .storage import local_copy
-from .volumes import is_volume_path, open_volume
+from .volumes import LazyVolume, is_volume_path, open_volume
 
-__all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "scaling_for", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index"]
+__all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "scaling_for", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index", "LazyLabelled", "load_volume_split", "VolumeTileSampler"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # A foreground share below this is unlike EM cell interiors (ISBI: about 78 %): most likely
@@ -315,6 +315,13 @@ def read_labels(path: str | Path, foreground: int = 255, threshold: float | None
     if not path.exists() and not is_volume_path(path):
         raise DataError(f"{path}: path does not exist")
     slices, _, files = _read_raw(path, channels_warning=False)
+    return masks_to_labels(slices, files, path, foreground, threshold), files
+
+
+def masks_to_labels(slices: list[np.ndarray], files: list[Path], source: Path | str, foreground: int = 255,
+                    threshold: float | None = None, warn: bool = True) -> np.ndarray:
+    """Raw masks as uint8 class maps (1 = foreground), checked as :func:`read_labels` says."""
+    path = source
     first = slices[0].shape
     for arr, f in zip(slices, files):
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
@@ -337,11 +344,11 @@ def read_labels(path: str | Path, foreground: int = 255, threshold: float | None
                             "set data.foreground")
         labels = np.stack([(a == foreground).astype(np.uint8) for a in slices])
     share = float(labels.mean())
-    if share < FOREGROUND_WARNING_SHARE:
+    if warn and share < FOREGROUND_WARNING_SHARE:
         log.warning(f"{path}: the foreground (mask value {foreground}, the cell interior) covers only {share:.0%} of the "
                     "pixels; EM cell interiors usually cover most of them (ISBI: 78 %). If the masks mark membranes "
                     f"with {foreground}, set data.foreground to the other value")
-    return labels, files
+    return labels
 
 
 def load_labelled(images: str | Path, labels: str | Path, foreground: int = 255, min_size: int = 1,
@@ -393,6 +400,14 @@ def to_network_input(images):
     return images * 2.0 - 1.0
 
 
+def tile_centres(generator: torch.Generator, n: int, extent: int, out_size: int) -> torch.Tensor:
+    """Random centres of ``n`` output windows along an axis of ``extent`` pixels, each window
+    inside the image where the image is large enough."""
+    half = out_size / 2
+    lo, hi = (half, extent - half) if extent >= out_size else (extent / 2, extent / 2)
+    return (lo + torch.rand(n, generator=generator, dtype=torch.float64) * (hi - lo)).floor().long()
+
+
 class TileSampler:
     """Draws random training tiles from mirror-padded slices at native resolution.
 
@@ -416,9 +431,7 @@ class TileSampler:
         self.height, self.width = volume.images.shape[1:]
 
     def _centres(self, n: int, extent: int) -> torch.Tensor:
-        half = self.out_size / 2
-        lo, hi = (half, extent - half) if extent >= self.out_size else (extent / 2, extent / 2)
-        return (lo + torch.rand(n, generator=self.generator, dtype=torch.float64) * (hi - lo)).floor().long()
+        return tile_centres(self.generator, n, extent, self.out_size)
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, C, in, in) float32 images in [0, 1] (C = 2 * context + 1) and (n, in, in) int64 labels."""
@@ -432,4 +445,79 @@ class TileSampler:
             window = (slice(top, top + self.in_size), slice(left, left + self.in_size))
             xs.append(self.images[int(which[i])][(slice(None), *window)])
             ys.append(self.labels[int(which[i])][window])
+        return torch.stack(xs), torch.stack(ys).long()
+
+
+@dataclass
+class LazyLabelled:
+    """The training sections of a volume too large to read whole (Zarr, OME-Zarr, HDF5): images
+    and masks opened lazily, and the sections that tiles are drawn from."""
+
+    images: LazyVolume
+    labels: LazyVolume
+    sections: list[int]
+    foreground: int = 255
+    threshold: float | None = None
+
+    @property
+    def intensity(self) -> Intensity:
+        return self.images.intensity
+
+
+def load_volume_split(images: str, labels: str, fold: int, train_ratio: float = 0.8, foreground: int = 255,
+                      threshold: float | None = None, channel: int | None = None, intensity_mode: str = "auto"
+                      ) -> tuple[LazyLabelled, Volume]:
+    """A volume's fold: the training sections left on disk (tiles are read from them as they
+    are drawn), the validation sections read into memory, scaled and checked."""
+    image_volume, mask_volume = open_volume(images, channel), open_volume(labels)
+    n, h, w = image_volume.shape
+    if mask_volume.shape != image_volume.shape:
+        raise DataError(f"{labels}: masks are {mask_volume.shape} but images in {images} are {image_volume.shape}")
+    image_volume.choose_scaling(None, intensity_mode)
+    train_idx, val_idx = fold_split(n, fold, train_ratio)
+    whole = (slice(0, h), slice(0, w))
+    masks = masks_to_labels([mask_volume.raw(z, *whole) for z in [*val_idx, train_idx[0]]], [Path(labels)] * (len(val_idx) + 1),
+                            labels, foreground, threshold)
+    if masks.min() == masks.max():
+        raise DataError(f"{labels}: every mask pixel is of one class; training needs both cell interior and membrane "
+                        "(check data.foreground and data.mask_threshold)")
+    stem = Path(str(images).split(".zarr")[0].split(":")[0]).stem
+    val = Volume(np.stack([image_volume.read(z, *whole) for z in val_idx]), [f"{stem}_{z:03d}" for z in val_idx],
+                 Path(str(images)), masks[: len(val_idx)], calibration=image_volume.calibration,
+                 intensity=image_volume.intensity)
+    return LazyLabelled(image_volume, mask_volume, train_idx, foreground, threshold), val
+
+
+class VolumeTileSampler:
+    """:class:`TileSampler`'s tiles cut straight from a lazily read volume: the same random
+    draws and the same mirrored windows, so a run trains the same as on the volume in memory,
+    with a batch of tiles in memory instead of the volume."""
+
+    def __init__(self, source: LazyLabelled, in_size: int, out_size: int, generator: torch.Generator) -> None:
+        self.source, self.in_size, self.out_size, self.generator = source, in_size, out_size, generator
+        _, self.height, self.width = source.images.shape
+
+    def _centres(self, n: int, extent: int) -> torch.Tensor:
+        return tile_centres(self.generator, n, extent, self.out_size)
+
+    def _window(self, volume: LazyVolume, z: int, rows: np.ndarray, cols: np.ndarray, scaled: bool) -> np.ndarray:
+        box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+        block = volume.read(z, *box) if scaled else volume.raw(z, *box)
+        return block[np.ix_(rows - box[0].start, cols - box[1].start)]
+
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """As :meth:`TileSampler.sample`: (n, 1, in, in) float32 images and (n, in, in) int64 labels."""
+        src = self.source
+        which = torch.randint(0, len(src.sections), (n,), generator=self.generator)
+        cy, cx = self._centres(n, self.height), self._centres(n, self.width)
+        half = self.in_size // 2
+        xs, ys = [], []
+        for i in range(n):
+            z = src.sections[int(which[i])]
+            rows = mirror_index(int(cy[i]) - half, self.in_size, self.height)
+            cols = mirror_index(int(cx[i]) - half, self.in_size, self.width)
+            xs.append(torch.from_numpy(self._window(src.images, z, rows, cols, scaled=True))[None])
+            raw = self._window(src.labels, z, rows, cols, scaled=False)
+            ys.append(torch.from_numpy(masks_to_labels([raw], [Path(src.labels.source)], src.labels.source,
+                                                       src.foreground, src.threshold, warn=False)[0]))
         return torch.stack(xs), torch.stack(ys).long()

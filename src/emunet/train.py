@@ -24,7 +24,8 @@ from . import distributed, storage
 from .batches import BatchStream, make_batch_fn
 from .checkpoint import list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
 from .config import Config, config_to_dict, dump_config
-from .data import TileSampler, Volume, fold_split, load_labelled
+from .data import LazyLabelled, TileSampler, Volume, VolumeTileSampler, fold_split, load_labelled, load_volume_split
+from .volumes import is_volume_path
 from .device import autocast_for, resolve_precision
 from .errors import ConfigError, DataError, TrainingError, TrainingInterrupted, UsageError
 from .evaluate import ScoreReport, score_probabilities
@@ -45,8 +46,15 @@ def build_model(cfg: Config) -> UNet:
                         init=m.init, in_channels=2 * cfg.data.context + 1)
 
 
-def load_split(cfg: Config, min_size: int = 1) -> tuple[Volume, Volume]:
-    """The training and validation slices of ``cfg.data.fold``."""
+def load_split(cfg: Config, min_size: int = 1) -> tuple[Volume | LazyLabelled, Volume]:
+    """The training and validation slices of ``cfg.data.fold``; a Zarr or HDF5 volume's training
+    sections stay on disk (tiles are read as they are drawn)."""
+    d = cfg.data
+    if is_volume_path(d.images) and not storage.is_url(d.images):
+        if d.context:
+            raise ConfigError("data.context (2.5-D input) reads the images into memory: give them as a TIFF stack")
+        return load_volume_split(d.images, d.labels, d.fold, d.train_ratio, d.foreground, d.mask_threshold, d.channel,
+                                 d.intensity)
     vol = load_labelled(cfg.data.images, cfg.data.labels, cfg.data.foreground, min_size=min_size,
                         mask_threshold=cfg.data.mask_threshold, channel=cfg.data.channel, intensity_mode=cfg.data.intensity)
     if vol.labels.min() == vol.labels.max():
@@ -318,7 +326,10 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
         print(f"images: {train_vol.intensity.how} ({train_vol.intensity.dtype}), scaled from "
               f"{train_vol.intensity.low:g}..{train_vol.intensity.high:g} to 0..1", flush=True)
     _restore(state, ctx, out / "checkpoints", resume)
-    sampler = TileSampler(train_vol, in_size, out_size, state.sample_gen, context=cfg.data.context)
+    if isinstance(train_vol, LazyLabelled):
+        sampler = VolumeTileSampler(train_vol, in_size, out_size, state.sample_gen)
+    else:
+        sampler = TileSampler(train_vol, in_size, out_size, state.sample_gen, context=cfg.data.context)
     per_rank = t.batch_size // ctx.world_size
     next_batch = make_batch_fn(sampler, cfg.augment, t.batch_size, slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank),
                                out_size, device, memory_format)

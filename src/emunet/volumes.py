@@ -72,7 +72,7 @@ class LazyVolume:
         self.intensity.apply(raw, out)
         return out
 
-    def choose_scaling(self, recorded: Intensity | None) -> None:
+    def choose_scaling(self, recorded: Intensity | None, mode: str = "auto") -> None:
         """The checkpoint's scaling where it was chosen for this pixel type; else one chosen from
         the first, middle and last sections (a whole volume is not read for it)."""
         if recorded is not None and recorded.dtype == str(self.dtype):
@@ -80,7 +80,7 @@ class LazyVolume:
             return
         n, h, w = self.shape
         sample = [self.raw(z, slice(0, h), slice(0, w)) for z in sorted({0, n // 2, n - 1})]
-        self.intensity = choose_intensity(sample)
+        self.intensity = choose_intensity(sample, mode)
 
 
 def _axes_index(axes: str, shape: tuple[int, ...], channel: int | None, source: str) -> tuple:
