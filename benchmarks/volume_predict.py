@@ -44,8 +44,9 @@ def make_volume(path: Path, sections: int, side: int, data: Path = ISBI) -> None
         array[z] = np.concatenate([r if i % 2 == 0 else r[::-1] for i, r in enumerate(rows)], axis=0)
 
 
-def one_slice_mp_per_s(checkpoint: str, data: Path = ISBI, reps: int = 3) -> float:
-    """The in-memory `predict` of one ISBI slice (512 x 512), as `unet predict` runs it."""
+def one_slice_mp_per_s(checkpoint: str, data: Path = ISBI, reps: int = 7) -> float:
+    """The in-memory `predict` of one ISBI slice (512 x 512), as `unet predict` runs it: the
+    median of ``reps`` runs (one takes a quarter of a second, so single runs are noisy)."""
     from emunet.data import read_images
     from emunet.device import resolve_precision
     from emunet.predict import load_models, predict_volume
@@ -58,10 +59,12 @@ def one_slice_mp_per_s(checkpoint: str, data: Path = ISBI, reps: int = 3) -> flo
     one = volume.subset([0])
     precision = resolve_precision("auto", device)
     predict_volume(loaded.models, one, loaded.config.predict, precision)  # warm-up
-    start = time.perf_counter()
+    seconds = []
     for _ in range(reps):
+        start = time.perf_counter()
         predict_volume(loaded.models, one, loaded.config.predict, precision)
-    return reps * one.images.size / (time.perf_counter() - start) / 1e6
+        seconds.append(time.perf_counter() - start)
+    return one.images.size / float(np.median(seconds)) / 1e6
 
 
 def run_blockwise(checkpoint: str, source: Path, output: Path, extra: list[str]) -> tuple[float, float]:
@@ -109,8 +112,8 @@ def main() -> int:
     source = work / f"volume-{args.sections}x{args.side}.zarr"
     make_volume(source, args.sections, args.side, args.data)
     pixels = args.sections * args.side**2
-    reference = one_slice_mp_per_s(args.checkpoint, args.data)
-    print(f"in-memory predict of one 512 x 512 slice: {reference:.2f} MP/s")
+    before = one_slice_mp_per_s(args.checkpoint, args.data)
+    print(f"in-memory predict of one 512 x 512 slice: {before:.2f} MP/s (before)")
     output = work / f"pred-{args.sections}-{args.scheduler}.ome.zarr"
     procs: list[subprocess.Popen] = []
     extra: list[str] = [a for a in passed_on if a != "--"]
@@ -123,9 +126,13 @@ def main() -> int:
         for p in reversed(procs):
             p.terminate()
             p.wait()
+    after = one_slice_mp_per_s(args.checkpoint, args.data)  # the machine's speed drifts: measured on both sides
+    reference = (before + after) / 2
+    print(f"in-memory predict of one 512 x 512 slice: {after:.2f} MP/s (after)")
     rate = pixels / seconds / 1e6
     print(f"blockwise {args.sections} x {args.side} x {args.side} ({pixels / 2**30:.2f} Gpx) -> OME-Zarr, "
-          f"{args.scheduler}: {seconds:.0f} s, {rate:.2f} MP/s = {rate / reference:.2f} x one slice in memory; "
+          f"{args.scheduler}: {seconds:.0f} s, {rate:.2f} MP/s = {rate / reference:.2f} x one slice in memory "
+          f"(the mean of before and after); "
           f"peak RSS of the `unet predict` process {peak_mb:.0f} MB")
     other = work / f"pred-{args.sections}-in-process.ome.zarr"
     if args.scheduler == "local-2" and (other / "0").is_dir():
