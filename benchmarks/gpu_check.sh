@@ -18,13 +18,15 @@
 #   pyyaml, numba, zarr, ome-zarr, h5py and dask. OUT_DIR (default ./gpu-check) receives 8 small
 #   files: speed.json, speed-compile.json, lab-fp16-eval.json, lab-bf16-eval.json, lab.log,
 #   ddp.log, volume.log and summary.txt, whose table is also printed last.
-# Without a GPU, a dry run of the script itself: DEVICE=cpu STEPS=2 SPEED_CASES=cpu bash ... DIR OUT
+# Without a GPU, a dry run of the script itself (about 15 minutes on 2 cores):
+#   DEVICE=cpu STEPS=2 SPEED_CASES=cpu VOLUME_SIDE=1024 bash benchmarks/gpu_check.sh DIR OUT
 set -uo pipefail
 data=${1:?usage: bash benchmarks/gpu_check.sh DATA_DIR [OUT_DIR]  (DATA_DIR with train-volume.tif, train-labels.tif, test-volume.tif)}
 out=${2:-${OUT:-gpu-check}}
 device=${DEVICE:-cuda}
 steps=${STEPS:-600}
 cases=${SPEED_CASES:-lab,cpu}
+side=${VOLUME_SIDE:-4096}
 py=${PYTHON:-python3}
 runs=$(mktemp -d)
 mkdir -p "$out"
@@ -62,8 +64,8 @@ echo "== 4. data-parallel under torchrun, 20 steps" | tee "$out/ddp.log"
   | tee -a "$out/ddp.log" || failed+=(ddp)
 tail -n 2 "$runs/ddp/metrics.csv" 2>/dev/null >> "$out/ddp.log"
 
-echo "== 5. blockwise prediction of a 4 x 4096 x 4096 volume" | tee "$out/volume.log"
-"$py" benchmarks/volume_predict.py "$runs/lab-bf16/best.safetensors" --data "$data" --sections 4 --side 4096 \
+echo "== 5. blockwise prediction of a 4 x $side x $side volume" | tee "$out/volume.log"
+"$py" benchmarks/volume_predict.py "$runs/lab-bf16/best.safetensors" --data "$data" --sections 4 --side "$side" \
   --work "$runs/volume" 2>&1 | tee -a "$out/volume.log" || failed+=(volume)
 
 "$py" - "$out" "$runs" "${failed[*]:-}" <<'EOF' | tee "$out/summary.txt"
