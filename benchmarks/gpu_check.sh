@@ -18,8 +18,9 @@
 #   pyyaml, numba, zarr, ome-zarr, h5py and dask. OUT_DIR (default ./gpu-check) receives 8 small
 #   files: speed.json, speed-compile.json, lab-fp16-eval.json, lab-bf16-eval.json, lab.log,
 #   ddp.log, volume.log and summary.txt, whose table is also printed last.
-# Without a GPU, a dry run of the script itself (about 15 minutes on 2 cores):
-#   DEVICE=cpu STEPS=2 SPEED_CASES=cpu VOLUME_SIDE=1024 bash benchmarks/gpu_check.sh DIR OUT
+# Without a GPU, a dry run of the script itself, with the CPU preset in place of the lab's
+# (about 10 minutes on 2 cores):
+#   DEVICE=cpu STEPS=20 SPEED_CASES=cpu VOLUME_SIDE=1024 LAB_CONFIG=configs/isbi-cpu.yaml bash benchmarks/gpu_check.sh DIR OUT
 set -uo pipefail
 data=${1:?usage: bash benchmarks/gpu_check.sh DATA_DIR [OUT_DIR]  (DATA_DIR with train-volume.tif, train-labels.tif, test-volume.tif)}
 out=${2:-${OUT:-gpu-check}}
@@ -27,6 +28,7 @@ device=${DEVICE:-cuda}
 steps=${STEPS:-600}
 cases=${SPEED_CASES:-lab,cpu}
 side=${VOLUME_SIDE:-4096}
+lab_config=${LAB_CONFIG:-configs/isbi-lab.yaml}
 py=${PYTHON:-python3}
 runs=$(mktemp -d)
 mkdir -p "$out"
@@ -49,7 +51,7 @@ echo "== 2. speed, torch.compile"
 for precision in fp16 bf16; do
   echo "== 3. the lab's job end to end, $precision ($steps steps)" | tee -a "$out/lab.log"
   start=$SECONDS
-  "$py" -m emunet run -c configs/isbi-lab.yaml -q "${data_keys[@]}" out_dir="$runs/lab-$precision" \
+  "$py" -m emunet run -c "$lab_config" -q "${data_keys[@]}" out_dir="$runs/lab-$precision" \
     train.steps="$steps" train.precision="$precision" train.device="$device" 2>&1 | tee -a "$out/lab.log" \
     || failed+=(lab-$precision)
   echo "wall_s $((SECONDS - start))" | tee -a "$out/lab.log" "$runs/lab-$precision.wall"
@@ -59,7 +61,7 @@ for precision in fp16 bf16; do
 done
 
 echo "== 4. data-parallel under torchrun, 20 steps" | tee "$out/ddp.log"
-"$py" -m torch.distributed.run --standalone --nproc_per_node=1 -m emunet train -c configs/isbi-lab.yaml -q \
+"$py" -m torch.distributed.run --standalone --nproc_per_node=1 -m emunet train -c "$lab_config" -q \
   "${data_keys[@]}" out_dir="$runs/ddp" train.steps=20 train.val_every=0 train.device="$device" 2>&1 \
   | tee -a "$out/ddp.log" || failed+=(ddp)
 tail -n 2 "$runs/ddp/metrics.csv" 2>/dev/null >> "$out/ddp.log"
