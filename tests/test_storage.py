@@ -211,3 +211,18 @@ def test_a_store_that_goes_away_during_training_loses_nothing(store, server, sma
         a, b = _weights(tmp_path / name), _weights(whole / name)
         assert all(torch.equal(a[k], b[k]) for k in b), name
     assert fs.cat_file(f"{bucket}/flaky/validation.jsonl") == (whole / "validation.jsonl").read_bytes()
+
+
+def test_cross_validation_writes_its_folds_and_report_to_a_store(store, small_isbi):
+    fs, bucket = store
+    data = _upload_data(fs, bucket, small_isbi)
+    assert main(["cv", "--folds", "0,1", "--out", f"s3://{bucket}/cv", "-q", *data, *TINY, "train.steps=2",
+                 "train.val_every=2"]) == 0
+    listed = {p.split("/cv/", 1)[1] for p in fs.find(f"{bucket}/cv")}
+    for name in ("cv.json", "report.html", "test-probabilities.tif", "fold0/best.safetensors", "fold1/eval.json",
+                 "fold1/config.yaml"):
+        assert name in listed, (name, sorted(listed))
+    summary = json.loads(fs.cat_file(f"{bucket}/cv/cv.json"))
+    assert summary["folds"] == [0, 1]
+    fold = json.loads(fs.cat_file(f"{bucket}/cv/fold1/eval.json"))
+    assert fold["checkpoint"] == f"s3://{bucket}/cv/fold1/best.safetensors"  # named as on the store
