@@ -104,9 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=_path_or_url, nargs="+",
                    help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, or the lab's MindSpore .ckpt; "
                    "several: write the mean of their probabilities (an ensemble; settings from the first)")
-    p.add_argument("input", help="a (multi-page) TIFF or PNG, or a folder of them")
+    p.add_argument("input", help="a (multi-page) TIFF or PNG, or a folder of them, or a volume: data.zarr (Zarr, "
+                   "OME-Zarr), data.h5:/path/in/file; any of them may be an s3:// URL except volumes")
     p.add_argument("-o", "--output", type=_path_or_url, required=True,
-                   help="a .tif: one probability stack for images of one size; a folder: one TIFF per image, any sizes")
+                   help="a .tif: one probability stack for images of one size; a folder: one TIFF per image, any sizes; "
+                   "file.h5[:/dataset]: an HDF5 dataset; a .zarr (e.g. out.ome.zarr): an OME-Zarr image, predicted "
+                   "block by block (options below)")
     p.add_argument("--masks", type=_path_or_url, help="also write PNG masks into this folder: 255 = cell interior (probability "
                    "above 0.5), 0 = membrane, as the ISBI labels")
     p.add_argument("--overlays", type=_path_or_url, help="also write PNG overlays (membrane in red) into this folder")
