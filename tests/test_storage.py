@@ -121,6 +121,13 @@ def test_a_folder_on_a_store_is_read_as_a_folder_and_a_run_resumes_from_the_stor
     a, b = _weights(tmp_path / "last.safetensors"), _weights(whole / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in b)
 
+    # resumed again with keep=1: the checkpoints written before the resume are pruned on the store too
+    assert main(["train", "--resume", "--out", out, "-q", "train.steps=8", "train.keep=1"]) == 0
+    fs.get_file(f"{bucket}/run/checkpoints/step_000008.pt", str(tmp_path / "8.pt"))
+    best_step = torch.load(tmp_path / "8.pt", weights_only=True)["best"]["step"]
+    kept = {p.rsplit("/", 1)[1] for p in fs.find(f"{bucket}/run/checkpoints")}
+    assert kept == {f"step_{s:06d}.pt" for s in (8, best_step)}
+
 
 def _same_weights(fs, a: str, b: str, tmp_path) -> bool:
     fs.get_file(a, str(tmp_path / "a.safetensors"))

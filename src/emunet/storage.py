@@ -22,7 +22,7 @@ import shutil
 import threading
 import time
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -235,8 +235,9 @@ def mirrored_run(out_dir: str, resume: bool, overwrite: bool, run_files: tuple[s
     with _named(url):
         root = fs._strip_protocol(url)
         remote = sorted(Path(p).relative_to(root).as_posix() for p in fs.find(root))
+    copied: list[str] = []
     if resume:
-        download_run(url, local)
+        copied = download_run(url, local)
     else:
         if local.is_dir() and any(local.iterdir()) and not overwrite:
             raise UsageError(f"{local}: an earlier run for {url} left files here that may not all be uploaded; continue "
@@ -251,7 +252,7 @@ def mirrored_run(out_dir: str, resume: bool, overwrite: bool, run_files: tuple[s
                 if rel.split("/", 1)[0] in run_files:
                     fs.rm_file(f"{url}/{rel}")
     local.mkdir(parents=True, exist_ok=True)
-    mirror = RunMirror(url, local)
+    mirror = RunMirror(url, local, on_store=remote if resume else (), same_as_store=copied)
     _active[url] = local
     try:
         yield local
@@ -268,12 +269,12 @@ def mirrored_run(out_dir: str, resume: bool, overwrite: bool, run_files: tuple[s
         _active.pop(url, None)
 
 
-def download_run(url: str, local: Path) -> int:
+def download_run(url: str, local: Path) -> list[str]:
     """Copy the run at ``url`` into ``local`` to resume it, keeping newer local files (a run
-    whose last uploads failed left them there); returns the number of files copied."""
+    whose last uploads failed left them there); returns the files copied (relative paths)."""
     fs = _filesystem(url)
     root = fs._strip_protocol(url.rstrip("/"))
-    copied = 0
+    copied = []
     with _named(url):
         for path, info in fs.find(root, detail=True).items():
             rel = Path(path).relative_to(root)
@@ -284,7 +285,7 @@ def download_run(url: str, local: Path) -> int:
             partial = target.with_name(f".{target.name}.part")
             fs.get_file(path, str(partial))
             partial.replace(target)
-            copied += 1
+            copied.append(rel.as_posix())
     return copied
 
 
@@ -299,11 +300,17 @@ class RunMirror:
     ``settings.retry_s`` before it fails, naming the local copy.
     """
 
-    def __init__(self, url: str, local: Path, every: float = 2.0) -> None:
+    def __init__(self, url: str, local: Path, every: float = 2.0, on_store: Sequence[str] = (),
+                 same_as_store: Sequence[str] = ()) -> None:
+        """``on_store``: the files under ``url`` already (its checkpoints are pruned with the
+        local ones); ``same_as_store``: local files just copied from there (not uploaded again)."""
         self.url, self.local, self.every = url.rstrip("/"), local, every
         self._fs = _filesystem(self.url)
         self._uploaded: dict[str, tuple[int, int]] = {}
-        self._remote_checkpoints: set[str] = set()
+        for rel in same_as_store:
+            stat = (local / rel).stat()
+            self._uploaded[rel] = (stat.st_size, stat.st_mtime_ns)
+        self._remote_checkpoints: set[str] = {rel for rel in on_store if rel.startswith("checkpoints/step_")}
         self._stop = threading.Event()
         self._failing_since: float | None = None
         self._lock = threading.Lock()
