@@ -43,7 +43,7 @@ def make_batch_fn(sampler: TileSampler, augment: AugmentConfig, batch_size: int,
         images, labels = images[mine], labels[mine]
         if crop:
             labels = labels[:, crop : crop + out_size, crop : crop + out_size]
-        return to_network_input(images).contiguous(memory_format=memory_format), labels.contiguous()
+        return to_network_input(images).contiguous(memory_format=memory_format), labels
 
     return next_batch
 
@@ -60,7 +60,7 @@ class BatchStream:
     def __init__(self, next_batch: Callable[[], Batch], generator: torch.Generator, ahead: int,
                  device: torch.device) -> None:
         self._next_batch, self._generator, self._device = next_batch, generator, device
-        self.position = generator.get_state()  # the generator after the last batch handed out
+        self._position = generator.get_state()  # the generator after the last batch handed out (when ahead)
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, ahead))
         self._stop = threading.Event()
         self._thread = None
@@ -70,11 +70,16 @@ class BatchStream:
             self._thread = threading.Thread(target=self._produce, name="emunet-batches", daemon=True)
             self._thread.start()
 
+    @property
+    def position(self) -> torch.Tensor:
+        """The generator's state after the last batch handed out: what a checkpoint records."""
+        return self._generator.get_state() if self._thread is None else self._position
+
     def _prepare(self) -> tuple[Batch, torch.Tensor, Any]:
-        """The next batch, the generator after it, and (on the side stream) the event that marks
-        the batch ready; in the caller's thread the batch is queued on the current stream."""
+        """In the background thread: the next batch, the generator after it, and the event
+        that marks the batch ready on the side stream (CUDA)."""
         event = None
-        if self._side is not None and threading.current_thread() is self._thread:
+        if self._side is not None:
             with torch.cuda.stream(self._side):
                 batch = self._next_batch()
                 event = torch.cuda.Event()
@@ -104,13 +109,12 @@ class BatchStream:
         return self
 
     def __next__(self) -> Batch:
-        if self._thread is None:
-            batch, self.position, _ = self._prepare()
-            return batch
+        if self._thread is None:  # prepared in turn, on the current stream
+            return self._next_batch()
         kind, payload = self._queue.get()
         if kind == "error":
             raise payload
-        batch, self.position, event = payload
+        batch, self._position, event = payload
         if event is not None:
             current = torch.cuda.current_stream(self._device)
             current.wait_event(event)

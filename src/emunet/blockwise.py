@@ -130,15 +130,13 @@ _loading = threading.Lock()
 def _models_and_volume(checkpoints: tuple[str, ...], device: str, source: str, channel: int | None, axes: str | None):
     """The models (loaded once per worker process) and the opened input, scaled as they were trained."""
     from .device import resolve_device
-    from .predict import inference_layout, load_models
+    from .predict import load_models
     from .volumes import open_volume
 
     key = (checkpoints, device, source, channel, axes)
     with _loading:
         if key not in _loaded:
             loaded = load_models(list(checkpoints), resolve_device(device))
-            for model in loaded.models:
-                inference_layout(model)  # as predict_raw lays them out: the same numbers, faster
             volume = open_volume(source, channel, axes)
             volume.choose_scaling(loaded.intensity)
             _loaded[key] = (loaded.models, volume)

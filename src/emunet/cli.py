@@ -312,7 +312,7 @@ def _print_segmented(segmented, shown_as: dict[str, str] | None = None) -> None:
 def cmd_predict(args) -> int:
     from .errors import DataError
     from .predict import segment_file
-    from .storage import is_url, staged_output
+    from .storage import staged_output
 
     loaded, precision = _load_for_inference(args)
     channel = args.channel if args.channel is not None else loaded.config.data.channel

@@ -312,7 +312,7 @@ class RunMirror:
             self._uploaded[rel] = (stat.st_size, stat.st_mtime_ns)
         self._remote_checkpoints: set[str] = {rel for rel in on_store if rel.startswith("checkpoints/step_")}
         self._stop = threading.Event()
-        self._failing_since: float | None = None
+        self._failing = False
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="emunet-upload", daemon=True)
         self._thread.start()
@@ -349,12 +349,12 @@ class RunMirror:
         while not self._stop.wait(pause):
             try:
                 self.sync()
-                if self._failing_since is not None:
+                if self._failing:
                     log.warning(f"{self.url}: the store answers again; uploads caught up")
-                self._failing_since, pause = None, self.every
+                self._failing, pause = False, self.every
             except Exception as exc:
-                if self._failing_since is None:
-                    self._failing_since = time.monotonic()
+                if not self._failing:
+                    self._failing = True
                     log.warning(f"{self.url}: upload failed ({type(exc).__name__}: {exc}); training goes on in "
                                 f"{self.local} and the uploads are retried")
                 pause = min(60.0, pause * 2)

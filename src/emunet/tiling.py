@@ -10,7 +10,7 @@ so memory stays bounded by the image and two accumulators, not by the network.
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from .errors import ConfigError, DataError
 from .model import UNet
 from .progress import progress_bar
 
-__all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_region", "predict_image_tta"]
+__all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_region", "predict_image_tta", "inference_layout"]
 
 
 class TilePlan:
@@ -103,20 +103,9 @@ def predict_image_tta(model: UNet, image, **kwargs) -> np.ndarray:
     return (total / 8).astype(np.float32)
 
 
-def predict_image(
-    model: UNet,
-    image: np.ndarray | list[np.ndarray],
-    tile: int = 388,
-    overlap: float = 0.0,
-    batch_size: int = 4,
-    blend: str = "gaussian",
-    margin: int = 32,
-    precision: str = "fp32",
-    device: torch.device | str | None = None,
-    out: np.ndarray | None = None,
-    progress: bool = False,
-) -> np.ndarray:
-    """Foreground probability (class 1 of the softmax) of one (H, W) image in [0, 1].
+def predict_image(model: UNet, image: np.ndarray | list[np.ndarray], **settings: Any) -> np.ndarray:
+    """Foreground probability (class 1 of the softmax) of one (H, W) image in [0, 1]:
+    :func:`predict_region` over the whole image.
 
     Memory is the image, the result and ``batch_size`` tiles: tiles are cut with mirrored
     indices instead of padding the image, blended straight into the result, and normalised
@@ -126,20 +115,21 @@ def predict_image(
         model: a U-Net in eval mode.
         image: float (H, W) grey image in [0, 1], any size; for a 2.5-D model its
             sections as (C, H, W) or a list of C (H, W) arrays (views are not copied).
-        tile: requested output window side; the nearest size the network accepts is used.
-        overlap: share of a tile that its neighbour overlaps (0 = tiles just touch).
-        batch_size: tiles per forward pass; bounds memory.
-        blend: 'gaussian' or 'uniform' weighting of overlapping tiles.
-        margin: for same-padded nets, mirrored context discarded around each tile.
-        precision: 'fp32', 'bf16' or 'fp16' autocast.
-        out: optional float32 (H, W) array to write the result into.
-        progress: show a bar over the tiles when there are many (large images).
+        settings: ``tile``, ``overlap``, ``batch_size``, ``blend``, ``margin``, ``precision``,
+            ``device``, ``out``, ``progress``, as :func:`predict_region` takes them.
     """
     planes = _as_planes(image, model)
     h, w = planes[0].shape
-    return predict_region(model, lambda rows, cols: [p[rows, cols] for p in planes], (h, w), (0, h, 0, w), tile=tile,
-                          overlap=overlap, batch_size=batch_size, blend=blend, margin=margin, precision=precision,
-                          device=device, out=out, progress=progress)
+    return predict_region(model, lambda rows, cols: [p[rows, cols] for p in planes], (h, w), (0, h, 0, w), **settings)
+
+
+def inference_layout(model: UNet) -> None:
+    """On a CPU, hold the weights channels-last as the tiles are (in place; values unchanged):
+    a plain-layout net on channels-last tiles predicts 2.4 times slower (2.0 against 0.82 s for
+    the six validation slices of the CPU preset). Every prediction passes here, so validation,
+    ``evaluate``, ``predict`` and blockwise prediction of the same weights agree to the last bit."""
+    if next(model.parameters()).device.type == "cpu":
+        model.to(memory_format=torch.channels_last)
 
 
 @torch.no_grad()
@@ -165,8 +155,19 @@ def predict_region(
 
     ``read(rows, cols)`` returns the input channels' float32 pixels of a rectangle of the image
     (slices within the image); only the rectangle that the region's tiles need is read.
+
+    Args:
+        tile: requested output window side; the nearest size the network accepts is used.
+        overlap: share of a tile that its neighbour overlaps (0 = tiles just touch).
+        batch_size: tiles per forward pass; bounds memory.
+        blend: 'gaussian' or 'uniform' weighting of overlapping tiles.
+        margin: for same-padded nets, mirrored context discarded around each tile.
+        precision: 'fp32', 'bf16' or 'fp16' autocast.
+        out: optional float32 array of the region's shape to write the result into.
+        progress: show a bar over the tiles when there are many (large images).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    inference_layout(model)
     h, w = shape
     y0, y1, x0, x1 = region
     plan = plan_tiles(model, h, w, tile, overlap, margin)

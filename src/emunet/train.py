@@ -6,7 +6,6 @@ one for dropout), both saved in every checkpoint, so ``resume`` replays a stoppe
 
 from __future__ import annotations
 
-import copy
 import math
 import shutil
 import signal
@@ -28,11 +27,10 @@ from .data import LazyLabelled, TileSampler, Volume, VolumeTileSampler, fold_spl
 from .volumes import is_volume_path
 from .device import autocast_for, resolve_precision
 from .errors import ConfigError, DataError, TrainingError, TrainingInterrupted, UsageError
-from .evaluate import ScoreReport, score_probabilities
+from .evaluate import ScoreReport
 from .files import atomic_write_bytes, check_writable
 from .losses import segmentation_loss
 from .model import UNet, create_model
-from .predict import predict_volume
 from .progress import progress_bar
 from .runlog import RunLog
 from .validation import FoldScorer, snapshot_of
@@ -179,14 +177,6 @@ def _restore(state: TrainState, ctx: distributed.DistContext, ckpt_dir: Path, re
     saved = ctx.broadcast(saved)  # the other ranks never read the output folder
     if saved is not None:
         state.load_state_dict(saved)
-
-
-def _score(model: UNet, volume: Volume, cfg: Config, precision: str) -> tuple[ScoreReport, np.ndarray]:
-    """Score ``model`` on ``volume`` as its deployed weights will score: a copy in eval mode,
-    laid out by :func:`predict_raw` as it lays out the weights ``load_model`` gives."""
-    deployed = copy.deepcopy(model).eval()
-    probs = predict_volume(deployed, volume, cfg.predict, precision)
-    return score_probabilities(probs, volume), probs
 
 
 def _train_step(state: TrainState, net: torch.nn.Module, batch, cfg: Config, precision: str) -> float:
@@ -459,7 +449,10 @@ def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.
     best_path = run.out / "best.safetensors"
     best_model, _ = load_model(best_path, device)
     if run.best_validation is None:  # resumed after the best step: its validation is not in memory
-        run.best_validation = _score(best_model, run.val, cfg, run.precision)
+        scorer = FoldScorer(run.val, cfg.predict, run.precision, background=False)
+        scorer.submit(int(run.state.best["step"]), best_model)
+        done = scorer.finished()[0]
+        run.best_validation = done.report, done.probs
     report, probs = run.best_validation
     return TrainResult(best_path, best_model, int(state.best["step"]), report, probs, run.val, run.precision,
                        {"train": train_s, "eval": time.perf_counter() - run.start - train_s})
