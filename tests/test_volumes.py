@@ -279,3 +279,24 @@ def test_training_on_a_zarr_volume_reads_tiles_from_disk_and_trains_as_on_the_st
     assert drawn == [2] * 4  # every batch cut from the Zarr arrays, not from a copy in memory
     assert losses(tmp_path / "mem") == losses(tmp_path / "lazy")
     assert lazy.report.mean == in_memory.report.mean
+
+
+def test_outputs_never_write_over_their_input_or_a_folder_they_did_not_make(tiny_model, stack, tmp_path, capsys):
+    import h5py
+
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["raw"] = stack
+    assert main(["predict", str(tiny_model), f"{tmp_path / 'd.h5'}:/raw", "-o", f"{tmp_path / 'd.h5'}:/prob", "-q"]) == 2
+    assert "the output is the input" in capsys.readouterr().err
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        assert np.array_equal(f["raw"][...], stack)
+    _write_formats(tmp_path, stack)
+    assert main(["predict", str(tiny_model), str(tmp_path / "image.ome.zarr"), "-o", str(tmp_path / "image.ome.zarr"),
+                 "-q"]) == 2
+    assert "would write into the input" in capsys.readouterr().err
+    assert np.array_equal(open_volume(tmp_path / "image.ome.zarr").raw(0, slice(0, 300), slice(0, 340)), stack[0])
+    (tmp_path / "mine.zarr").mkdir()
+    (tmp_path / "mine.zarr" / "keep.txt").write_text("mine")
+    assert main(["predict", str(tiny_model), str(tmp_path / "v2.zarr"), "-o", str(tmp_path / "mine.zarr"), "-q"]) == 2
+    assert "is not an OME-Zarr image this command wrote" in capsys.readouterr().err
+    assert (tmp_path / "mine.zarr" / "keep.txt").read_text() == "mine"

@@ -178,11 +178,14 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
             of a ``dask.distributed`` scheduler (``tcp://host:8786``), whose workers each load
             the models once.
     """
-    from .volumes import create_ome_zarr, open_volume, write_pyramid
+    from .volumes import create_ome_zarr, open_volume, volume_file, write_pyramid
 
     if dtype not in ("uint8", "float16", "float32"):
         raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
     check_block_size(block, chunk, pcfg)
+    store = volume_file(source).resolve()
+    if output.resolve() == store or store in output.resolve().parents or output.resolve() in store.parents:
+        raise DataError(f"{output}: the output would write into the input {source}; choose another -o")
     volume = open_volume(source, channel, axes)
     shape = volume.shape
     done_dir = markers_folder(output)

@@ -216,7 +216,7 @@ def segment_file(
     for one TIFF per image, of any sizes. Outputs are checked before any prediction runs."""
     output, h5_dataset = _hdf5_target(str(output))
     one_stack = output.suffix.lower() in (".tif", ".tiff", ".h5")
-    if output.resolve() == Path(input_path).resolve():
+    if output.resolve() == _hdf5_target(str(input_path))[0].resolve():  # an HDF5 file is replaced whole
         raise DataError(f"{output}: the output is the input; choose another -o (inputs are never written over)")
     for folder in (output.parent if one_stack else output, masks, overlays):
         if folder is not None:

@@ -33,6 +33,17 @@ __all__ = ["LazyVolume", "is_volume_path", "open_volume", "create_ome_zarr", "wr
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 
+def volume_file(path: str | Path) -> Path:
+    """The file or Zarr store that holds the volume ``path`` names."""
+    text = str(path)
+    if ".zarr" in text:
+        return Path(text.split(".zarr")[0] + ".zarr")
+    for suffix in HDF5_SUFFIXES:
+        if f"{suffix}:" in text:
+            return Path(text.split(f"{suffix}:")[0] + suffix)
+    return Path(text)
+
+
 def is_volume_path(path: str | Path) -> bool:
     """Whether ``path`` names a Zarr or HDF5 volume (read lazily) rather than an image file or folder."""
     text = str(path)
@@ -251,6 +262,8 @@ def create_ome_zarr(path: Path, shape: tuple[int, int, int], chunks: tuple[int, 
             return group
         raise DataError(f"{path}: holds an image of shape {tuple(level0.shape)}, chunks {tuple(level0.chunks)}, "
                         f"{level0.dtype}; this prediction is {shape}, {chunks}, {dtype}: choose another -o or remove it")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise DataError(f"{path}: exists and is not an OME-Zarr image this command wrote; choose another -o or remove it")
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
     dx, dy = calibration.pixel_size if calibration else (1.0, 1.0)
     dz = (calibration.spacing if calibration and calibration.spacing else 1.0)
