@@ -18,17 +18,22 @@ import torch
 
 from .augment import augment_batch
 from .config import AugmentConfig
+from .affinities import label_cells
 from .data import TileSampler, to_network_input
 
 __all__ = ["Batch", "BatchStream", "make_batch_fn"]
 
-Batch = tuple[torch.Tensor, torch.Tensor]  # network input (B, C, H, W), labels (B, h, w)
+Batch = tuple[torch.Tensor, torch.Tensor]  # network input (B, C, H, W), labels or cell ids (B, h, w)
 
 
 def make_batch_fn(sampler: TileSampler, augment: AugmentConfig, batch_size: int, mine: slice, out_size: int,
-                  device: torch.device, memory_format: torch.memory_format) -> Callable[[], Batch]:
+                  device: torch.device, memory_format: torch.memory_format, cells: bool = False) -> Callable[[], Batch]:
     """One global batch drawn, this rank's slice of it kept: every rank draws the same batch
-    from the same generator, so N processes follow the one-process run."""
+    from the same generator, so N processes follow the one-process run.
+
+    ``cells``: the labels become each tile's cell ids (:func:`affinities.label_cells`), found
+    on the whole input tile before the crop, so that a cell which leaves the output window and
+    comes back keeps one id."""
     crop = (sampler.in_size - out_size) // 2
     pin = device.type == "cuda"
 
@@ -41,6 +46,8 @@ def make_batch_fn(sampler: TileSampler, augment: AugmentConfig, batch_size: int,
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         images, labels = augment_batch(images, labels, augment, sampler.generator)
         images, labels = images[mine], labels[mine]
+        if cells:
+            labels = label_cells(labels)
         if crop:
             labels = labels[:, crop : crop + out_size, crop : crop + out_size]
         return to_network_input(images).contiguous(memory_format=memory_format), labels

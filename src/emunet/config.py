@@ -18,6 +18,7 @@ import yaml
 from .augment import AugmentConfig
 from .errors import ConfigError
 from .model import PRESETS, UNetConfig
+from .segment import SegmentConfig
 
 __all__ = ["ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "PredictConfig", "Config", "load_config", "with_overrides",
            "dump_config"]
@@ -74,6 +75,11 @@ class ModelConfig:
     init: how fresh weights are drawn, 'lab' (the MindSpore lab's truncated normal, the
     default of unet_medical and unet_paper) or 'torch' (PyTorch's defaults, unet_cpu's);
     not to be confused with train.init, a checkpoint to start from.
+    head: 'membrane' (the lab's: cell interior against membrane, softmax) or 'affinities' (for
+    each offset, the probability that a pixel and its partner lie in one cell; segmented into
+    cells by the mutex watershed). Unset: the preset's (membrane).
+    offsets: the affinity head's [dy, dx] offsets; unset: [[-1, 0], [0, -1], [-3, 0], [0, -3],
+    [-9, 0], [0, -9], [-27, 0], [0, -27]].
     """
 
     preset: str = "unet_medical"
@@ -83,6 +89,8 @@ class ModelConfig:
     norm: str | None = None
     dropout: float | None = None
     init: str | None = None
+    head: str | None = None
+    offsets: list | None = None
 
     def validate(self) -> None:
         """The preset exists and the overrides make a valid network (checked before anything is
@@ -96,6 +104,10 @@ class ModelConfig:
             raise ConfigError(str(exc)) from None
 
 
+# Validation scores that can pick the best weights: the map's, or its cells' (label images).
+SELECT_BY = ("lab_dice", "v_rand", "v_info", "cells_v_rand", "cells_v_info")
+
+
 @dataclass
 class TrainConfig:
     """Args:
@@ -104,15 +116,19 @@ class TrainConfig:
     tile: output side of a training tile; the input adds the network's border.
     lr, weight_decay: Adam's (the lab: 1e-4, 5e-4).
     schedule: 'constant' or 'cosine' (decay to lr * min_lr_ratio), after warmup_steps.
-    loss: 'ce' (softmax cross-entropy) or 'ce+dice'.
-    membrane_weight: cross-entropy weight of class 0 (membrane) against class 1 (1 = the lab's).
+    loss: 'ce' (softmax cross-entropy) or 'ce+dice'; for the affinity head, binary cross-entropy
+        of each offset's channel, plus the soft dice of the pairs that belong apart.
+    membrane_weight: cross-entropy weight of class 0 (membrane) against class 1 (1 = the lab's);
+        for the affinity head, of the pairs that belong apart.
     skeleton_weight: weight of the skeleton-recall term (membrane probability on the labels'
         membrane centre lines), which charges gaps in thin membranes; 0 = off (the lab's).
     precision: 'auto' (bf16 on CPU, fp16 with a gradient scaler on CUDA), 'fp32', 'bf16', 'fp16'.
     loss_scale: initial loss scale for fp16 (the lab fixes 1024).
     seed: makes runs repeatable.
     val_every: validate (and checkpoint) every N steps; 0 = only at the end.
-    select_by: validation score that picks best.safetensors: 'lab_dice' or 'v_rand'.
+    select_by: validation score that picks best.safetensors: 'lab_dice', 'v_rand' or 'v_info' of
+        the interior map (at the challenge's best threshold), or 'cells_v_rand' / 'cells_v_info'
+        of the cells segmented from it (the mutex watershed for the affinity head).
     checkpoint_every: save a checkpoint every N steps; 0 = at validation only.
     keep: newest checkpoints kept (the best is always kept too).
     log_every: steps between log lines in the CSV and TensorBoard.
@@ -179,7 +195,7 @@ class TrainConfig:
             (self.keep >= 1, "train.keep must be at least 1"),
             (self.log_every >= 1, "train.log_every must be at least 1"),
             (0.0 <= self.ema < 1.0, "train.ema must be in [0, 1)"),
-            (self.select_by in ("lab_dice", "v_rand", "v_info"), "train.select_by must be lab_dice, v_rand or v_info"),
+            (self.select_by in SELECT_BY, f"train.select_by must be one of {', '.join(SELECT_BY)}"),
             (self.val_every >= 0 and self.checkpoint_every >= 0, "train.val_every/checkpoint_every must be >= 0"),
             (self.dist_timeout > 0, "train.dist_timeout must be positive"),
             (self.threads >= 0, "train.threads must be >= 0"),
@@ -259,12 +275,28 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
 
     def validate(self) -> "Config":
         """Each section checks itself; a bad value is a ConfigError naming its key."""
-        for section in (self.data, self.model, self.augment, self.train, self.predict, self.storage):
+        for section in (self.data, self.model, self.augment, self.train, self.predict, self.storage, self.segment):
             section.validate()
+        if self.affinity_head:
+            ConfigError.check([
+                (not self.train.skeleton_weight, "train.skeleton_weight is the membrane head's; set it to 0 with "
+                                                  "model.head=affinities"),
+                (not self.predict.tta, "predict.tta turns and flips the image, which changes what each affinity "
+                                       "channel means; turn it off with model.head=affinities"),
+                (not self.predict.smooth and not self.predict.close_gaps,
+                 "predict.smooth and predict.close_gaps post-process the membrane head's map; set them to 0 with "
+                 "model.head=affinities (its cells come from the mutex watershed)"),
+            ])
         return self
+
+    @property
+    def affinity_head(self) -> bool:
+        head = self.model.head or PRESETS[self.model.preset]().head
+        return head == "affinities"
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

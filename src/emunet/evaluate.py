@@ -6,20 +6,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .challenge import score_stack
+from .challenge import score_segmentation_stack, score_stack
 from .data import Volume
 from .errors import DataError
 from .files import write_json
 from .metrics import SCORE_NAMES, slice_scores
 
-__all__ = ["CHALLENGE_NAMES", "ScoreReport", "score_probabilities", "format_table", "write_eval_json", "read_maps",
+if TYPE_CHECKING:
+    from .predict import Prediction
+    from .segment import SegmentConfig
+
+__all__ = ["CHALLENGE_NAMES", "CELL_NAMES", "ScoreReport", "score_probabilities", "score_prediction", "format_table", "write_eval_json", "read_maps",
            "pick_slices", "format_sweep"]
 
 CHALLENGE_NAMES = ("v_rand", "v_info")
+CELL_NAMES = ("cells_v_rand", "cells_v_info")  # the challenge's scores of the cells (instance labels)
 
 
 @dataclass
@@ -32,19 +37,24 @@ class ScoreReport:
     ``slices``: one row per slice (its name, the same scores; V_rand and V_info at the stack's
     V_rand threshold). ``challenge``: the whole sweep (see :func:`challenge.score_stack`), with
     ``challenge_pixel_error``, the challenge's pixel error (1 - the best pixel F-score).
+    ``cells``: where the cells (label images) were scored too, the challenge's scores of them
+    (no threshold: each id one cell), as ``cells_v_rand`` and ``cells_v_info`` in ``mean`` and rows.
     """
 
     mean: dict[str, float]
     slices: list[dict[str, Any]]
     challenge: dict[str, Any] = field(default_factory=dict)
+    cells: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "slices": self.slices, "challenge": self.challenge}
+        return {"mean": self.mean, "slices": self.slices, "challenge": self.challenge, "cells": self.cells}
 
 
-def score_probabilities(probs: np.ndarray, volume: Volume, challenge: bool = True) -> ScoreReport:
+def score_probabilities(probs: np.ndarray, volume: Volume, challenge: bool = True, cells: np.ndarray | None = None
+                        ) -> ScoreReport:
     """Score probabilities (1 = interior) against ``volume.labels``; ``challenge`` adds the
-    challenge's sweep (a few tenths of a second per 512 px slice)."""
+    challenge's sweep (a few tenths of a second per 512 px slice); ``cells``, label images
+    (N, H, W) of the same slices, adds the challenge's scores of those."""
     if volume.labels is None:
         raise DataError(f"{volume.source}: scoring needs labels")
     rows = [{"slice": name, **slice_scores(p, y)} for name, p, y in zip(volume.names, probs, volume.labels)]
@@ -56,12 +66,25 @@ def score_probabilities(probs: np.ndarray, volume: Volume, challenge: bool = Tru
             row.update({k: at_best[k] for k in CHALLENGE_NAMES})
         mean.update({k: sweep[k] for k in CHALLENGE_NAMES})
         report.challenge = {k: v for k, v in sweep.items() if k != "slices_at_best"}
+    if cells is not None:
+        scored = score_segmentation_stack(cells, volume.labels)
+        for row, own in zip(rows, scored["slices_at_best"]):
+            row.update({f"cells_{k}": own[k] for k in CHALLENGE_NAMES})
+        mean.update({f"cells_{k}": scored[k] for k in CHALLENGE_NAMES})
+        report.cells = {k: v for k, v in scored.items() if k not in ("slices_at_best", "by_threshold")}
     return report
+
+
+def score_prediction(prediction: Prediction, volume: Volume, segment: SegmentConfig) -> tuple[ScoreReport, np.ndarray]:
+    """A prediction's map and its cells (segmented as ``segment`` says) scored against
+    ``volume.labels``; the report and the cells."""
+    cells = prediction.cells(segment)
+    return score_probabilities(prediction.probs, volume, cells=cells), cells
 
 
 def format_table(report: ScoreReport) -> str:
     """A plain-text table: one line per slice, the mean, and the challenge scores' thresholds."""
-    names = [k for k in (*SCORE_NAMES, *CHALLENGE_NAMES) if k in report.mean]
+    names = [k for k in (*SCORE_NAMES, *CHALLENGE_NAMES, *CELL_NAMES) if k in report.mean]
     head = f"{'slice':<24}" + "".join(f"{k:>15}" for k in names)
     lines = [head, "-" * len(head)]
     for r in report.slices:
@@ -76,6 +99,11 @@ def format_table(report: ScoreReport) -> str:
             f"{c['v_info_split']:.4f}, merge {c['v_info_merge']:.4f}, th {c['v_info_threshold']:.1f}); "
             f"pixel error {c['challenge_pixel_error']:.4f} (th {c['pixel_threshold']:.1f})"
         )
+    if report.cells:
+        c = report.cells
+        lines.append(f"challenge (the cells, label images): V_rand {c['v_rand']:.4f} (split {c['v_rand_split']:.4f}, "
+                     f"merge {c['v_rand_merge']:.4f}); V_info {c['v_info']:.4f} (split {c['v_info_split']:.4f}, "
+                     f"merge {c['v_info_merge']:.4f})")
     return "\n".join(lines)
 
 

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .affinities import DEFAULT_OFFSETS, check_offsets
 from .errors import ConfigError
 
 __all__ = ["UNetConfig", "UNet", "PRESETS", "register_preset", "create_model", "count_parameters", "init_lab_weights"]
@@ -36,6 +37,10 @@ class UNetConfig:
         up_relu: ReLU after each transposed convolution, as the lab does.
         init: how fresh weights are drawn: ``"torch"`` (PyTorch's defaults) or ``"lab"`` (the
             MindSpore lab's: see :func:`init_lab_weights`). Loaded weights replace either.
+        head: ``"membrane"`` (class logits, softmax; the lab's) or ``"affinities"`` (one logit per
+            offset, sigmoid: the probability that a pixel and its partner lie in one cell).
+        offsets: the affinity head's (dy, dx) offsets; empty for the membrane head (the
+            affinity head's default: :data:`affinities.DEFAULT_OFFSETS`).
     """
 
     in_channels: int = 1
@@ -48,8 +53,17 @@ class UNetConfig:
     up_bias: bool = False
     up_relu: bool = True
     init: str = "torch"
+    head: str = "membrane"
+    offsets: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
+        if self.head not in ("membrane", "affinities"):
+            raise ConfigError(f"model.head must be 'membrane' or 'affinities', got {self.head!r}")
+        if self.head == "affinities":
+            self.offsets = check_offsets(self.offsets or DEFAULT_OFFSETS)
+            self.num_classes = len(self.offsets)
+        elif self.offsets:
+            raise ConfigError("model.offsets are the affinity head's: set model.head=affinities, or leave offsets unset")
         if self.init not in ("torch", "lab"):
             raise ConfigError(f"model.init must be 'torch' or 'lab', got {self.init!r}")
         if self.padding not in ("valid", "same"):

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .affinities import Offsets, interior_from_affinities
 from .checkpoint import load_model
 from .config import Config, PredictConfig, config_from_dict
 from .data import Intensity, Volume, read_each, read_images, scaling_for
@@ -26,6 +27,7 @@ from .files import atomic_write, atomic_write_bytes, check_writable
 from .model import UNet
 from .postprocess import close_gaps_in_place, smooth_in_place
 from .progress import progress_bar
+from .segment import SegmentConfig, segment_stack
 from .storage import is_url
 from .tiling import predict_image, predict_image_tta
 
@@ -35,6 +37,8 @@ __all__ = [
     "LoadedModels",
     "load_models",
     "predict_raw",
+    "Prediction",
+    "predict_stack",
     "postprocess_volume",
     "predict_volume",
     "SegmentedFile",
@@ -94,16 +98,21 @@ def predict_raw(
     models: UNet | Sequence[UNet], volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False
 ) -> np.ndarray:
     """Foreground probabilities (N, H, W) float32 of every slice by overlap-tile prediction,
-    before post-processing; for several models (an ensemble) the mean of theirs, which costs
-    one more slice-sized buffer."""
+    before post-processing, or an affinity model's affinities (N, C, H, W); for several models
+    (an ensemble) the mean of theirs, which costs one more slice-sized buffer."""
     models = [models] if isinstance(models, UNet) else list(models)
     if not models:
         raise ValueError("predict_raw needs at least one model")
+    offsets = models[0].cfg.offsets
+    if any(m.cfg.offsets != offsets for m in models):
+        raise CheckpointError("an ensemble's models must share one head (membrane, or affinities with the same offsets)")
     modes = [m.training for m in models]
     for m in models:
         m.eval()
-    out = np.empty(volume.images.shape, np.float32)
-    extra = np.empty(volume.images.shape[1:], np.float32) if len(models) > 1 else None
+    n, h, w = volume.images.shape
+    page = (len(offsets), h, w) if offsets else (h, w)
+    out = np.empty((n, *page), np.float32)
+    extra = np.empty(page, np.float32) if len(models) > 1 else None
     slices = progress_bar(desc="predict", unit="slice", enabled=progress, items=range(len(volume)), transient=True)
     settings = dict(tile=pcfg.tile, overlap=pcfg.overlap, batch_size=pcfg.batch_size, blend=pcfg.blend,
                     margin=pcfg.margin, precision=precision)
@@ -133,13 +142,41 @@ def postprocess_volume(probs: np.ndarray, pcfg: PredictConfig) -> np.ndarray:
     return probs
 
 
+@dataclass
+class Prediction:
+    """A stack's prediction: the cell-interior map (N, H, W) that is written and scored as a map
+    (for an affinity model, :func:`affinities.interior_from_affinities`), and an affinity
+    model's affinities (N, C, H, W) with their offsets, which its cells come from."""
+
+    probs: np.ndarray
+    affinities: np.ndarray | None = None
+    offsets: Offsets | None = None
+
+    def cells(self, cfg: SegmentConfig) -> np.ndarray:
+        """Instance labels (N, H, W) uint32: the mutex watershed of the affinities, or the seeded
+        watershed of the membrane head's map."""
+        return segment_stack(self.probs, self.affinities, self.offsets, cfg)
+
+
+def predict_stack(
+    models: UNet | Sequence[UNet], volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False
+) -> Prediction:
+    """What is written and scored: :func:`predict_raw` (the mean of several models' maps:
+    independently trained models disagree on the ambiguous membranes, and their average is
+    steadier than any one of them), then :func:`postprocess_volume`; an affinity model's
+    affinities as they are, with the interior map made from them."""
+    raw = predict_raw(models, volume, pcfg, precision, progress)
+    offsets = (models if isinstance(models, UNet) else models[0]).cfg.offsets
+    if offsets:
+        return Prediction(interior_from_affinities(raw, offsets), raw, offsets)
+    return Prediction(postprocess_volume(raw, pcfg))
+
+
 def predict_volume(
     models: UNet | Sequence[UNet], volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False
 ) -> np.ndarray:
-    """The probabilities that are written and scored: :func:`predict_raw` (the mean of several
-    models' maps: independently trained models disagree on the ambiguous membranes, and their
-    average is steadier than any one of them), then :func:`postprocess_volume`."""
-    return postprocess_volume(predict_raw(models, volume, pcfg, precision, progress), pcfg)
+    """The cell-interior probabilities (N, H, W) of :func:`predict_stack`."""
+    return predict_stack(models, volume, pcfg, precision, progress).probs
 
 
 class Segmenter:

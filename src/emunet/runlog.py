@@ -15,13 +15,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .evaluate import CHALLENGE_NAMES, ScoreReport
+from .evaluate import CELL_NAMES, CHALLENGE_NAMES, ScoreReport
 from .files import atomic_write_bytes
 from .metrics import SCORE_NAMES
 
 __all__ = ["CSV_FIELDS", "RunLog"]
 
-CSV_FIELDS = ["step", "loss", "lr", "images_per_s", "train_s", "wall_s", *[f"val_{k}" for k in (*SCORE_NAMES, *CHALLENGE_NAMES)]]
+CSV_FIELDS = ["step", "loss", "lr", "images_per_s", "train_s", "wall_s", *[f"val_{k}" for k in (*SCORE_NAMES, *CHALLENGE_NAMES, *CELL_NAMES)]]
 
 
 def _read_csv(path: Path, up_to: int) -> list[dict]:

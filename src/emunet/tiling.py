@@ -94,7 +94,10 @@ def _as_planes(image, model: UNet) -> list[np.ndarray]:
 
 def predict_image_tta(model: UNet, image, **kwargs) -> np.ndarray:
     """:func:`predict_image` averaged over the 8 flips and 90-degree turns of the image
-    (test-time augmentation with the same symmetries that training used)."""
+    (test-time augmentation with the same symmetries that training used). Not for affinity
+    models: a turn changes which neighbour each channel's offset names."""
+    if model.cfg.offsets:
+        raise ConfigError("test-time augmentation (predict.tta, --tta) is not available for an affinity model; turn it off")
     image = np.stack(_as_planes(image, model))
     total = np.zeros(image.shape[1:], np.float64)
     for k in range(4):
@@ -104,8 +107,8 @@ def predict_image_tta(model: UNet, image, **kwargs) -> np.ndarray:
 
 
 def predict_image(model: UNet, image: np.ndarray | list[np.ndarray], **settings: Any) -> np.ndarray:
-    """Foreground probability (class 1 of the softmax) of one (H, W) image in [0, 1]:
-    :func:`predict_region` over the whole image.
+    """Foreground probability (class 1 of the softmax) of one (H, W) image in [0, 1], or an
+    affinity model's (C, H, W) affinities: :func:`predict_region` over the whole image.
 
     Memory is the image, the result and ``batch_size`` tiles: tiles are cut with mirrored
     indices instead of padding the image, blended straight into the result, and normalised
@@ -163,7 +166,9 @@ def predict_region(
         blend: 'gaussian' or 'uniform' weighting of overlapping tiles.
         margin: for same-padded nets, mirrored context discarded around each tile.
         precision: 'fp32', 'bf16' or 'fp16' autocast.
-        out: optional float32 array of the region's shape to write the result into.
+        out: optional float32 array of the result's shape to write the result into.
+
+    An affinity model's result has a channel per offset first: (C, rows, columns), sigmoids.
         progress: show a bar over the tiles when there are many (large images).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -171,8 +176,9 @@ def predict_region(
     h, w = shape
     y0, y1, x0, x1 = region
     plan = plan_tiles(model, h, w, tile, overlap, margin)
+    channels = len(model.cfg.offsets)  # the affinity head's; 0 for the membrane head
     if out is None:
-        out = np.zeros((y1 - y0, x1 - x0), np.float32)
+        out = np.zeros(((channels,) if channels else ()) + (y1 - y0, x1 - x0), np.float32)
     else:
         out[...] = 0.0
     profile = _profile(plan.out_size, blend)
@@ -202,16 +208,16 @@ def predict_region(
         x_t = to_network_input(torch.from_numpy(batch).to(device)).contiguous(memory_format=memory_format)
         with autocast_for(device, precision):
             logits = model(x_t)
-        prob = torch.softmax(logits.float(), dim=1)[:, 1]
+        prob = torch.sigmoid(logits.float()) if channels else torch.softmax(logits.float(), dim=1)[:, 1]
         if m:
-            prob = prob[:, m:-m, m:-m]
+            prob = prob[..., m:-m, m:-m]
         prob = prob.cpu().numpy()
         for i, p in zip(chunk, prob):
             y, x = origins[i]
             # the part of the tile's output inside both the image and the region
             ty0, ty1 = max(y, y0), min(y + plan.out_size, h, y1)
             tx0, tx1 = max(x, x0), min(x + plan.out_size, w, x1)
-            out[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += (p * weight)[ty0 - y : ty1 - y, tx0 - x : tx1 - x]
+            out[..., ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += (p * weight)[..., ty0 - y : ty1 - y, tx0 - x : tx1 - x]
     bar.close()
     out /= norm_y[y0:y1, None]
     out /= norm_x[None, x0:x1]

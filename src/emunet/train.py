@@ -29,6 +29,7 @@ from .device import autocast_for, resolve_precision
 from .errors import ConfigError, DataError, TrainingError, TrainingInterrupted, UsageError
 from .evaluate import ScoreReport
 from .files import atomic_write_bytes, check_writable
+from .affinities import affinity_loss
 from .losses import segmentation_loss
 from .model import UNet, create_model
 from .progress import progress_bar
@@ -41,7 +42,7 @@ __all__ = ["TrainingError", "TrainResult", "build_model", "load_split", "train"]
 def build_model(cfg: Config) -> UNet:
     m = cfg.model
     return create_model(m.preset, width=m.width, depth=m.depth, padding=m.padding, norm=m.norm, dropout=m.dropout,
-                        init=m.init, in_channels=2 * cfg.data.context + 1)
+                        init=m.init, head=m.head, offsets=m.offsets, in_channels=2 * cfg.data.context + 1)
 
 
 def load_split(cfg: Config, min_size: int = 1) -> tuple[Volume | LazyLabelled, Volume]:
@@ -185,7 +186,11 @@ def _train_step(state: TrainState, net: torch.nn.Module, batch, cfg: Config, pre
     t = cfg.train
     with autocast_for(state.device, precision):
         logits = net(images)
-    loss = segmentation_loss(logits, labels, t.loss, t.membrane_weight, t.skeleton_weight)
+    offsets = state.model.cfg.offsets
+    if offsets:  # the affinity head: labels are cell ids
+        loss = affinity_loss(logits, labels, offsets, t.loss, t.membrane_weight)
+    else:
+        loss = segmentation_loss(logits, labels, t.loss, t.membrane_weight, t.skeleton_weight)
     if not torch.isfinite(loss) and not state.scaler.is_enabled():  # with fp16 the scaler skips the step
         raise TrainingError(f"loss became {loss.item()} at step {state.step + 1}; the last good checkpoint is kept "
                             f"in {storage.local_folder(cfg.out_dir) / 'checkpoints'}")
@@ -322,7 +327,7 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
         sampler = TileSampler(train_vol, in_size, out_size, state.sample_gen, context=cfg.data.context)
     per_rank = t.batch_size // ctx.world_size
     next_batch = make_batch_fn(sampler, cfg.augment, t.batch_size, slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank),
-                               out_size, device, memory_format)
+                               out_size, device, memory_format, cells=bool(model.cfg.offsets))
     net: torch.nn.Module = model
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -332,7 +337,7 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
         atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
     ahead = t.prefetch if t.prefetch is not None else (2 if device.type == "cuda" else 0)
     state.batches = BatchStream(next_batch, state.sample_gen, ahead, device)
-    scorer = FoldScorer(val_vol, cfg.predict, precision, _scores_in_background(t.background_scoring, ctx))
+    scorer = FoldScorer(val_vol, cfg.predict, precision, _scores_in_background(t.background_scoring, ctx), cfg.segment)
     return _Run(out, precision, state, net, state.batches, val_vol, scorer, RunLog(out, ctx.is_main, state.step), start)
 
 
@@ -369,7 +374,8 @@ def _record_scores(run: _Run, cfg: Config, bar, wait: bool) -> None:
         run.log.log_validation(done.step, done.report)
         mean = done.report.mean
         bar.write(f"step {done.step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
-                  f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error_05']:.4f}")
+                  f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error_05']:.4f}  cells: "
+                  f"V_rand {mean['cells_v_rand']:.4f}  V_info {mean['cells_v_info']:.4f}")
         if mean[select_by] > state.best["score"]:
             state.best.update(score=mean[select_by], step=done.step)
             save_weights(run.out / "best.safetensors", done.model, state.model.cfg,
@@ -449,7 +455,7 @@ def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.
     best_path = run.out / "best.safetensors"
     best_model, _ = load_model(best_path, device)
     if run.best_validation is None:  # resumed after the best step: its validation is not in memory
-        scorer = FoldScorer(run.val, cfg.predict, run.precision, background=False)
+        scorer = FoldScorer(run.val, cfg.predict, run.precision, background=False, segment=cfg.segment)
         scorer.submit(int(run.state.best["step"]), best_model)
         done = scorer.finished()[0]
         run.best_validation = done.report, done.probs

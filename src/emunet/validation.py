@@ -21,21 +21,23 @@ import torch
 
 from .config import PredictConfig
 from .data import Volume
-from .evaluate import ScoreReport, score_probabilities
+from .evaluate import ScoreReport, score_prediction
 from .model import UNet
-from .predict import predict_volume
+from .predict import predict_stack
+from .segment import SegmentConfig
 
 __all__ = ["ScoredValidation", "FoldScorer", "snapshot_of"]
 
 
 @dataclass
 class ScoredValidation:
-    """One validation, scored: the step, the weights scored (eval mode), the probabilities and
-    their report, and the training state of the step when it was kept for a checkpoint."""
+    """One validation, scored: the step, the weights scored (eval mode), the probabilities, the
+    cells and their report, and the training state of the step when it was kept for a checkpoint."""
 
     step: int
     model: UNet
     probs: np.ndarray
+    cells: np.ndarray
     report: ScoreReport
     snapshot: dict[str, Any] | None
 
@@ -56,21 +58,24 @@ class FoldScorer:
     """Predicts the validation fold and scores it, in the foreground or (``background``) in one
     worker thread, so that at most one scoring runs beside training."""
 
-    def __init__(self, volume: Volume, pcfg: PredictConfig, precision: str, background: bool) -> None:
+    def __init__(self, volume: Volume, pcfg: PredictConfig, precision: str, background: bool,
+                 segment: SegmentConfig | None = None) -> None:
         self.volume, self.pcfg, self.precision, self.background = volume, pcfg, precision, background
-        self._pending: deque[tuple[int, UNet, np.ndarray, Future | ScoreReport, dict | None]] = deque()
+        self.segment = segment or SegmentConfig()
+        self._pending: deque[tuple[int, UNet, np.ndarray, Future | tuple, dict | None]] = deque()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emunet-scoring") if background else None
 
     def submit(self, step: int, model: UNet, snapshot: dict[str, Any] | None = None) -> None:
         """Predict the fold with a copy of ``model`` as its deployed weights will predict (eval
-        mode, laid out by :func:`predict_volume` as loaded weights are) and score it."""
+        mode, laid out by :func:`predict_stack` as loaded weights are), segment it into cells
+        and score both."""
         deployed = copy.deepcopy(model).eval()
-        probs = predict_volume(deployed, self.volume, self.pcfg, self.precision)
+        prediction = predict_stack(deployed, self.volume, self.pcfg, self.precision)
         if self._pool is not None:
-            report: Future | ScoreReport = self._pool.submit(score_probabilities, probs, self.volume)
+            scored: Future | tuple = self._pool.submit(score_prediction, prediction, self.volume, self.segment)
         else:
-            report = score_probabilities(probs, self.volume)
-        self._pending.append((step, deployed, probs, report, snapshot))
+            scored = score_prediction(prediction, self.volume, self.segment)
+        self._pending.append((step, deployed, prediction.probs, scored, snapshot))
 
     @property
     def pending(self) -> int:
@@ -80,13 +85,14 @@ class FoldScorer:
         """The validations scored so far, oldest first (all of them, waiting, with ``wait``)."""
         done = []
         while self._pending:
-            step, model, probs, report, snapshot = self._pending[0]
-            if isinstance(report, Future):
-                if not (wait or report.done()):
+            step, model, probs, scored, snapshot = self._pending[0]
+            if isinstance(scored, Future):
+                if not (wait or scored.done()):
                     break
-                report = report.result()  # an error in the scoring thread is raised here
+                scored = scored.result()  # an error in the scoring thread is raised here
             self._pending.popleft()
-            done.append(ScoredValidation(step, model, probs, report, snapshot))
+            report, cells = scored
+            done.append(ScoredValidation(step, model, probs, cells, report, snapshot))
         return done
 
     def close(self) -> None:
