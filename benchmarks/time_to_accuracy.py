@@ -7,6 +7,10 @@ every ``--val-every`` steps so the crossing is seen early.
     python benchmarks/time_to_accuracy.py                              # the CPU preset
     python benchmarks/time_to_accuracy.py -c configs/isbi-cpu.yaml train.steps=1800 train.seed=2
     python benchmarks/time_to_accuracy.py --seeds 1,2,3 --val-every 100 --out runs/tta-10min train.steps=1300
+    python benchmarks/time_to_accuracy.py -c configs/isbi-affinities.yaml --seeds 1,2,3 --out runs/tta-affinities
+
+Every run reports the V_rand of its map and of its cells (the seeded watershed of the membrane
+head's map, the mutex watershed of the affinity head's affinities).
 """
 
 from __future__ import annotations
@@ -26,11 +30,20 @@ LAB_DICE = 0.911
 
 
 def summarise(metrics: Path) -> dict:
+    """The run's crossing of the lab's dice, and the V_rand of its map and of its cells, at best
+    and at the end."""
     with open(metrics, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("val_lab_dice")]
     first = next((r for r in rows if float(r["val_lab_dice"]) >= LAB_DICE), None)
     best = max(rows, key=lambda r: float(r["val_v_rand"]))
-    return {
+    cells = {}
+    if rows[-1].get("val_cells_v_rand"):
+        best_cells = max(rows, key=lambda r: float(r["val_cells_v_rand"]))
+        cells = {"best_cells_v_rand": float(best_cells["val_cells_v_rand"]), "best_cells_v_rand_step": int(best_cells["step"]),
+                 "best_cells_v_rand_train_s": float(best_cells["train_s"]),
+                 "final_cells_v_rand": float(rows[-1]["val_cells_v_rand"]),
+                 "final_cells_v_info": float(rows[-1]["val_cells_v_info"])}
+    return cells | {
         "steps_to_lab_dice": int(first["step"]) if first else None,
         "train_s_to_lab_dice": float(first["train_s"]) if first else None,
         "v_rand_at_lab_dice": float(first["val_v_rand"]) if first else None,
@@ -70,10 +83,11 @@ def main() -> int:
 
 def spread(runs: list[dict]) -> dict:
     """Mean, sample standard deviation, min and max over seeds of the headline figures."""
-    keys = ("final_v_rand", "best_v_rand", "final_lab_dice", "final_train_s", "train_s_to_lab_dice")
+    keys = ("final_v_rand", "best_v_rand", "final_cells_v_rand", "final_cells_v_info", "best_cells_v_rand", "final_lab_dice",
+            "final_train_s", "train_s_to_lab_dice")
     out: dict = {"seeds": [r["seed"] for r in runs]}
     for k in keys:
-        values = [r[k] for r in runs if r[k] is not None]
+        values = [r[k] for r in runs if r.get(k) is not None]
         if values:
             out[k] = {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                       "min": min(values), "max": max(values)}

@@ -36,9 +36,10 @@ def check_offsets(offsets: Sequence[Sequence[int]]) -> Offsets:
     (they carry the membrane map and the mutex watershed's attractive edges)."""
     try:
         pairs = tuple((int(dy), int(dx)) for dy, dx in offsets)
+        whole = all(float(v).is_integer() for pair in offsets for v in pair)
     except (TypeError, ValueError):
         raise ConfigError(f"model.offsets must be a list of [dy, dx] integer pairs, got {offsets!r}") from None
-    if any(p != (int(a), int(b)) for p, (a, b) in zip(pairs, offsets)):
+    if not whole:
         raise ConfigError(f"model.offsets must be integers, got {offsets!r}")
     ConfigError.check([
         (len(set(pairs)) == len(pairs), f"model.offsets lists an offset twice: {list(pairs)}"),

@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", type=_path_or_url, help="also write PNG masks into this folder: 255 = cell interior (probability "
                    "above 0.5), 0 = membrane, as the ISBI labels")
     p.add_argument("--overlays", type=_path_or_url, help="also write PNG overlays (membrane in red) into this folder")
+    p.add_argument("--segment", nargs="?", const="", metavar="CELLS", type=str,
+                   help="also write the cells, an instance label image (uint32, each id one cell): the mutex watershed "
+                   "of an affinity model's affinities, or the seeded watershed of a membrane model's map. CELLS: a .tif "
+                   "or an OME-Zarr (.zarr); a folder where -o is one; default: beside -o as NAME-cells.tif")
+    p.add_argument("--min-size", type=int, metavar="PX", help="with --segment: merge cells smaller than this into "
+                   "their neighbours (default: the run's segment.min_size, 20)")
     volumes = p.add_argument_group("volumes larger than memory (-o OUT.ome.zarr: predicted block by block on Dask)")
     volumes.add_argument("--block", type=int, default=4096, help="block side in pixels, whole chunks; larger blocks recompute less of their border (default: 4096)")
     volumes.add_argument("--chunk", type=int, default=1024, help="output chunk side; chunks are 1 x N x N (default: 1024)")
@@ -255,8 +261,8 @@ def _load_for_inference(args):
 def cmd_evaluate(args) -> int:
     from .data import fold_split, load_labelled
     from .errors import UsageError
-    from .evaluate import format_table, score_probabilities, write_eval_json
-    from .predict import predict_volume
+    from .evaluate import format_table, score_prediction, write_eval_json
+    from .predict import predict_stack
     from .storage import is_url, staged_output
 
     loaded, precision = _load_for_inference(args)
@@ -277,7 +283,8 @@ def cmd_evaluate(args) -> int:
         volume = volume.subset(fold_split(len(volume), fold, cfg.data.train_ratio)[1])
         scored_data = f"fold {fold} of {cfg.data.images}"
     start = time.perf_counter()
-    report = score_probabilities(predict_volume(loaded.models, volume, cfg.predict, precision, progress=not args.quiet), volume)
+    prediction = predict_stack(loaded.models, volume, cfg.predict, precision, progress=not args.quiet)
+    report, _ = score_prediction(prediction, volume, cfg.segment)
     first = loaded.paths[0]
     if len(loaded.models) == 1:
         print(f"{first} (step {loaded.step}) on {scored_data}, {precision}:")
@@ -320,12 +327,44 @@ def cmd_predict(args) -> int:
         return _predict_blockwise(args, loaded, precision, channel)
     if str(args.output) == str(args.input):
         raise DataError(f"{args.output}: the output is the input; choose another -o (inputs are never written over)")
-    with staged_output(args.output) as output, staged_output(args.masks) as masks, staged_output(args.overlays) as overlays:
+    cells_to = _cells_path(args)
+    segment = loaded.config.segment
+    if args.min_size is not None:
+        segment = _with_overrides(loaded.config, [f"segment.min_size={args.min_size}"]).segment
+    with (staged_output(args.output) as output, staged_output(args.masks) as masks, staged_output(args.overlays) as overlays,
+          staged_output(cells_to) as cells):
         segmented = segment_file(loaded.models, args.input, output, loaded.config.predict, precision, masks, overlays,
-                                 progress=not args.quiet, channel=channel, intensity=loaded.intensity)
+                                 progress=not args.quiet, channel=channel, intensity=loaded.intensity, cells=cells,
+                                 segment=segment)
     _print_segmented(segmented, {str(output): str(args.output), str(masks): str(args.masks),
-                                 str(overlays): str(args.overlays)})
+                                 str(overlays): str(args.overlays), str(cells): str(cells_to)})
     return 0
+
+
+def _cells_path(args):
+    """Where --segment writes the cells: as given, or beside -o as NAME-cells.tif (a folder
+    NAME-cells for a folder of outputs); None without --segment."""
+    from .errors import UsageError
+
+    if args.segment is None:
+        if args.min_size is not None:
+            raise UsageError("--min-size goes with --segment")
+        return None
+    if args.segment:
+        return _path_or_url(args.segment)
+    given = str(args.output).rstrip("/")
+    if ".h5:" in given:  # file.h5:/dataset
+        given = given.split(".h5:")[0] + ".h5"
+    stem, dot, suffix = given.rpartition(".")
+    if dot and suffix.lower() in ("tif", "tiff", "h5") and "/" not in suffix:
+        return _path_or_url(f"{stem}-cells.tif")
+    return _path_or_url(f"{given}-cells")
+
+
+def _with_overrides(cfg, overrides):
+    from .config import with_overrides
+
+    return with_overrides(cfg, overrides)
 
 
 def _predict_blockwise(args, loaded, precision: str, channel: int | None) -> int:
@@ -335,6 +374,9 @@ def _predict_blockwise(args, loaded, precision: str, channel: int | None) -> int
 
     if args.masks or args.overlays or is_url(args.output):
         raise UsageError(f"{args.output}: an OME-Zarr output is written to a local folder, without --masks or --overlays")
+    if args.segment is not None or loaded.models[0].cfg.offsets:
+        raise UsageError(f"{args.output}: volumes predicted block by block give the membrane head's probabilities only; "
+                         "for cells (--segment, or an affinity model) write a .tif stack with -o and --segment CELLS.zarr")
     result = predict_to_ome_zarr(loaded.paths, str(args.input), Path(args.output), loaded.config.predict, precision,
                                  device=args.device, block=args.block, chunk=args.chunk, dtype=args.dtype,
                                  levels=args.levels, scheduler=args.scheduler, workers=args.workers, channel=channel,

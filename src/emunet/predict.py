@@ -45,6 +45,7 @@ __all__ = [
     "segment_file",
     "write_probabilities",
     "write_probabilities_h5",
+    "write_cells",
     "write_masks",
     "write_overlays",
 ]
@@ -247,35 +248,90 @@ def segment_file(
     progress: bool = True,
     channel: int | None = None,
     intensity: Intensity | None = None,
+    cells: Path | None = None,
+    segment: SegmentConfig | None = None,
 ) -> SegmentedFile:
-    """Read images, predict and post-process them, write the probabilities (and masks and
-    overlays where asked). ``output`` is a .tif for one stack of same-sized images, or a folder
-    for one TIFF per image, of any sizes. Outputs are checked before any prediction runs."""
+    """Read images, predict and post-process them, write the probabilities (and masks, overlays
+    and cells where asked). ``output`` is a .tif for one stack of same-sized images, or a folder
+    for one TIFF per image, of any sizes. ``cells``: the instance labels (segmented as ``segment``
+    says) as a uint32 TIFF or an OME-Zarr (.zarr) for a stack, a folder of TIFFs for a folder.
+    Outputs are checked before any prediction runs."""
     output, h5_dataset = _hdf5_target(str(output))
     one_stack = output.suffix.lower() in (".tif", ".tiff", ".h5")
     if output.resolve() == _hdf5_target(str(input_path))[0].resolve():  # an HDF5 file is replaced whole
         raise DataError(f"{output}: the output is the input; choose another -o (inputs are never written over)")
-    for folder in (output.parent if one_stack else output, masks, overlays):
+    segment = segment or SegmentConfig()
+    for folder in (output.parent if one_stack else output, masks, overlays, cells.parent if one_stack and cells else cells):
         if folder is not None:
             _check_writable(Path(folder))
     if not one_stack:
-        return _segment_each(models, input_path, output, pcfg, precision, masks, overlays, progress, channel, intensity)
+        return _segment_each(models, input_path, output, pcfg, precision, masks, overlays, progress, channel, intensity,
+                             cells, segment)
     try:
         volume = read_images(input_path, channel=channel, intensity=intensity)
     except ImageSizesDiffer as exc:
         raise DataError(f"{exc}; to predict images of different sizes give a folder as -o (one TIFF each)") from None
     start = time.perf_counter()
-    probs = predict_volume(models, volume, pcfg, precision, progress=progress)
+    prediction = predict_stack(models, volume, pcfg, precision, progress=progress)
+    probs = prediction.probs
+    labels = prediction.cells(segment) if cells else None
     seconds = time.perf_counter() - start
+    shape = f"{probs.shape[0]} x {probs.shape[1]} x {probs.shape[2]}"
     if output.suffix.lower() == ".h5":
         write_probabilities_h5(output, h5_dataset, probs, volume)
-        written = [f"{output}:/{h5_dataset.lstrip('/')}: {probs.shape[0]} x {probs.shape[1]} x {probs.shape[2]} float32 "
-                   "probabilities (1 = cell interior), HDF5"]
-        return SegmentedFile(len(volume), seconds, written + _write_pictures(volume, probs, masks, overlays))
-    write_probabilities(output, probs, volume)
-    written = [f"{output}: {probs.shape[0]} x {probs.shape[1]} x {probs.shape[2]} float32 probabilities (1 = cell interior)"]
+        written = [f"{output}:/{h5_dataset.lstrip('/')}: {shape} float32 probabilities (1 = cell interior), HDF5"]
+    else:
+        write_probabilities(output, probs, volume)
+        written = [f"{output}: {shape} float32 probabilities (1 = cell interior)"]
+    if labels is not None:
+        write_cells(cells, labels, volume)
+        written.append(f"{cells}: {shape} uint32 cells ({_cells_made_by(prediction)}), "
+                       f"{_count_cells(labels) / len(labels):.0f} per slice")
     written += _write_pictures(volume, probs, masks, overlays)
     return SegmentedFile(len(volume), seconds, written)
+
+
+def _cells_made_by(prediction: Prediction) -> str:
+    return "mutex watershed of the affinities" if prediction.affinities is not None else "seeded watershed of the map"
+
+
+def _count_cells(labels: np.ndarray) -> int:
+    return sum(len(np.unique(page[page > 0])) for page in labels)
+
+
+def write_cells(path: Path, cells: np.ndarray, volume: Volume | None = None) -> None:
+    """Instance labels (N, H, W): a uint32 TIFF, one page per slice, with the input's pixel size
+    (Fiji opens it as a 32-bit stack, napari as labels), or with a .zarr path an OME-Zarr label
+    image (NGFF 0.4, ``image-label`` metadata), atomically."""
+    import tifffile
+
+    cells = np.asarray(cells, np.uint32)
+    calibration = volume.calibration if volume is not None else None
+    if str(path).rstrip("/").endswith(".zarr"):
+        _write_cells_zarr(Path(path), cells, calibration)
+        return
+    resolution = None
+    if calibration is not None:
+        resolution = (1.0 / calibration.pixel_size[0], 1.0 / calibration.pixel_size[1])
+    atomic_write(path, lambda f: tifffile.imwrite(f, cells, photometric="minisblack", compression="zlib",
+                                                  resolution=resolution, metadata={"axes": "ZYX"}))
+
+
+def _write_cells_zarr(path: Path, cells: np.ndarray, calibration) -> None:
+    """An OME-Zarr label image written beside and renamed into place, so a reader never sees half."""
+    import shutil
+
+    from .volumes import create_ome_zarr
+
+    if path.exists():
+        raise DataError(f"{path}: exists; choose another path for the cells or remove it")
+    staging = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    chunks = (1, min(1024, cells.shape[1]), min(1024, cells.shape[2]))
+    group = create_ome_zarr(staging, cells.shape, chunks, "uint32", calibration, name=path.name)
+    group["0"][...] = cells
+    group.attrs["image-label"] = {"version": "0.4"}
+    staging.rename(path)
 
 
 def _hdf5_target(text: str) -> tuple[Path, str]:
@@ -299,18 +355,24 @@ def _write_pictures(volume: Volume, probs: np.ndarray, masks: Path | None, overl
 
 
 def _segment_each(models, input_path, output: Path, pcfg: PredictConfig, precision: str, masks, overlays, progress: bool,
-                  channel: int | None, intensity: Intensity | None) -> SegmentedFile:
-    """One probability TIFF per image into the folder ``output``, each image at its own size."""
+                  channel: int | None, intensity: Intensity | None, cells: Path | None, segment: SegmentConfig
+                  ) -> SegmentedFile:
+    """One probability TIFF per image into the folder ``output``, each image at its own size
+    (and one cells TIFF per image into the folder ``cells``)."""
     models = [models] if isinstance(models, UNet) else list(models)
     if any(model_context(m) for m in models):
         raise DataError(f"{output}: a 2.5-D model reads neighbouring sections of one stack; give a .tif as -o")
     volumes = read_each(input_path, channel, intensity)
     start = time.perf_counter()
     for volume in progress_bar(desc="predict", unit="image", enabled=progress, items=volumes):
-        probs = predict_volume(models, volume, pcfg, precision)
-        write_probabilities(output / f"{volume.names[0]}.tif", probs, volume)
-        _write_pictures(volume, probs, masks, overlays)
+        prediction = predict_stack(models, volume, pcfg, precision)
+        write_probabilities(output / f"{volume.names[0]}.tif", prediction.probs, volume)
+        if cells:
+            write_cells(cells / f"{volume.names[0]}.tif", prediction.cells(segment), volume)
+        _write_pictures(volume, prediction.probs, masks, overlays)
     written = [f"{output}: {len(volumes)} float32 probability TIFFs (1 = cell interior), one per image"]
+    if cells:
+        written.append(f"{cells}: {len(volumes)} uint32 cell TIFFs, one per image")
     written += [f"{folder}: {len(volumes)} {kind}" for folder, kind in ((masks, "masks"), (overlays, "overlays")) if folder]
     return SegmentedFile(len(volumes), time.perf_counter() - start, written)
 

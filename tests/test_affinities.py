@@ -1,0 +1,198 @@
+"""The affinity head and the cells: targets, the masked loss, the mutex watershed, the seeded
+watershed, label images scored as the challenge scores them, and the command line end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from emunet.affinities import affinity_loss, affinity_targets, check_offsets, interior_from_affinities, label_cells
+from emunet.challenge import score_segmentation_stack
+from emunet.cli import main
+from emunet.errors import ConfigError
+from emunet.model import create_model
+from emunet.segment import merge_small_segments, mutex_watershed, seeded_watershed
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SHORT = ((-1, 0), (0, -1), (0, -3))
+
+
+def _two_cells() -> np.ndarray:
+    """Cell 1 in columns 0-3, membrane in column 4, cell 2 in columns 5-9 (6 rows)."""
+    cells = np.zeros((6, 10), np.int64)
+    cells[:, :4], cells[:, 5:] = 1, 2
+    return cells
+
+
+def _targets(cells: np.ndarray, offsets=SHORT):
+    target, mask = affinity_targets(torch.from_numpy(cells)[None], offsets)
+    return target[0].numpy(), mask[0].numpy()
+
+
+def test_two_cells_targets_and_border_mask():
+    target, mask = _targets(_two_cells())
+    up, left, left3 = target
+    assert (up[1:, :4] == 1).all() and (up[1:, 5:] == 1).all() and (up[:, 4] == 0).all()  # membrane: with nothing
+    assert (left[:, 1:4] == 1).all() and (left[:, 4:6] == 0).all() and (left[:, 6:] == 1).all()
+    assert (left3[:, 3:4] == 1).all() and (left3[:, 5:8] == 0).all() and (left3[:, 8:] == 1).all()  # across the wall: apart
+    # a pair whose partner is outside the tile has no target
+    assert (mask[0, 0] == 0).all() and (mask[0, 1:] == 1).all()
+    assert (mask[2][:, :3] == 0).all() and (mask[2][:, 3:] == 1).all()
+    assert (target * (1 - mask) == 0).all()
+
+
+def test_three_cells_meeting_targets():
+    """Cells 1 (top left), 2 (top right) and 3 (bottom), walls one pixel wide."""
+    cells = np.zeros((9, 9), np.int64)
+    cells[:4, :4], cells[:4, 5:], cells[5:, :] = 1, 2, 3
+    target, _ = _targets(cells, ((-1, 0), (0, -1), (-3, 0), (0, -3)))
+    up, left, up3, left3 = target
+    assert up[3, 2] == 1 and up[5, 2] == 0 and up[6, 2] == 1 and up[4, 2] == 0  # the horizontal wall
+    assert left[2, 3] == 1 and left[2, 6] == 1 and left[2, 5] == 0 and left[7, 5] == 1  # wall between 1 and 2 only on top
+    assert up3[5, 1] == 0 and up3[5, 7] == 0 and up3[8, 4] == 1  # cell 3 against 1 and 2 across the wall
+    assert left3[1, 6] == 0 and left3[1, 3] == 1 and left3[7, 6] == 1
+    # each tile's cells are its 4-connected components: diagonal neighbours are apart
+    labels = torch.tensor([[[1, 0], [0, 1]]])
+    assert label_cells(labels)[0].tolist() == [[1, 0], [0, 2]]
+
+
+def test_loss_ignores_pairs_outside_the_tile():
+    cells = torch.from_numpy(_two_cells())[None]
+    _, mask = affinity_targets(cells, SHORT)
+    logits = torch.randn(1, 3, 6, 10, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    loss = affinity_loss(logits, cells, SHORT)
+    loss.backward()
+    assert (logits.grad[mask == 0] == 0).all() and (logits.grad[mask == 1] != 0).any()
+    moved = logits.detach() + 50.0 * (1 - mask)  # anything where there is no target
+    assert torch.allclose(affinity_loss(moved, cells, SHORT), loss.detach())
+    assert torch.allclose(affinity_loss(moved, cells, SHORT, "ce+dice"), affinity_loss(logits.detach(), cells, SHORT, "ce+dice"))
+    # the loss falls as the logits agree with the targets
+    target, _ = affinity_targets(cells, SHORT)
+    assert affinity_loss(8 * (2 * target - 1), cells, SHORT) < 0.01 < loss
+
+
+def test_mutex_watershed_keeps_cells_apart_across_a_gap_in_the_wall():
+    """Three cells whose walls each have a gap; only the long-range edges know the cells apart."""
+    cells = np.zeros((40, 40), np.int64)
+    cells[:19, :19], cells[:19, 21:], cells[21:, :] = 1, 2, 3
+    offsets = ((-1, 0), (0, -1), (-9, 0), (0, -9))
+    target, _ = _targets(cells, offsets)
+    # a network's confidences: nearest neighbours 0.9 / 0.1, the long range surer (0.98 / 0.02)
+    affs = np.concatenate([0.1 + 0.8 * target[:2], 0.02 + 0.96 * target[2:]])
+    affs[:2, 18:23, 5] = affs[:2, 5, 18:23] = 0.7  # gaps in both walls, as a faint membrane would leave
+    affs[:2, 18:23, 30] = 0.8
+    seg = mutex_watershed(affs, offsets, min_size=10)
+    assert seg.dtype == np.uint32
+    assert len(np.unique(seg[cells > 0])) == 3
+    for cell in (1, 2, 3):
+        assert len(np.unique(seg[cells == cell])) == 1
+    # a threshold of the interior map made from the same affinities merges them through the gaps
+    from scipy import ndimage
+    interior = interior_from_affinities(affs, offsets)
+    assert ndimage.label(interior > 0.5)[1] == 1
+
+
+def test_interior_map_from_affinities():
+    cells = _two_cells()
+    interior = interior_from_affinities(_targets(cells, SHORT)[0], SHORT)
+    assert interior.shape == cells.shape and interior.dtype == np.float32
+    assert (interior[:, 4] == 0).all() and (interior[1:-1, 1:3] == 1).all() and (interior[:, 3] < 1).all()
+
+
+def test_seeded_watershed_and_small_segments():
+    prob = np.full((30, 30), 0.95, np.float32)
+    prob[:, 14:16] = 0.05  # a wall
+    prob[10, 15] = 0.6  # with a faint spot the seeds do not cross
+    seg = seeded_watershed(prob, seed_threshold=0.9)
+    assert seg.dtype == np.uint32 and len(np.unique(seg)) == 2 and (seg > 0).all()
+    assert len(np.unique(seg[:, :14])) == 1 and seg[0, 0] != seg[0, 29]
+    speck = np.ones((10, 10), np.uint32)
+    speck[:, 5:] = 2
+    speck[4, 2] = 3
+    cleaned = merge_small_segments(speck, min_size=2)
+    assert sorted(np.unique(cleaned)) == [1, 2] and cleaned[4, 2] == cleaned[0, 0]
+
+
+def test_offsets_are_checked():
+    assert check_offsets([[-1, 0], [0, -1], [-5, 0]]) == ((-1, 0), (0, -1), (-5, 0))
+    for bad, message in [([[0, -1], [-3, 0]], "nearest"), ([[-1, 0], [0, -1], [-1, 0]], "twice"),
+                         ([[-1, 0], [0, 0], [0, -1]], "itself"), ("up", "pairs"), ([[-1.5, 0], [0, -1]], "integers")]:
+        with pytest.raises(ConfigError, match=message):
+            check_offsets(bad)
+    model = create_model("unet_cpu", width=4, depth=2, head="affinities")
+    assert model.cfg.num_classes == 8 and model(torch.zeros(1, 1, 32, 32)).shape == (1, 8, 32, 32)
+    with pytest.raises(ConfigError, match="affinity head"):
+        create_model("unet_cpu", offsets=[[-1, 0], [0, -1]])
+
+
+def test_label_images_are_scored_as_the_challenge_scores_them():
+    truth = (_two_cells() > 0).astype(np.int64)[None]
+    perfect = score_segmentation_stack(_two_cells()[None], truth)
+    merged = score_segmentation_stack(np.ones((1, 6, 10), np.int64), truth)
+    assert perfect["v_rand"] == pytest.approx(1.0) and perfect["v_info"] == pytest.approx(1.0)
+    assert merged["v_rand"] < 0.7 and merged["v_rand_split"] == pytest.approx(1.0)
+
+
+TINY_AFFINITIES = ["model.width=4", "model.depth=2", "model.head=affinities", "model.offsets=[[-1,0],[0,-1],[-4,0],[0,-4]]",
+                   "train.batch_size=2", "train.tile=64", "predict.tile=64", "predict.smooth=0", "predict.close_gaps=0",
+                   "train.select_by=cells_v_rand", "segment.min_size=5", "train.precision=fp32"]
+
+
+def test_cli_affinity_run_predict_segment_and_score(small_isbi, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
+            f"data.test_images={small_isbi['test']}", *TINY_AFFINITIES, "train.steps=4", "train.val_every=2"]
+    assert main(["run", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(out), "-q", *args]) == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert 0 <= report["mean"]["cells_v_rand"] <= 1 and report["cells"]["v_rand"] == report["mean"]["cells_v_rand"]
+    assert "cells_v_rand" in report["slices"][0] and "lab_dice" in report["mean"]
+    assert "val_cells_v_rand" in (out / "metrics.csv").read_text().splitlines()[0]
+    capsys.readouterr()
+
+    assert main(["evaluate", str(out / "best.safetensors"), "--json", str(tmp_path / "e.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "cells_v_rand" in printed and "the cells, label images" in printed
+    assert json.loads((tmp_path / "e.json").read_text())["mean"]["cells_v_rand"] == pytest.approx(report["mean"]["cells_v_rand"])
+
+    # the validation fold's slices, segmented, then scored from the written label image
+    from emunet.data import fold_split
+    val = fold_split(10, 1, 0.8)[1]
+    images, labels = tifffile.imread(small_isbi["images"]), tifffile.imread(small_isbi["labels"])
+    tifffile.imwrite(tmp_path / "val.tif", images[val])
+    tifffile.imwrite(tmp_path / "val-labels.tif", labels[val])
+    assert main(["predict", str(out / "best.safetensors"), str(tmp_path / "val.tif"), "-o", str(tmp_path / "p.tif"),
+                 "--segment"]) == 0
+    assert "uint32 cells (mutex watershed of the affinities)" in capsys.readouterr().out
+    cells = tifffile.imread(tmp_path / "p-cells.tif")
+    assert cells.dtype == np.uint32 and cells.shape == (2, 256, 256) and cells.min() >= 0
+    assert main(["score", str(tmp_path / "p-cells.tif"), str(tmp_path / "val-labels.tif"), "--segmentation",
+                 "--json", str(tmp_path / "s.json")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["v_rand"] == pytest.approx(report["mean"]["cells_v_rand"], abs=1e-9)
+
+    # OME-Zarr labels
+    assert main(["predict", str(out / "best.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "t.tif"),
+                 "--segment", str(tmp_path / "cells.ome.zarr"), "--min-size", "0", "-q"]) == 0
+    import zarr
+    group = zarr.open_group(str(tmp_path / "cells.ome.zarr"), mode="r")
+    assert group.attrs["image-label"]["version"] == "0.4" and group["0"].dtype == np.uint32 and group["0"].shape == (2, 200, 300)
+
+    # tta, smooth or an OME-Zarr volume output are refused for an affinity model, in one line
+    assert main(["predict", str(out / "best.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "x.tif"), "--tta"]) == 2
+    assert "tta" in capsys.readouterr().err
+
+
+def test_membrane_model_segments_by_seeded_watershed(small_isbi, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}", "data.test_images=null",
+            "model.width=4", "model.depth=2", "train.batch_size=2", "train.tile=64", "predict.tile=64", "train.steps=2"]
+    assert main(["run", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(out), "-q", *args]) == 0
+    assert "cells_v_rand" in json.loads((out / "eval.json").read_text())["mean"]
+    assert main(["predict", str(out / "best.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "p.tif"),
+                 "--segment", str(tmp_path / "c.tif")]) == 0
+    assert "seeded watershed" in capsys.readouterr().out
+    assert tifffile.imread(tmp_path / "c.tif").dtype == np.uint32
