@@ -18,8 +18,8 @@ import numpy as np
 
 from emunet.data import Volume
 from emunet.device import resolve_device
-from emunet.evaluate import ScoreReport, score_probabilities
-from emunet.predict import load_models, postprocess_volume, predict_raw
+from emunet.evaluate import ScoreReport, score_prediction
+from emunet.predict import load_models, predict_raw, prediction_from_raw
 from emunet.train import load_split
 
 
@@ -31,8 +31,8 @@ class GroupScore:
 
 def score_groups(checkpoints: list[str], precision: str = "bf16") -> tuple[list[GroupScore], Volume]:
     """Every single checkpoint, pair and larger group scored on the first run's validation
-    fold: each model predicts once; a group's mean map is then post-processed and scored
-    exactly as ``unet evaluate A B ...`` does it."""
+    fold: each model predicts once; a group's mean map (or mean affinities) is then
+    post-processed, segmented and scored exactly as ``unet evaluate A B ...`` does it."""
     loaded = load_models(checkpoints, resolve_device("cpu"))
     cfg = loaded.config
     _, volume = load_split(cfg)
@@ -45,7 +45,8 @@ def score_groups(checkpoints: list[str], precision: str = "bf16") -> tuple[list[
                 mean += raw[i]
             if len(members) > 1:
                 mean /= np.float32(len(members))
-            scores.append(GroupScore(members, score_probabilities(postprocess_volume(mean, cfg.predict), volume)))
+            prediction = prediction_from_raw(mean, loaded.models[0].cfg.offsets, cfg.predict)
+            scores.append(GroupScore(members, score_prediction(prediction, volume, cfg.segment)[0]))
     return scores, volume
 
 
@@ -63,7 +64,8 @@ def main() -> int:
         name = {1: "single", 2: "pair"}.get(len(group.members), f"{len(group.members)} models")
         mean = group.report.mean
         print(f"{name:<10} {'+'.join(str(i + 1) for i in group.members):<12} V_rand {mean['v_rand']:.4f}  "
-              f"V_info {mean['v_info']:.4f}  lab dice {mean['lab_dice']:.4f}", flush=True)
+              f"V_info {mean['v_info']:.4f}  lab dice {mean['lab_dice']:.4f}  cells: V_rand {mean['cells_v_rand']:.4f}  "
+              f"V_info {mean['cells_v_info']:.4f}", flush=True)
     return 0
 
 

@@ -196,3 +196,16 @@ def test_membrane_model_segments_by_seeded_watershed(small_isbi, tmp_path, capsy
                  "--segment", str(tmp_path / "c.tif")]) == 0
     assert "seeded watershed" in capsys.readouterr().out
     assert tifffile.imread(tmp_path / "c.tif").dtype == np.uint32
+
+
+def test_affinity_model_exports_to_onnx_saying_what_its_channels_are(tmp_path):
+    import onnx
+
+    from emunet.errors import UsageError
+    from emunet.export import export_onnx
+
+    model = create_model("unet_cpu", width=4, depth=2, head="affinities", offsets=[[-1, 0], [0, -1], [-5, 0]])
+    meta = {p.key: p.value for p in onnx.load(str(export_onnx(model, tmp_path / "a.onnx"))).metadata_props}
+    assert "(N, 3, H', W')" in meta["emunet.output"] and "[-5, 0]" in meta["emunet.output"]
+    with pytest.raises(UsageError, match="sigmoid"):
+        export_onnx(model, tmp_path / "b.onnx", softmax=True)

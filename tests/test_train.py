@@ -93,7 +93,9 @@ def test_cli_run_evaluate_predict(small_isbi, tmp_path, capsys):
     assert "lab_dice" in capsys.readouterr().out
     assert "v_rand" in report["mean"] and 0 <= report["challenge"]["v_rand_threshold"] <= 1
     page = (out / "report.html").read_text()
-    assert page.count("<img") == 1 + 4 * 2 and "data:image/png;base64," in page
+    assert page.count("<img") == 1 + 6 * 2 and "data:image/png;base64," in page  # curves; per slice 4 of the map, 2 of the cells
+    cells = tifffile.imread(out / "test-cells.tif")
+    assert cells.shape == (2, 200, 300) and cells.dtype == np.uint32
 
     assert main(["evaluate", str(out / "best.safetensors"), "--json", str(tmp_path / "e.json"), "--precision", "fp32"]) == 0
     scored = json.loads((tmp_path / "e.json").read_text())

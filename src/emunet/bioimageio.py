@@ -81,6 +81,9 @@ def export_bioimageio(model: UNet, output: str | Path, meta: dict, name: str = "
         raise UsageError("the BioImage Model Zoo export needs bioimageio.core: pip install bioimageio.core") from None
     from .export import export_onnx
 
+    if model.cfg.offsets:
+        raise UsageError("a BioImage Model Zoo package of this tool describes the membrane head's probabilities; "
+                         "export an affinity model to ONNX instead")
     output = Path(output)
     if output.suffix != ".zip":
         raise UsageError(f"{output}: a BioImage Model Zoo package is a .zip file")

@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=_path_or_url, help="also write every number to this JSON file")
 
     p = sub.add_parser("run", help="the main job: train, evaluate the fold, predict the test images",
-                       description="Train, evaluate on the validation fold and predict data.test_images; all outputs in out_dir.",
+                       description="Train, evaluate on the validation fold (the map and its cells) and predict "
+                       "data.test_images (test-probabilities.tif, test-cells.tif); all outputs in out_dir.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
     _add_out(p)
@@ -165,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cv", help="cross-validate: train and score several folds, write an HTML report",
                        description="Train and score each fold in OUT/fold{k}; write OUT/cv.json and OUT/report.html "
                        "(per-fold table with mean and spread, curves, and every validation slice with its errors); "
-                       "then predict data.test_images with the mean of the folds' best models (OUT/test-probabilities.tif).",
+                       "then predict data.test_images with the mean of the folds' best models (OUT/test-probabilities.tif, "
+                       "and its cells, OUT/test-cells.tif).",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
     p.add_argument("--folds", default="0,1,2,3,4", help="comma-separated folds (default: 0,1,2,3,4)")
@@ -488,7 +490,8 @@ def _run_in(cfg, out: Path, args) -> None:
     if cfg.data.test_images:
         segmented = segment_file(trained.model, cfg.data.test_images, out / "test-probabilities.tif", cfg.predict,
                                  trained.precision, overlays=out / "test-overlays", progress=not args.quiet,
-                                 channel=cfg.data.channel, intensity=trained.val.intensity)
+                                 channel=cfg.data.channel, intensity=trained.val.intensity, cells=out / "test-cells.tif",
+                                 segment=cfg.segment)
         _print_segmented(segmented)
         seconds["predict"] = segmented.seconds
     report = write_report(out / "report.html", [fold], title=f"Fold {cfg.data.fold} report: {out}")
@@ -526,13 +529,15 @@ def _cv_in(cfg, folds: list[int], out: Path, args) -> None:
     trained, results, report = cross_validate(cfg, folds, progress=not args.quiet, overwrite=args.overwrite)
     for r in results:
         m = r.report.mean
-        print(f"fold {r.fold}: lab dice {m['lab_dice']:.4f}  V_rand {m['v_rand']:.4f}  V_info {m['v_info']:.4f}")
+        print(f"fold {r.fold}: lab dice {m['lab_dice']:.4f}  V_rand {m['v_rand']:.4f}  V_info {m['v_info']:.4f}  "
+              f"cells: V_rand {m['cells_v_rand']:.4f}  V_info {m['cells_v_info']:.4f}")
     print(f"wrote {shown(out / 'cv.json')} and {shown(report)}")
     if cfg.data.test_images:
         # as nnU-Net does: the folds' models, each trained on different slices, predict together
         segmented = segment_file([t.model for t in trained], cfg.data.test_images, out / "test-probabilities.tif",
                                  cfg.predict, trained[0].precision, overlays=out / "test-overlays", progress=not args.quiet,
-                                 channel=cfg.data.channel, intensity=trained[0].val.intensity)
+                                 channel=cfg.data.channel, intensity=trained[0].val.intensity,
+                                 cells=out / "test-cells.tif", segment=cfg.segment)
         _print_segmented(segmented)
 
 

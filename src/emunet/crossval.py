@@ -23,7 +23,7 @@ def train_fold(cfg: Config, resume: str | bool = False, progress: bool = True, o
     or scored twice). Returns the report's view of it and the training result (best model)."""
     trained = train(cfg, resume=resume, progress=progress, overwrite=overwrite)
     fold = FoldResult(cfg.data.fold, local_folder(cfg.out_dir), trained.report, trained.step, trained.val, trained.probs,
-                      trained.seconds)
+                      trained.seconds, trained.cells)
     return fold, trained
 
 

@@ -39,11 +39,19 @@ def onnx_metadata(model: UNet, softmax: bool, intensity: dict | None = None) -> 
                         + ("" if sections == 1 else f"; the channels are {sections} consecutive sections, the slice in the middle"),
         "emunet.input_sizes": "H and W any multiple of 16" if model.cfg.padding == "same"
                               else f"H and W from {model.fit_input_size(1)} in steps of 16; the output is {model.border} px smaller",
-        "emunet.output": ("probabilities" if softmax else "logits") + ": (N, 2, H', W'); channel 1 = cell interior, "
-                         "channel 0 = membrane" + ("" if softmax else " (softmax over the channels gives probabilities)"),
+        "emunet.output": _output_meaning(model, softmax),
         "emunet.model_config": json.dumps(asdict(model.cfg)),
         "emunet.intensity": json.dumps(intensity or {}),
     }
+
+
+def _output_meaning(model: UNet, softmax: bool) -> str:
+    offsets = model.cfg.offsets
+    if offsets:
+        return (f"logits: (N, {len(offsets)}, H', W'); channel c: pixel (y, x) and pixel (y + dy, x + dx) lie in one "
+                f"cell, offsets (dy, dx) = {json.dumps([list(o) for o in offsets])} (a sigmoid gives probabilities)")
+    return (("probabilities" if softmax else "logits") + ": (N, 2, H', W'); channel 1 = cell interior, channel 0 = membrane"
+            + ("" if softmax else " (softmax over the channels gives probabilities)"))
 
 
 def export_onnx(model: UNet, path: str | Path, opset: int = 17, softmax: bool = False, intensity: dict | None = None) -> Path:
@@ -58,6 +66,8 @@ def export_onnx(model: UNet, path: str | Path, opset: int = 17, softmax: bool = 
 
     if opset < 17:
         raise UsageError(f"--opset {opset} is too old; use 17 or newer")
+    if softmax and model.cfg.offsets:
+        raise UsageError("--softmax is the membrane head's; an affinity model's logits take a sigmoid per channel")
     path = Path(path)
     model = model.eval().cpu()
     net = _WithSoftmax(model) if softmax else model

@@ -64,6 +64,8 @@ class UNetConfig:
             self.num_classes = len(self.offsets)
         elif self.offsets:
             raise ConfigError("model.offsets are the affinity head's: set model.head=affinities, or leave offsets unset")
+        else:
+            self.offsets = ()  # also when read back from a file's JSON as []
         if self.init not in ("torch", "lab"):
             raise ConfigError(f"model.init must be 'torch' or 'lab', got {self.init!r}")
         if self.padding not in ("valid", "same"):

@@ -39,6 +39,7 @@ __all__ = [
     "predict_raw",
     "Prediction",
     "predict_stack",
+    "prediction_from_raw",
     "postprocess_volume",
     "predict_volume",
     "SegmentedFile",
@@ -167,7 +168,12 @@ def predict_stack(
     steadier than any one of them), then :func:`postprocess_volume`; an affinity model's
     affinities as they are, with the interior map made from them."""
     raw = predict_raw(models, volume, pcfg, precision, progress)
-    offsets = (models if isinstance(models, UNet) else models[0]).cfg.offsets
+    return prediction_from_raw(raw, (models if isinstance(models, UNet) else models[0]).cfg.offsets, pcfg)
+
+
+def prediction_from_raw(raw: np.ndarray, offsets: Offsets, pcfg: PredictConfig) -> Prediction:
+    """:func:`predict_raw`'s output as a :class:`Prediction` (the membrane head's map
+    post-processed in place)."""
     if offsets:
         return Prediction(interior_from_affinities(raw, offsets), raw, offsets)
     return Prediction(postprocess_volume(raw, pcfg))

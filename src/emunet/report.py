@@ -2,8 +2,9 @@
 
 Pictures are embedded as base64 PNGs, so the page opens in any browser with no server: the
 per-fold score table with mean and spread, training and validation curves, and for each
-validation slice the image, the label, the probability map and the errors drawn over the
-image (at the stack's best V_rand threshold: merges in red, splits in blue).
+validation slice the image, the label, the probability map and its errors drawn over the
+image (at the stack's best V_rand threshold: merges in red, splits in blue), then the cells in
+random colours and their errors.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .challenge import segment_prediction, segment_truth
+from .challenge import segment_prediction, segment_truth, thin_segments
 from .files import atomic_write_bytes
 from .data import Volume
 from .evaluate import ScoreReport
 
-__all__ = ["FoldResult", "error_overlay", "write_report"]
+__all__ = ["FoldResult", "error_overlay", "cells_error_overlay", "cell_colours", "write_report"]
 
-TABLE_KEYS = ("lab_dice", "v_rand", "v_info", "pixel_error_05")
+TABLE_KEYS = ("lab_dice", "v_rand", "v_info", "pixel_error_05", "cells_v_rand", "cells_v_info")
 THUMB = 256
 
 
@@ -40,6 +41,7 @@ class FoldResult:
     volume: Volume
     probs: np.ndarray
     seconds: dict[str, float] = field(default_factory=dict)
+    cells: np.ndarray | None = None
 
 
 def _majority_error(owner: np.ndarray, other: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -64,8 +66,16 @@ def error_overlay(image: np.ndarray, prob: np.ndarray, label: np.ndarray, thresh
     """RGB uint8: the image with merge errors (a predicted segment's pixels that belong to other
     than its main true cell) in red and split errors (a true cell's pixels outside its main
     predicted segment) in blue, for the thinned segmentation at ``threshold``."""
+    return _errors_over(image, segment_prediction(prob, threshold), label)
+
+
+def cells_error_overlay(image: np.ndarray, cells: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """:func:`error_overlay` of a label image (each id one cell), thinned as the challenge thins it."""
+    return _errors_over(image, thin_segments(cells), label)
+
+
+def _errors_over(image: np.ndarray, pred: np.ndarray, label: np.ndarray) -> np.ndarray:
     truth = segment_truth(label)
-    pred = segment_prediction(prob, threshold)
     inside = (label == 1) & (pred > 0)
     merge = _majority_error(pred, truth, inside)
     split = _majority_error(truth, pred, inside)
@@ -73,6 +83,13 @@ def error_overlay(image: np.ndarray, prob: np.ndarray, label: np.ndarray, thresh
     rgb[merge] = 0.4 * rgb[merge] + 0.6 * np.array([230, 30, 30])
     rgb[split] = 0.4 * rgb[split] + 0.6 * np.array([30, 90, 240])
     return rgb.round().astype(np.uint8)
+
+
+def cell_colours(cells: np.ndarray, seed: int = 0) -> np.ndarray:
+    """RGB uint8: each cell in a random colour (fixed by ``seed``), id 0 black."""
+    palette = np.random.default_rng(seed).integers(40, 256, (int(cells.max()) + 1, 3)).astype(np.uint8)
+    palette[0] = 0
+    return palette[cells]
 
 
 def _png(array: np.ndarray, size: int = THUMB) -> str:
@@ -101,11 +118,12 @@ def _curves(results: list[FoldResult]) -> str:
         val = [(int(x["step"]), x) for x in rows if x.get("val_lab_dice")]
         if train:
             axes[0].plot(*zip(*train), label=f"fold {r.fold}")
-        for ax, key in ((axes[1], "val_lab_dice"), (axes[2], "val_v_rand")):
+        for ax, key, style, what in ((axes[1], "val_lab_dice", "o-", ""), (axes[2], "val_v_rand", "o-", " map"),
+                                     (axes[2], "val_cells_v_rand", "s--", " cells")):
             pts = [(s, float(x[key])) for s, x in val if x.get(key)]
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=f"fold {r.fold}")
-    for ax, title in zip(axes, ("training loss", "validation lab dice", "validation V_rand")):
+                ax.plot(*zip(*pts), style, label=f"fold {r.fold}{what}")
+    for ax, title in zip(axes, ("training loss", "validation lab dice", "validation V_rand (map, cells)")):
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
@@ -154,6 +172,9 @@ def _slices(r: FoldResult) -> str:
             (_png((prob * 255).round().astype(np.uint8)), "probability of cell"),
             (_png(error_overlay(img, prob, label, th)), f"errors at th {th:.1f}: merge red, split blue"),
         ]
+        if r.cells is not None:
+            pics += [(_png(cell_colours(r.cells[i])), f"cells ({len(np.unique(r.cells[i]))})"),
+                     (_png(cells_error_overlay(img, r.cells[i], label)), "errors of the cells: merge red, split blue")]
         figs = "".join(f"<figure><img src='{src}' width={THUMB}><figcaption>{cap}</figcaption></figure>" for src, cap in pics)
         rows.append(f"<h3>fold {r.fold}: {html.escape(name)}</h3><p>{caption}</p><div class=row>{figs}</div>")
     return "".join(rows)
@@ -173,7 +194,9 @@ def write_report(path: Path, results: list[FoldResult], title: str = "Cross-vali
         "challenge test-set figures). lab_dice: the MindSpore lab's soft dice, averaged per slice. V_rand, V_info: "
         "foreground-restricted scores after border thinning, averaged over slices at the best threshold of "
         "0.0..1.0, computed as the challenge's own code computes them; pixel_error_05: share of wrong pixels at 0.5; "
-        "challenge_pixel_error: 1 - best pixel F-score over the same sweep.</p>",
+        "challenge_pixel_error: 1 - best pixel F-score over the same sweep. cells_v_rand, cells_v_info: the same "
+        "scores of the cells (instance labels: the mutex watershed of an affinity model, the seeded watershed of a "
+        "membrane model's map), no threshold.</p>",
         _fold_table(results),
         f"<h2>Curves</h2><img src='{_curves(results)}' style='max-width:100%'>",
         "<h2>Validation slices</h2>",

@@ -162,6 +162,7 @@ class TrainResult:
     val: Volume
     precision: str
     seconds: dict[str, float] = field(default_factory=dict)
+    cells: np.ndarray | None = None
 
 
 def _restore(state: TrainState, ctx: distributed.DistContext, ckpt_dir: Path, resume: str | bool) -> None:
@@ -206,7 +207,7 @@ def _train_step(state: TrainState, net: torch.nn.Module, batch, cfg: Config, pre
 
 # What a run writes into its folder: what --overwrite clears, and nothing else.
 RUN_FILES = ("config.yaml", "checkpoints", "tensorboard", "metrics.csv", "validation.jsonl", "best.safetensors",
-             "last.safetensors", "eval.json", "report.html", "test-probabilities.tif", "test-overlays")
+             "last.safetensors", "eval.json", "report.html", "test-probabilities.tif", "test-cells.tif", "test-overlays")
 
 
 def prepare_output(out: Path, resume: str | bool, overwrite: bool) -> None:
@@ -293,7 +294,7 @@ class _Run:
     scorer: FoldScorer
     log: RunLog
     start: float
-    best_validation: tuple[ScoreReport, np.ndarray] | None = None
+    best_validation: tuple[ScoreReport, np.ndarray, np.ndarray] | None = None  # report, probabilities, cells
 
 
 def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> _Run:
@@ -380,7 +381,7 @@ def _record_scores(run: _Run, cfg: Config, bar, wait: bool) -> None:
             state.best.update(score=mean[select_by], step=done.step)
             save_weights(run.out / "best.safetensors", done.model, state.model.cfg,
                          {"step": done.step, "val": mean, "config": state.run_config})
-            run.best_validation = done.report, done.probs
+            run.best_validation = done.report, done.probs, done.cells
         if done.snapshot is not None:
             state.save(run.out / "checkpoints", cfg.train.keep, done.snapshot)
 
@@ -458,7 +459,7 @@ def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.
         scorer = FoldScorer(run.val, cfg.predict, run.precision, background=False, segment=cfg.segment)
         scorer.submit(int(run.state.best["step"]), best_model)
         done = scorer.finished()[0]
-        run.best_validation = done.report, done.probs
-    report, probs = run.best_validation
+        run.best_validation = done.report, done.probs, done.cells
+    report, probs, cells = run.best_validation
     return TrainResult(best_path, best_model, int(state.best["step"]), report, probs, run.val, run.precision,
-                       {"train": train_s, "eval": time.perf_counter() - run.start - train_s})
+                       {"train": train_s, "eval": time.perf_counter() - run.start - train_s}, cells)
