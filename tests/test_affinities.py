@@ -195,7 +195,11 @@ def test_membrane_model_segments_by_seeded_watershed(small_isbi, tmp_path, capsy
     assert main(["predict", str(out / "best.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "p.tif"),
                  "--segment", str(tmp_path / "c.tif")]) == 0
     assert "seeded watershed" in capsys.readouterr().out
-    assert tifffile.imread(tmp_path / "c.tif").dtype == np.uint32
+    written = tifffile.imread(tmp_path / "c.tif")
+    assert written.dtype == np.uint32
+    from emunet import Segmenter
+    cells = Segmenter(out / "best.safetensors").cells(tifffile.imread(small_isbi["test"])[0])
+    assert cells.shape == (200, 300) and (cells == written[0]).all()
 
 
 def test_affinity_model_exports_to_onnx_saying_what_its_channels_are(tmp_path):

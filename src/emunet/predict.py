@@ -194,6 +194,7 @@ class Segmenter:
     >>> segment = Segmenter("runs/isbi-cpu/best.safetensors")            # or several: an ensemble
     >>> prob = segment("../shared/data/isbi2012/test-volume.tif")         # (30, 512, 512), 1 = interior
     >>> prob = segment(raw_uint8_slice)                                  # (H, W) raw pixels, any size
+    >>> cells = segment.cells(raw_uint8_slice)                           # (H, W) uint32, each id one cell
 
     Arrays are raw pixel values (uint8, uint16, float, ...), scaled as the model's training images
     were; ``overrides`` are ``predict.*`` settings (``tile=512``, ``close_gaps=0``, ...).
@@ -232,6 +233,13 @@ class Segmenter:
         """Cell-interior probabilities, float32, shaped as the input ((H, W) for one image)."""
         probs = predict_volume(self.loaded.models, self.volume(images), self.settings, self.precision, progress)
         return probs[0] if isinstance(images, np.ndarray) and np.ndim(images) == 2 else probs
+
+    def cells(self, images: str | Path | np.ndarray, progress: bool = False) -> np.ndarray:
+        """The cells, as ``unet predict --segment`` writes them: uint32 labels, each id one cell,
+        shaped as the input (napari: ``viewer.add_labels(segment.cells(image))``)."""
+        prediction = predict_stack(self.loaded.models, self.volume(images), self.settings, self.precision, progress)
+        cells = prediction.cells(self.loaded.config.segment)
+        return cells[0] if isinstance(images, np.ndarray) and np.ndim(images) == 2 else cells
 
 
 @dataclass
