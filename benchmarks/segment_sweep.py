@@ -21,7 +21,7 @@ import time
 from emunet.challenge import score_segmentation_stack
 from emunet.data import fold_split, load_labelled
 from emunet.device import resolve_device, resolve_precision
-from emunet.predict import load_models, predict_stack
+from emunet.predict import Prediction, load_models, predict_stack
 from emunet.segment import SegmentConfig
 
 
@@ -37,6 +37,8 @@ def main() -> int:
     parser.add_argument("--long-range-bias", type=_floats, default=[0.5])
     parser.add_argument("--seed-threshold", type=_floats, default=[0.9], help="the membrane head's seeds")
     parser.add_argument("--min-size", type=_floats, default=[20])
+    parser.add_argument("--map-watershed", action="store_true",
+                        help="for affinity models, cut their interior map by the seeded watershed instead (a comparison)")
     parser.add_argument("--json", help="write every row here")
     args = parser.parse_args()
     device = resolve_device("auto")
@@ -48,7 +50,10 @@ def main() -> int:
         fold = cfg.data.fold if args.fold is None else args.fold
         volume = load_labelled(cfg.data.images, cfg.data.labels, cfg.data.foreground, intensity=loaded.intensity)
         volume = volume.subset(fold_split(len(volume), fold, cfg.data.train_ratio)[1])
-        predictions.append((path, fold, volume, predict_stack(loaded.models, volume, cfg.predict, precision)))
+        prediction = predict_stack(loaded.models, volume, cfg.predict, precision)
+        if args.map_watershed:
+            prediction = Prediction(prediction.probs)
+        predictions.append((path, fold, volume, prediction))
     rows = []
     grid = itertools.product(args.bias, args.long_range_bias, args.seed_threshold, args.min_size)
     for bias, long_bias, seed, min_size in grid:
