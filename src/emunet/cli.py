@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "of an affinity model's affinities, or the seeded watershed of a membrane model's map. CELLS: a .tif "
                    "or an OME-Zarr (.zarr); a folder where -o is one; default: beside -o as NAME-cells.tif")
     p.add_argument("--min-size", type=int, metavar="PX", help="with --segment: merge cells smaller than this into "
-                   "their neighbours (default: the run's segment.min_size, 20)")
+                   "their neighbours (default: the run's segment.min_size, 50)")
     volumes = p.add_argument_group("volumes larger than memory (-o OUT.ome.zarr: predicted block by block on Dask)")
     volumes.add_argument("--block", type=int, default=4096, help="block side in pixels, whole chunks; larger blocks recompute less of their border (default: 4096)")
     volumes.add_argument("--chunk", type=int, default=1024, help="output chunk side; chunks are 1 x N x N (default: 1024)")
