@@ -1,4 +1,5 @@
-"""From predictions to cells: instance label images (uint32, each id one cell, no background).
+"""From predictions to cells: instance label images (uint32, ids 1..n each one cell; 0 only
+where the mutex watershed left a pixel alone and ``min_size`` is 0 or 1).
 
 - affinities: the mutex watershed (Wolf et al. 2019, the ``mwatershed`` package): every edge, short
   range and long range, is taken in order of confidence; an attractive one joins two clusters unless
