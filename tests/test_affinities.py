@@ -213,3 +213,26 @@ def test_affinity_model_exports_to_onnx_saying_what_its_channels_are(tmp_path):
     assert "(N, 3, H', W')" in meta["emunet.output"] and "[-5, 0]" in meta["emunet.output"]
     with pytest.raises(UsageError, match="sigmoid"):
         export_onnx(model, tmp_path / "b.onnx", softmax=True)
+
+
+def test_a_cell_leaving_the_output_window_keeps_one_id():
+    """A U-shaped cell whose bottom lies in the border that is cropped away: its two arms in the
+    output window are one cell, because cells are found on the whole input tile."""
+    from types import SimpleNamespace
+
+    from emunet.augment import AugmentConfig
+    from emunet.batches import make_batch_fn
+
+    labels = np.zeros((1, 12, 12), np.int64)
+    labels[0, 2:11, 3:5] = labels[0, 2:11, 7:9] = labels[0, 10:12, 3:9] = 1  # the bottom row is outside the crop
+    generator = torch.Generator().manual_seed(0)
+    sampler = SimpleNamespace(in_size=12, generator=generator,
+                              sample=lambda n: (torch.zeros(n, 1, 12, 12), torch.from_numpy(labels).repeat(n, 1, 1)))
+    off = AugmentConfig(flip=False, rotate90=False, brightness=0.0, elastic_std=0.0)
+    _, out = make_batch_fn(sampler, off, 1, slice(0, 1), 8, torch.device("cpu"), torch.contiguous_format, cells=True)()
+    assert out.shape == (1, 8, 8)
+    left, right = out[0, 2, 2].item(), out[0, 2, 5].item()
+    assert left > 0 and left == right
+    assert affinity_targets(out, ((0, -3),))[0][0, 0, 2, 5] == 1  # the two arms belong together
+    window_alone = label_cells(torch.from_numpy(labels[:, 2:10, 2:10]))
+    assert window_alone[0, 2, 2] != window_alone[0, 2, 5]  # what labelling the output window alone would say
