@@ -238,15 +238,18 @@ def _resuming(args) -> str | bool:
     return bool(getattr(args, "resume", False))
 
 
-INFERENCE_FLAGS = ("tile", "overlap", "batch_size", "tta", "smooth", "close_gaps")  # --batch-size sets predict.batch_size
+# flag (as argparse names it) -> the setting it overrides; --batch-size sets predict.batch_size
+INFERENCE_FLAGS = {"tile": "predict.tile", "overlap": "predict.overlap", "batch_size": "predict.batch_size",
+                   "tta": "predict.tta", "smooth": "predict.smooth", "close_gaps": "predict.close_gaps",
+                   "min_size": "segment.min_size"}
 
 
 def _with_inference_flags(cfg, args):
-    """The run's settings with --tile, --overlap, ... applied as predict.* overrides, checked
-    the same way as KEY=VALUE."""
+    """The run's settings with --tile, --overlap, --min-size, ... applied as overrides, checked
+    the same way as KEY=VALUE (a command without a flag leaves its setting alone)."""
     from .config import with_overrides
 
-    flags = [f"predict.{key}={getattr(args, key)}" for key in INFERENCE_FLAGS if getattr(args, key) is not None]
+    flags = [f"{key}={getattr(args, flag)}" for flag, key in INFERENCE_FLAGS.items() if getattr(args, flag, None) is not None]
     return with_overrides(cfg, flags)
 
 
@@ -330,14 +333,11 @@ def cmd_predict(args) -> int:
     if str(args.output) == str(args.input):
         raise DataError(f"{args.output}: the output is the input; choose another -o (inputs are never written over)")
     cells_to = _cells_path(args)
-    segment = loaded.config.segment
-    if args.min_size is not None:
-        segment = _with_overrides(loaded.config, [f"segment.min_size={args.min_size}"]).segment
     with (staged_output(args.output) as output, staged_output(args.masks) as masks, staged_output(args.overlays) as overlays,
           staged_output(cells_to) as cells):
         segmented = segment_file(loaded.models, args.input, output, loaded.config.predict, precision, masks, overlays,
                                  progress=not args.quiet, channel=channel, intensity=loaded.intensity, cells=cells,
-                                 segment=segment)
+                                 segment=loaded.config.segment)
     _print_segmented(segmented, {str(output): str(args.output), str(masks): str(args.masks),
                                  str(overlays): str(args.overlays), str(cells): str(cells_to)})
     return 0
@@ -361,12 +361,6 @@ def _cells_path(args):
     if dot and suffix.lower() in ("tif", "tiff", "h5") and "/" not in suffix:
         return _path_or_url(f"{stem}-cells.tif")
     return _path_or_url(f"{given}-cells")
-
-
-def _with_overrides(cfg, overrides):
-    from .config import with_overrides
-
-    return with_overrides(cfg, overrides)
 
 
 def _predict_blockwise(args, loaded, precision: str, channel: int | None) -> int:

@@ -232,14 +232,18 @@ class Segmenter:
     def __call__(self, images: str | Path | np.ndarray, progress: bool = False) -> np.ndarray:
         """Cell-interior probabilities, float32, shaped as the input ((H, W) for one image)."""
         probs = predict_volume(self.loaded.models, self.volume(images), self.settings, self.precision, progress)
-        return probs[0] if isinstance(images, np.ndarray) and np.ndim(images) == 2 else probs
+        return _shaped_as(images, probs)
 
     def cells(self, images: str | Path | np.ndarray, progress: bool = False) -> np.ndarray:
         """The cells, as ``unet predict --segment`` writes them: uint32 labels, each id one cell,
         shaped as the input (napari: ``viewer.add_labels(segment.cells(image))``)."""
         prediction = predict_stack(self.loaded.models, self.volume(images), self.settings, self.precision, progress)
-        cells = prediction.cells(self.loaded.config.segment)
-        return cells[0] if isinstance(images, np.ndarray) and np.ndim(images) == 2 else cells
+        return _shaped_as(images, prediction.cells(self.loaded.config.segment))
+
+
+def _shaped_as(images: Any, stack: np.ndarray) -> np.ndarray:
+    """A result stack shaped as the input: one (H, W) page for one (H, W) array."""
+    return stack[0] if isinstance(images, np.ndarray) and images.ndim == 2 else stack
 
 
 @dataclass
@@ -299,18 +303,14 @@ def segment_file(
         written = [f"{output}: {shape} float32 probabilities (1 = cell interior)"]
     if labels is not None:
         write_cells(cells, labels, volume)
-        written.append(f"{cells}: {shape} uint32 cells ({_cells_made_by(prediction)}), "
-                       f"{_count_cells(labels) / len(labels):.0f} per slice")
+        per_slice = labels.reshape(len(labels), -1).max(axis=1).mean()  # ids run 1..n in each slice
+        written.append(f"{cells}: {shape} uint32 cells ({_cells_made_by(prediction)}), {per_slice:.0f} per slice")
     written += _write_pictures(volume, probs, masks, overlays)
     return SegmentedFile(len(volume), seconds, written)
 
 
 def _cells_made_by(prediction: Prediction) -> str:
     return "mutex watershed of the affinities" if prediction.affinities is not None else "seeded watershed of the map"
-
-
-def _count_cells(labels: np.ndarray) -> int:
-    return sum(len(np.unique(page[page > 0])) for page in labels)
 
 
 def write_cells(path: Path, cells: np.ndarray, volume: Volume | None = None) -> None:

@@ -338,7 +338,7 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
         atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
     ahead = t.prefetch if t.prefetch is not None else (2 if device.type == "cuda" else 0)
     state.batches = BatchStream(next_batch, state.sample_gen, ahead, device)
-    scorer = FoldScorer(val_vol, cfg.predict, precision, _scores_in_background(t.background_scoring, ctx), cfg.segment)
+    scorer = FoldScorer(val_vol, cfg.predict, cfg.segment, precision, _scores_in_background(t.background_scoring, ctx))
     return _Run(out, precision, state, net, state.batches, val_vol, scorer, RunLog(out, ctx.is_main, state.step), start)
 
 
@@ -456,7 +456,7 @@ def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.
     best_path = run.out / "best.safetensors"
     best_model, _ = load_model(best_path, device)
     if run.best_validation is None:  # resumed after the best step: its validation is not in memory
-        scorer = FoldScorer(run.val, cfg.predict, run.precision, background=False, segment=cfg.segment)
+        scorer = FoldScorer(run.val, cfg.predict, cfg.segment, run.precision, background=False)
         scorer.submit(int(run.state.best["step"]), best_model)
         done = scorer.finished()[0]
         run.best_validation = done.report, done.probs, done.cells

@@ -58,10 +58,9 @@ class FoldScorer:
     """Predicts the validation fold and scores it, in the foreground or (``background``) in one
     worker thread, so that at most one scoring runs beside training."""
 
-    def __init__(self, volume: Volume, pcfg: PredictConfig, precision: str, background: bool,
-                 segment: SegmentConfig | None = None) -> None:
-        self.volume, self.pcfg, self.precision, self.background = volume, pcfg, precision, background
-        self.segment = segment or SegmentConfig()
+    def __init__(self, volume: Volume, pcfg: PredictConfig, segment: SegmentConfig, precision: str, background: bool
+                 ) -> None:
+        self.volume, self.pcfg, self.segment, self.precision, self.background = volume, pcfg, segment, precision, background
         self._pending: deque[tuple[int, UNet, np.ndarray, Future | tuple, dict | None]] = deque()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="emunet-scoring") if background else None
 
