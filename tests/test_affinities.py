@@ -181,6 +181,14 @@ def test_cli_affinity_run_predict_segment_and_score(small_isbi, tmp_path, capsys
     group = zarr.open_group(str(tmp_path / "cells.ome.zarr"), mode="r")
     assert group.attrs["image-label"]["version"] == "0.4" and group["0"].dtype == np.uint32 and group["0"].shape == (2, 200, 300)
 
+    # the cells never go over the input or the probabilities
+    before = (tmp_path / "val.tif").read_bytes()
+    for target, what in ((tmp_path / "val.tif", "input"), (tmp_path / "p.tif", "-o output")):
+        assert main(["predict", str(out / "best.safetensors"), str(tmp_path / "val.tif"), "-o", str(tmp_path / "p.tif"),
+                     "--segment", str(target)]) == 2
+        assert f"written over the {what}" in capsys.readouterr().err
+    assert (tmp_path / "val.tif").read_bytes() == before
+
     # tta, smooth or an OME-Zarr volume output are refused for an affinity model, in one line
     assert main(["predict", str(out / "best.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "x.tif"), "--tta"]) == 2
     assert "tta" in capsys.readouterr().err

@@ -276,8 +276,12 @@ def segment_file(
     Outputs are checked before any prediction runs."""
     output, h5_dataset = _hdf5_target(str(output))
     one_stack = output.suffix.lower() in (".tif", ".tiff", ".h5")
-    if output.resolve() == _hdf5_target(str(input_path))[0].resolve():  # an HDF5 file is replaced whole
+    source = _hdf5_target(str(input_path))[0].resolve()
+    if output.resolve() == source:  # an HDF5 file is replaced whole
         raise DataError(f"{output}: the output is the input; choose another -o (inputs are never written over)")
+    if cells is not None and Path(cells).resolve() in (source, output.resolve()):
+        raise DataError(f"{cells}: the cells would be written over the {'input' if Path(cells).resolve() == source else '-o output'}; "
+                        "choose another path for --segment")
     segment = segment or SegmentConfig()
     for folder in (output.parent if one_stack else output, masks, overlays, cells.parent if one_stack and cells else cells):
         if folder is not None:
