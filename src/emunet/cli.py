@@ -27,9 +27,11 @@ def _add_common(p: argparse.ArgumentParser, overrides: bool = True) -> None:
 
 
 def _add_inference(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="'auto' (CUDA if present), 'cpu' or 'cuda[:N]' (default: auto)")
+    p.add_argument("--device", default="auto",
+                   help="'auto' (CUDA, else Apple's MPS, else the CPU), 'cpu', 'cuda[:N]' or 'mps' (default: auto)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision; auto = bf16 on CPU, fp16 on CUDA (default: auto)")
+                   help="autocast precision; auto = fp16 on CUDA, bf16 on a CPU with native bf16 (AMX or AVX512-BF16), "
+                        "else fp32 (default: auto)")
     p.add_argument("--tile", type=int, help="output tile side for overlap-tile prediction (default: the run's predict.tile)")
     p.add_argument("--overlap", type=float, help="share of a tile its neighbour overlaps, in [0, 1) (default: the run's)")
     p.add_argument("--batch-size", type=int, help="tiles per forward pass; bounds memory (default: the run's)")
@@ -254,13 +256,16 @@ def _with_inference_flags(cfg, args):
 
 
 def _load_for_inference(args):
-    from .device import resolve_device, resolve_precision
+    from .device import choose_precision, resolve_device
     from .predict import load_models
 
     device = resolve_device(args.device)
+    precision = choose_precision(args.precision, device)
+    if not args.quiet:
+        print(f"{device.type}, {precision}", file=sys.stderr, flush=True)
     loaded = load_models(args.checkpoint, device)
     loaded.config = _with_inference_flags(loaded.config, args)
-    return loaded, resolve_precision(args.precision, device)
+    return loaded, precision.precision
 
 
 def cmd_evaluate(args) -> int:

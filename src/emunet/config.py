@@ -122,7 +122,8 @@ class TrainConfig:
         for the affinity head, of the pairs that belong apart.
     skeleton_weight: weight of the skeleton-recall term (membrane probability on the labels'
         membrane centre lines), which charges gaps in thin membranes; 0 = off (the lab's).
-    precision: 'auto' (bf16 on CPU, fp16 with a gradient scaler on CUDA), 'fp32', 'bf16', 'fp16'.
+    precision: 'auto' (fp16 with a gradient scaler on CUDA; bf16 on a CPU that runs it natively,
+        AMX or AVX512-BF16, else fp32; fp32 on Apple's MPS), 'fp32', 'bf16', 'fp16'.
     loss_scale: initial loss scale for fp16 (the lab fixes 1024).
     seed: makes runs repeatable.
     val_every: validate (and checkpoint) every N steps; 0 = only at the end.
@@ -132,7 +133,7 @@ class TrainConfig:
     checkpoint_every: save a checkpoint every N steps; 0 = at validation only.
     keep: newest checkpoints kept (the best is always kept too).
     log_every: steps between log lines in the CSV and TensorBoard.
-    device: 'auto', 'cpu', 'cuda' or 'cuda:N'.
+    device: 'auto' (CUDA, else Apple's MPS, else the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'.
     init: weights to start from (fine-tuning): .safetensors, .pt or the lab's MindSpore .ckpt.
     ema: decay of an exponential moving average of the weights that validation and the saved
         weights use (e.g. 0.99); 0 = off.

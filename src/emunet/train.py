@@ -25,7 +25,7 @@ from .checkpoint import list_checkpoints, load_into, load_model, load_state, pru
 from .config import Config, config_to_dict, dump_config
 from .data import LazyLabelled, TileSampler, Volume, VolumeTileSampler, fold_split, load_labelled, load_volume_split
 from .volumes import is_volume_path
-from .device import autocast_for, resolve_precision
+from .device import autocast_for, choose_precision
 from .errors import ConfigError, DataError, TrainingError, TrainingInterrupted, UsageError
 from .evaluate import ScoreReport
 from .files import atomic_write_bytes, check_writable
@@ -120,6 +120,8 @@ class TrainState:
         rng = {"sampler": sampler, "torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
+        elif self.device.type == "mps":
+            rng["mps"] = torch.mps.get_rng_state()
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
@@ -139,6 +141,8 @@ class TrainState:
         torch.set_rng_state(state["rng"]["torch"])
         if self.device.type == "cuda" and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"])
+        elif self.device.type == "mps" and "mps" in state["rng"]:
+            torch.mps.set_rng_state(state["rng"]["mps"])
         self.step, self.best = int(state["step"]), dict(state["best"])
 
     def save(self, ckpt_dir: Path, keep: int, snapshot: dict[str, Any] | None = None) -> None:
@@ -300,7 +304,10 @@ class _Run:
 def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> _Run:
     """Data, model, optimiser, and where a stopped run left off; the run's config.yaml once all loaded."""
     t, out = cfg.train, storage.local_folder(cfg.out_dir)
-    precision = resolve_precision(t.precision, device)
+    chosen = choose_precision(t.precision, device)
+    precision = chosen.precision
+    if progress:
+        print(f"{device.type}, {chosen}", flush=True)
     if t.batch_size % ctx.world_size:
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {ctx.world_size} processes")
     if t.threads:

@@ -1,0 +1,110 @@
+"""Device and precision choice: what 'auto' picks on each kind of machine, and the refusals."""
+
+import logging
+
+import pytest
+import torch
+
+from emunet import device as dev
+from emunet.cli import main
+from emunet.errors import ConfigError
+
+
+def _cpu_native(monkeypatch, native: bool) -> None:
+    monkeypatch.setattr(dev, "cpu_has_native_bf16", lambda: native)
+
+
+def test_auto_on_a_cpu_is_bf16_only_where_it_is_native(monkeypatch):
+    cpu = torch.device("cpu")
+    _cpu_native(monkeypatch, True)
+    assert dev.choose_precision("auto", cpu).precision == "bf16"
+    _cpu_native(monkeypatch, False)
+    choice = dev.choose_precision("auto", cpu)
+    assert choice.precision == "fp32"
+    assert "no native bf16" in str(choice) or "ONEDNN_MAX_CPU_ISA" in str(choice)
+
+
+@pytest.mark.parametrize("cap", ["AVX2", "avx512_core", "AVX512_CORE_VNNI", "SSE41"])
+def test_a_onednn_cap_below_bf16_means_fp32(monkeypatch, cap):
+    """ONEDNN_MAX_CPU_ISA is read when the choice is made, whatever the processor has."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert not dev.cpu_has_native_bf16()
+    choice = dev.choose_precision("auto", torch.device("cpu"))
+    assert choice.precision == "fp32" and "ONEDNN_MAX_CPU_ISA" in choice.reason
+
+
+def test_native_bf16_agrees_with_the_processors_own_flags(monkeypatch):
+    """An independent reading: the kernel's CPU flags (Linux) against what PyTorch reports."""
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    try:
+        flags = open("/proc/cpuinfo").read().split()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo on this system")
+    hardware = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert dev.cpu_has_native_bf16() == hardware
+
+
+def test_explicit_bf16_on_an_emulating_cpu_warns_once(monkeypatch, caplog):
+    _cpu_native(monkeypatch, False)
+    monkeypatch.setattr(dev, "_warned_emulated", False)
+    with caplog.at_level(logging.WARNING, logger="emunet"):
+        for _ in range(3):
+            assert dev.choose_precision("bf16", torch.device("cpu")).precision == "bf16"
+    warned = [r for r in caplog.records if "emulated" in r.getMessage()]
+    assert len(warned) == 1 and "fp32" in warned[0].getMessage()
+
+
+def test_explicit_bf16_on_a_native_cpu_does_not_warn(monkeypatch, caplog):
+    _cpu_native(monkeypatch, True)
+    monkeypatch.setattr(dev, "_warned_emulated", False)
+    with caplog.at_level(logging.WARNING, logger="emunet"):
+        dev.choose_precision("bf16", torch.device("cpu"))
+    assert not caplog.records
+
+
+def test_cuda_and_mps_precisions():
+    assert dev.choose_precision("auto", torch.device("cuda")).precision == "fp16"
+    assert dev.choose_precision("bf16", torch.device("cuda")).precision == "bf16"
+    assert dev.choose_precision("auto", torch.device("mps")).precision == "fp32"
+    with pytest.raises(ConfigError, match="precision"):
+        dev.choose_precision("fp8", torch.device("cpu"))
+
+
+def test_auto_device_order_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dev, "mps_available", lambda: True)
+    assert dev.resolve_device("auto").type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dev.resolve_device("auto").type == "mps"
+    monkeypatch.setattr(dev, "mps_available", lambda: False)
+    assert dev.resolve_device("auto").type == "cpu"
+
+
+@pytest.mark.skipif(dev.mps_available(), reason="this machine has MPS")
+def test_mps_asked_for_where_absent_is_one_clear_error(small_isbi, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="MPS is not available"):
+        dev.resolve_device("mps")
+    code = main(["train", "-q", "--out", str(tmp_path / "run"), f"data.images={small_isbi['images']}",
+                 f"data.labels={small_isbi['labels']}", "train.device=mps", "train.steps=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "MPS is not available" in err[0] and "--device cpu" in err[0]
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_unknown_devices_are_refused():
+    for name in ("gpu", "xla", "cuda:x"):
+        with pytest.raises(ConfigError):
+            dev.resolve_device(name)
+
+
+@pytest.mark.skipif(not dev.mps_available(), reason="needs Apple's MPS")
+def test_mps_trains_and_predicts(small_isbi, tmp_path):
+    """Runs only on a Mac with MPS: a few steps, then predict on the same device."""
+    out = tmp_path / "run"
+    assert main(["train", "-q", "--out", str(out), f"data.images={small_isbi['images']}",
+                 f"data.labels={small_isbi['labels']}", "train.device=mps", "train.steps=2", "train.val_every=0",
+                 "model.preset=unet_cpu", "model.width=4", "model.depth=2", "train.tile=32", "train.batch_size=2",
+                 "predict.tile=64"]) == 0
+    assert main(["predict", str(out / "best.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "p.tif"),
+                 "--device", "mps", "-q"]) == 0
