@@ -34,11 +34,25 @@ from torch import nn
 ISBI_DIR = "../shared/data/isbi2012"  # beside the checkout, as in CI
 
 CASES = {
-    # name: preset, overrides, training tile (output side), batch, precision, timed steps
-    "lab": ("unet_medical", {}, 388, 1, "bf16", 3),
+    # name: preset, overrides, training tile (output side), batch, precision, timed steps;
+    # "auto" is what a run on this machine chooses (bf16 only where the CPU runs it natively)
+    "lab": ("unet_medical", {}, 388, 1, "auto", 3),
     "lab-fp32": ("unet_medical", {}, 388, 1, "fp32", 2),
-    "cpu": ("unet_cpu", {}, 256, 8, "bf16", 20),
+    "cpu": ("unet_cpu", {}, 256, 8, "auto", 20),
 }
+
+
+def machine_line(device: torch.device) -> str:
+    """The ISA PyTorch's kernels run at (and the oneDNN cap, if set) and what 'auto' chooses."""
+    from emunet.device import choose_precision
+
+    if device.type != "cpu":
+        return f"{device}: {torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}; " \
+               f"auto = {choose_precision('auto', device)}"
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return (f"cpu: ATen kernels {torch.backends.cpu.get_cpu_capability()}"
+            f"{f', oneDNN capped at {cap}' if cap else ''}, {torch.get_num_threads()} threads; "
+            f"auto = {choose_precision('auto', device)}")
 
 
 def count_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
@@ -162,7 +176,10 @@ def run_case(name: str, device: torch.device, data: str = ISBI_DIR, compile_mode
     from emunet.tiling import predict_image
     from emunet.train import TrainState, _train_step, build_model, make_adam
 
+    from emunet.device import resolve_precision
+
     preset, overrides, tile, batch, precision, steps = CASES[name]
+    precision = resolve_precision(precision, device)
     if device.type == "cuda":
         batch, steps = 16, 20
         torch.backends.cudnn.benchmark = True
@@ -245,6 +262,7 @@ def main() -> int:
         print(json.dumps(run_case(args.one, device, args.data, args.compile)))
         return 0
 
+    print(machine_line(device))
     peaks = {"fp32": matmul_peak(torch.float32, device), "bf16": matmul_peak(torch.bfloat16, device)}
     print(f"{device}: matmul 4096^2 peak  fp32 {peaks['fp32']:.0f} GFLOP/s   bf16 {peaks['bf16']:.0f} GFLOP/s")
     results = []

@@ -44,3 +44,18 @@ def small_isbi(isbi_dir, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(small_isbi, tmp_path_factory) -> Path:
+    """One tiny membrane model trained once per test session by ``unet run`` with the CPU preset's
+    settings (4 steps, validated at steps 2 and 4, the test slices predicted and segmented), for
+    the tests that only read a trained run. A test that writes into a run copies it first."""
+    from emunet.cli import main
+    from test_train import CONFIGS, TINY
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
+            f"data.test_images={small_isbi['test']}", *TINY, "train.steps=4", "train.val_every=2"]
+    assert main(["run", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(out), "-q", *args]) == 0
+    return out

@@ -143,6 +143,7 @@ TINY_AFFINITIES = ["model.width=4", "model.depth=2", "model.head=affinities", "m
                    "train.select_by=cells_v_rand", "segment.min_size=5", "train.precision=fp32"]
 
 
+@pytest.mark.slow
 def test_cli_affinity_run_predict_segment_and_score(small_isbi, tmp_path, capsys):
     out = tmp_path / "run"
     args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
@@ -194,11 +195,8 @@ def test_cli_affinity_run_predict_segment_and_score(small_isbi, tmp_path, capsys
     assert "tta" in capsys.readouterr().err
 
 
-def test_membrane_model_segments_by_seeded_watershed(small_isbi, tmp_path, capsys):
-    out = tmp_path / "run"
-    args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}", "data.test_images=null",
-            "model.width=4", "model.depth=2", "train.batch_size=2", "train.tile=64", "predict.tile=64", "train.steps=2"]
-    assert main(["run", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(out), "-q", *args]) == 0
+def test_membrane_model_segments_by_seeded_watershed(tiny_run, small_isbi, tmp_path, capsys):
+    out = tiny_run
     assert "cells_v_rand" in json.loads((out / "eval.json").read_text())["mean"]
     assert main(["predict", str(out / "best.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "p.tif"),
                  "--segment", str(tmp_path / "c.tif")]) == 0

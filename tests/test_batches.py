@@ -68,6 +68,7 @@ def _validation_outputs(run_dir):
     return rows, validations, best.state_dict(), meta["step"]
 
 
+@pytest.mark.slow
 def test_scores_computed_in_the_background_give_the_same_run(small_isbi, tmp_path):
     extra = ["train.steps=6", "train.val_every=2", "train.log_every=3", "train.select_by=v_rand", "train.keep=2"]
     train(_cfg(small_isbi, tmp_path / "fg", *extra, "train.background_scoring=false"), progress=False)

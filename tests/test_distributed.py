@@ -16,6 +16,8 @@ TINY = ["model.preset=unet_cpu", "model.width=4", "model.depth=2", "model.norm=n
         "train.batch_size=4", "train.lr=1e-4", "train.log_every=1", "train.val_every=0", "predict.tile=64",
         "train.precision=fp32", "train.dist_timeout=60"]
 
+pytestmark = pytest.mark.slow  # subprocesses killed and restarted: minutes, not seconds
+
 
 def _cmd(paths, out, nproc, *extra, torchrun_args=()):
     train = ["train", "-q", "--out", str(out), f"data.images={paths['images']}", f"data.labels={paths['labels']}", *TINY, *extra]

@@ -76,6 +76,7 @@ def test_onnx_files_say_how_to_feed_and_read_them(tmp_path, capsys):
     assert json.loads(meta["emunet.intensity"]) == intensity and json.loads(meta["emunet.model_config"])["width"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset, overrides", [("unet_cpu", {"width": 4}), ("unet_medical", {"width": 2, "depth": 2})])
 def test_bioimageio_package_passes_the_model_zoos_own_test(tmp_path, capsys, preset, overrides):
     import zipfile

@@ -16,6 +16,8 @@ from emunet.cli import main
 TINY = ["model.preset=unet_cpu", "model.width=4", "model.depth=2", "train.tile=32", "train.batch_size=2",
         "train.lr=1e-3", "train.log_every=1", "train.val_every=0", "predict.tile=64", "train.precision=fp32"]
 
+pytestmark = pytest.mark.slow  # subprocesses killed and restarted: minutes, not seconds
+
 
 def _args(paths, out, *extra):
     return ["train", "-q", "--out", str(out), f"data.images={paths['images']}", f"data.labels={paths['labels']}", *TINY, *extra]

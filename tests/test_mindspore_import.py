@@ -87,6 +87,7 @@ def test_missing_extra_and_misshaped_tensors_are_named(tmp_path, lab_tensors):
         import_mindspore(_write_ckpt(tmp_path / "bad.ckpt", bad))
 
 
+@pytest.mark.slow
 def test_cli_import_then_predict_evaluate_and_fine_tune(tmp_path, small_isbi, capsys):
     out = tmp_path / "lab.safetensors"
     assert main(["import-mindspore", str(CKPT), str(out)]) == 0

@@ -122,6 +122,7 @@ def test_predict_volume_closes_gaps_after_the_blur(rng):
     np.testing.assert_array_equal(predict_volume(net, volume, replace(plain, close_gaps=0.3)), want)
 
 
+@pytest.mark.slow
 def test_a_2_5d_model_takes_the_sections_as_channels(rng):
     from pathlib import Path
 
@@ -153,16 +154,13 @@ def test_a_2_5d_model_takes_the_sections_as_channels(rng):
         model_context(create_model("unet_cpu", width=4, depth=2, in_channels=2))
 
 
-def test_the_python_interface_gives_what_predict_writes(small_isbi, tmp_path, capsys):
+def test_the_python_interface_gives_what_predict_writes(tiny_run, small_isbi, tmp_path, capsys):
     import tifffile
 
     from emunet import Segmenter
     from emunet.cli import main
 
-    run = tmp_path / "run"
-    assert main(["train", "-q", "--out", str(run), f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
-                 "model.preset=unet_cpu", "model.width=4", "model.depth=2", "train.tile=32", "train.batch_size=2",
-                 "train.steps=1", "train.val_every=0", "predict.tile=64", "predict.smooth=1.0", "predict.close_gaps=0.5"]) == 0
+    run = tiny_run
     assert main(["predict", str(run / "last.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "p.tif"), "-q"]) == 0
     written = tifffile.imread(tmp_path / "p.tif")
     segment = Segmenter(run / "last.safetensors")
@@ -171,16 +169,13 @@ def test_the_python_interface_gives_what_predict_writes(small_isbi, tmp_path, ca
     np.testing.assert_array_equal(segment(raw[1]), written[1])
 
 
-def test_predict_writes_one_tiff_per_image_of_any_size(small_isbi, tmp_path, capsys):
+def test_predict_writes_one_tiff_per_image_of_any_size(tiny_run, small_isbi, tmp_path, capsys):
     import tifffile
     from PIL import Image
 
     from emunet.cli import main
 
-    run = tmp_path / "run"
-    assert main(["train", "-q", "--out", str(run), f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
-                 "model.preset=unet_cpu", "model.width=4", "model.depth=2", "train.tile=32", "train.batch_size=2",
-                 "train.steps=1", "train.val_every=0", "predict.tile=64"]) == 0
+    run = tiny_run
     folder = tmp_path / "mixed"
     folder.mkdir()
     test = tifffile.imread(small_isbi["test"])

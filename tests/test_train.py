@@ -61,6 +61,7 @@ def test_resume_replays_an_uninterrupted_run_exactly(small_isbi, tmp_path, sched
         assert not torch.equal(weights_a.state_dict()["outc.conv.weight"], final_a["outc.conv.weight"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_run_and_loss_goes_down(small_isbi, tmp_path):
     extra = ["train.steps=25", "train.val_every=0"]
     train(_cfg(small_isbi, tmp_path / "a", *extra), progress=False)
@@ -79,18 +80,15 @@ def test_keeps_newest_checkpoints_plus_best(small_isbi, tmp_path):
     assert (out / "config.yaml").exists() and any((out / "tensorboard").iterdir())
 
 
-def test_cli_run_evaluate_predict(small_isbi, tmp_path, capsys):
+def test_cli_run_evaluate_predict(tiny_run, small_isbi, tmp_path, capsys):
     out = tmp_path / "run"
-    args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
-            f"data.test_images={small_isbi['test']}", *TINY, "train.steps=4", "train.val_every=2"]
-    assert main(["run", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(out), "-q", *args]) == 0
+    shutil.copytree(tiny_run, out)  # evaluate writes beside the checkpoints
     report = json.loads((out / "eval.json").read_text())
     assert len(report["slices"]) == 2 and 0 < report["mean"]["lab_dice"] <= 1
     probs = tifffile.imread(out / "test-probabilities.tif")
     assert probs.shape == (2, 200, 300) and probs.dtype == np.float32
     assert 0 <= probs.min() and probs.max() <= 1
     assert len(list((out / "test-overlays").glob("*.png"))) == 2
-    assert "lab_dice" in capsys.readouterr().out
     assert "v_rand" in report["mean"] and 0 <= report["challenge"]["v_rand_threshold"] <= 1
     page = (out / "report.html").read_text()
     assert page.count("<img") == 1 + 6 * 2 and "data:image/png;base64," in page  # curves; per slice 4 of the map, 2 of the cells
@@ -98,6 +96,7 @@ def test_cli_run_evaluate_predict(small_isbi, tmp_path, capsys):
     assert cells.shape == (2, 200, 300) and cells.dtype == np.uint32
 
     assert main(["evaluate", str(out / "best.safetensors"), "--json", str(tmp_path / "e.json"), "--precision", "fp32"]) == 0
+    assert "lab_dice" in capsys.readouterr().out
     scored = json.loads((tmp_path / "e.json").read_text())
     assert [r["slice"] for r in scored["slices"]] == [r["slice"] for r in report["slices"]]
 
@@ -193,6 +192,7 @@ def test_skeleton_weight_trains_and_changes_the_loss(small_isbi, tmp_path):
     assert all(np.isfinite(v) for v in skel.values())
 
 
+@pytest.mark.slow
 def test_context_trains_a_2_5d_model_that_evaluate_and_predict_use(small_isbi, tmp_path, capsys):
     from emunet.checkpoint import load_model
 
@@ -236,7 +236,7 @@ def test_validation_log_keeps_per_slice_scores_and_follows_a_resume(small_isbi, 
     assert again == log
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.slow)])  # bf16 is emulated on most CPUs
 def test_run_reads_the_training_data_once_and_reports_what_evaluate_gives(small_isbi, tmp_path, monkeypatch, capsys,
                                                                           precision):
     import emunet.data
@@ -258,6 +258,7 @@ def test_run_reads_the_training_data_once_and_reports_what_evaluate_gives(small_
     assert scored["mean"] == run_report["mean"] and scored["challenge"] == run_report["challenge"]
 
 
+@pytest.mark.slow
 def test_ensemble_benchmark_gives_what_evaluate_gives(small_isbi, tmp_path, capsys, monkeypatch):
     import importlib.util
     import sys
@@ -311,10 +312,8 @@ def test_a_failing_command_leaves_the_saved_config_alone(small_isbi, tmp_path, c
     assert "no run to resume" in capsys.readouterr().err
 
 
-def test_predict_never_writes_over_its_input_and_checks_outputs_first(small_isbi, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["train", "-q", "--out", str(run), f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
-                 *TINY, "train.steps=1", "train.val_every=0"]) == 0
+def test_predict_never_writes_over_its_input_and_checks_outputs_first(tiny_run, small_isbi, tmp_path, capsys):
+    run = tiny_run
     image = tmp_path / "input.tif"
     shutil.copy(small_isbi["test"], image)
     original = image.read_bytes()
@@ -326,6 +325,7 @@ def test_predict_never_writes_over_its_input_and_checks_outputs_first(small_isbi
     assert "cannot write there" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_progress_in_a_log_is_plain_lines(small_isbi, tmp_path):
     import os
     import subprocess
@@ -340,10 +340,8 @@ def test_progress_in_a_log_is_plain_lines(small_isbi, tmp_path):
     assert "train: 3/3 steps" in done.stderr and "step 3: val lab dice" in done.stdout
 
 
-def test_probability_stacks_are_imagej_stacks_with_the_inputs_calibration(small_isbi, tmp_path, capsys):
-    run = tmp_path / "run"
-    assert main(["train", "-q", "--out", str(run), f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
-                 *TINY, "train.steps=1", "train.val_every=0"]) == 0
+def test_probability_stacks_are_imagej_stacks_with_the_inputs_calibration(tiny_run, small_isbi, tmp_path, capsys):
+    run = tiny_run
     image = tmp_path / "calibrated.tif"
     tifffile.imwrite(image, tifffile.imread(small_isbi["test"]), imagej=True, resolution=(250.0, 250.0),
                      metadata={"axes": "ZYX", "spacing": 0.05, "unit": "um"})

@@ -104,6 +104,7 @@ def test_channels_and_time_need_a_choice_and_axes_must_fit(stack, tmp_path):
         open_volume(tmp_path / "two.h5")
 
 
+@pytest.mark.slow
 def test_blockwise_prediction_equals_whole_sections_at_block_edges_too(tiny_model, isbi_dir, tmp_path):
     from emunet.blockwise import predict_to_ome_zarr
     from emunet.config import PredictConfig
@@ -175,6 +176,7 @@ def test_ome_zarr_output_reads_back_with_its_metadata_and_a_pyramid(tiny_model, 
     assert abs(float(half[1].mean()) - float(full[1].mean())) < 1.0
 
 
+@pytest.mark.slow
 def test_a_killed_prediction_rerun_continues_and_ends_as_an_undisturbed_one(tiny_model, stack, tmp_path):
     tifffile.imwrite(tmp_path / "in.tif", np.concatenate([stack] * 4), photometric="minisblack")  # 12 sections
     command = [sys.executable, "-m", "emunet", "predict", str(tiny_model), str(tmp_path / "in.tif"), "--block", "64",
@@ -204,6 +206,7 @@ def test_a_killed_prediction_rerun_continues_and_ends_as_an_undisturbed_one(tiny
     assert np.array_equal(a, zarr.open_array(str(killed / "0"), mode="r")[...])
 
 
+@pytest.mark.slow
 def test_a_distributed_run_on_two_worker_processes_gives_the_same_output(tiny_model, stack, tmp_path):
     from distributed import LocalCluster
 
