@@ -38,7 +38,7 @@ CASES = {
     # "auto" is what a run on this machine chooses (bf16 only where the CPU runs it natively)
     "lab": ("unet_medical", {}, 388, 1, "auto", 3),
     "lab-fp32": ("unet_medical", {}, 388, 1, "fp32", 2),
-    "cpu": ("unet_cpu", {}, 256, 8, "auto", 20),
+    "cpu": ("unet_cpu", {"width": 8}, 256, 8, "auto", 20),  # configs/isbi-cpu.yaml's network
 }
 
 
@@ -183,7 +183,8 @@ def run_case(name: str, device: torch.device, data: str = ISBI_DIR, compile_mode
     if device.type == "cuda":
         batch, steps = 16, 20
         torch.backends.cudnn.benchmark = True
-    cfg = load_config(None, [f"model.preset={preset}", f"train.batch_size={batch}", f"train.tile={tile}",
+    cfg = load_config(None, [f"model.preset={preset}", *(f"model.{k}={v}" for k, v in overrides.items()),
+                             f"train.batch_size={batch}", f"train.tile={tile}",
                              f"train.precision={precision}", "train.lr=1e-4", "train.weight_decay=0"])
     fmt = torch.channels_last
     model = build_model(cfg)

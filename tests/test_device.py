@@ -109,3 +109,35 @@ def test_mps_trains_and_predicts(small_isbi, tmp_path):
                  "predict.tile=64"]) == 0
     assert main(["predict", str(out / "best.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "p.tif"),
                  "--device", "mps", "-q"]) == 0
+
+
+def test_adam_falls_back_where_the_fused_kernel_is_missing(monkeypatch):
+    """MPS lacks fused Adam on some PyTorch versions: the optimiser is then the plain one, not a crash."""
+    from emunet.train import make_adam
+
+    real = torch.optim.Adam
+
+    def no_fused(params, **kw):
+        if kw.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", no_fused)
+    params = [torch.nn.Parameter(torch.ones(3))]
+    opt = make_adam(params, 1e-3, 0.0)
+    assert not opt.defaults.get("fused")
+    params[0].grad = torch.ones(3)
+    opt.step()
+    assert params[0].detach().lt(1).all()
+
+
+def test_batches_pin_memory_only_for_cuda(small_isbi):
+    """Pinned memory is a CUDA feature: CPU and MPS batches are plain tensors."""
+    from emunet.augment import AugmentConfig
+    from emunet.batches import make_batch_fn
+    from emunet.data import TileSampler, load_labelled
+
+    vol = load_labelled(small_isbi["images"], small_isbi["labels"])
+    sampler = TileSampler(vol, 48, 48, torch.Generator().manual_seed(0))
+    images, labels = make_batch_fn(sampler, AugmentConfig(), 2, slice(None), 48, torch.device("cpu"), torch.channels_last)()
+    assert not images.is_pinned() and images.shape == (2, 1, 48, 48)
