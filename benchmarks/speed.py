@@ -270,7 +270,8 @@ def main() -> int:
     bf16_native = device.type != "cpu" or cpu_has_native_bf16()
     peaks = {"fp32": matmul_peak(torch.float32, device),
              "bf16": matmul_peak(torch.bfloat16, device) if bf16_native else float("nan")}
-    print(f"{device}: matmul 4096^2 peak  fp32 {peaks['fp32']:.0f} GFLOP/s   bf16 {peaks['bf16']:.0f} GFLOP/s")
+    bf16_peak = f"{peaks['bf16']:.0f} GFLOP/s" if bf16_native else "not measured (emulated)"
+    print(f"{device}: matmul 4096^2 peak  fp32 {peaks['fp32']:.0f} GFLOP/s   bf16 {bf16_peak}")
     results = []
     for name in args.cases.split(","):
         done = subprocess.run([sys.executable, __file__, "--one", name, "--device", args.device, "--data", args.data]
