@@ -2,6 +2,7 @@
 
 import logging
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ def test_a_onednn_cap_below_bf16_means_fp32(monkeypatch, cap):
 def test_native_bf16_agrees_with_the_processors_own_flags():
     """An independent reading: the kernel's CPU flags (Linux) against what PyTorch reports."""
     try:
-        flags = open("/proc/cpuinfo").read().split()
+        flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
         pytest.skip("no /proc/cpuinfo on this system")
     hardware = "avx512_bf16" in flags or "amx_bf16" in flags
@@ -139,5 +140,5 @@ def test_batches_pin_memory_only_for_cuda(small_isbi):
 
     vol = load_labelled(small_isbi["images"], small_isbi["labels"])
     sampler = TileSampler(vol, 48, 48, torch.Generator().manual_seed(0))
-    images, labels = make_batch_fn(sampler, AugmentConfig(), 2, slice(None), 48, torch.device("cpu"), torch.channels_last)()
+    images, _ = make_batch_fn(sampler, AugmentConfig(), 2, slice(None), 48, torch.device("cpu"), torch.channels_last)()
     assert not images.is_pinned() and images.shape == (2, 1, 48, 48)
