@@ -191,7 +191,7 @@ def test_errors_name_the_url_and_what_to_check(store, small_isbi, server, monkey
 def test_a_store_that_goes_away_during_training_loses_nothing(store, server, small_isbi, tmp_path):
     fs, bucket = store
     data = _upload_data(fs, bucket, small_isbi)
-    settings = [*data, *TINY, "train.steps=400", "train.val_every=50", "train.keep=20", "storage.retry_s=120"]
+    settings = [*data, *TINY, "train.steps=600", "train.val_every=50", "train.keep=20", "storage.retry_s=120"]
     out = f"s3://{bucket}/flaky"
     env = {**__import__("os").environ}
     run = subprocess.Popen([sys.executable, "-m", "emunet", "train", "--out", out, "-q", *settings],
@@ -211,7 +211,7 @@ def test_a_store_that_goes_away_during_training_loses_nothing(store, server, sma
 
     whole = tmp_path / "whole"
     local = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}"]
-    assert main(["train", "--out", str(whole), "-q", *local, *TINY, "train.steps=400", "train.val_every=50",
+    assert main(["train", "--out", str(whole), "-q", *local, *TINY, "train.steps=600", "train.val_every=50",
                  "train.keep=20"]) == 0
     fs.invalidate_cache()
     listed = sorted(p.rsplit("/", 1)[1] for p in fs.find(f"{bucket}/flaky/checkpoints"))
