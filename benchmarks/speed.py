@@ -43,16 +43,15 @@ CASES = {
 
 
 def machine_line(device: torch.device) -> str:
-    """The ISA PyTorch's kernels run at (and the oneDNN cap, if set) and what 'auto' chooses."""
+    """The device (on a CPU, the ISA PyTorch's kernels run at) and what precision 'auto' chooses
+    there, with the reason (which names an ONEDNN_MAX_CPU_ISA cap)."""
     from emunet.device import choose_precision
 
-    if device.type != "cpu":
-        return f"{device}: {torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}; " \
-               f"auto = {choose_precision('auto', device)}"
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    return (f"cpu: ATen kernels {torch.backends.cpu.get_cpu_capability()}"
-            f"{f', oneDNN capped at {cap}' if cap else ''}, {torch.get_num_threads()} threads; "
-            f"auto = {choose_precision('auto', device)}")
+    if device.type == "cpu":
+        where = f"cpu: ATen kernels {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads"
+    else:
+        where = f"{device}: {torch.cuda.get_device_name(device) if device.type == 'cuda' else device.type}"
+    return f"{where}; auto = {choose_precision('auto', device)}"
 
 
 def count_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
@@ -172,11 +171,9 @@ def run_case(name: str, device: torch.device, data: str = ISBI_DIR, compile_mode
     from emunet.batches import BatchStream, make_batch_fn
     from emunet.config import load_config
     from emunet.data import TileSampler, Volume, load_labelled
-    from emunet.device import autocast_for
+    from emunet.device import autocast_for, resolve_precision
     from emunet.tiling import predict_image
     from emunet.train import TrainState, _train_step, build_model, make_adam
-
-    from emunet.device import resolve_precision
 
     preset, overrides, tile, batch, precision, steps = CASES[name]
     precision = resolve_precision(precision, device)
@@ -263,9 +260,9 @@ def main() -> int:
         print(json.dumps(run_case(args.one, device, args.data, args.compile)))
         return 0
 
-    print(machine_line(device))
     from emunet.device import cpu_has_native_bf16
 
+    print(machine_line(device))
     # an emulated bf16 matmul of 4096^2 takes minutes on an AVX2 CPU and says nothing useful
     bf16_native = device.type != "cpu" or cpu_has_native_bf16()
     peaks = {"fp32": matmul_peak(torch.float32, device),

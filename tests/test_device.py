@@ -49,7 +49,7 @@ def test_native_bf16_agrees_with_the_processors_own_flags():
 
 def test_explicit_bf16_on_an_emulating_cpu_warns_once(monkeypatch, caplog):
     _cpu_native(monkeypatch, False)
-    monkeypatch.setattr(dev, "_warned_emulated", False)
+    dev._warn_emulated_bf16.cache_clear()
     with caplog.at_level(logging.WARNING, logger="emunet"):
         for _ in range(3):
             assert dev.choose_precision("bf16", torch.device("cpu")).precision == "bf16"
@@ -59,7 +59,7 @@ def test_explicit_bf16_on_an_emulating_cpu_warns_once(monkeypatch, caplog):
 
 def test_explicit_bf16_on_a_native_cpu_does_not_warn(monkeypatch, caplog):
     _cpu_native(monkeypatch, True)
-    monkeypatch.setattr(dev, "_warned_emulated", False)
+    dev._warn_emulated_bf16.cache_clear()
     with caplog.at_level(logging.WARNING, logger="emunet"):
         dev.choose_precision("bf16", torch.device("cpu"))
     assert not caplog.records

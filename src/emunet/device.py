@@ -12,6 +12,7 @@ import logging
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -91,14 +92,10 @@ class PrecisionChoice:
         return f"{self.precision}: {self.reason}"
 
 
-_warned_emulated = False
-
-
 def choose_precision(name: str, device: torch.device) -> PrecisionChoice:
     """Resolve 'auto' for ``device`` and say why; an explicit choice is kept, with a warning (once
     per process) where it will be slow (bf16 on a CPU that emulates it) and an error where the
     device cannot run it."""
-    global _warned_emulated
     if name not in PRECISIONS:
         raise ConfigError(f"unknown precision {name!r}; use {', '.join(PRECISIONS)}")
     if device.type == "cuda":
@@ -114,6 +111,10 @@ def choose_precision(name: str, device: torch.device) -> PrecisionChoice:
             raise ConfigError(f"precision {name!r} is not available on MPS with this PyTorch {torch.__version__}; "
                               "use --precision fp32 (or auto)")
         return PrecisionChoice(name, "as asked")
+    return _choose_on_cpu(name)
+
+
+def _choose_on_cpu(name: str) -> PrecisionChoice:
     native = cpu_has_native_bf16()
     if name == "auto":
         if native:
@@ -123,11 +124,16 @@ def choose_precision(name: str, device: torch.device) -> PrecisionChoice:
         return PrecisionChoice("fp32", f"{why}; bf16 would be emulated, several times slower")
     if name == "fp16":
         return PrecisionChoice("fp16", "as asked (fp16 on a CPU is emulated by most processors and slow)")
-    if name == "bf16" and not native and not _warned_emulated:
-        _warned_emulated = True
-        log.warning("precision bf16 asked for, but this CPU has no native bf16 (AMX or AVX512-BF16): it is emulated "
-                    "and runs several times slower than fp32; use precision auto or fp32")
+    if name == "bf16" and not native:
+        _warn_emulated_bf16()
     return PrecisionChoice(name, "as asked")
+
+
+@lru_cache(maxsize=1)
+def _warn_emulated_bf16() -> None:
+    """Once per process: every prediction and validation asks again."""
+    log.warning("precision bf16 asked for, but this CPU has no native bf16 (AMX or AVX512-BF16): it is emulated "
+                "and runs several times slower than fp32; use precision auto or fp32")
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
