@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from emunet.data import Volume
+from emunet.io.data import Volume
 from emunet.device import resolve_device
-from emunet.evaluate import ScoreReport, score_prediction
-from emunet.predict import load_models, predict_raw, prediction_from_raw
-from emunet.train import load_split
+from emunet.score.evaluate import ScoreReport, score_prediction
+from emunet.infer.predict import load_models, predict_raw, prediction_from_raw
+from emunet.train.loop import load_split
 
 
 @dataclass

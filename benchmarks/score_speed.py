@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from emunet.challenge import score_stack
+from emunet.score.challenge import score_stack
 
 CASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi-scoring"
 

@@ -18,11 +18,11 @@ import statistics
 import sys
 import time
 
-from emunet.challenge import score_segmentation_stack
-from emunet.data import fold_split, load_labelled
+from emunet.score.challenge import score_segmentation_stack
+from emunet.io.data import fold_split, load_labelled
 from emunet.device import resolve_device, resolve_precision
-from emunet.predict import Prediction, load_models, predict_stack
-from emunet.segment import SegmentConfig
+from emunet.infer.predict import Prediction, load_models, predict_stack
+from emunet.infer.segment import SegmentConfig
 
 
 def _floats(text: str) -> list[float]:

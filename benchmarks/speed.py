@@ -168,12 +168,12 @@ def run_case(name: str, device: torch.device, data: str = ISBI_DIR, compile_mode
     """One preset in one process: the plain loop, the project's training step on a fixed batch,
     the same step fed by the project's batch stream (sampling + augmentation, prepared ahead
     as a run prepares them), inference speed and peak memory."""
-    from emunet.batches import BatchStream, make_batch_fn
+    from emunet.train.batches import BatchStream, make_batch_fn
     from emunet.config import load_config
-    from emunet.data import TileSampler, Volume, load_labelled
+    from emunet.io.data import TileSampler, Volume, load_labelled
     from emunet.device import autocast_for, resolve_precision
-    from emunet.tiling import predict_image
-    from emunet.train import TrainState, _train_step, build_model, make_adam
+    from emunet.infer.tiling import predict_image
+    from emunet.train.loop import TrainState, _train_step, build_model, make_adam
 
     preset, overrides, tile, batch, precision, steps = CASES[name]
     precision = resolve_precision(precision, device)

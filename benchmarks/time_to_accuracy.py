@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from emunet.config import load_config
-from emunet.train import train
+from emunet.train.loop import train
 
 LAB_DICE = 0.911
 

@@ -47,9 +47,9 @@ def make_volume(path: Path, sections: int, side: int, data: Path = ISBI) -> None
 def one_slice_mp_per_s(checkpoint: str, data: Path = ISBI, reps: int = 7) -> float:
     """The in-memory `predict` of one ISBI slice (512 x 512), as `unet predict` runs it: the
     median of ``reps`` runs (one takes a quarter of a second, so single runs are noisy)."""
-    from emunet.data import read_images
+    from emunet.io.data import read_images
     from emunet.device import resolve_precision
-    from emunet.predict import load_models, predict_volume
+    from emunet.infer.predict import load_models, predict_volume
 
     import torch
 

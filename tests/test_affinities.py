@@ -11,12 +11,12 @@ import pytest
 import tifffile
 import torch
 
-from emunet.affinities import affinity_loss, affinity_targets, check_offsets, interior_from_affinities, label_cells
-from emunet.challenge import score_segmentation_stack
+from emunet.model.affinities import affinity_loss, affinity_targets, check_offsets, interior_from_affinities, label_cells
+from emunet.score.challenge import score_segmentation_stack
 from emunet.cli import main
 from emunet.errors import ConfigError
-from emunet.model import create_model
-from emunet.segment import merge_small_segments, mutex_watershed, seeded_watershed
+from emunet.model.unet import create_model
+from emunet.infer.segment import merge_small_segments, mutex_watershed, seeded_watershed
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHORT = ((-1, 0), (0, -1), (0, -3))
@@ -161,7 +161,7 @@ def test_cli_affinity_run_predict_segment_and_score(small_isbi, tmp_path, capsys
     assert json.loads((tmp_path / "e.json").read_text())["mean"]["cells_v_rand"] == pytest.approx(report["mean"]["cells_v_rand"])
 
     # the validation fold's slices, segmented, then scored from the written label image
-    from emunet.data import fold_split
+    from emunet.io.data import fold_split
     val = fold_split(10, 1, 0.8)[1]
     images, labels = tifffile.imread(small_isbi["images"]), tifffile.imread(small_isbi["labels"])
     tifffile.imwrite(tmp_path / "val.tif", images[val])
@@ -212,7 +212,7 @@ def test_affinity_model_exports_to_onnx_saying_what_its_channels_are(tmp_path):
     import onnx
 
     from emunet.errors import UsageError
-    from emunet.export import export_onnx
+    from emunet.model.export import export_onnx
 
     model = create_model("unet_cpu", width=4, depth=2, head="affinities", offsets=[[-1, 0], [0, -1], [-5, 0]])
     meta = {p.key: p.value for p in onnx.load(str(export_onnx(model, tmp_path / "a.onnx"))).metadata_props}
@@ -226,8 +226,8 @@ def test_a_cell_leaving_the_output_window_keeps_one_id():
     output window are one cell, because cells are found on the whole input tile."""
     from types import SimpleNamespace
 
-    from emunet.augment import AugmentConfig
-    from emunet.batches import make_batch_fn
+    from emunet.train.augment import AugmentConfig
+    from emunet.train.batches import make_batch_fn
 
     labels = np.zeros((1, 12, 12), np.int64)
     labels[0, 2:11, 3:5] = labels[0, 2:11, 7:9] = labels[0, 10:12, 3:9] = 1  # the bottom row is outside the crop

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from emunet.augment import AugmentConfig, augment_batch, elastic_deform, gaussian_blur, random_affine_grid
+from emunet.train.augment import AugmentConfig, augment_batch, elastic_deform, gaussian_blur, random_affine_grid
 
 OFF = dict(flip=False, rotate90=False, brightness=0.0, elastic_std=0.0)
 

@@ -5,8 +5,8 @@ import shutil
 import pytest
 import torch
 
-from emunet.batches import BatchStream
-from emunet.train import train
+from emunet.train.batches import BatchStream
+from emunet.train.loop import train
 
 from test_train import _cfg, _losses
 
@@ -59,7 +59,7 @@ def _validation_outputs(run_dir):
     import csv
     import json
 
-    from emunet.checkpoint import load_model
+    from emunet.model.checkpoint import load_model
 
     with open(run_dir / "metrics.csv") as f:
         rows = [{k: v for k, v in r.items() if k.startswith("val_") or k in ("step", "loss")} for r in csv.DictReader(f)]
@@ -90,9 +90,9 @@ def test_scores_computed_in_the_background_give_the_same_run(small_isbi, tmp_pat
 
 
 def test_background_scoring_is_refused_under_torchrun():
-    from emunet.distributed import DistContext
+    from emunet.train.distributed import DistContext
     from emunet.errors import ConfigError
-    from emunet.train import _scores_in_background
+    from emunet.train.loop import _scores_in_background
 
     several = DistContext(rank=0, world_size=2, local_rank=0)
     with pytest.raises(ConfigError, match="several processes"):

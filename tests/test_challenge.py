@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from emunet.challenge import score_slice, score_stack, segment_prediction, segment_truth, slice_scores_at
+from emunet.score.challenge import score_slice, score_stack, segment_prediction, segment_truth, slice_scores_at
 
 
 def _two_cells():
@@ -88,7 +88,7 @@ def test_sweep_reports_the_best_threshold():
 
 
 def test_error_overlay_colours_merges_and_splits():
-    from emunet.report import error_overlay
+    from emunet.score.report import error_overlay
 
     label = np.array([[1, 1, 0, 1, 1]] * 4, np.uint8)
     image = np.full(label.shape, 0.5, np.float32)

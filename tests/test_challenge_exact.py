@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from emunet.challenge import THRESHOLDS, score_stack, thin_binary
+from emunet.score.challenge import THRESHOLDS, score_stack, thin_binary
 
 CASES = [
     "1_perfect_thin",
@@ -81,7 +81,7 @@ def test_a_slice_with_no_interior_is_one_segment():
 
 
 def test_the_compiled_flood_equals_its_plain_python_loops(rng):
-    from emunet import challenge
+    from emunet.score import challenge
 
     interior = ndimage_interior(rng)
     compiled = challenge.thin_binary(interior)

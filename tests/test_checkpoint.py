@@ -3,9 +3,9 @@ import os
 import pytest
 import torch
 
-from emunet.checkpoint import CheckpointError, load_into, load_model, load_state, save_weights
-from emunet.files import atomic_write_bytes
-from emunet.model import create_model
+from emunet.model.checkpoint import CheckpointError, load_into, load_model, load_state, save_weights
+from emunet.io.files import atomic_write_bytes
+from emunet.model.unet import create_model
 
 
 class _Payload:

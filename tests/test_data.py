@@ -5,7 +5,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from emunet.data import DataError, TileSampler, load_labelled, read_images, read_labels
+from emunet.io.data import DataError, TileSampler, load_labelled, read_images, read_labels
 
 
 def _png(path, array):
@@ -147,7 +147,7 @@ def test_image_smaller_than_minimum(tmp_path):
 def test_tile_sampler_aligns_images_and_labels(tmp_path):
     import torch
 
-    from emunet.data import Volume
+    from emunet.io.data import Volume
 
     images = np.random.default_rng(1).random((3, 40, 50)).astype(np.float32)
     labels = (images > 0.5).astype(np.uint8)
@@ -158,7 +158,7 @@ def test_tile_sampler_aligns_images_and_labels(tmp_path):
 
 
 def test_planes_are_neighbouring_sections_mirrored_at_the_stack_ends(tmp_path):
-    from emunet.data import Volume
+    from emunet.io.data import Volume
 
     stack = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 3, 4), np.float32)
     vol = Volume(stack, list("abcde"), tmp_path)
@@ -177,7 +177,7 @@ def test_planes_are_neighbouring_sections_mirrored_at_the_stack_ends(tmp_path):
 def test_tile_sampler_with_context_stacks_the_neighbouring_sections(tmp_path):
     import torch
 
-    from emunet.data import Volume
+    from emunet.io.data import Volume
 
     base = np.random.default_rng(2).random((40, 50)).astype(np.float32)
     stack = np.stack([base + 10 * z for z in range(5)])  # section z is the base pattern + 10 z
@@ -216,7 +216,7 @@ def test_inverted_masks_are_warned_about(tmp_path, caplog):
 
 def test_one_valued_masks_are_refused_for_training(tmp_path):
     from emunet.config import load_config
-    from emunet.train import load_split
+    from emunet.train.loop import load_split
 
     images = np.zeros((5, 16, 16), np.uint8)
     tifffile.imwrite(tmp_path / "i.tif", images)

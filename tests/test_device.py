@@ -114,7 +114,7 @@ def test_mps_trains_and_predicts(small_isbi, tmp_path):
 
 def test_adam_falls_back_where_the_fused_kernel_is_missing(monkeypatch):
     """MPS lacks fused Adam on some PyTorch versions: the optimiser is then the plain one, not a crash."""
-    from emunet.train import make_adam
+    from emunet.train.loop import make_adam
 
     real = torch.optim.Adam
 
@@ -134,9 +134,9 @@ def test_adam_falls_back_where_the_fused_kernel_is_missing(monkeypatch):
 
 def test_batches_pin_memory_only_for_cuda(small_isbi):
     """Pinned memory is a CUDA feature: CPU and MPS batches are plain tensors."""
-    from emunet.augment import AugmentConfig
-    from emunet.batches import make_batch_fn
-    from emunet.data import TileSampler, load_labelled
+    from emunet.train.augment import AugmentConfig
+    from emunet.train.batches import make_batch_fn
+    from emunet.io.data import TileSampler, load_labelled
 
     vol = load_labelled(small_isbi["images"], small_isbi["labels"])
     sampler = TileSampler(vol, 48, 48, torch.Generator().manual_seed(0))

@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from emunet.checkpoint import list_checkpoints, load_state
+from emunet.model.checkpoint import list_checkpoints, load_state
 
 # No batch norm: per-rank batch statistics would differ from one process's by design.
 TINY = ["model.preset=unet_cpu", "model.width=4", "model.depth=2", "model.norm=none", "train.tile=32",

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from emunet.checkpoint import save_weights
+from emunet.model.checkpoint import save_weights
 from emunet.cli import main
-from emunet.model import create_model
+from emunet.model.unet import create_model
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -21,7 +21,7 @@ def _run(path, x):
     [("unet_medical", {"width": 4}, [(1, 572, 572), (2, 188, 204)]), ("unet_cpu", {}, [(1, 256, 256), (3, 96, 160)])],
 )
 def test_onnx_matches_pytorch(tmp_path, preset, overrides, sizes):
-    from emunet.export import export_onnx
+    from emunet.model.export import export_onnx
 
     torch.manual_seed(0)
     model = create_model(preset, **overrides).eval()
@@ -48,8 +48,8 @@ def test_cli_export_with_softmax(tmp_path, capsys):
 
 def test_onnx_session_drives_the_overlap_tile_prediction(tmp_path):
     """The README's recipe: ONNX Runtime as the model inside predict_image."""
-    from emunet.export import export_onnx
-    from emunet.tiling import predict_image
+    from emunet.model.export import export_onnx
+    from emunet.infer.tiling import predict_image
 
     torch.manual_seed(0)
     model = create_model("unet_cpu", width=4).eval()

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from emunet.checkpoint import list_checkpoints, load_state
+from emunet.model.checkpoint import list_checkpoints, load_state
 from emunet.cli import main
 
 TINY = ["model.preset=unet_cpu", "model.width=4", "model.depth=2", "train.tile=32", "train.batch_size=2",
@@ -110,7 +110,7 @@ def test_ctrl_c_mid_step_resumes_bit_identical(small_isbi, tmp_path):
 
 
 def test_non_finite_loss_stops_with_a_clear_message(small_isbi, tmp_path, monkeypatch, capsys):
-    import emunet.train as train_module
+    import emunet.train.loop as train_module
 
     real = train_module.segmentation_loss
     calls = {"n": 0}
@@ -141,8 +141,8 @@ def test_unwritable_output_fails_before_training(small_isbi, tmp_path, capsys):
 def test_images_smaller_than_the_network_input_are_mirror_padded(tmp_path, size):
     import numpy as np
 
-    from emunet.model import create_model
-    from emunet.tiling import predict_image
+    from emunet.model.unet import create_model
+    from emunet.infer.tiling import predict_image
 
     model = create_model("unet_medical", width=2).eval()
     prob = predict_image(model, np.random.default_rng(0).random(size, dtype=np.float32), tile=388)

@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from emunet.config import ConfigError, load_config
-from emunet.data import DataError, read_images, read_labels
-from emunet.checkpoint import CheckpointError
-from emunet.ms_checkpoint import read_mindspore_checkpoint
+from emunet.io.data import DataError, read_images, read_labels
+from emunet.model.checkpoint import CheckpointError
+from emunet.model.ms_checkpoint import read_mindspore_checkpoint
 
 # A few hundred cases in the suite; a longer run by hand: EMUNET_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py
 FAST = settings(max_examples=int(os.environ.get("EMUNET_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

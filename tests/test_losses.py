@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from emunet.config import ConfigError, load_config
-from emunet.losses import membrane_skeleton, segmentation_loss, skeleton_recall_loss, soft_dice_loss
+from emunet.train.losses import membrane_skeleton, segmentation_loss, skeleton_recall_loss, soft_dice_loss
 
 
 def _example():

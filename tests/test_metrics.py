@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from emunet.metrics import lab_dice, membrane_dice, membrane_iou, pixel_error
+from emunet.score.metrics import lab_dice, membrane_dice, membrane_iou, pixel_error
 
 
 def test_lab_dice_on_a_hand_made_example():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from emunet.checkpoint import CheckpointError, load_model
+from emunet.model.checkpoint import CheckpointError, load_model
 from emunet.cli import main
-from emunet.checkpoint import import_mindspore
-from emunet.ms_checkpoint import read_mindspore_checkpoint
+from emunet.model.checkpoint import import_mindspore
+from emunet.model.ms_checkpoint import read_mindspore_checkpoint
 
 MS = Path(__file__).resolve().parents[2] / "shared" / "data" / "mindspore-unet"
 CKPT = MS / "unet_medical_w4.ckpt"

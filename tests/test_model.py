@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from emunet.model import PRESETS, UNet, UNetConfig, center_crop, count_parameters, create_model
+from emunet.model.unet import PRESETS, UNet, UNetConfig, center_crop, count_parameters, create_model
 
 
 def test_lab_preset_has_the_labs_parameter_count():

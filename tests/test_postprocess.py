@@ -5,8 +5,8 @@ import pytest
 from scipy import ndimage
 
 from emunet.config import ConfigError, load_config
-from emunet.challenge import FOUR_CONNECTED
-from emunet.postprocess import close_gaps_in_place, smooth_in_place
+from emunet.score.challenge import FOUR_CONNECTED
+from emunet.infer.postprocess import close_gaps_in_place, smooth_in_place
 
 
 @pytest.mark.parametrize("shape, chunk", [((37, 53), 8), ((64, 64), 1024), ((5, 300), 7)])

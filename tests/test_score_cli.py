@@ -31,7 +31,7 @@ def test_score_picks_the_folds_slices_from_the_full_label_stack(scoring_dir, isb
 
 
 def test_score_a_label_image(tmp_path, capsys):
-    from emunet.challenge import segment_truth
+    from emunet.score.challenge import segment_truth
 
     label = np.full((40, 40), 255, np.uint8)
     label[:, 19:21] = 0  # two cells

@@ -1,6 +1,6 @@
 import pytest
 
-from emunet.data import DataError, fold_split
+from emunet.io.data import DataError, fold_split
 
 # The lab's folds for the 30 ISBI slices: np.random.seed(0); shuffle; deque.rotate(6 * k).
 EXPECTED_VALIDATION = {

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from emunet.model import create_model
-from emunet.tiling import plan_tiles, predict_image
+from emunet.model.unet import create_model
+from emunet.infer.tiling import plan_tiles, predict_image
 
 
 def _whole_image(model, image):
@@ -71,7 +71,7 @@ def test_batches_bound_the_tiles_in_flight(valid_net, rng, monkeypatch):
 
 
 def test_test_time_augmentation_is_equivariant(valid_net, rng):
-    from emunet.tiling import predict_image_tta
+    from emunet.infer.tiling import predict_image_tta
 
     image = rng.random((40, 56), dtype=np.float32)
     prob = predict_image_tta(valid_net, image, tile=36)
@@ -86,8 +86,8 @@ def test_an_ensemble_predicts_the_mean_of_its_models(rng, tta):
     from pathlib import Path
 
     from emunet.config import PredictConfig
-    from emunet.data import Volume
-    from emunet.predict import predict_volume
+    from emunet.io.data import Volume
+    from emunet.infer.predict import predict_volume
 
     models = []
     for seed in (1, 2, 3):
@@ -108,9 +108,9 @@ def test_predict_volume_closes_gaps_after_the_blur(rng):
     from pathlib import Path
 
     from emunet.config import PredictConfig
-    from emunet.data import Volume
-    from emunet.predict import predict_volume
-    from emunet.postprocess import close_gaps_in_place
+    from emunet.io.data import Volume
+    from emunet.infer.predict import predict_volume
+    from emunet.infer.postprocess import close_gaps_in_place
 
     torch.manual_seed(0)
     net = create_model("unet_cpu", width=4, depth=2).eval()
@@ -127,10 +127,10 @@ def test_a_2_5d_model_takes_the_sections_as_channels(rng):
     from pathlib import Path
 
     from emunet.config import PredictConfig
-    from emunet.data import Volume
-    from emunet.predict import predict_volume
-    from emunet.predict import model_context
-    from emunet.tiling import predict_image_tta
+    from emunet.io.data import Volume
+    from emunet.infer.predict import predict_volume
+    from emunet.infer.predict import model_context
+    from emunet.infer.tiling import predict_image_tta
 
     torch.manual_seed(0)
     net = create_model("unet_cpu", width=4, depth=2, in_channels=3).eval()

@@ -11,10 +11,10 @@ import pytest
 import tifffile
 import torch
 
-from emunet.checkpoint import list_checkpoints
+from emunet.model.checkpoint import list_checkpoints
 from emunet.cli import main
 from emunet.config import load_config
-from emunet.train import train
+from emunet.train.loop import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = ["model.preset=unet_cpu", "model.width=4", "model.depth=2", "train.tile=32", "train.batch_size=2",
@@ -51,7 +51,7 @@ def test_resume_replays_an_uninterrupted_run_exactly(small_isbi, tmp_path, sched
     final_b = torch.load(resumed / "checkpoints" / "step_000006.pt", weights_only=True)["model"]
     for name in final_a:
         torch.testing.assert_close(final_a[name], final_b[name], rtol=0, atol=0)
-    from emunet.checkpoint import load_model
+    from emunet.model.checkpoint import load_model
 
     weights_a, _ = load_model(whole / "last.safetensors")
     weights_b, _ = load_model(resumed / "last.safetensors")
@@ -166,7 +166,7 @@ def test_every_logged_row_has_training_seconds(small_isbi, tmp_path):
 
 
 def test_training_seconds_count_every_step_and_leave_validation_out(small_isbi, tmp_path):
-    from emunet.runlog import RunLog
+    from emunet.train.runlog import RunLog
 
     log = RunLog(tmp_path, enabled=False)
     for step in range(1, 5):
@@ -194,7 +194,7 @@ def test_skeleton_weight_trains_and_changes_the_loss(small_isbi, tmp_path):
 
 @pytest.mark.slow
 def test_context_trains_a_2_5d_model_that_evaluate_and_predict_use(small_isbi, tmp_path, capsys):
-    from emunet.checkpoint import load_model
+    from emunet.model.checkpoint import load_model
 
     out = tmp_path / "ctx"
     train(_cfg(small_isbi, out, "train.steps=3", "train.val_every=0", "data.context=1"), progress=False)
@@ -208,8 +208,8 @@ def test_context_trains_a_2_5d_model_that_evaluate_and_predict_use(small_isbi, t
     for bad in ("-1", "9"):
         assert main(["train", f"data.context={bad}", f"out_dir={tmp_path / 'o'}"]) == 2
         assert "data.context must be 0..8" in capsys.readouterr().err
-    from emunet.checkpoint import save_weights
-    from emunet.model import create_model
+    from emunet.model.checkpoint import save_weights
+    from emunet.model.unet import create_model
 
     odd = create_model("unet_cpu", width=4, depth=2, in_channels=2)
     save_weights(tmp_path / "two.safetensors", odd, odd.cfg, {})
@@ -239,11 +239,11 @@ def test_validation_log_keeps_per_slice_scores_and_follows_a_resume(small_isbi, 
 @pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.slow)])  # bf16 is emulated on most CPUs
 def test_run_reads_the_training_data_once_and_reports_what_evaluate_gives(small_isbi, tmp_path, monkeypatch, capsys,
                                                                           precision):
-    import emunet.data
+    import emunet.io.data
 
     reads: list[str] = []
-    real_read = emunet.data._read_file
-    monkeypatch.setattr(emunet.data, "_read_file", lambda path, *rest: reads.append(str(path)) or real_read(path, *rest))
+    real_read = emunet.io.data._read_file
+    monkeypatch.setattr(emunet.io.data, "_read_file", lambda path, *rest: reads.append(str(path)) or real_read(path, *rest))
     out = tmp_path / "run"
     args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
             f"data.test_images={small_isbi['test']}", *TINY, "train.steps=4", "train.val_every=2",
@@ -356,7 +356,7 @@ def test_probability_stacks_are_imagej_stacks_with_the_inputs_calibration(tiny_r
 
 
 def test_checkpoints_record_how_the_training_images_were_scaled(small_isbi, tmp_path, capsys):
-    from emunet.predict import load_models
+    from emunet.infer.predict import load_models
 
     images16 = tmp_path / "twelve-bit.tif"
     tifffile.imwrite(images16, tifffile.imread(small_isbi["images"]).astype(np.uint16) * 16)  # 0..4080: 12-bit

@@ -16,7 +16,7 @@ import zarr
 
 from emunet.cli import main
 from emunet.errors import DataError
-from emunet.volumes import open_volume
+from emunet.io.volumes import open_volume
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +29,9 @@ def tiny_model(tmp_path_factory) -> Path:
     """A small untrained network with the CPU preset's shape: its weights are what matters here."""
     import torch
 
-    from emunet.checkpoint import save_weights
+    from emunet.model.checkpoint import save_weights
     from emunet.config import config_to_dict, load_config
-    from emunet.model import create_model
+    from emunet.model.unet import create_model
 
     torch.manual_seed(0)
     model = create_model("unet_cpu", width=4, depth=2).eval()
@@ -106,10 +106,10 @@ def test_channels_and_time_need_a_choice_and_axes_must_fit(stack, tmp_path):
 
 @pytest.mark.slow
 def test_blockwise_prediction_equals_whole_sections_at_block_edges_too(tiny_model, isbi_dir, tmp_path):
-    from emunet.blockwise import predict_to_ome_zarr
+    from emunet.infer.blockwise import predict_to_ome_zarr
     from emunet.config import PredictConfig
-    from emunet.data import read_images
-    from emunet.predict import load_models, predict_volume
+    from emunet.io.data import read_images
+    from emunet.infer.predict import load_models, predict_volume
 
     tiles = tifffile.imread(isbi_dir / "train-volume.tif")[:2]
     big = np.tile(tiles, (1, 3, 3))[:, :1100, :1090]  # 2 x 1100 x 1090: more than one closing window
@@ -136,11 +136,11 @@ def test_a_valid_padded_network_predicts_blockwise_as_it_predicts_whole_sections
     block, read from its neighbours."""
     import torch
 
-    from emunet.blockwise import Block, predict_block
+    from emunet.infer.blockwise import Block, predict_block
     from emunet.config import PredictConfig
-    from emunet.model import create_model
-    from emunet.pixels import Intensity
-    from emunet.tiling import predict_image
+    from emunet.model.unet import create_model
+    from emunet.io.pixels import Intensity
+    from emunet.infer.tiling import predict_image
 
     torch.manual_seed(0)
     model = create_model("unet_medical", width=4, depth=2).eval()
@@ -210,7 +210,7 @@ def test_a_killed_prediction_rerun_continues_and_ends_as_an_undisturbed_one(tiny
 def test_a_distributed_run_on_two_worker_processes_gives_the_same_output(tiny_model, stack, tmp_path):
     from distributed import LocalCluster
 
-    from emunet.blockwise import predict_to_ome_zarr
+    from emunet.infer.blockwise import predict_to_ome_zarr
     from emunet.config import PredictConfig
 
     zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=stack.shape, chunks=(1, 128, 128), dtype=stack.dtype,
@@ -254,9 +254,9 @@ def test_training_on_a_zarr_volume_reads_tiles_from_disk_and_trains_as_on_the_st
                                                                                             monkeypatch):
     import csv
 
-    import emunet.data
+    import emunet.io.data
 
-    from emunet.train import train
+    from emunet.train.loop import train
     from test_train import _cfg, TINY
 
     images = tifffile.imread(isbi_dir / "train-volume.tif")[:10, :256, :256]
@@ -271,8 +271,8 @@ def test_training_on_a_zarr_volume_reads_tiles_from_disk_and_trains_as_on_the_st
     in_memory = train(_cfg(paths, tmp_path / "mem", *extra), progress=False)
     lazy_paths = {"images": tmp_path / "i.zarr", "labels": tmp_path / "l.zarr", "test": tmp_path / "i.tif"}
     drawn = []
-    real = emunet.data.VolumeTileSampler.sample
-    monkeypatch.setattr(emunet.data.VolumeTileSampler, "sample", lambda self, n: drawn.append(n) or real(self, n))
+    real = emunet.io.data.VolumeTileSampler.sample
+    monkeypatch.setattr(emunet.io.data.VolumeTileSampler, "sample", lambda self, n: drawn.append(n) or real(self, n))
     lazy = train(_cfg(lazy_paths, tmp_path / "lazy", *extra), progress=False)
 
     def losses(run):

@@ -11,7 +11,7 @@ __all__ = ["Segmenter", "__version__"]
 def __getattr__(name: str):
     # Imported on first use, so `unet --help` does not wait for torch.
     if name == "Segmenter":
-        from .predict import Segmenter
+        from .infer.predict import Segmenter
 
         return Segmenter
     raise AttributeError(f"module 'emunet' has no attribute {name!r}")

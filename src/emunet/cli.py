@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args):
     """Settings from -c and KEY=VALUE; a resumed run without -c takes its own config.yaml (a
     run stopped before it started has none: then the defaults and KEY=VALUE)."""
-    from . import storage
+    from .io import storage
     from .config import load_config
     from .errors import UsageError
 
@@ -257,7 +257,7 @@ def _with_inference_flags(cfg, args):
 
 def _load_for_inference(args):
     from .device import choose_precision, resolve_device
-    from .predict import load_models
+    from .infer.predict import load_models
 
     device = resolve_device(args.device)
     precision = choose_precision(args.precision, device)
@@ -269,11 +269,11 @@ def _load_for_inference(args):
 
 
 def cmd_evaluate(args) -> int:
-    from .data import fold_split, load_labelled
+    from .io.data import fold_split, load_labelled
     from .errors import UsageError
-    from .evaluate import format_table, score_prediction, write_eval_json
-    from .predict import predict_stack
-    from .storage import is_url, staged_output
+    from .score.evaluate import format_table, score_prediction, write_eval_json
+    from .infer.predict import predict_stack
+    from .io.storage import is_url, staged_output
 
     loaded, precision = _load_for_inference(args)
     cfg = loaded.config
@@ -316,7 +316,7 @@ def cmd_evaluate(args) -> int:
 
 def _print_segmented(segmented, shown_as: dict[str, str] | None = None) -> None:
     """What was written, each output named as the user gave it (a URL, not its local staging)."""
-    from .storage import shown
+    from .io.storage import shown
 
     for line in segmented.written:
         for local, given in (shown_as or {}).items():
@@ -328,8 +328,8 @@ def _print_segmented(segmented, shown_as: dict[str, str] | None = None) -> None:
 
 def cmd_predict(args) -> int:
     from .errors import DataError
-    from .predict import segment_file
-    from .storage import staged_output
+    from .infer.predict import segment_file
+    from .io.storage import staged_output
 
     loaded, precision = _load_for_inference(args)
     channel = args.channel if args.channel is not None else loaded.config.data.channel
@@ -369,9 +369,9 @@ def _cells_path(args):
 
 
 def _predict_blockwise(args, loaded, precision: str, channel: int | None) -> int:
-    from .blockwise import predict_to_ome_zarr
+    from .infer.blockwise import predict_to_ome_zarr
     from .errors import UsageError
-    from .storage import is_url
+    from .io.storage import is_url
 
     if args.masks or args.overlays or is_url(args.output):
         raise UsageError(f"{args.output}: an OME-Zarr output is written to a local folder, without --masks or --overlays")
@@ -408,12 +408,12 @@ def _slice_list(spec: str) -> list[int]:
 
 
 def cmd_score(args) -> int:
-    from .challenge import score_segmentation_stack, score_stack
-    from .data import fold_split, read_labels
+    from .score.challenge import score_segmentation_stack, score_stack
+    from .io.data import fold_split, read_labels
     from .errors import DataError, UsageError
-    from .evaluate import format_sweep, pick_slices, read_maps
-    from .files import write_json
-    from .storage import staged_output
+    from .score.evaluate import format_sweep, pick_slices, read_maps
+    from .io.files import write_json
+    from .io.storage import staged_output
 
     if args.slices and args.fold is not None:
         raise UsageError("--slices and --fold both choose slices; give one")
@@ -443,8 +443,8 @@ def cmd_score(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .storage import is_url
-    from .train import train
+    from .io.storage import is_url
+    from .train.loop import train
 
     cfg = _config(args)
     trained = train(cfg, resume=_resuming(args), progress=not args.quiet, overwrite=args.overwrite)
@@ -462,8 +462,8 @@ def _single_process(command: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from .storage import is_url, mirrored_run
-    from .train import RUN_FILES
+    from .io.storage import is_url, mirrored_run
+    from .train.loop import RUN_FILES
 
     _single_process("run")
     cfg = _config(args)
@@ -475,11 +475,11 @@ def cmd_run(args) -> int:
 
 
 def _run_in(cfg, out: Path, args) -> None:
-    from .crossval import train_fold
-    from .storage import shown
-    from .evaluate import format_table, write_eval_json
-    from .predict import segment_file
-    from .report import write_report
+    from .jobs import train_fold
+    from .io.storage import shown
+    from .score.evaluate import format_table, write_eval_json
+    from .infer.predict import segment_file
+    from .score.report import write_report
 
     start = time.perf_counter()
     fold, trained = train_fold(cfg, resume=_resuming(args), progress=not args.quiet, overwrite=args.overwrite)
@@ -501,9 +501,9 @@ def _run_in(cfg, out: Path, args) -> None:
 
 
 def cmd_cv(args) -> int:
-    from .crossval import cv_files
+    from .jobs import cv_files
     from .errors import UsageError
-    from .storage import is_url, mirrored_run
+    from .io.storage import is_url, mirrored_run
 
     _single_process("cv")
     cfg = _config(args)
@@ -521,9 +521,9 @@ def cmd_cv(args) -> int:
 
 
 def _cv_in(cfg, folds: list[int], out: Path, args) -> None:
-    from .crossval import cross_validate
-    from .storage import shown
-    from .predict import segment_file
+    from .jobs import cross_validate
+    from .io.storage import shown
+    from .infer.predict import segment_file
 
     trained, results, report = cross_validate(cfg, folds, progress=not args.quiet, overwrite=args.overwrite)
     for r in results:
@@ -541,9 +541,9 @@ def _cv_in(cfg, folds: list[int], out: Path, args) -> None:
 
 
 def cmd_import_mindspore(args) -> int:
-    from .checkpoint import import_mindspore, save_weights
+    from .model.checkpoint import import_mindspore, save_weights
     from .errors import UsageError
-    from .storage import staged_output
+    from .io.storage import staged_output
 
     if PurePosixPath(str(args.output)).suffix != ".safetensors":
         raise UsageError(f"{args.output}: output must be a .safetensors file")
@@ -558,13 +558,13 @@ def cmd_import_mindspore(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .checkpoint import load_model
+    from .model.checkpoint import load_model
     from .errors import UsageError
-    from .export import export_onnx
-    from .storage import staged_output
+    from .model.export import export_onnx
+    from .io.storage import staged_output
 
     if args.format == "bioimageio":
-        from .bioimageio import export_bioimageio
+        from .model.bioimageio import export_bioimageio
 
         model, meta = load_model(args.checkpoint)
         with staged_output(args.output) as local:
@@ -585,7 +585,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_presets(args) -> int:
-    from .model import PRESETS, count_parameters, create_model
+    from .model.unet import PRESETS, count_parameters, create_model
 
     for name, fn in PRESETS.items():
         model = create_model(name)

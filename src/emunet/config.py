@@ -15,14 +15,86 @@ from typing import Any
 
 import yaml
 
-from .augment import AugmentConfig
 from .errors import ConfigError
-from .model import PRESETS, UNetConfig
-from .segment import SegmentConfig
+from .io.storage import StorageConfig
+from .model.unet import PRESETS, UNetConfig
 
 __all__ = ["ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "PredictConfig", "Config", "load_config", "with_overrides",
-           "dump_config"]
+           "dump_config", "AugmentConfig", "SegmentConfig"]
 
+
+@dataclass
+class AugmentConfig:
+    """Args:
+    flip: random horizontal and vertical flips.
+    rotate90: random 0/90/180/270-degree turns.
+    brightness: add a uniform shift in [-b, b] to each image (images are in [0, 1]); 0 disables.
+    elastic_std: std in pixels of the coarse grid's displacements; 0 disables.
+    elastic_grid: points per side of the coarse grid (3 in the paper).
+    elastic_prob: share of samples that are deformed.
+    rotate: turn each sample by a uniform random angle in [-rotate, rotate] degrees (on top of
+        the 90-degree turns; oblique membranes at every angle); 0 disables.
+    scale: zoom each sample by a factor drawn log-uniformly in [1/(1+scale), 1+scale]; 0 disables.
+    blur: Gaussian blur of each image with a sigma drawn uniformly in [0, blur] px (an oblique
+        membrane is a blurred one); 0 disables.
+    contrast: scale each image's deviations from its mean by a factor drawn uniformly in
+        [1 - contrast, 1 + contrast]; 0 disables.
+    """
+
+    flip: bool = True
+    rotate90: bool = True
+    brightness: float = 0.2
+    elastic_std: float = 10.0
+    elastic_grid: int = 3
+    elastic_prob: float = 1.0
+    rotate: float = 0.0
+    scale: float = 0.0
+    blur: float = 0.0
+    contrast: float = 0.0
+
+    def validate(self) -> None:
+        ConfigError.check([
+            (0.0 <= self.brightness <= 1.0, f"augment.brightness must be 0..1, got {self.brightness}"),
+            (self.elastic_std >= 0.0, f"augment.elastic_std must be >= 0 px, got {self.elastic_std}"),
+            (self.elastic_grid >= 2, f"augment.elastic_grid must be at least 2 points per side, got {self.elastic_grid}"),
+            (0.0 <= self.elastic_prob <= 1.0, f"augment.elastic_prob must be 0..1, got {self.elastic_prob}"),
+            (0.0 <= self.rotate <= 180.0, f"augment.rotate must be 0..180 degrees, got {self.rotate}"),
+            (0.0 <= self.scale <= 1.0, f"augment.scale must be 0..1 (zoom up to 1 + scale), got {self.scale}"),
+            (0.0 <= self.blur <= 10.0, f"augment.blur must be 0..10 px (the largest blur sigma), got {self.blur}"),
+            (0.0 <= self.contrast < 1.0, f"augment.contrast must be in [0, 1), got {self.contrast}"),
+        ])
+
+
+@dataclass
+class SegmentConfig:
+    """How predictions become cells (``unet predict --segment``, and the segmentation scores of
+    validation, ``evaluate`` and ``cv``).
+
+    Args:
+        bias: the affinity at which a nearest-neighbour edge turns from 'apart' to 'together'
+            in the mutex watershed.
+        long_range_bias: the same for the longer-range edges; above ``bias`` it favours
+            splitting (a long-range edge is trusted to join two pixels only when sure).
+        seed_threshold: the membrane head's seeds: connected regions of the interior map above it
+            (0.8 scored best of 0.5-0.95 on folds 0, 2, 3 and 4).
+        min_size: segments of fewer pixels are merged into their neighbours (0 = keep all).
+
+    The defaults scored best on folds 0, 2, 3 and 4 (bias and long_range_bias 0.3-0.6, min_size
+    20-100; seed_threshold 0.5-0.95): docs/affinities.md.
+    """
+
+    bias: float = 0.5
+    long_range_bias: float = 0.5
+    seed_threshold: float = 0.8
+    min_size: int = 50
+
+    def validate(self) -> None:
+        ConfigError.check([
+            (0.0 < self.bias < 1.0, f"segment.bias must be in (0, 1), got {self.bias}"),
+            (0.0 < self.long_range_bias < 1.0, f"segment.long_range_bias must be in (0, 1), got {self.long_range_bias}"),
+            (0.0 < self.seed_threshold < 1.0, f"segment.seed_threshold must be in (0, 1), got {self.seed_threshold}"),
+            (self.min_size >= 0, f"segment.min_size must be >= 0 pixels, got {self.min_size}"),
+        ])
 
 
 @dataclass
@@ -240,31 +312,6 @@ class PredictConfig:
         ]
         ConfigError.check(checks)
         return self
-
-
-@dataclass
-class StorageConfig:
-    """Args:
-    endpoint_url: an S3-compatible store's endpoint (OBS, MinIO, ...); unset: AWS_ENDPOINT_URL,
-        else AWS itself.
-    region: the store's region; unset: AWS_REGION / the profile's.
-    cache: local folder for inputs copied from a store and for runs being uploaded to one;
-        unset: $EMUNET_CACHE, else ~/.cache/emunet.
-    retry_s: how long, at the end of a command, uploads to a store that went away are retried
-        before the command fails (naming the local copy, which keeps everything).
-    """
-
-    endpoint_url: str | None = None
-    region: str | None = None
-    cache: str | None = None
-    retry_s: float = 300.0
-
-    def validate(self) -> None:
-        ConfigError.check([
-            (self.endpoint_url is None or self.endpoint_url.startswith(("http://", "https://")),
-             f"storage.endpoint_url must be an http:// or https:// URL, got {self.endpoint_url!r}"),
-            (0 <= self.retry_s < math.inf, "storage.retry_s must be a number of seconds >= 0"),
-        ])
 
 
 @dataclass

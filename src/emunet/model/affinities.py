@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["DEFAULT_OFFSETS", "check_offsets", "label_cells", "affinity_targets", "affinity_loss", "interior_from_affinities"]
 

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import PredictConfig
-from .errors import DataError, UsageError
+from ..config import PredictConfig
+from ..errors import DataError, UsageError
 from .postprocess import CLOSE_GAPS_MARGIN, CLOSE_GAPS_WINDOW, smooth_in_place, wall_levels
 
 __all__ = ["Block", "plan_blocks", "predict_block", "predict_to_ome_zarr", "BlockwiseResult"]
@@ -129,9 +129,9 @@ _loading = threading.Lock()
 
 def _models_and_volume(checkpoints: tuple[str, ...], device: str, source: str, channel: int | None, axes: str | None):
     """The models (loaded once per worker process) and the opened input, scaled as they were trained."""
-    from .device import resolve_device
+    from ..device import resolve_device
     from .predict import load_models
-    from .volumes import open_volume
+    from ..io.volumes import open_volume
 
     key = (checkpoints, device, source, channel, axes)
     with _loading:
@@ -178,7 +178,7 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
             of a ``dask.distributed`` scheduler (``tcp://host:8786``), whose workers each load
             the models once.
     """
-    from .volumes import create_ome_zarr, open_volume, volume_file, write_pyramid
+    from ..io.volumes import create_ome_zarr, open_volume, volume_file, write_pyramid
 
     if dtype not in ("uint8", "float16", "float32"):
         raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
@@ -209,7 +209,7 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
 def _compute(job: dict, todo: list[Block], scheduler: str | None, workers: int, progress: bool) -> None:
     import dask
 
-    from .progress import progress_bar
+    from ..progress import progress_bar
 
     tasks = [dask.delayed(_run_block, pure=False)(job, b, dask_key_name=f"block-{b.name}") for b in todo]
     bar = progress_bar(len(todo), desc="blocks", unit="block", enabled=progress)

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from .storage import local_copy
-from .errors import CheckpointError
-from .files import atomic_write, atomic_write_bytes
-from .model import UNet, UNetConfig
+from ..io.storage import local_copy
+from ..errors import CheckpointError
+from ..io.files import atomic_write, atomic_write_bytes
+from .unet import UNet, UNetConfig
 from .ms_checkpoint import mindspore_network
 
 __all__ = [

@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .challenge import score_segmentation_stack, score_stack
-from .data import Volume
-from .errors import DataError
-from .files import write_json
+from ..io.data import Volume
+from ..errors import DataError
+from ..io.files import write_json
 from .metrics import SCORE_NAMES, slice_scores
 
 if TYPE_CHECKING:
-    from .predict import Prediction
-    from .segment import SegmentConfig
+    from ..infer.predict import Prediction
+    from ..infer.segment import SegmentConfig
 
 __all__ = ["CHALLENGE_NAMES", "CELL_NAMES", "ScoreReport", "score_probabilities", "score_prediction", "format_table", "write_eval_json", "read_maps",
            "pick_slices", "format_sweep"]
@@ -121,8 +121,8 @@ def read_maps(path: str | Path, segmentation: bool = False) -> tuple[np.ndarray,
     8- and 16-bit maps are read as probabilities scaled by their type's maximum (a 0/255 binary
     map scores the same at every threshold); float maps must already lie in [0, 1].
     """
-    from .data import _read_raw
-    from .storage import local_copy
+    from ..io.data import _read_raw
+    from ..io.storage import local_copy
 
     slices, names, _ = _read_raw(local_copy(path), channels_warning=False)
     if len({s.shape for s in slices}) > 1:

@@ -13,50 +13,17 @@ Segments smaller than ``min_size`` pixels (specks on membranes) are given to the
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import expand_labels, watershed
 
-from .affinities import Offsets
-from .errors import ConfigError
+from ..model.affinities import Offsets
+from ..config import SegmentConfig
 
 __all__ = ["SegmentConfig", "mutex_watershed", "seeded_watershed", "merge_small_segments", "segment_stack"]
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
-
-
-@dataclass
-class SegmentConfig:
-    """How predictions become cells (``unet predict --segment``, and the segmentation scores of
-    validation, ``evaluate`` and ``cv``).
-
-    Args:
-        bias: the affinity at which a nearest-neighbour edge turns from 'apart' to 'together'
-            in the mutex watershed.
-        long_range_bias: the same for the longer-range edges; above ``bias`` it favours
-            splitting (a long-range edge is trusted to join two pixels only when sure).
-        seed_threshold: the membrane head's seeds: connected regions of the interior map above it
-            (0.8 scored best of 0.5-0.95 on folds 0, 2, 3 and 4).
-        min_size: segments of fewer pixels are merged into their neighbours (0 = keep all).
-
-    The defaults scored best on folds 0, 2, 3 and 4 (bias and long_range_bias 0.3-0.6, min_size
-    20-100; seed_threshold 0.5-0.95): docs/affinities.md.
-    """
-
-    bias: float = 0.5
-    long_range_bias: float = 0.5
-    seed_threshold: float = 0.8
-    min_size: int = 50
-
-    def validate(self) -> None:
-        ConfigError.check([
-            (0.0 < self.bias < 1.0, f"segment.bias must be in (0, 1), got {self.bias}"),
-            (0.0 < self.long_range_bias < 1.0, f"segment.long_range_bias must be in (0, 1), got {self.long_range_bias}"),
-            (0.0 < self.seed_threshold < 1.0, f"segment.seed_threshold must be in (0, 1), got {self.seed_threshold}"),
-            (self.min_size >= 0, f"segment.min_size must be >= 0 pixels, got {self.min_size}"),
-        ])
 
 
 def mutex_watershed(affinities: np.ndarray, offsets: Offsets, bias: float = 0.5, long_range_bias: float = 0.5,

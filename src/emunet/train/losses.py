@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-from .challenge import FOUR_CONNECTED
+from ..score.challenge import FOUR_CONNECTED
 
 __all__ = ["soft_dice_loss", "membrane_skeleton", "skeleton_recall_loss", "segmentation_loss"]
 

@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 
 from .challenge import segment_prediction, segment_truth, thin_segments
-from .files import atomic_write_bytes
-from .data import Volume
+from ..io.files import atomic_write_bytes
+from ..io.data import Volume
 from .evaluate import ScoreReport
 
 __all__ = ["FoldResult", "error_overlay", "cells_error_overlay", "cell_colours", "write_report"]

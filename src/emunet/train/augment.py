@@ -11,56 +11,13 @@ and intensity changes that imitate faint, oblique membranes: blur and lower cont
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from ..config import AugmentConfig
 
 __all__ = ["AugmentConfig", "augment_batch", "elastic_deform", "gaussian_blur", "random_affine_grid"]
-
-
-@dataclass
-class AugmentConfig:
-    """Args:
-    flip: random horizontal and vertical flips.
-    rotate90: random 0/90/180/270-degree turns.
-    brightness: add a uniform shift in [-b, b] to each image (images are in [0, 1]); 0 disables.
-    elastic_std: std in pixels of the coarse grid's displacements; 0 disables.
-    elastic_grid: points per side of the coarse grid (3 in the paper).
-    elastic_prob: share of samples that are deformed.
-    rotate: turn each sample by a uniform random angle in [-rotate, rotate] degrees (on top of
-        the 90-degree turns; oblique membranes at every angle); 0 disables.
-    scale: zoom each sample by a factor drawn log-uniformly in [1/(1+scale), 1+scale]; 0 disables.
-    blur: Gaussian blur of each image with a sigma drawn uniformly in [0, blur] px (an oblique
-        membrane is a blurred one); 0 disables.
-    contrast: scale each image's deviations from its mean by a factor drawn uniformly in
-        [1 - contrast, 1 + contrast]; 0 disables.
-    """
-
-    flip: bool = True
-    rotate90: bool = True
-    brightness: float = 0.2
-    elastic_std: float = 10.0
-    elastic_grid: int = 3
-    elastic_prob: float = 1.0
-    rotate: float = 0.0
-    scale: float = 0.0
-    blur: float = 0.0
-    contrast: float = 0.0
-
-    def validate(self) -> None:
-        ConfigError.check([
-            (0.0 <= self.brightness <= 1.0, f"augment.brightness must be 0..1, got {self.brightness}"),
-            (self.elastic_std >= 0.0, f"augment.elastic_std must be >= 0 px, got {self.elastic_std}"),
-            (self.elastic_grid >= 2, f"augment.elastic_grid must be at least 2 points per side, got {self.elastic_grid}"),
-            (0.0 <= self.elastic_prob <= 1.0, f"augment.elastic_prob must be 0..1, got {self.elastic_prob}"),
-            (0.0 <= self.rotate <= 180.0, f"augment.rotate must be 0..180 degrees, got {self.rotate}"),
-            (0.0 <= self.scale <= 1.0, f"augment.scale must be 0..1 (zoom up to 1 + scale), got {self.scale}"),
-            (0.0 <= self.blur <= 10.0, f"augment.blur must be 0..10 px (the largest blur sigma), got {self.blur}"),
-            (0.0 <= self.contrast < 1.0, f"augment.contrast must be in [0, 1), got {self.contrast}"),
-        ])
 
 
 def gaussian_blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:

@@ -15,11 +15,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from .data import mirror_index, to_network_input
-from .device import autocast_for
-from .errors import ConfigError, DataError
-from .model import UNet
-from .progress import progress_bar
+from ..io.data import mirror_index, to_network_input
+from ..device import autocast_for
+from ..errors import ConfigError, DataError
+from ..model.unet import UNet
+from ..progress import progress_bar
 
 __all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_region", "predict_image_tta", "inference_layout"]
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .affinities import DEFAULT_OFFSETS, check_offsets
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["UNetConfig", "UNet", "PRESETS", "register_preset", "create_model", "count_parameters", "init_lab_weights"]
 

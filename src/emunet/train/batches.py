@@ -17,9 +17,9 @@ from typing import Any
 import torch
 
 from .augment import augment_batch
-from .config import AugmentConfig
-from .affinities import label_cells
-from .data import TileSampler, to_network_input
+from ..config import AugmentConfig
+from ..model.affinities import label_cells
+from ..io.data import TileSampler, to_network_input
 
 __all__ = ["Batch", "BatchStream", "make_batch_fn"]
 

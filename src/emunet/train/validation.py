@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import PredictConfig
-from .data import Volume
-from .evaluate import ScoreReport, score_prediction
-from .model import UNet
-from .predict import predict_stack
-from .segment import SegmentConfig
+from ..config import PredictConfig
+from ..io.data import Volume
+from ..score.evaluate import ScoreReport, score_prediction
+from ..model.unet import UNet
+from ..infer.predict import predict_stack
+from ..infer.segment import SegmentConfig
 
 __all__ = ["ScoredValidation", "FoldScorer", "snapshot_of"]
 

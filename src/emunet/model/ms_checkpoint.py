@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError
-from .model import UNetConfig
+from ..errors import CheckpointError
+from .unet import UNetConfig
 
 __all__ = ["read_mindspore_checkpoint", "mindspore_network", "OPTIMISER_PREFIXES"]
 

@@ -18,17 +18,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .affinities import Offsets, interior_from_affinities
-from .checkpoint import load_model
-from .config import Config, PredictConfig, config_from_dict
-from .data import Intensity, Volume, read_each, read_images, scaling_for
-from .errors import CheckpointError, DataError, ImageSizesDiffer
-from .files import atomic_write, atomic_write_bytes, check_writable
-from .model import UNet
+from ..model.affinities import Offsets, interior_from_affinities
+from ..model.checkpoint import load_model
+from ..config import Config, PredictConfig, config_from_dict
+from ..io.data import Intensity, Volume, read_each, read_images, scaling_for
+from ..errors import CheckpointError, DataError, ImageSizesDiffer
+from ..io.files import atomic_write, atomic_write_bytes, check_writable
+from ..model.unet import UNet
 from .postprocess import close_gaps_in_place, smooth_in_place
-from .progress import progress_bar
+from ..progress import progress_bar
 from .segment import SegmentConfig, segment_stack
-from .storage import is_url
+from ..io.storage import is_url
 from .tiling import predict_image, predict_image_tta
 
 __all__ = [
@@ -202,8 +202,8 @@ class Segmenter:
 
     def __init__(self, checkpoints: str | Path | Sequence[str | Path], device: str = "auto", precision: str = "auto",
                  **overrides: Any) -> None:
-        from .config import with_overrides
-        from .device import resolve_device, resolve_precision
+        from ..config import with_overrides
+        from ..device import resolve_device, resolve_precision
 
         paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
         self.device = resolve_device(device)
@@ -339,7 +339,7 @@ def _write_cells_zarr(path: Path, cells: np.ndarray, calibration) -> None:
     """An OME-Zarr label image written beside and renamed into place, so a reader never sees half."""
     import shutil
 
-    from .volumes import create_ome_zarr
+    from ..io.volumes import create_ome_zarr
 
     if path.exists():
         raise DataError(f"{path}: exists; choose another path for the cells or remove it")

@@ -16,19 +16,20 @@ config, log or report.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 import os
 import shutil
 import threading
 import time
 import logging
+from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .config import StorageConfig
-from .errors import StorageError
+from ..errors import ConfigError, StorageError
 
 log = logging.getLogger("emunet")
 
@@ -38,6 +39,31 @@ __all__ = ["shown", "mirrored_run", "configure", "is_url", "local_copy", "exists
 # The package that gives fsspec each protocol, for the error when it is missing.
 PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs",
             "http": "aiohttp", "https": "aiohttp"}
+
+
+@dataclass
+class StorageConfig:
+    """Args:
+    endpoint_url: an S3-compatible store's endpoint (OBS, MinIO, ...); unset: AWS_ENDPOINT_URL,
+        else AWS itself.
+    region: the store's region; unset: AWS_REGION / the profile's.
+    cache: local folder for inputs copied from a store and for runs being uploaded to one;
+        unset: $EMUNET_CACHE, else ~/.cache/emunet.
+    retry_s: how long, at the end of a command, uploads to a store that went away are retried
+        before the command fails (naming the local copy, which keeps everything).
+    """
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    cache: str | None = None
+    retry_s: float = 300.0
+
+    def validate(self) -> None:
+        ConfigError.check([
+            (self.endpoint_url is None or self.endpoint_url.startswith(("http://", "https://")),
+             f"storage.endpoint_url must be an http:// or https:// URL, got {self.endpoint_url!r}"),
+            (0 <= self.retry_s < math.inf, "storage.retry_s must be a number of seconds >= 0"),
+        ])
 
 
 _settings = StorageConfig()
@@ -227,7 +253,7 @@ def mirrored_run(out_dir: str, resume: bool, overwrite: bool, run_files: tuple[s
     if not is_url(url) or not enabled or any(url == p or url.startswith(p + "/") for p in _active):
         yield local_folder(out_dir)
         return
-    from .errors import UsageError
+    from ..errors import UsageError
 
     check_store(url)
     local = local_folder(url)

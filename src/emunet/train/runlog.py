@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .evaluate import CELL_NAMES, CHALLENGE_NAMES, ScoreReport
-from .files import atomic_write_bytes
-from .metrics import SCORE_NAMES
+from ..score.evaluate import CELL_NAMES, CHALLENGE_NAMES, ScoreReport
+from ..io.files import atomic_write_bytes
+from ..score.metrics import SCORE_NAMES
 
 __all__ = ["CSV_FIELDS", "RunLog"]
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .pixels import Calibration, Intensity, choose_intensity, read_calibration
-from .errors import DataError
+from ..errors import DataError
 
 log = logging.getLogger("emunet")
 

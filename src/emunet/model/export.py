@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UsageError
-from .model import UNet
+from ..errors import UsageError
+from .unet import UNet
 
 __all__ = ["export_onnx"]
 

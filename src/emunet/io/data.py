@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DataError, ImageSizesDiffer
+from ..errors import DataError, ImageSizesDiffer
 from .pixels import Calibration, Intensity, choose_intensity, read_calibration
 from .storage import local_copy
 from .volumes import LazyVolume, is_volume_path, open_volume

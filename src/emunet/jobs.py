@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .evaluate import write_eval_json
-from .files import write_json
-from .report import FoldResult, write_report
-from .storage import local_folder, mirrored_run, shown
-from .train import RUN_FILES, TrainResult, prepare_output, train
+from .score.evaluate import write_eval_json
+from .io.files import write_json
+from .score.report import FoldResult, write_report
+from .io.storage import local_folder, mirrored_run, shown
+from .train.loop import RUN_FILES, TrainResult, prepare_output, train
 
 __all__ = ["train_fold", "cross_validate", "cv_files"]
 

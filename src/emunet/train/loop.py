@@ -19,20 +19,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import distributed, storage
+from . import distributed
+
+from ..io import storage
 from .batches import BatchStream, make_batch_fn
-from .checkpoint import list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
-from .config import Config, config_to_dict, dump_config
-from .data import LazyLabelled, TileSampler, Volume, VolumeTileSampler, fold_split, load_labelled, load_volume_split
-from .volumes import is_volume_path
-from .device import autocast_for, choose_precision
-from .errors import ConfigError, DataError, TrainingError, TrainingInterrupted, UsageError
-from .evaluate import ScoreReport
-from .files import atomic_write_bytes, check_writable
-from .affinities import affinity_loss
+from ..model.checkpoint import list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
+from ..config import Config, config_to_dict, dump_config
+from ..io.data import LazyLabelled, TileSampler, Volume, VolumeTileSampler, fold_split, load_labelled, load_volume_split
+from ..io.volumes import is_volume_path
+from ..device import autocast_for, choose_precision
+from ..errors import ConfigError, DataError, TrainingError, TrainingInterrupted, UsageError
+from ..score.evaluate import ScoreReport
+from ..io.files import atomic_write_bytes, check_writable
+from ..model.affinities import affinity_loss
 from .losses import segmentation_loss
-from .model import UNet, create_model
-from .progress import progress_bar
+from ..model.unet import UNet, create_model
+from ..progress import progress_bar
 from .runlog import RunLog
 from .validation import FoldScorer, snapshot_of
 

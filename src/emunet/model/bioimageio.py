@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import UsageError
-from .files import atomic_write
-from .model import UNet, UNetConfig
+from ..errors import UsageError
+from ..io.files import atomic_write
+from .unet import UNet, UNetConfig
 
 __all__ = ["ProbabilityUNet", "export_bioimageio"]
 
@@ -133,7 +133,7 @@ def export_bioimageio(model: UNet, output: str | Path, meta: dict, name: str = "
         weights = spec.WeightsDescr(
             pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
                 source=folder / "weights.pt", pytorch_version=torch_version,
-                architecture=spec.ArchitectureFromLibraryDescr(callable="ProbabilityUNet", import_from="emunet.bioimageio",
+                architecture=spec.ArchitectureFromLibraryDescr(callable="ProbabilityUNet", import_from="emunet.model.bioimageio",
                                                                kwargs=asdict(model.cfg))),
             torchscript=spec.TorchscriptWeightsDescr(source=folder / "weights.torchscript.pt", pytorch_version=torch_version,
                                                      parent="pytorch_state_dict"),

@@ -15,7 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from .device import resolve_device
+from ..device import resolve_device
 
 __all__ = ["DistContext", "setup", "teardown"]
 

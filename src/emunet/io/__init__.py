@@ -1,0 +1,1 @@
+"""Reading and writing: addresses, image and volume formats, object storage, run folders."""

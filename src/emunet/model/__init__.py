@@ -1,0 +1,1 @@
+"""The networks, their checkpoints and their exports."""

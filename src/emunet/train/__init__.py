@@ -1,0 +1,1 @@
+"""Training: augmentation, batches, losses, the loop, validation and its log."""
