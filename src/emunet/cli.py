@@ -12,7 +12,12 @@ from . import __version__
 
 EPILOG = """Settings come from a YAML file (-c) and KEY=VALUE overrides, e.g.
   unet train -c configs/isbi-cpu.yaml train.steps=200 out_dir=runs/try
-Sections: data, model, augment, train, predict (see configs/*.yaml for every key)."""
+Sections: data, model, augment, train, predict, segment, storage (see configs/*.yaml for every key)."""
+
+
+# Options of an OME-Zarr output only, and their defaults (given with another output they are refused).
+BLOCKWISE_DEFAULTS = {"block": 4096, "chunk": 1024, "dtype": "uint8", "levels": 1, "scheduler": None, "workers": 1}
+OUTPUT_FORMATS = ("tiff", "hdf5", "zarr", "folder")
 
 
 def _path_or_url(text: str) -> Path | str:
@@ -73,7 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train_command(sub)
+    _add_evaluate_command(sub)
+    _add_predict_command(sub)
+    _add_score_command(sub)
+    _add_run_command(sub)
+    _add_cv_command(sub)
+    _add_import_mindspore_command(sub)
+    _add_export_command(sub)
+    _add_presets_command(sub)
+    for name, command in sub.choices.items():  # -q everywhere: no progress bars, or no output where there are none
+        if not any("--quiet" in action.option_strings for action in command._actions):
+            command.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    return parser
 
+
+def _add_train_command(sub) -> None:
     p = sub.add_parser("train", help="train a model", description="Train a U-Net on random native-resolution tiles of the "
                        "training fold, validating on the held-out fold.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_folder_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
+
+def _add_evaluate_command(sub) -> None:
     p = sub.add_parser("evaluate", help="score a checkpoint on labelled images",
                        description="Score a checkpoint: the lab's dice (soft, both channels, per slice, averaged), "
                        "membrane dice and IoU at 0.5, pixel error, and the ISBI challenge's V_rand and V_info after "
@@ -99,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=_path_or_url, help="write scores here (default: eval.json beside the checkpoint)")
     _add_inference(p)
 
+
+def _add_predict_command(sub) -> None:
     p = sub.add_parser("predict", help="segment images of any size",
                        description="Segment a stack, an image or a folder with overlap-tile prediction and mirror "
                        "padding. Writes a float32 probability TIFF (1 = cell interior, 0 = membrane, the ISBI convention) as an "
@@ -121,19 +145,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "or an OME-Zarr (.zarr); a folder where -o is one; default: beside -o as NAME-cells.tif")
     p.add_argument("--min-size", type=int, metavar="PX", help="with --segment: merge cells smaller than this into "
                    "their neighbours (default: the run's segment.min_size, 50)")
+    p.add_argument("--overwrite", action="store_true", help="replace an HDF5 dataset of the same name, or an OME-Zarr "
+                   "output made by another model, input or settings (without it these are refused)")
     volumes = p.add_argument_group("volumes larger than memory (-o OUT.ome.zarr: predicted block by block on Dask)")
-    volumes.add_argument("--block", type=int, default=4096, help="block side in pixels, whole chunks; larger blocks recompute less of their border (default: 4096)")
-    volumes.add_argument("--chunk", type=int, default=1024, help="output chunk side; chunks are 1 x N x N (default: 1024)")
-    volumes.add_argument("--dtype", default="uint8", choices=["uint8", "float16", "float32"],
+    volumes.add_argument("--block", type=int, help=f"block side in pixels, whole chunks; larger blocks recompute less of their border (default: {BLOCKWISE_DEFAULTS['block']})")
+    volumes.add_argument("--chunk", type=int, help=f"output chunk side; chunks are 1 x N x N (default: {BLOCKWISE_DEFAULTS['chunk']})")
+    volumes.add_argument("--dtype", choices=["uint8", "float16", "float32"],
                          help="probabilities as uint8 (x 255, the default), float16 or float32")
-    volumes.add_argument("--levels", type=int, default=1, help="resolutions to write; more than 1 adds 2x-downsampled "
+    volumes.add_argument("--levels", type=int, help="resolutions to write; more than 1 adds 2x-downsampled "
                          "levels for viewers (default: 1)")
     volumes.add_argument("--scheduler", metavar="ADDRESS", help="a dask.distributed scheduler (tcp://host:8786) to run "
                          "the blocks on; default: in this process")
-    volumes.add_argument("--workers", type=int, default=1, help="threads of the in-process scheduler (default: 1)")
+    volumes.add_argument("--workers", type=int, help="threads of the in-process scheduler (default: 1)")
     volumes.add_argument("--axes", help="the input's axes where its metadata has none, e.g. zyx or czyx")
     _add_inference(p)
 
+
+def _add_score_command(sub) -> None:
     p = sub.add_parser("score", help="score probability maps or a segmentation against labels (no model)",
                        description="Score maps made by any tool with the ISBI 2012 challenge's V_rand and V_info after "
                        "border thinning, computed exactly as the challenge's Fiji script computes them (thresholds 0.0..1.0 "
@@ -156,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MAPS is a label image (integer ids, each a cell; 0 = boundary): thinned and scored once")
     p.add_argument("--json", type=_path_or_url, help="also write every number to this JSON file")
 
+
+def _add_run_command(sub) -> None:
     p = sub.add_parser("run", help="the main job: train, evaluate the fold, predict the test images",
                        description="Train, evaluate on the validation fold (the map and its cells) and predict "
                        "data.test_images (test-probabilities.tif, test-cells.tif); all outputs in out_dir.",
@@ -165,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_folder_options(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+
+def _add_cv_command(sub) -> None:
     p = sub.add_parser("cv", help="cross-validate: train and score several folds, write an HTML report",
                        description="Train and score each fold in OUT/fold{k}; write OUT/cv.json and OUT/report.html "
                        "(per-fold table with mean and spread, curves, and every validation slice with its errors); "
@@ -177,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace the folds' runs already in the output folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
+
+def _add_import_mindspore_command(sub) -> None:
     p = sub.add_parser("import-mindspore", help="convert the lab's MindSpore .ckpt into a project checkpoint",
                        description="Read a MindSpore checkpoint of the lab's unet_medical (no MindSpore needed), take the "
                        "widths from its tensor shapes, set the optimiser state aside, and write safetensors weights that "
@@ -184,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=_path_or_url, help="MindSpore .ckpt file")
     p.add_argument("output", type=_path_or_url, help=".safetensors file to write")
 
+
+def _add_export_command(sub) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX or a BioImage Model Zoo package",
                        description="ONNX (the default): opset 17+, dynamic batch, height and width; the input 'image' is "
                        "(N, C, H, W) mapped to [-1, 1] (2 * grey - 1), C = 1 (2k + 1 sections for a data.context=k model); "
@@ -198,11 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--softmax", action="store_true", help="fold the softmax in: output class probabilities")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset, 17 or newer (default: 17)")
 
+
+def _add_presets_command(sub) -> None:
     sub.add_parser("presets", help="list the model presets")
-    for name, command in sub.choices.items():  # -q everywhere: no progress bars, or no output where there are none
-        if not any("--quiet" in action.option_strings for action in command._actions):
-            command.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
-    return parser
 
 
 def _config(args):
@@ -221,7 +255,7 @@ def _config(args):
         overrides.append(f"out_dir={args.out}")
     if _resuming(args) and args.config is None:
         given = load_config(None, overrides)
-        storage.configure(given.storage)
+        storage.use(given.storage)
         saved = f"{str(given.out_dir).rstrip('/')}/config.yaml"
         if storage.exists(saved):
             return load_config(storage.local_copy(saved), overrides)
@@ -229,7 +263,7 @@ def _config(args):
             raise UsageError(f"{given.out_dir}: no run to resume here (no config.yaml); give its folder with --out, "
                              "or its settings with -c or KEY=VALUE")
     cfg = load_config(args.config, overrides)
-    storage.configure(cfg.storage)
+    storage.use(cfg.storage)
     return cfg
 
 
@@ -323,69 +357,105 @@ def _print_segmented(segmented, shown_as: dict[str, str] | None = None) -> None:
             line = line.replace(local, given) if local != given else line
         path, sep, rest = line.partition(": ")
         print(f"wrote {shown(path)}{sep}{rest}")
-    print(f"predicted {segmented.count} slices in {segmented.seconds:.1f} s")
+    print(f"predicted {segmented.count} {'slice' if segmented.count == 1 else 'slices'} in {segmented.seconds:.1f} s")
+
+
+def _predict_outputs(args):
+    """The addresses of -o, --segment, --masks and --overlays, checked against the input and each
+    other before any model is loaded."""
+    from .errors import UsageError
+    from .io.address import parse_address
+    from .io.writers import check_outputs
+
+    output = parse_address(str(args.output), OUTPUT_FORMATS, "-o output")
+    given = [f"--{k}" for k in BLOCKWISE_DEFAULTS if getattr(args, k) is not None]
+    if output.format != "zarr" and given:
+        raise UsageError(f"{', '.join(given)}: for an OME-Zarr output only (-o NAME.ome.zarr); {args.output} is "
+                         f"{'a folder' if output.is_folder else output.format.upper()}")
+    for key, default in BLOCKWISE_DEFAULTS.items():
+        setattr(args, key, default if getattr(args, key) is None else getattr(args, key))
+    cells = _cells_address(args, output)
+    masks, overlays = (parse_address(str(f), ("folder",), option) if f else None
+                       for f, option in ((args.masks, "--masks folder"), (args.overlays, "--overlays folder")))
+    if output.format != "zarr":
+        check_outputs([_input_address(args.input)], [("-o", output), ("--segment", cells), ("--masks", masks),
+                                                     ("--overlays", overlays)])
+    return output, cells, masks, overlays
+
+
+def _input_address(text: str):
+    from .errors import UsageError
+    from .io.address import Address, parse_address
+
+    try:
+        return parse_address(text, what="input")
+    except UsageError:  # an image format only Pillow knows (.jpg, .bmp, ...): a plain file
+        return Address(text, text, "", "file")
 
 
 def cmd_predict(args) -> int:
-    from .errors import DataError
+    import dataclasses
+
     from .infer.predict import segment_file
     from .io.storage import staged_output
 
+    output, cells, masks, overlays = _predict_outputs(args)
     loaded, precision = _load_for_inference(args)
     channel = args.channel if args.channel is not None else loaded.config.data.channel
-    if str(args.output).rstrip("/").endswith(".zarr"):
-        return _predict_blockwise(args, loaded, precision, channel)
-    if str(args.output) == str(args.input):
-        raise DataError(f"{args.output}: the output is the input; choose another -o (inputs are never written over)")
-    cells_to = _cells_path(args)
-    with (staged_output(args.output) as output, staged_output(args.masks) as masks, staged_output(args.overlays) as overlays,
-          staged_output(cells_to) as cells):
-        segmented = segment_file(loaded.models, args.input, output, loaded.config.predict, precision, masks, overlays,
-                                 progress=not args.quiet, channel=channel, intensity=loaded.intensity, cells=cells,
-                                 segment=loaded.config.segment)
-    _print_segmented(segmented, {str(output): str(args.output), str(masks): str(args.masks),
-                                 str(overlays): str(args.overlays), str(cells): str(cells_to)})
+    if output.format == "zarr":
+        return _predict_blockwise(args, loaded, precision, channel, output, cells)
+    with (staged_output(output.location) as out_local, staged_output(masks and masks.location) as masks_local,
+          staged_output(overlays and overlays.location) as overlays_local,
+          staged_output(cells and cells.location) as cells_local):
+        local_cells = dataclasses.replace(cells, location=str(cells_local)) if cells else None
+        segmented = segment_file(loaded.models, args.input, dataclasses.replace(output, location=str(out_local)),
+                                 loaded.config.predict, precision, masks_local, overlays_local, progress=not args.quiet,
+                                 channel=channel, intensity=loaded.intensity, cells=local_cells,
+                                 segment=loaded.config.segment, overwrite=args.overwrite)
+    staged = ((out_local, output), (masks_local, masks), (overlays_local, overlays), (cells_local, cells))
+    _print_segmented(segmented, {str(local): address.location for local, address in staged if address is not None})
     return 0
 
 
-def _cells_path(args):
-    """Where --segment writes the cells: as given, or beside -o as NAME-cells.tif (a folder
-    NAME-cells for a folder of outputs); None without --segment."""
+def _cells_address(args, output):
+    """Where --segment writes the cells: as given; by default beside -o as NAME-cells.tif (a
+    folder NAME-cells for a folder of outputs, the dataset 'cells' of an HDF5 output); None
+    without --segment."""
     from .errors import UsageError
+    from .io.address import Address, parse_address
 
     if args.segment is None:
         if args.min_size is not None:
             raise UsageError("--min-size goes with --segment")
         return None
     if args.segment:
-        return _path_or_url(args.segment)
-    given = str(args.output).rstrip("/")
-    if ".h5:" in given:  # file.h5:/dataset
-        given = given.split(".h5:")[0] + ".h5"
-    stem, dot, suffix = given.rpartition(".")
-    if dot and suffix.lower() in ("tif", "tiff", "h5") and "/" not in suffix:
-        return _path_or_url(f"{stem}-cells.tif")
-    return _path_or_url(f"{given}-cells")
+        return parse_address(args.segment, OUTPUT_FORMATS, "--segment output")
+    if output.format == "hdf5":
+        return Address(output.given, output.location, "cells", "hdf5")
+    if output.format == "tiff":
+        stem = output.location[: -len(os.path.splitext(output.location)[1])]
+        return parse_address(f"{stem}-cells.tif", OUTPUT_FORMATS, "--segment output")
+    return parse_address(f"{output.location}-cells", OUTPUT_FORMATS, "--segment output")
 
 
-def _predict_blockwise(args, loaded, precision: str, channel: int | None) -> int:
+def _predict_blockwise(args, loaded, precision: str, channel: int | None, output, cells) -> int:
     from .infer.blockwise import predict_to_ome_zarr
     from .errors import UsageError
-    from .io.storage import is_url
 
-    if args.masks or args.overlays or is_url(args.output):
+    if args.masks or args.overlays or output.is_url:
         raise UsageError(f"{args.output}: an OME-Zarr output is written to a local folder, without --masks or --overlays")
-    if args.segment is not None or loaded.models[0].cfg.offsets:
+    if cells is not None or loaded.models[0].cfg.offsets:
         raise UsageError(f"{args.output}: volumes predicted block by block give the membrane head's probabilities only; "
                          "for cells (--segment, or an affinity model) write a .tif stack with -o and --segment CELLS.zarr")
-    result = predict_to_ome_zarr(loaded.paths, str(args.input), Path(args.output), loaded.config.predict, precision,
+    result = predict_to_ome_zarr(loaded.paths, str(args.input), output.path, loaded.config.predict, precision,
                                  device=args.device, block=args.block, chunk=args.chunk, dtype=args.dtype,
                                  levels=args.levels, scheduler=args.scheduler, workers=args.workers, channel=channel,
-                                 axes=args.axes, progress=not args.quiet)
+                                 axes=args.axes, progress=not args.quiet, overwrite=args.overwrite)
     n, h, w = result.shape
+    done = result.blocks - result.skipped
+    speed = f", {n * h * w / 1e6 / max(result.seconds, 1e-9):.2f} MP/s" if done == result.blocks else ""
     print(f"wrote {args.output}: {n} x {h} x {w} {args.dtype} probabilities (1 = cell interior), OME-Zarr, "
-          f"{result.blocks} blocks ({result.skipped} finished before), {result.seconds:.1f} s, "
-          f"{n * h * w / 1e6 / max(result.seconds, 1e-9):.2f} MP/s")
+          f"{done} of {result.blocks} blocks computed ({result.skipped} finished before), {result.seconds:.1f} s{speed}")
     return 0
 
 
@@ -614,6 +684,8 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
 
 
 def main(argv: list[str] | None = None) -> int:
+    import contextvars
+
     from .errors import EmunetError
 
     args = build_parser().parse_args(argv)
@@ -624,8 +696,9 @@ def main(argv: list[str] | None = None) -> int:
             import io
 
             with contextlib.redirect_stdout(io.StringIO()):
-                return COMMANDS[args.command](args)
-        return COMMANDS[args.command](args)
+                return contextvars.copy_context().run(COMMANDS[args.command], args)
+        # each command in its own context: the storage settings it takes end with it
+        return contextvars.copy_context().run(COMMANDS[args.command], args)
     except EmunetError as exc:
         print(f"unet {args.command}: error: {exc}", file=sys.stderr)
         return 2

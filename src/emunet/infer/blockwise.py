@@ -15,8 +15,9 @@ undisturbed run. Memory per task depends on the block size, not on the volume's.
 from __future__ import annotations
 
 import shutil
-import threading
 import time
+from dataclasses import asdict
+from functools import lru_cache
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 
 from ..config import PredictConfig
 from ..errors import DataError, UsageError
+from ..io.provenance import file_sha256, made_by_record, recorded_made_by, differences as _differences
 from .postprocess import CLOSE_GAPS_MARGIN, CLOSE_GAPS_WINDOW, smooth_in_place, wall_levels
 
 __all__ = ["Block", "plan_blocks", "predict_block", "predict_to_ome_zarr", "BlockwiseResult"]
@@ -123,32 +125,33 @@ def _encode(probs: np.ndarray, dtype: str) -> np.ndarray:
 
 # --- the tasks: one per block, each loading the models once per process ---------------------
 
-_loaded: dict[tuple, Any] = {}
-_loading = threading.Lock()
-
-
-def _models_and_volume(checkpoints: tuple[str, ...], device: str, source: str, channel: int | None, axes: str | None):
-    """The models (loaded once per worker process) and the opened input, scaled as they were trained."""
+@lru_cache(maxsize=2)
+def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], device: str, source: str, channel: int | None,
+                       axes: str | None):
+    """The models and the opened input, scaled as they were trained: loaded once per worker
+    process (Dask runs many blocks in each), and again when a checkpoint's contents change
+    (``hashes``, part of the cache key)."""
     from ..device import resolve_device
     from .predict import load_models
     from ..io.volumes import open_volume
 
-    key = (checkpoints, device, source, channel, axes)
-    with _loading:
-        if key not in _loaded:
-            loaded = load_models(list(checkpoints), resolve_device(device))
-            volume = open_volume(source, channel, axes)
-            volume.choose_scaling(loaded.intensity)
-            _loaded[key] = (loaded.models, volume)
-        return _loaded[key]
+    loaded = load_models(list(checkpoints), resolve_device(device))
+    volume = open_volume(source, channel, axes)
+    volume.choose_scaling(loaded.intensity)
+    return loaded.models, volume
 
 
 def _run_block(job: dict, block: Block) -> str:
     import zarr
 
-    models, volume = _models_and_volume(job["checkpoints"], job["device"], job["source"], job["channel"], job["axes"])
+    from ..io.storage import using
+
+    with using(job["storage"]):  # the command's store settings, in this worker thread or process
+        models, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"],
+                                            job["axes"])
     probs = predict_block(models, volume, block, job["predict"], job["precision"])
-    target = zarr.open_array(str(Path(job["output"]) / "0"), mode="r+", zarr_format=2)
+    # every chunk stored, zeros too: a finished block's chunks are checked on a rerun
+    target = zarr.open_array(str(Path(job["output"]) / "0"), mode="r+", zarr_format=2).with_config({"write_empty_chunks": True})
     target[block.z, block.y0 : block.y1, block.x0 : block.x1] = _encode(probs, job["dtype"])
     marker = markers_folder(Path(job["output"])) / block.name
     marker.write_bytes(b"")  # written after the chunks: a block without it is predicted again
@@ -166,7 +169,8 @@ class BlockwiseResult:
 def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: Path, pcfg: PredictConfig,
                         precision: str, device: str = "auto", block: int = 4096, chunk: int = 1024,
                         dtype: str = "uint8", levels: int = 1, scheduler: str | None = None, workers: int = 1,
-                        channel: int | None = None, axes: str | None = None, progress: bool = True) -> BlockwiseResult:
+                        channel: int | None = None, axes: str | None = None, progress: bool = True,
+                        overwrite: bool = False) -> BlockwiseResult:
     """Predict the volume ``source`` block by block into the OME-Zarr image ``output``.
 
     Args:
@@ -177,8 +181,11 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
         scheduler: None for an in-process Dask scheduler with ``workers`` threads, or the address
             of a ``dask.distributed`` scheduler (``tcp://host:8786``), whose workers each load
             the models once.
+        overwrite: replace an existing output instead of continuing it (an output made by other
+            checkpoints, input or settings is refused without it).
     """
-    from ..io.volumes import create_ome_zarr, open_volume, volume_file, write_pyramid
+    from ..io.storage import settings
+    from ..io.volumes import open_volume, volume_file
 
     if dtype not in ("uint8", "float16", "float32"):
         raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
@@ -187,23 +194,54 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     if output.resolve() == store or store in output.resolve().parents or output.resolve() in store.parents:
         raise DataError(f"{output}: the output would write into the input {source}; choose another -o")
     volume = open_volume(source, channel, axes)
-    shape = volume.shape
-    done_dir = markers_folder(output)
-    if not (output / ".zattrs").is_file():  # a new output: markers left from a removed one mean nothing
-        shutil.rmtree(done_dir, ignore_errors=True)
-    group = create_ome_zarr(output, shape, (1, chunk, chunk), dtype, volume.calibration, Path(source).name, levels)
-    done_dir.mkdir(exist_ok=True)
-    blocks = plan_blocks(shape, block)
-    finished = {p.name for p in done_dir.iterdir()}
-    todo = [b for b in blocks if b.name not in finished]
-    job = {"checkpoints": tuple(str(c) for c in checkpoints), "device": device, "source": str(source), "channel": channel,
-           "axes": axes, "predict": pcfg, "precision": precision, "output": str(output), "dtype": dtype}
+    hashes = tuple(file_sha256(c) for c in checkpoints)
+    made_by = made_by_record(hashes, source, volume, {"predict": asdict(pcfg), "precision": precision, "dtype": dtype,
+                                                      "block": block, "chunk": chunk, "levels": levels, "channel": channel,
+                                                      "axes": axes})
+    group, blocks, todo = _open_output(output, volume, made_by, chunk, dtype, levels, block, overwrite)
+    job = {"checkpoints": tuple(str(c) for c in checkpoints), "hashes": hashes, "device": device, "source": str(source),
+           "channel": channel, "axes": axes, "predict": pcfg, "precision": precision, "output": str(output), "dtype": dtype,
+           "storage": settings()}
     start = time.perf_counter()
     if todo:
         _compute(job, todo, scheduler, workers, progress)
-    if levels > 1:
+    if levels > 1 and todo:
+        from ..io.volumes import write_pyramid
+
         write_pyramid(group)
-    return BlockwiseResult(shape, len(blocks), len(blocks) - len(todo), time.perf_counter() - start)
+    return BlockwiseResult(volume.shape, len(blocks), len(blocks) - len(todo), time.perf_counter() - start)
+
+
+def _open_output(output: Path, volume, made_by: dict, chunk: int, dtype: str, levels: int, block: int, overwrite: bool):
+    """The output group, all blocks and those still to predict. An output is continued only when
+    the same checkpoints, input and settings made it, and a block counts as finished only with
+    its marker and all its chunks present; anything else is refused unless ``overwrite``."""
+    from ..io.volumes import create_ome_zarr
+
+    done_dir = markers_folder(output)
+    if (output / ".zattrs").is_file():
+        differs = _differences(recorded_made_by(output), made_by)
+        if differs and not overwrite:
+            raise UsageError(f"{output}: this OME-Zarr was made by {differs}; continuing it would mix two predictions. "
+                             "Replace it with --overwrite or choose another -o")
+        if overwrite:
+            shutil.rmtree(output)
+    if not (output / ".zattrs").is_file():  # a new output: markers left from a removed one mean nothing
+        shutil.rmtree(done_dir, ignore_errors=True)
+    group = create_ome_zarr(output, volume.shape, (1, chunk, chunk), dtype, volume.calibration, Path(volume.source).name,
+                            levels)
+    group.attrs["emunet"] = {"made_by": made_by}
+    done_dir.mkdir(exist_ok=True)
+    blocks = plan_blocks(volume.shape, block)
+    finished = {p.name for p in done_dir.iterdir()}
+    todo = [b for b in blocks if b.name not in finished or not _chunks_present(output / "0", b, chunk)]
+    return group, blocks, todo
+
+
+def _chunks_present(array_dir: Path, block: Block, chunk: int) -> bool:
+    """Whether every output chunk of ``block`` is stored (Zarr v2 keys 'z.cy.cx')."""
+    return all((array_dir / f"{block.z}.{cy}.{cx}").is_file()
+               for cy in range(block.y0 // chunk, -(-block.y1 // chunk)) for cx in range(block.x0 // chunk, -(-block.x1 // chunk)))
 
 
 def _compute(job: dict, todo: list[Block], scheduler: str | None, workers: int, progress: bool) -> None:

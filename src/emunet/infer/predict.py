@@ -8,7 +8,6 @@ the image) are optional, for people who would rather look than read.
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from ..model.checkpoint import load_model
 from ..config import Config, PredictConfig, config_from_dict
 from ..io.data import Intensity, Volume, read_each, read_images, scaling_for
 from ..errors import CheckpointError, DataError, ImageSizesDiffer
-from ..io.files import atomic_write, atomic_write_bytes, check_writable
+from ..io.address import Address, parse_address
+from ..io.writers import write_cells, write_masks, write_overlays, write_probabilities
 from ..model.unet import UNet
 from .postprocess import close_gaps_in_place, smooth_in_place
 from ..progress import progress_bar
@@ -44,11 +44,6 @@ __all__ = [
     "predict_volume",
     "SegmentedFile",
     "segment_file",
-    "write_probabilities",
-    "write_probabilities_h5",
-    "write_cells",
-    "write_masks",
-    "write_overlays",
 ]
 
 
@@ -258,7 +253,7 @@ class SegmentedFile:
 def segment_file(
     models: UNet | Sequence[UNet],
     input_path: str | Path,
-    output: str | Path,
+    output: Address | str | Path,
     pcfg: PredictConfig,
     precision: str,
     masks: Path | None = None,
@@ -266,29 +261,21 @@ def segment_file(
     progress: bool = True,
     channel: int | None = None,
     intensity: Intensity | None = None,
-    cells: Path | None = None,
+    cells: Address | str | Path | None = None,
     segment: SegmentConfig | None = None,
+    overwrite: bool = False,
 ) -> SegmentedFile:
     """Read images, predict and post-process them, write the probabilities (and masks, overlays
-    and cells where asked). ``output`` is a .tif for one stack of same-sized images, or a folder
-    for one TIFF per image, of any sizes. ``cells``: the instance labels (segmented as ``segment``
-    says) as a uint32 TIFF or an OME-Zarr (.zarr) for a stack, a folder of TIFFs for a folder.
-    Outputs are checked before any prediction runs."""
-    output, h5_dataset = _hdf5_target(str(output))
-    one_stack = output.suffix.lower() in (".tif", ".tiff", ".h5")
-    source = _hdf5_target(str(input_path))[0].resolve()
-    if output.resolve() == source:  # an HDF5 file is replaced whole
-        raise DataError(f"{output}: the output is the input; choose another -o (inputs are never written over)")
-    if cells is not None and Path(cells).resolve() in (source, output.resolve()):
-        raise DataError(f"{cells}: the cells would be written over the {'input' if Path(cells).resolve() == source else '-o output'}; "
-                        "choose another path for --segment")
+    and cells where asked). ``output`` is a TIFF or an HDF5 dataset for one stack of same-sized
+    images, or a folder for one TIFF per image, of any sizes. ``cells``: the instance labels
+    (segmented as ``segment`` says) as a uint32 TIFF, HDF5 dataset or OME-Zarr for a stack, a
+    folder of TIFFs for a folder. The caller checks the outputs first (:func:`writers.check_outputs`)."""
     segment = segment or SegmentConfig()
-    for folder in (output.parent if one_stack else output, masks, overlays, cells.parent if one_stack and cells else cells):
-        if folder is not None:
-            _check_writable(Path(folder))
-    if not one_stack:
-        return _segment_each(models, input_path, output, pcfg, precision, masks, overlays, progress, channel, intensity,
-                             cells, segment)
+    output = output if isinstance(output, Address) else parse_address(str(output), what="-o output")
+    cells = cells if isinstance(cells, Address) or cells is None else parse_address(str(cells), what="cells output")
+    if output.is_folder:
+        return _segment_each(models, input_path, output.path, pcfg, precision, masks, overlays, progress, channel,
+                             intensity, cells.path if cells else None, segment)
     try:
         volume = read_images(input_path, channel=channel, intensity=intensity)
     except ImageSizesDiffer as exc:
@@ -299,66 +286,18 @@ def segment_file(
     labels = prediction.cells(segment) if cells else None
     seconds = time.perf_counter() - start
     shape = f"{probs.shape[0]} x {probs.shape[1]} x {probs.shape[2]}"
-    if output.suffix.lower() == ".h5":
-        write_probabilities_h5(output, h5_dataset, probs, volume)
-        written = [f"{output}:/{h5_dataset.lstrip('/')}: {shape} float32 probabilities (1 = cell interior), HDF5"]
-    else:
-        write_probabilities(output, probs, volume)
-        written = [f"{output}: {shape} float32 probabilities (1 = cell interior)"]
+    where = write_probabilities(output, probs, volume, overwrite)
+    written = [f"{where}: {shape} float32 probabilities (1 = cell interior){', HDF5' if output.format == 'hdf5' else ''}"]
     if labels is not None:
-        write_cells(cells, labels, volume)
+        where = write_cells(cells, labels, volume, overwrite)
         per_slice = labels.reshape(len(labels), -1).max(axis=1).mean()  # ids run 1..n in each slice
-        written.append(f"{cells}: {shape} uint32 cells ({_cells_made_by(prediction)}), {per_slice:.0f} per slice")
+        written.append(f"{where}: {shape} uint32 cells ({_cells_made_by(prediction)}), {per_slice:.0f} per slice")
     written += _write_pictures(volume, probs, masks, overlays)
     return SegmentedFile(len(volume), seconds, written)
 
 
 def _cells_made_by(prediction: Prediction) -> str:
     return "mutex watershed of the affinities" if prediction.affinities is not None else "seeded watershed of the map"
-
-
-def write_cells(path: Path, cells: np.ndarray, volume: Volume | None = None) -> None:
-    """Instance labels (N, H, W): a uint32 TIFF, one page per slice, with the input's pixel size
-    (Fiji opens it as a 32-bit stack, napari as labels), or with a .zarr path an OME-Zarr label
-    image (NGFF 0.4, ``image-label`` metadata), atomically."""
-    import tifffile
-
-    cells = np.asarray(cells, np.uint32)
-    calibration = volume.calibration if volume is not None else None
-    if str(path).rstrip("/").endswith(".zarr"):
-        _write_cells_zarr(Path(path), cells, calibration)
-        return
-    resolution = None
-    if calibration is not None:
-        resolution = (1.0 / calibration.pixel_size[0], 1.0 / calibration.pixel_size[1])
-    atomic_write(path, lambda f: tifffile.imwrite(f, cells, photometric="minisblack", compression="zlib",
-                                                  resolution=resolution, metadata={"axes": "ZYX"}))
-
-
-def _write_cells_zarr(path: Path, cells: np.ndarray, calibration) -> None:
-    """An OME-Zarr label image written beside and renamed into place, so a reader never sees half."""
-    import shutil
-
-    from ..io.volumes import create_ome_zarr
-
-    if path.exists():
-        raise DataError(f"{path}: exists; choose another path for the cells or remove it")
-    staging = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    chunks = (1, min(1024, cells.shape[1]), min(1024, cells.shape[2]))
-    group = create_ome_zarr(staging, cells.shape, chunks, "uint32", calibration, name=path.name)
-    group["0"][...] = cells
-    group.attrs["image-label"] = {"version": "0.4"}
-    staging.rename(path)
-
-
-def _hdf5_target(text: str) -> tuple[Path, str]:
-    """``file.h5:/path/in/file`` (or ``file.h5``: dataset 'probabilities') as the file and the
-    dataset; any other output as itself and ''."""
-    if ".h5:" in text:
-        stem, _, dataset = text.partition(".h5:")
-        return Path(stem + ".h5"), dataset
-    return Path(text), "probabilities" if text.endswith(".h5") else ""
 
 
 def _write_pictures(volume: Volume, probs: np.ndarray, masks: Path | None, overlays: Path | None) -> list[str]:
@@ -384,90 +323,16 @@ def _segment_each(models, input_path, output: Path, pcfg: PredictConfig, precisi
     start = time.perf_counter()
     for volume in progress_bar(desc="predict", unit="image", enabled=progress, items=volumes):
         prediction = predict_stack(models, volume, pcfg, precision)
-        write_probabilities(output / f"{volume.names[0]}.tif", prediction.probs, volume)
+        write_probabilities(parse_address(output / f"{volume.names[0]}.tif"), prediction.probs, volume)
         if cells:
-            write_cells(cells / f"{volume.names[0]}.tif", prediction.cells(segment), volume)
+            write_cells(parse_address(cells / f"{volume.names[0]}.tif"), prediction.cells(segment), volume)
         _write_pictures(volume, prediction.probs, masks, overlays)
-    written = [f"{output}: {len(volumes)} float32 probability TIFFs (1 = cell interior), one per image"]
+    written = [f"{output}: {len(volumes)} float32 probability {_plural(len(volumes), 'TIFF')} (1 = cell interior), one per image"]
     if cells:
-        written.append(f"{cells}: {len(volumes)} uint32 cell TIFFs, one per image")
+        written.append(f"{cells}: {len(volumes)} uint32 cell {_plural(len(volumes), 'TIFF')}, one per image")
     written += [f"{folder}: {len(volumes)} {kind}" for folder, kind in ((masks, "masks"), (overlays, "overlays")) if folder]
     return SegmentedFile(len(volumes), time.perf_counter() - start, written)
 
 
-def _check_writable(folder: Path) -> None:
-    try:
-        check_writable(folder)
-    except OSError as exc:
-        raise DataError(f"{folder}: cannot write there ({exc.strerror or exc}); choose another output") from None
-
-
-def write_probabilities(path: Path, probs: np.ndarray, volume: Volume | None = None) -> None:
-    """A float32 ImageJ hyperstack, one page per slice (axes ZYX), with the input's pixel size,
-    section spacing and unit, and each slice labelled with its source (file name for folders)."""
-    import tifffile
-
-    metadata: dict = {"axes": "ZYX"}
-    resolution = None
-    if volume is not None:
-        metadata["Labels"] = list(volume.names)
-        if volume.calibration is not None:
-            cal = volume.calibration
-            resolution = (1.0 / cal.pixel_size[0], 1.0 / cal.pixel_size[1])
-            metadata["unit"] = cal.unit
-            if cal.spacing:
-                metadata["spacing"] = cal.spacing
-    data = probs.astype(np.float32, copy=False)
-    atomic_write(Path(path), lambda f: tifffile.imwrite(f, data, imagej=True, resolution=resolution, metadata=metadata))
-
-
-def write_probabilities_h5(path: Path, dataset: str, probs: np.ndarray, volume: Volume | None = None) -> None:
-    """A float32 HDF5 dataset (axes zyx, chunked per section, gzip), with the input's pixel
-    size as ``element_size_um``-style ``resolution`` and ``axes`` attributes, written whole
-    or not at all."""
-    import h5py
-
-    def write(f) -> None:
-        with h5py.File(f, "w") as h5:
-            data = h5.create_dataset(dataset, data=probs.astype(np.float32, copy=False), compression="gzip",
-                                     chunks=(1, *probs.shape[1:]))
-            data.attrs["axes"] = "zyx"
-            if volume is not None and volume.calibration is not None:
-                cal = volume.calibration
-                data.attrs["resolution"] = [cal.spacing or 1.0, cal.pixel_size[1], cal.pixel_size[0]]
-                data.attrs["unit"] = cal.unit
-
-    atomic_write(Path(path), write)
-
-
-def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_masks(folder: Path, volume: Volume, probs: np.ndarray, threshold: float = 0.5) -> list[Path]:
-    """One 8-bit PNG per slice: 255 where the foreground probability exceeds ``threshold``."""
-    paths = []
-    for name, p in zip(volume.names, probs):
-        path = Path(folder) / f"{name}_mask.png"
-        atomic_write_bytes(path, _png(np.where(p > threshold, 255, 0).astype(np.uint8)))
-        paths.append(path)
-    return paths
-
-
-def write_overlays(folder: Path, volume: Volume, probs: np.ndarray, alpha: float = 0.5) -> list[Path]:
-    """One RGB PNG per slice: the image with the membrane probability blended in red."""
-    paths = []
-    for name, img, p in zip(volume.names, volume.images, probs):
-        grey = np.repeat(img[..., None], 3, axis=-1)
-        red = np.zeros_like(grey)
-        red[..., 0] = 1.0
-        weight = (alpha * (1.0 - p))[..., None]
-        rgb = np.clip((1 - weight) * grey + weight * red, 0, 1)
-        path = Path(folder) / f"{name}_overlay.png"
-        atomic_write_bytes(path, _png((rgb * 255).round().astype(np.uint8)))
-        paths.append(path)
-    return paths
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else word + "s"

@@ -234,6 +234,14 @@ def _one_image(path: Path, channel: int | None, channels_warning: bool) -> np.nd
     return _to_grey(arr, path, stack=False)
 
 
+def unique_names(files: list[Path]) -> list[str]:
+    """A name per file, for the outputs made from it: its stem, or where two files share a stem
+    (``a.png`` and ``a.tif``) the stem and the suffix (``a_png``, ``a_tif``), so no output of
+    one overwrites another's."""
+    stems = [f.stem for f in files]
+    return [f"{f.stem}_{f.suffix.lstrip('.').lower()}" if stems.count(f.stem) > 1 else f.stem for f in files]
+
+
 def _read_raw(path: Path, channel: int | None = None, channels_warning: bool = True
               ) -> tuple[list[np.ndarray], list[str], list[Path]]:
     """Slices (each (H, W) grey, raw dtype), their names and the file each came from, from a
@@ -250,7 +258,7 @@ def _read_raw(path: Path, channel: int | None = None, channels_warning: bool = T
     path = Path(path)
     if path.is_dir():
         files = _list_folder(path)
-        return [_one_image(f, channel, channels_warning) for f in files], [f.stem for f in files], files
+        return [_one_image(f, channel, channels_warning) for f in files], unique_names(files), files
     if path.suffix.lower() in (".tif", ".tiff"):
         arr = _to_grey(_read_file(path, channel, channels_warning), path, stack=True)
     else:

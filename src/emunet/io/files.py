@@ -6,11 +6,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "write_json", "check_writable"]
+__all__ = ["atomic_write", "atomic_write_bytes", "write_json", "check_writable", "atomic_update"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -53,11 +54,38 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), (json.dumps(payload, indent=2) + "\n").encode())
 
 
+def atomic_update(path: Path, update: Callable[[Path], None]) -> None:
+    """Change a file that may exist (an HDF5 file gaining a dataset) on a copy beside it, flushed
+    to disk and renamed over it: a crash or an error in ``update`` leaves the old file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if path.exists():
+            shutil.copyfile(path, tmp)
+        else:
+            os.unlink(tmp)
+        update(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def check_writable(folder: Path) -> None:
-    """Create ``folder`` if needed and prove a file can be written in it (OSError if not): run
-    before hours of work, not after."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Prove a file can be written in ``folder``, or where it would be created (its nearest
+    existing parent), without creating it (OSError if not): run before hours of work, not after,
+    and leave no empty folder behind when the work then fails to start."""
+    folder = Path(folder).absolute()
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(20, "not a folder", str(folder))
     fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=folder)
     os.close(fd)
     os.unlink(probe)

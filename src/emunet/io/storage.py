@@ -26,14 +26,16 @@ import logging
 from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, StorageError
+from .address import is_url
 
 log = logging.getLogger("emunet")
 
-__all__ = ["shown", "mirrored_run", "configure", "is_url", "local_copy", "exists", "local_folder", "staged_output", "RunMirror",
+__all__ = ["shown", "mirrored_run", "using", "use", "settings", "is_url", "local_copy", "exists", "local_folder", "staged_output", "RunMirror",
            "download_run", "check_store"]
 
 # The package that gives fsspec each protocol, for the error when it is missing.
@@ -66,25 +68,39 @@ class StorageConfig:
         ])
 
 
-_settings = StorageConfig()
+# The settings of the command running in this context (thread or task), set for a block by
+# ``using``: a run's storage settings reach every URL it opens without being passed down each call.
+_SETTINGS: ContextVar[StorageConfig] = ContextVar("emunet_storage", default=StorageConfig())
+# Run URLs being mirrored now in this context, and their local folders.
+_MIRRORED: ContextVar[tuple[tuple[str, Path], ...]] = ContextVar("emunet_mirrored", default=())
 
 
-def configure(settings: StorageConfig) -> None:
-    """Use these settings for every URL from now on (the CLI passes the run's ``storage``)."""
-    global _settings
-    _settings = settings
+@contextmanager
+def using(settings: StorageConfig) -> Iterator[StorageConfig]:
+    """Use these settings for every URL opened inside the block (the CLI passes the run's ``storage``)."""
+    token = _SETTINGS.set(settings)
+    try:
+        yield settings
+    finally:
+        _SETTINGS.reset(token)
 
 
-def is_url(path: str | os.PathLike | None) -> bool:
-    return path is not None and "://" in str(path) and not str(path).startswith("file://")
+def use(settings: StorageConfig) -> None:
+    """Use these settings for the rest of this context: the CLI runs each command in its own."""
+    _SETTINGS.set(settings)
+
+
+def settings() -> StorageConfig:
+    """The storage settings in force here (for work handed to other threads or processes)."""
+    return _SETTINGS.get()
 
 
 def _endpoint() -> str | None:
-    return _settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    return _SETTINGS.get().endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
 
 
 def cache_root() -> Path:
-    return Path(_settings.cache or os.environ.get("EMUNET_CACHE") or Path.home() / ".cache" / "emunet").expanduser()
+    return Path(_SETTINGS.get().cache or os.environ.get("EMUNET_CACHE") or Path.home() / ".cache" / "emunet").expanduser()
 
 
 def _filesystem(url: str):
@@ -101,8 +117,8 @@ def _filesystem(url: str):
     options: dict[str, Any] = {}
     if protocol in ("s3", "s3a"):
         client = {"endpoint_url": _endpoint()} if _endpoint() else {}
-        if _settings.region:
-            client["region_name"] = _settings.region
+        if _SETTINGS.get().region:
+            client["region_name"] = _SETTINGS.get().region
         # fail fast on a store that does not answer; the uploader has its own retries
         options = {"client_kwargs": client, "skip_instance_cache": True,
                    "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}}}
@@ -217,13 +233,10 @@ def staged_output(target: str | os.PathLike | None) -> Iterator[Path | None]:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-_active: dict[str, Path] = {}  # run URLs being mirrored now, and their local folders
-
-
 def shown(path: str | os.PathLike) -> str:
     """``path`` as the user named it: a file in a mirrored run's local folder as its URL."""
     text = str(path)
-    for url, local in _active.items():
+    for url, local in _MIRRORED.get():
         if text == str(local) or text.startswith(str(local) + os.sep):
             return url + text[len(str(local)):].replace(os.sep, "/")
     return text
@@ -235,7 +248,7 @@ def local_folder(out_dir: str | os.PathLike) -> Path:
     if not is_url(out_dir):
         return Path(out_dir)
     url = str(out_dir).rstrip("/")
-    for parent, local in _active.items():
+    for parent, local in _MIRRORED.get():
         if url == parent or url.startswith(parent + "/"):
             return local / url[len(parent):].lstrip("/")
     return cache_root() / "runs" / f"{_key(url)}-{url.rsplit('/', 1)[-1]}"
@@ -250,7 +263,7 @@ def mirrored_run(out_dir: str, resume: bool, overwrite: bool, run_files: tuple[s
     left is uploaded, and the local folder, then redundant, removed. Does nothing for a local
     ``out_dir``, for a URL inside one mirrored already, or where not ``enabled`` (ranks > 0)."""
     url = str(out_dir).rstrip("/")
-    if not is_url(url) or not enabled or any(url == p or url.startswith(p + "/") for p in _active):
+    if not is_url(url) or not enabled or any(url == p or url.startswith(p + "/") for p, _ in _MIRRORED.get()):
         yield local_folder(out_dir)
         return
     from ..errors import UsageError
@@ -279,12 +292,12 @@ def mirrored_run(out_dir: str, resume: bool, overwrite: bool, run_files: tuple[s
                     fs.rm_file(f"{url}/{rel}")
     local.mkdir(parents=True, exist_ok=True)
     mirror = RunMirror(url, local, on_store=remote if resume else (), same_as_store=copied)
-    _active[url] = local
+    token = _MIRRORED.set(_MIRRORED.get() + ((url, local),))
     try:
         yield local
     except BaseException:
         try:  # a stopped or failed run: upload what it wrote, without holding the user for long
-            mirror.close(retry_s=min(30.0, _settings.retry_s))
+            mirror.close(retry_s=min(30.0, _SETTINGS.get().retry_s))
         except StorageError as exc:
             log.warning(str(exc))
         raise
@@ -292,7 +305,7 @@ def mirrored_run(out_dir: str, resume: bool, overwrite: bool, run_files: tuple[s
         mirror.close()
         shutil.rmtree(local, ignore_errors=True)
     finally:
-        _active.pop(url, None)
+        _MIRRORED.reset(token)
 
 
 def download_run(url: str, local: Path) -> list[str]:
@@ -389,7 +402,7 @@ class RunMirror:
         """Stop the thread and upload what is left, retrying for ``retry_s`` seconds."""
         self._stop.set()
         self._thread.join()
-        deadline = time.monotonic() + (_settings.retry_s if retry_s is None else retry_s)
+        deadline = time.monotonic() + (_SETTINGS.get().retry_s if retry_s is None else retry_s)
         pause = 1.0
         while True:
             try:

@@ -24,30 +24,26 @@ from typing import Any
 import numpy as np
 
 from .pixels import Calibration, Intensity, choose_intensity, read_calibration
-from ..errors import DataError
+from ..errors import DataError, UsageError
+from .address import parse_address, Address
 
 log = logging.getLogger("emunet")
 
 __all__ = ["LazyVolume", "is_volume_path", "open_volume", "create_ome_zarr", "write_pyramid"]
 
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 
 
 def volume_file(path: str | Path) -> Path:
     """The file or Zarr store that holds the volume ``path`` names."""
-    text = str(path)
-    if ".zarr" in text:
-        return Path(text.split(".zarr")[0] + ".zarr")
-    for suffix in HDF5_SUFFIXES:
-        if f"{suffix}:" in text:
-            return Path(text.split(f"{suffix}:")[0] + suffix)
-    return Path(text)
+    return parse_address(path, what="input").path
 
 
 def is_volume_path(path: str | Path) -> bool:
     """Whether ``path`` names a Zarr or HDF5 volume (read lazily) rather than an image file or folder."""
-    text = str(path)
-    return ".zarr" in text or any(f"{s}:" in text or text.endswith(s) for s in HDF5_SUFFIXES)
+    try:
+        return parse_address(path, what="input").format in ("zarr", "hdf5")
+    except UsageError:
+        return False
 
 
 @dataclass
@@ -156,16 +152,10 @@ def _open_zarr(path: str) -> tuple[Any, str | None, Calibration | None]:
     return node[level["path"]], axes, calibration
 
 
-def _open_hdf5(path: str) -> tuple[Any, str | None, Any]:
+def _open_hdf5(address: Address) -> tuple[Any, str | None, Any]:
     import h5py
 
-    for suffix in HDF5_SUFFIXES:
-        if f"{suffix}:" in path:
-            file_name, _, inner = path.partition(f"{suffix}:")
-            file_name += suffix
-            break
-    else:
-        file_name, inner = path, ""
+    file_name, inner = address.location, address.member
     if not Path(file_name).is_file():
         raise DataError(f"{file_name}: path does not exist")
     handle = h5py.File(file_name, "r")
@@ -228,19 +218,21 @@ def open_volume(path: str | Path, channel: int | None = None, axes: str | None =
     text = str(path)
     keep: list = []
     calibration = None
-    if ".zarr" in text:
+    try:
+        address = parse_address(text, ("zarr", "hdf5", "tiff"), what="volume")
+    except UsageError:
+        raise DataError(f"{text}: not a volume (a .zarr, an .h5 dataset or a .tif stack)") from None
+    if address.format == "zarr":
         array, found_axes, calibration = _open_zarr(text)
-    elif any(f"{s}:" in text or text.endswith(s) for s in HDF5_SUFFIXES):
-        array, found_axes, handle = _open_hdf5(text)
+    elif address.format == "hdf5":
+        array, found_axes, handle = _open_hdf5(address)
         keep.append(handle)
-    elif text.lower().endswith((".tif", ".tiff")):
+    else:
         if not Path(text).is_file():
             raise DataError(f"{text}: path does not exist")
         array, found_axes, handle = _open_tiff(text)
         keep.append(handle)
         calibration = read_calibration(Path(text))
-    else:
-        raise DataError(f"{text}: not a volume (a .zarr, an .h5 dataset or a .tif stack)")
     used_axes = (axes or found_axes or _default_axes(len(array.shape), text)).lower()
     index = _axes_index(used_axes, tuple(array.shape), channel, text)
     return LazyVolume(array, index, text, used_axes, calibration, keep_open=keep)

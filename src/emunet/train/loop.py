@@ -278,8 +278,7 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwr
     ctx, device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
     try:
         resume = resume or distributed.restarted_by_torchrun()
-        storage.configure(cfg.storage)
-        with storage.mirrored_run(cfg.out_dir, bool(resume), overwrite, RUN_FILES, enabled=ctx.is_main) as out:
+        with storage.using(cfg.storage), storage.mirrored_run(cfg.out_dir, bool(resume), overwrite, RUN_FILES, enabled=ctx.is_main) as out:
             if ctx.is_main:
                 prepare_output(out, resume, overwrite)
             return _train(cfg, ctx, device, resume, progress and ctx.is_main)
