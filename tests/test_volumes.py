@@ -167,7 +167,7 @@ def test_ome_zarr_output_reads_back_with_its_metadata_and_a_pyramid(tiny_model, 
                  "--levels", "2", "--close-gaps", "0", "-q"]) == 0
     assert f"wrote {out}: 3 x 300 x 340 uint8" in capsys.readouterr().out
     node = next(iter(Reader(parse_url(str(out)))()))
-    assert [a["name"] for a in node.metadata["axes"]] == ["z", "y", "x"] and node.metadata["axes"][1]["unit"] == "nm"
+    assert [a["name"] for a in node.metadata["axes"]] == ["z", "y", "x"] and node.metadata["axes"][1]["unit"] == "nanometer"
     scales = [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]
     assert scales == [[50.0, 4.0, 4.0], [50.0, 8.0, 8.0]]
     full, half = (np.asarray(level) for level in node.data)

@@ -338,14 +338,42 @@ def cmd_evaluate(args) -> int:
     # beside a run's own checkpoint; for an imported .ckpt (often in a read-only data folder) here
     name = "eval.json" if len(loaded.models) == 1 else "eval-ensemble.json"
     stem, suffix = PurePosixPath(str(first)).stem, PurePosixPath(str(first)).suffix
-    out = args.json or (Path(f"{stem}-{name}") if suffix == ".ckpt" else f"{str(first).rsplit('/', 1)[0]}/{name}"
-                        if is_url(first) else first.with_name(name))
+    beside = Path(f"{stem}-{name}") if suffix == ".ckpt" else (f"{str(first).rsplit('/', 1)[0]}/{name}" if is_url(first)
+                                                                else first.with_name(name))
+    out = _evaluate_json(args.json, beside)
     checkpoints = str(first) if len(loaded.models) == 1 else [str(c) for c in loaded.paths]
     with staged_output(out) as local:
         write_eval_json(local, report, checkpoint=checkpoints, step=loaded.step, data=scored_data, precision=precision,
                         predict=vars(cfg.predict), seconds={"eval": time.perf_counter() - start})
     print(f"wrote {out}")
     return 0
+
+
+def _is_run_record(path) -> bool:
+    """Whether ``path`` is the eval.json a run wrote (its validation scores and times)."""
+    import json
+
+    from .io.storage import exists, local_copy
+
+    try:
+        return exists(path) and "train" in (json.loads(local_copy(path).read_text()).get("seconds") or {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _evaluate_json(given, beside):
+    """Where evaluate writes its scores: --json, or beside the checkpoint; never over a run's own
+    record (then evaluate.json beside it)."""
+    from .errors import UsageError
+
+    if given is not None:
+        if _is_run_record(given):
+            raise UsageError(f"{given}: the run's own record (its validation scores and times); choose another --json")
+        return given
+    if _is_run_record(beside):  # only a single model's eval.json can be one
+        renamed = str(beside)[: -len("eval.json")] + "evaluate.json"
+        return renamed if isinstance(beside, str) else Path(renamed)
+    return beside
 
 
 def _print_segmented(segmented, shown_as: dict[str, str] | None = None) -> None:
@@ -365,9 +393,11 @@ def _predict_outputs(args):
     other before any model is loaded."""
     from .errors import UsageError
     from .io.address import parse_address
-    from .io.writers import check_outputs
+    from .io.writers import PROBABILITIES_DATASET, check_outputs
 
     output = parse_address(str(args.output), OUTPUT_FORMATS, "-o output")
+    if output.format == "hdf5":
+        output = output.with_member(PROBABILITIES_DATASET)
     given = [f"--{k}" for k in BLOCKWISE_DEFAULTS if getattr(args, k) is not None]
     if output.format != "zarr" and given:
         raise UsageError(f"{', '.join(given)}: for an OME-Zarr output only (-o NAME.ome.zarr); {args.output} is "

@@ -238,6 +238,16 @@ def open_volume(path: str | Path, channel: int | None = None, axes: str | None =
     return LazyVolume(array, index, text, used_axes, calibration, keep_open=keep)
 
 
+# ImageJ's and TIFF's short unit names -> the UDUNITS-2 names NGFF requires.
+_NGFF_UNITS = {"nm": "nanometer", "um": "micrometer", "µm": "micrometer", "\u00b5m": "micrometer", "micron": "micrometer",
+               "mm": "millimeter", "cm": "centimeter", "m": "meter", "pm": "picometer", "å": "angstrom"}
+
+
+def ngff_unit(unit: str) -> str:
+    """A length unit as NGFF names it ('nm' -> 'nanometer'); an unknown one as it is."""
+    return _NGFF_UNITS.get(unit.strip().lower(), unit)
+
+
 def create_ome_zarr(path: Path, shape: tuple[int, int, int], chunks: tuple[int, int, int], dtype: str,
                     calibration: Calibration | None, name: str, levels: int = 1) -> Any:
     """An empty OME-Zarr image (NGFF 0.4, Zarr v2: what napari-ome-zarr and neuroglancer read):
@@ -259,7 +269,7 @@ def create_ome_zarr(path: Path, shape: tuple[int, int, int], chunks: tuple[int, 
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
     dx, dy = calibration.pixel_size if calibration else (1.0, 1.0)
     dz = (calibration.spacing if calibration and calibration.spacing else 1.0)
-    unit = calibration.unit if calibration and calibration.unit not in (None, "", "pixel") else None
+    unit = ngff_unit(calibration.unit) if calibration and calibration.unit not in (None, "", "pixel") else None
     datasets = []
     for level in range(levels):
         f = 2**level
