@@ -206,6 +206,9 @@ def _add_cv_command(sub) -> None:
     _add_common(p)
     p.add_argument("--folds", default="0,1,2,3,4", help="comma-separated folds (default: 0,1,2,3,4)")
     _add_out(p)
+    p.add_argument("--resume", action="store_true", help="continue the cross-validation in the output folder: unfinished "
+                   "folds from their newest checkpoints, finished ones kept (with the folds' saved config.yaml unless -c "
+                   "is given)")
     p.add_argument("--overwrite", action="store_true", help="replace the folds' runs already in the output folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -256,9 +259,9 @@ def _config(args):
     if _resuming(args) and args.config is None:
         given = load_config(None, overrides)
         storage.use(given.storage)
-        saved = f"{str(given.out_dir).rstrip('/')}/config.yaml"
-        if storage.exists(saved):
-            return load_config(storage.local_copy(saved), overrides)
+        saved = _saved_config(str(given.out_dir).rstrip("/"), args)
+        if saved:  # the folder is where it is now, whatever the saved config says
+            return load_config(storage.local_copy(saved), [*overrides, f"out_dir={given.out_dir}"])
         if not args.overrides:  # a run stopped before it started has no config.yaml: its settings must be given
             raise UsageError(f"{given.out_dir}: no run to resume here (no config.yaml); give its folder with --out, "
                              "or its settings with -c or KEY=VALUE")
@@ -267,8 +270,23 @@ def _config(args):
     return cfg
 
 
+def _saved_config(out_dir: str, args) -> str | None:
+    """The config.yaml a resumed command continues with: the run's own; for cv, the first fold's
+    (folds differ only in data.fold, which cv sets)."""
+    from .io import storage
+
+    candidates = [f"{out_dir}/config.yaml"]
+    if args.command == "cv":
+        candidates += [f"{out_dir}/fold{k.strip()}/config.yaml" for k in args.folds.split(",") if k.strip()]
+    return next((c for c in candidates if storage.exists(c)), None)
+
+
 def _resuming(args) -> str | bool:
     """What train() resumes from: a checkpoint path, True (the newest in the folder) or False."""
+    from .errors import UsageError
+
+    if getattr(args, "overwrite", False) and (getattr(args, "resume", False) or getattr(args, "resume_from", None)):
+        raise UsageError("--resume continues the run in the output folder and --overwrite replaces it; give one")
     if getattr(args, "resume_from", None):
         return str(args.resume_from)
     return bool(getattr(args, "resume", False))
@@ -504,6 +522,9 @@ def _slice_list(spec: str) -> list[int]:
         raise UsageError(f"--slices must list 0-based slice numbers such as '4,6,7' or '0-5', got {spec!r}") from None
     if not out:
         raise UsageError("--slices names no slice")
+    twice = sorted({i for i in out if out.count(i) > 1})
+    if twice:
+        raise UsageError(f"--slices names slice {twice[0]} more than once; name each slice once")
     return out
 
 
@@ -511,7 +532,7 @@ def cmd_score(args) -> int:
     from .score.challenge import score_segmentation_stack, score_stack
     from .io.data import fold_split, read_labels
     from .errors import DataError, UsageError
-    from .score.evaluate import format_sweep, pick_slices, read_maps
+    from .score.evaluate import format_sweep, pick_slices, read_maps, warn_if_inverted
     from .io.files import write_json
     from .io.storage import staged_output
 
@@ -529,6 +550,8 @@ def cmd_score(args) -> int:
         names = [f"slice {i}" for i in slices]
     elif len(names) != len(maps):
         names = [f"slice {i}" for i in range(len(maps))]
+    if not args.segmentation:
+        warn_if_inverted(maps, labels, args.maps)
     start = time.perf_counter()
     result = score_segmentation_stack(maps, labels) if args.segmentation else score_stack(maps, labels)
     seconds = time.perf_counter() - start
@@ -613,7 +636,7 @@ def cmd_cv(args) -> int:
         raise UsageError(f"--folds must be comma-separated integers, got {args.folds!r}") from None
     if not folds or min(folds) < 0:
         raise UsageError("--folds must name at least one fold >= 0")
-    with mirrored_run(cfg.out_dir, False, args.overwrite, cv_files(folds)) as out:
+    with mirrored_run(cfg.out_dir, args.resume, args.overwrite, cv_files(folds)) as out:
         _cv_in(cfg, folds, out, args)
     if is_url(cfg.out_dir):
         print(f"uploaded the cross-validation to {cfg.out_dir}")
@@ -625,7 +648,8 @@ def _cv_in(cfg, folds: list[int], out: Path, args) -> None:
     from .io.storage import shown
     from .infer.predict import segment_file
 
-    trained, results, report = cross_validate(cfg, folds, progress=not args.quiet, overwrite=args.overwrite)
+    trained, results, report = cross_validate(cfg, folds, progress=not args.quiet, overwrite=args.overwrite,
+                                              resume=args.resume)
     for r in results:
         m = r.report.mean
         print(f"fold {r.fold}: lab dice {m['lab_dice']:.4f}  V_rand {m['v_rand']:.4f}  V_info {m['v_info']:.4f}  "

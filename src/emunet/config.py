@@ -20,7 +20,7 @@ from .io.storage import StorageConfig
 from .model.unet import PRESETS, UNetConfig
 
 __all__ = ["ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "PredictConfig", "Config", "load_config", "with_overrides",
-           "dump_config", "AugmentConfig", "SegmentConfig"]
+           "dump_config", "with_absolute_paths", "AugmentConfig", "SegmentConfig"]
 
 
 @dataclass
@@ -443,6 +443,17 @@ def config_from_dict(values: dict) -> Config:
     cfg = Config()
     _fill(cfg, values, "")
     return cfg
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """``cfg`` with its local data and init paths made absolute: a run's config.yaml and its
+    checkpoints then name the same files wherever they are read from (evaluate, --resume)."""
+    def absolute(path: str | None) -> str | None:
+        return path if path is None or "://" in str(path) else str(Path(path).expanduser().absolute())
+
+    data = dataclasses.replace(cfg.data, images=absolute(cfg.data.images), labels=absolute(cfg.data.labels),
+                               test_images=absolute(cfg.data.test_images))
+    return dataclasses.replace(cfg, data=data, train=dataclasses.replace(cfg.train, init=absolute(cfg.train.init)))
 
 
 def dump_config(cfg: Config) -> str:

@@ -32,26 +32,28 @@ def cv_files(folds: list[int]) -> tuple[str, ...]:
     return (*RUN_FILES, "cv.json", *(f"fold{k}" for k in folds))
 
 
-def cross_validate(cfg: Config, folds: list[int], progress: bool = True, overwrite: bool = False
+def cross_validate(cfg: Config, folds: list[int], progress: bool = True, overwrite: bool = False, resume: bool = False
                    ) -> tuple[list[TrainResult], list[FoldResult], Path]:
     """Train and score each fold in ``out_dir/fold{k}``; write each fold's ``eval.json``, then
     ``cv.json`` (per fold, mean and spread) and ``report.html``. A fold folder that already
-    holds a run is refused unless ``overwrite``, before any fold trains. ``out_dir`` may be a
-    URL (see :func:`storage.mirrored_run`)."""
-    with mirrored_run(cfg.out_dir, False, overwrite, cv_files(folds)) as out:
-        return _cross_validate(cfg, folds, out, progress, overwrite)
+    holds a run is refused unless ``overwrite``, before any fold trains, or continued with
+    ``resume``: an unfinished fold from its newest checkpoint, a finished one only re-read (its
+    best weights scored again, nothing trained). ``out_dir`` may be a URL (see
+    :func:`storage.mirrored_run`)."""
+    with mirrored_run(cfg.out_dir, resume, overwrite, cv_files(folds)) as out:
+        return _cross_validate(cfg, folds, out, progress, overwrite, resume)
 
 
-def _cross_validate(cfg: Config, folds: list[int], out: Path, progress: bool, overwrite: bool
+def _cross_validate(cfg: Config, folds: list[int], out: Path, progress: bool, overwrite: bool, resume: bool
                     ) -> tuple[list[TrainResult], list[FoldResult], Path]:
     for k in folds:
-        prepare_output(out / f"fold{k}", False, overwrite)
+        prepare_output(out / f"fold{k}", resume, overwrite)
     trained_folds, results = [], []
     for k in folds:
         fold_cfg = replace(cfg, out_dir=f"{str(cfg.out_dir).rstrip('/')}/fold{k}", data=replace(cfg.data, fold=k))
         if progress:
             print(f"== fold {k} ==")
-        result, trained = train_fold(fold_cfg, progress=progress, overwrite=overwrite)
+        result, trained = train_fold(fold_cfg, resume=resume, progress=progress, overwrite=overwrite)
         write_eval_json(result.run_dir / "eval.json", result.report, checkpoint=shown(trained.best_path), step=result.step,
                         fold=k, precision=trained.precision, seconds=result.seconds)
         trained_folds.append(trained)

@@ -183,6 +183,11 @@ def _to_grey(arr: np.ndarray, path: Path, stack: bool) -> np.ndarray:
     base = 3 if stack else 2
     if arr.ndim == base + 1 and arr.shape[-1] in (2, 3, 4):
         colour = arr[..., : 3 if arr.shape[-1] >= 3 else 1]
+        if path.suffix.lower() in (".tif", ".tiff") and arr.shape[-1] in (3, 4):
+            n = arr.shape[-1]
+            log.warning(f"{path}: read as one {'RGB' if n == 3 else 'RGBA'} image and reduced to grey; if these are {n} "
+                        f"sections, save them as a stack (tifffile.imwrite(..., photometric='minisblack'), or ImageJ's "
+                        "'Save As > Tiff' of a stack)")
         if colour.shape[-1] == 3:
             grey = colour.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma
             arr = grey.astype(arr.dtype) if arr.dtype.kind == "f" else np.round(grey).astype(arr.dtype)

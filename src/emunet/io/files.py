@@ -3,6 +3,7 @@ flushed to disk, then renamed over it. A kill at any moment leaves the old file 
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -31,6 +32,13 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # a full disk: torch.save reports it as a RuntimeError
+        error = _write_error(path, exc)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if error is None:
+            raise
+        raise error from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -43,6 +51,25 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def _write_error(path: Path, exc: BaseException) -> OSError | None:
+    """The failed write as an OSError naming ``path`` (the old file is kept); None for an error
+    that is not about the disk (a RuntimeError of another kind: raised as it is)."""
+    free = shutil.disk_usage(path.parent).free
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+    elif free < 1 << 20:
+        reason = os.strerror(errno.ENOSPC)
+        exc = OSError(errno.ENOSPC, reason)
+    elif "unexpected pos" in str(exc) or "write" in str(exc).lower():
+        reason = f"the write failed ({exc})"
+    else:
+        return None
+    where = f"; {free / 2**20:.1f} MiB free there" if free < 1 << 30 else ""
+    error = OSError(getattr(exc, "errno", None) or errno.EIO, f"{reason}{where}; the file before this write is kept")
+    error.filename = str(path)
+    return error
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

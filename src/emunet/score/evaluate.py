@@ -3,6 +3,7 @@ challenge's sweep; one report type, one table, one ``eval.json`` layout for ever
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from ..io.data import Volume
 from ..errors import DataError
 from ..io.files import write_json
 from .metrics import SCORE_NAMES, slice_scores
+
+log = logging.getLogger("emunet")
 
 if TYPE_CHECKING:
     from ..infer.predict import Prediction
@@ -88,22 +91,22 @@ def format_table(report: ScoreReport) -> str:
     head = f"{'slice':<24}" + "".join(f"{k:>15}" for k in names)
     lines = [head, "-" * len(head)]
     for r in report.slices:
-        lines.append(f"{str(r['slice']):<24}" + "".join(f"{r[k]:>15.4f}" for k in names))
+        lines.append(f"{str(r['slice']):<24}" + "".join(_num(r[k], ".4f").rjust(15) for k in names))
     lines.append("-" * len(head))
-    lines.append(f"{'mean':<24}" + "".join(f"{report.mean[k]:>15.4f}" for k in names))
+    lines.append(f"{'mean':<24}" + "".join(_num(report.mean[k], ".4f").rjust(15) for k in names))
     if report.challenge:
         c = report.challenge
         lines.append(
-            f"challenge (stack, best threshold): V_rand {c['v_rand']:.4f} (split {c['v_rand_split']:.4f}, merge "
-            f"{c['v_rand_merge']:.4f}, th {c['v_rand_threshold']:.1f}); V_info {c['v_info']:.4f} (split "
-            f"{c['v_info_split']:.4f}, merge {c['v_info_merge']:.4f}, th {c['v_info_threshold']:.1f}); "
-            f"pixel error {c['challenge_pixel_error']:.4f} (th {c['pixel_threshold']:.1f})"
+            f"challenge (stack, best threshold): V_rand {_num(c['v_rand'], '.4f')} (split {_num(c['v_rand_split'], '.4f')}, merge "
+            f"{_num(c['v_rand_merge'], '.4f')}, th {_num(c['v_rand_threshold'], '.1f')}); V_info {_num(c['v_info'], '.4f')} (split "
+            f"{_num(c['v_info_split'], '.4f')}, merge {_num(c['v_info_merge'], '.4f')}, th {_num(c['v_info_threshold'], '.1f')}); "
+            f"pixel error {_num(c['challenge_pixel_error'], '.4f')} (th {c['pixel_threshold']:.1f})"
         )
     if report.cells:
         c = report.cells
-        lines.append(f"challenge (the cells, label images): V_rand {c['v_rand']:.4f} (split {c['v_rand_split']:.4f}, "
-                     f"merge {c['v_rand_merge']:.4f}); V_info {c['v_info']:.4f} (split {c['v_info_split']:.4f}, "
-                     f"merge {c['v_info_merge']:.4f})")
+        lines.append(f"challenge (the cells, label images): V_rand {_num(c['v_rand'], '.4f')} (split {_num(c['v_rand_split'], '.4f')}, "
+                     f"merge {_num(c['v_rand_merge'], '.4f')}); V_info {_num(c['v_info'], '.4f')} (split {_num(c['v_info_split'], '.4f')}, "
+                     f"merge {_num(c['v_info_merge'], '.4f')})")
     return "\n".join(lines)
 
 
@@ -136,6 +139,9 @@ def read_maps(path: str | Path, segmentation: bool = False) -> tuple[np.ndarray,
         return stack.astype(np.int64), names
     if stack.dtype == np.bool_:
         return stack.astype(np.float32), names
+    if stack.dtype in (np.uint8, np.uint16) and _looks_like_labels(stack):
+        raise DataError(f"{path}: {stack.dtype} values look like a label image (ids up to {int(stack.max())}, few pixels in "
+                        "the upper half of the range a probability map fills); pass --segmentation to score it as one")
     if stack.dtype in (np.uint8, np.uint16):
         return (stack * np.float32(1.0 / np.iinfo(stack.dtype).max)).astype(np.float32), names
     if stack.dtype.kind != "f":
@@ -144,6 +150,32 @@ def read_maps(path: str | Path, segmentation: bool = False) -> tuple[np.ndarray,
         raise DataError(f"{path}: probabilities must be finite and lie in [0, 1] (1 = cell interior); "
                         f"found {float(np.nanmin(stack)):.4g}..{float(np.nanmax(stack)):.4g}")
     return stack.astype(np.float32), names
+
+
+def _num(value: float, spec: str) -> str:
+    """A score as text; an undefined one (NaN: a split or merge part with no pairs to count,
+    as when a map holds one segment) as 'undefined' rather than 'nan'."""
+    return "undefined" if value != value else format(value, spec)
+
+
+def _looks_like_labels(stack: np.ndarray) -> bool:
+    """An 8- or 16-bit stack of ids rather than a probability map: more than two values, yet under
+    5 % of the pixels in the upper half of the type's range, where a map's cell interiors lie
+    (a 0/255 binary map, or a map at all, fills it)."""
+    high = np.iinfo(stack.dtype).max / 2
+    sample = stack[:, ::4, ::4]
+    return len(np.unique(sample)) > 2 and float((sample > high).mean()) < 0.05
+
+
+def warn_if_inverted(maps: np.ndarray, labels: np.ndarray, source: str) -> None:
+    """Warn where a map agrees with the labels better turned upside down: a membrane map (1 =
+    membrane) scored as if 1 were cell interior."""
+    interior = maps > 0.5
+    agree = float((interior == labels.astype(bool)).mean())
+    if agree < 0.5:
+        log.warning(f"{source}: the map looks inverted: at 0.5 it agrees with the labels on {agree:.0%} of the pixels, "
+                    f"inverted on {1 - agree:.0%}; maps are scored with 1 = cell interior, 0 = membrane (the ISBI "
+                    "convention); if this is a membrane map, score 1 - map")
 
 
 def pick_slices(maps: np.ndarray, labels: np.ndarray, slices: list[int] | None, source: str) -> tuple[np.ndarray, np.ndarray]:
@@ -168,17 +200,18 @@ def format_sweep(result: dict, names: Sequence[str]) -> str:
     V_info, the per-slice scores at the best thresholds, and the two maxima."""
     lines = [f"{'threshold':>18} {'V_rand':>8} {'split':>8} {'merge':>8} {'V_info':>8}"]
     for row in result["by_threshold"]:
-        th = "label image" if row["threshold"] is None else repr(row["threshold"])
-        lines.append(f"{th:>18} {row['v_rand']:8.4f} {row['v_rand_split']:8.4f} {row['v_rand_merge']:8.4f} {row['v_info']:8.4f}")
+        th = "label image" if row["threshold"] is None else f"{row['threshold']:.1f}"
+        values = " ".join(_num(row[k], "8.4f").rjust(8) for k in ("v_rand", "v_rand_split", "v_rand_merge", "v_info"))
+        lines.append(f"{th:>18} {values}")
     lines.append("")
     lines.append(f"{'slice':<24} {'V_rand':>8} {'V_info':>8}")
     for name, row in zip(names, result["slices_at_best"]):
-        lines.append(f"{str(name):<24} {row['v_rand']:8.4f} {row['v_info']:8.4f}")
-    at = "" if "v_rand_threshold" not in result else f" at threshold {result['v_rand_threshold']:.1f}"
-    at_info = "" if "v_info_threshold" not in result else f" at threshold {result['v_info_threshold']:.1f}"
+        lines.append(f"{str(name):<24} {_num(row['v_rand'], '8.4f')} {_num(row['v_info'], '8.4f')}")
+    at = "" if "v_rand_threshold" not in result else f" at threshold {_num(result['v_rand_threshold'], '.1f')}"
+    at_info = "" if "v_info_threshold" not in result else f" at threshold {_num(result['v_info_threshold'], '.1f')}"
     lines.append("")
-    lines.append(f"Maximal V_rand after thinning: {result['v_rand']:.6f}{at} "
-                 f"(split {result['v_rand_split']:.4f}, merge {result['v_rand_merge']:.4f})")
-    lines.append(f"Maximal V_info after thinning: {result['v_info']:.6f}{at_info} "
-                 f"(split {result['v_info_split']:.4f}, merge {result['v_info_merge']:.4f})")
+    lines.append(f"Maximal V_rand after thinning: {_num(result['v_rand'], '.6f')}{at} "
+                 f"(split {_num(result['v_rand_split'], '.4f')}, merge {_num(result['v_rand_merge'], '.4f')})")
+    lines.append(f"Maximal V_info after thinning: {_num(result['v_info'], '.6f')}{at_info} "
+                 f"(split {_num(result['v_info_split'], '.4f')}, merge {_num(result['v_info_merge'], '.4f')})")
     return "\n".join(lines)

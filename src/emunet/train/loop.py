@@ -24,7 +24,7 @@ from . import distributed
 from ..io import storage
 from .batches import BatchStream, make_batch_fn
 from ..model.checkpoint import list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
-from ..config import Config, config_to_dict, dump_config
+from ..config import Config, config_to_dict, dump_config, with_absolute_paths
 from ..io.data import LazyLabelled, TileSampler, Volume, VolumeTileSampler, fold_split, load_labelled, load_volume_split
 from ..io.volumes import is_volume_path
 from ..device import autocast_for, choose_precision
@@ -275,6 +275,7 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwr
             ``cfg.out_dir`` (starting afresh if there is none); or a checkpoint path.
         overwrite: replace the run already in ``cfg.out_dir`` instead of refusing it.
     """
+    cfg = with_absolute_paths(cfg)
     ctx, device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
     try:
         resume = resume or distributed.restarted_by_torchrun()

@@ -1,0 +1,94 @@
+"""What the commands say: warnings where the input is probably not what the user meant, clear
+errors for label images scored as maps, numbers printed as people write them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tifffile
+
+from emunet.cli import EPILOG, main
+from emunet.config import Config
+
+
+@pytest.fixture(scope="module")
+def labels(isbi_dir) -> np.ndarray:
+    return tifffile.imread(isbi_dir / "train-labels.tif")[:2, :128, :128]
+
+
+def test_three_sections_saved_without_metadata_draw_a_warning(isbi_dir, tmp_path, capsys):
+    from emunet.cli import _show_warnings
+    from emunet.io.data import read_images
+
+    _show_warnings()
+    stack = tifffile.imread(isbi_dir / "train-volume.tif")[:3, :64, :64]
+    tifffile.imwrite(tmp_path / "three.tif", stack)  # tifffile takes 3 planes as one RGB image
+    volume = read_images(tmp_path / "three.tif")
+    assert len(volume) == 1
+    err = capsys.readouterr().err
+    assert "three.tif: read as one RGB image and reduced to grey; if these are 3 sections" in err
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    assert len(read_images(tmp_path / "stack.tif")) == 3 and "reduced to grey" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int32])
+def test_an_integer_label_image_scored_as_a_map_is_a_clear_error(labels, tmp_path, capsys, dtype):
+    from skimage.measure import label
+
+    cells = np.stack([label(s > 0, connectivity=1) for s in labels]).astype(dtype)
+    assert 10 < cells.max() < 200
+    tifffile.imwrite(tmp_path / "cells.tif", cells, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    assert main(["score", str(tmp_path / "cells.tif"), str(tmp_path / "labels.tif")]) == 2
+    err = capsys.readouterr().err
+    assert "look like a label image" in err and "--segmentation" in err
+    assert main(["score", str(tmp_path / "cells.tif"), str(tmp_path / "labels.tif"), "--segmentation"]) == 0
+
+
+def test_an_8_bit_map_is_still_a_map(labels, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "map.tif", labels, photometric="minisblack")  # a 0/255 map: the labels themselves
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    assert main(["score", str(tmp_path / "map.tif"), str(tmp_path / "labels.tif")]) == 0
+    assert "Maximal V_rand after thinning: 1.000000" in capsys.readouterr().out
+
+
+def test_an_inverted_map_draws_a_warning_and_thresholds_print_plainly(labels, tmp_path, capsys):
+    from emunet.cli import _show_warnings
+
+    _show_warnings()
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "inv.tif", (labels == 0).astype(np.float32))
+    assert main(["score", str(tmp_path / "inv.tif"), str(tmp_path / "labels.tif")]) == 0
+    captured = capsys.readouterr()
+    assert "inv.tif: the map looks inverted" in captured.err and "1 - map" in captured.err
+    assert "0.30000000000000004" not in captured.out
+    rows = [line.split()[0] for line in captured.out.splitlines()[1:13]]
+    assert rows[1:] == ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0"]
+    tifffile.imwrite(tmp_path / "right.tif", (labels > 0).astype(np.float32))
+    assert main(["score", str(tmp_path / "right.tif"), str(tmp_path / "labels.tif")]) == 0
+    assert "inverted" not in capsys.readouterr().err
+
+
+def test_an_undefined_score_is_not_printed_as_nan(labels, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "ones.tif", np.ones(labels.shape, np.float32))
+    assert main(["score", str(tmp_path / "ones.tif"), str(tmp_path / "labels.tif")]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and "split undefined" in out
+
+
+def test_a_slice_named_twice_is_refused(labels, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "map.tif", (labels > 0).astype(np.float32))
+    assert main(["score", str(tmp_path / "map.tif"), str(tmp_path / "labels.tif"), "--slices", "1,1"]) == 2
+    assert "--slices names slice 1 more than once" in capsys.readouterr().err
+
+
+def test_the_help_epilogue_names_every_config_section(capsys):
+    sections = [f.name for f in dataclasses.fields(Config) if f.name != "out_dir"]
+    assert all(name in EPILOG for name in sections), sections
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "segment, storage" in capsys.readouterr().out
