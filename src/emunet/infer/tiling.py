@@ -135,6 +135,52 @@ def inference_layout(model: UNet) -> None:
         model.to(memory_format=torch.channels_last)
 
 
+def _tiles_reaching(plan, shape: tuple[int, int], region: tuple[int, int, int, int]):
+    """The grid's tiles whose output reaches into ``region``: their output origins, and the
+    (mirrored) rows and columns of the image each one's input reads."""
+    (h, w), (y0, y1, x0, x1) = shape, region
+    origins = [(y, x) for y, x in plan.origins()
+               if y < y1 and y + plan.out_size > y0 and x < x1 and x + plan.out_size > x0]
+    rows = [mirror_index(y - plan.context, plan.in_size, h) for y, _ in origins]
+    cols = [mirror_index(x - plan.context, plan.in_size, w) for _, x in origins]
+    return origins, rows, cols
+
+
+def _add_tile(out: np.ndarray, weighted: np.ndarray, origin: tuple[int, int], shape: tuple[int, int],
+              region: tuple[int, int, int, int]) -> None:
+    """Add the part of one tile's weighted output inside both the image and the region."""
+    (y, x), (h, w), (y0, y1, x0, x1) = origin, shape, region
+    size = weighted.shape[-1]
+    ty0, ty1 = max(y, y0), min(y + size, h, y1)
+    tx0, tx1 = max(x, x0), min(x + size, w, x1)
+    out[..., ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += weighted[..., ty0 - y : ty1 - y, tx0 - x : tx1 - x]
+
+
+def _blend_sums(plan, profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sums of the blending weights over every tile of the grid, along y and along x (the
+    weights are separable, so their 2-D sum is the outer product of these)."""
+    norm_y = np.zeros(plan.covered_h, np.float32)
+    norm_x = np.zeros(plan.covered_w, np.float32)
+    for iy in range(plan.ny):
+        norm_y[iy * plan.stride : iy * plan.stride + plan.out_size] += profile
+    for ix in range(plan.nx):
+        norm_x[ix * plan.stride : ix * plan.stride + plan.out_size] += profile
+    return norm_y, norm_x
+
+
+def _tile_probabilities(model: UNet, batch: np.ndarray, device: torch.device, precision: str,
+                        memory_format: torch.memory_format, margin: int) -> np.ndarray:
+    """A batch of input tiles (B, C, H, W) -> their foreground probabilities (B, h, w), or an
+    affinity model's sigmoids (B, C, h, w), without the discarded margin."""
+    x_t = to_network_input(torch.from_numpy(batch).to(device)).contiguous(memory_format=memory_format)
+    with autocast_for(device, precision):
+        logits = model(x_t)
+    prob = torch.sigmoid(logits.float()) if model.cfg.offsets else torch.softmax(logits.float(), dim=1)[:, 1]
+    if margin:
+        prob = prob[..., margin:-margin, margin:-margin]
+    return prob.cpu().numpy()
+
+
 @torch.no_grad()
 def predict_region(
     model: UNet,
@@ -167,9 +213,9 @@ def predict_region(
         margin: for same-padded nets, mirrored context discarded around each tile.
         precision: 'fp32', 'bf16' or 'fp16' autocast.
         out: optional float32 array of the result's shape to write the result into.
+        progress: show a bar over the tiles when there are many (large images).
 
     An affinity model's result has a channel per offset first: (C, rows, columns), sigmoids.
-        progress: show a bar over the tiles when there are many (large images).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     inference_layout(model)
@@ -183,17 +229,8 @@ def predict_region(
         out[...] = 0.0
     profile = _profile(plan.out_size, blend)
     weight = np.outer(profile, profile)
-    norm_y = np.zeros(plan.covered_h, np.float32)
-    norm_x = np.zeros(plan.covered_w, np.float32)
-    for iy in range(plan.ny):
-        norm_y[iy * plan.stride : iy * plan.stride + plan.out_size] += profile
-    for ix in range(plan.nx):
-        norm_x[ix * plan.stride : ix * plan.stride + plan.out_size] += profile
-    origins = [(y, x) for y, x in plan.origins()
-               if y < y1 and y + plan.out_size > y0 and x < x1 and x + plan.out_size > x0]
-    m, b = plan.margin, plan.context
-    rows = [mirror_index(y - b, plan.in_size, h) for y, _ in origins]
-    cols = [mirror_index(x - b, plan.in_size, w) for _, x in origins]
+    norm_y, norm_x = _blend_sums(plan, profile)
+    origins, rows, cols = _tiles_reaching(plan, shape, region)
     if not origins:
         return out
     top, left = min(r.min() for r in rows), min(c.min() for c in cols)
@@ -205,19 +242,9 @@ def predict_region(
         bar.update(len(chunk))
         windows = [np.ix_(rows[i] - top, cols[i] - left) for i in chunk]
         batch = np.stack([np.stack([p[window] for p in planes]) for window in windows]).astype(np.float32, copy=False)
-        x_t = to_network_input(torch.from_numpy(batch).to(device)).contiguous(memory_format=memory_format)
-        with autocast_for(device, precision):
-            logits = model(x_t)
-        prob = torch.sigmoid(logits.float()) if channels else torch.softmax(logits.float(), dim=1)[:, 1]
-        if m:
-            prob = prob[..., m:-m, m:-m]
-        prob = prob.cpu().numpy()
+        prob = _tile_probabilities(model, batch, device, precision, memory_format, plan.margin)
         for i, p in zip(chunk, prob):
-            y, x = origins[i]
-            # the part of the tile's output inside both the image and the region
-            ty0, ty1 = max(y, y0), min(y + plan.out_size, h, y1)
-            tx0, tx1 = max(x, x0), min(x + plan.out_size, w, x1)
-            out[..., ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0] += (p * weight)[..., ty0 - y : ty1 - y, tx0 - x : tx1 - x]
+            _add_tile(out, p * weight, origins[i], shape, region)
     bar.close()
     out /= norm_y[y0:y1, None]
     out /= norm_x[None, x0:x1]

@@ -72,6 +72,68 @@ def _documentation(cfg: UNetConfig, intensity: dict | None, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _write_files(folder: Path, model: UNet, wrapped: "ProbabilityUNet", intensity: dict | None, meta: dict
+                 ) -> tuple[float, float]:
+    """The package's files: test tensors, state-dict, TorchScript and ONNX weights, README.
+    Returns the input scaling (gain, offset) from raw pixels to the network's [-1, 1]."""
+    from .export import export_onnx
+
+    raw = _test_input(model, intensity, np.random.default_rng(0))
+    low, high = (intensity["low"], intensity["high"]) if intensity else (0.0, 1.0)
+    gain, offset = 2.0 / (high - low), -2.0 * low / (high - low) - 1.0  # raw -> [0, 1] -> [-1, 1]
+    scaled = torch.from_numpy(np.clip(raw * gain + offset, -1.0, 1.0).astype(np.float32))
+    with torch.no_grad():
+        expected = wrapped(scaled).numpy()
+    np.save(folder / "test_input.npy", raw)
+    np.save(folder / "test_output.npy", expected)
+    torch.save(wrapped.state_dict(), folder / "weights.pt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer notes about the skip crop's shape check, constant per size
+        torch.jit.trace(wrapped, scaled, check_trace=False).save(str(folder / "weights.torchscript.pt"))
+    export_onnx(model, folder / "weights.onnx", softmax=True, intensity=intensity)
+    (folder / "README.md").write_text(_documentation(model.cfg, intensity, meta))
+    return gain, offset
+
+
+def _tensors(spec, model: UNet, folder: Path, gain: float, offset: float):
+    """The input (raw pixels, scaled and clipped by the package itself) and output descriptions."""
+    step, border = 2**model.cfg.depth, model.border
+    minimum = model.fit_input_size(1)
+    space = [spec.SpaceInputAxis(id=spec.AxisId(a), size=spec.ParameterizedSize(min=minimum, step=step)) for a in "yx"]
+    sections = model.cfg.in_channels
+    channel_names = ["grey"] if sections == 1 else [f"section{i - sections // 2:+d}" for i in range(sections)]
+    preprocessing = [spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=gain, offset=offset)),
+                     spec.ClipDescr(kwargs={"min": -1.0, "max": 1.0})]
+    inputs = spec.InputTensorDescr(
+        id=spec.TensorId("raw"), description="raw pixel values",
+        axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in channel_names]), *space],
+        test_tensor=spec.FileDescr(source=folder / "test_input.npy"), preprocessing=preprocessing,
+        data=spec.IntervalOrRatioDataDescr(type="float32"))
+    out_space = [spec.SpaceOutputAxis(id=spec.AxisId(a), size=spec.SizeReference(
+        tensor_id=spec.TensorId("raw"), axis_id=spec.AxisId(a), offset=-border)) for a in "yx"]
+    outputs = spec.OutputTensorDescr(
+        id=spec.TensorId("probabilities"), description="channel 0: membrane, channel 1: cell interior",
+        axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("membrane"), spec.Identifier("interior")]),
+              *out_space],
+        test_tensor=spec.FileDescr(source=folder / "test_output.npy"),
+        data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))
+    return inputs, outputs
+
+
+def _weights(spec, model: UNet, folder: Path):
+    """The three weight formats, TorchScript and ONNX converted from the state dict."""
+    torch_version = spec.Version(torch.__version__.split("+")[0])
+    weights = spec.WeightsDescr(
+        pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
+            source=folder / "weights.pt", pytorch_version=torch_version,
+            architecture=spec.ArchitectureFromLibraryDescr(callable="ProbabilityUNet", import_from="emunet.model.bioimageio",
+                                                           kwargs=asdict(model.cfg))),
+        torchscript=spec.TorchscriptWeightsDescr(source=folder / "weights.torchscript.pt", pytorch_version=torch_version,
+                                                 parent="pytorch_state_dict"),
+        onnx=spec.OnnxWeightsDescr(source=folder / "weights.onnx", opset_version=17, parent="pytorch_state_dict"))
+    return weights
+
+
 def export_bioimageio(model: UNet, output: str | Path, meta: dict, name: str = "emunet membrane U-Net") -> Path:
     """Write the zip package ``output`` (checked with bioimageio.spec while building)."""
     try:
@@ -79,7 +141,6 @@ def export_bioimageio(model: UNet, output: str | Path, meta: dict, name: str = "
         from bioimageio.spec.model import v0_5 as spec
     except ImportError:
         raise UsageError("the BioImage Model Zoo export needs bioimageio.core: pip install bioimageio.core") from None
-    from .export import export_onnx
 
     if model.cfg.offsets:
         raise UsageError("a BioImage Model Zoo package of this tool describes the membrane head's probabilities; "
@@ -94,50 +155,9 @@ def export_bioimageio(model: UNet, output: str | Path, meta: dict, name: str = "
     wrapped.net.load_state_dict(model.state_dict())
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        raw = _test_input(model, intensity, np.random.default_rng(0))
-        low, high = (intensity["low"], intensity["high"]) if intensity else (0.0, 1.0)
-        gain, offset = 2.0 / (high - low), -2.0 * low / (high - low) - 1.0  # raw -> [0, 1] -> [-1, 1]
-        scaled = torch.from_numpy(np.clip(raw * gain + offset, -1.0, 1.0).astype(np.float32))
-        with torch.no_grad():
-            expected = wrapped(scaled).numpy()
-        np.save(folder / "test_input.npy", raw)
-        np.save(folder / "test_output.npy", expected)
-        torch.save(wrapped.state_dict(), folder / "weights.pt")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer notes about the skip crop's shape check, constant per size
-            torch.jit.trace(wrapped, scaled, check_trace=False).save(str(folder / "weights.torchscript.pt"))
-        export_onnx(model, folder / "weights.onnx", softmax=True, intensity=intensity)
-        (folder / "README.md").write_text(_documentation(model.cfg, intensity, meta))
-
-        step, border = 2**model.cfg.depth, model.border
-        minimum = model.fit_input_size(1)
-        space = [spec.SpaceInputAxis(id=spec.AxisId(a), size=spec.ParameterizedSize(min=minimum, step=step)) for a in "yx"]
-        sections = model.cfg.in_channels
-        channel_names = ["grey"] if sections == 1 else [f"section{i - sections // 2:+d}" for i in range(sections)]
-        preprocessing = [spec.ScaleLinearDescr(kwargs=spec.ScaleLinearKwargs(gain=gain, offset=offset)),
-                         spec.ClipDescr(kwargs={"min": -1.0, "max": 1.0})]
-        inputs = spec.InputTensorDescr(
-            id=spec.TensorId("raw"), description="raw pixel values",
-            axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier(n) for n in channel_names]), *space],
-            test_tensor=spec.FileDescr(source=folder / "test_input.npy"), preprocessing=preprocessing,
-            data=spec.IntervalOrRatioDataDescr(type="float32"))
-        out_space = [spec.SpaceOutputAxis(id=spec.AxisId(a), size=spec.SizeReference(
-            tensor_id=spec.TensorId("raw"), axis_id=spec.AxisId(a), offset=-border)) for a in "yx"]
-        outputs = spec.OutputTensorDescr(
-            id=spec.TensorId("probabilities"), description="channel 0: membrane, channel 1: cell interior",
-            axes=[spec.BatchAxis(), spec.ChannelAxis(channel_names=[spec.Identifier("membrane"), spec.Identifier("interior")]),
-                  *out_space],
-            test_tensor=spec.FileDescr(source=folder / "test_output.npy"),
-            data=spec.IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)))
-        torch_version = spec.Version(torch.__version__.split("+")[0])
-        weights = spec.WeightsDescr(
-            pytorch_state_dict=spec.PytorchStateDictWeightsDescr(
-                source=folder / "weights.pt", pytorch_version=torch_version,
-                architecture=spec.ArchitectureFromLibraryDescr(callable="ProbabilityUNet", import_from="emunet.model.bioimageio",
-                                                               kwargs=asdict(model.cfg))),
-            torchscript=spec.TorchscriptWeightsDescr(source=folder / "weights.torchscript.pt", pytorch_version=torch_version,
-                                                     parent="pytorch_state_dict"),
-            onnx=spec.OnnxWeightsDescr(source=folder / "weights.onnx", opset_version=17, parent="pytorch_state_dict"))
+        gain, offset = _write_files(folder, model, wrapped, intensity, meta)
+        inputs, outputs = _tensors(spec, model, folder, gain, offset)
+        weights = _weights(spec, model, folder)
         description = spec.ModelDescr(
             name=name, description="Membrane and cell-interior probabilities of EM images (U-Net, emunet).",
             authors=[spec.Author(name="emunet")], license=spec.LicenseId("Apache-2.0"),
