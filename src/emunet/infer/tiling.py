@@ -146,6 +146,16 @@ def _tiles_reaching(plan, shape: tuple[int, int], region: tuple[int, int, int, i
     return origins, rows, cols
 
 
+def _zeroed(out: np.ndarray | None, channels: int, region: tuple[int, int, int, int]) -> np.ndarray:
+    """``out`` set to zeros, or a new float32 array for the region (a channel per affinity offset
+    first; none for the membrane head)."""
+    y0, y1, x0, x1 = region
+    if out is None:
+        return np.zeros(((channels,) if channels else ()) + (y1 - y0, x1 - x0), np.float32)
+    out[...] = 0.0
+    return out
+
+
 def _add_tile(out: np.ndarray, weighted: np.ndarray, origin: tuple[int, int], shape: tuple[int, int],
               region: tuple[int, int, int, int]) -> None:
     """Add the part of one tile's weighted output inside both the image and the region."""
@@ -182,21 +192,11 @@ def _tile_probabilities(model: UNet, batch: np.ndarray, device: torch.device, pr
 
 
 @torch.no_grad()
-def predict_region(
-    model: UNet,
-    read: Callable[[slice, slice], list[np.ndarray]],
-    shape: tuple[int, int],
-    region: tuple[int, int, int, int],
-    tile: int = 388,
-    overlap: float = 0.0,
-    batch_size: int = 4,
-    blend: str = "gaussian",
-    margin: int = 32,
-    precision: str = "fp32",
-    device: torch.device | str | None = None,
-    out: np.ndarray | None = None,
-    progress: bool = False,
-) -> np.ndarray:
+def predict_region(model: UNet, read: Callable[[slice, slice], list[np.ndarray]], shape: tuple[int, int],
+                   region: tuple[int, int, int, int], tile: int = 388, overlap: float = 0.0, batch_size: int = 4,
+                   blend: str = "gaussian", margin: int = 32, precision: str = "fp32",
+                   device: torch.device | str | None = None, out: np.ndarray | None = None, progress: bool = False
+                   ) -> np.ndarray:
     """The probabilities of the rows ``y0:y1`` and columns ``x0:x1`` (``region``) of an image of
     ``shape`` that :func:`predict_image` of the whole image gives: the same tiles of the whole
     image's grid, blended the same way, so that an image predicted region by region (a volume
@@ -219,14 +219,9 @@ def predict_region(
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
     inference_layout(model)
-    h, w = shape
-    y0, y1, x0, x1 = region
+    (h, w), (y0, y1, x0, x1) = shape, region
     plan = plan_tiles(model, h, w, tile, overlap, margin)
-    channels = len(model.cfg.offsets)  # the affinity head's; 0 for the membrane head
-    if out is None:
-        out = np.zeros(((channels,) if channels else ()) + (y1 - y0, x1 - x0), np.float32)
-    else:
-        out[...] = 0.0
+    out = _zeroed(out, len(model.cfg.offsets), region)
     profile = _profile(plan.out_size, blend)
     weight = np.outer(profile, profile)
     norm_y, norm_x = _blend_sums(plan, profile)
