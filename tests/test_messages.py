@@ -18,19 +18,17 @@ def labels(isbi_dir) -> np.ndarray:
     return tifffile.imread(isbi_dir / "train-labels.tif")[:2, :128, :128]
 
 
-def test_three_sections_saved_without_metadata_draw_a_warning(isbi_dir, tmp_path, capsys):
-    from emunet.cli import _show_warnings
+def test_three_sections_saved_without_metadata_draw_a_warning(isbi_dir, tmp_path, caplog):
     from emunet.io.data import read_images
 
-    _show_warnings()
     stack = tifffile.imread(isbi_dir / "train-volume.tif")[:3, :64, :64]
     tifffile.imwrite(tmp_path / "three.tif", stack)  # tifffile takes 3 planes as one RGB image
     volume = read_images(tmp_path / "three.tif")
     assert len(volume) == 1
-    err = capsys.readouterr().err
-    assert "three.tif: read as one RGB image and reduced to grey; if these are 3 sections" in err
+    assert "three.tif: read as one RGB image and reduced to grey; if these are 3 sections" in caplog.text
+    caplog.clear()
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
-    assert len(read_images(tmp_path / "stack.tif")) == 3 and "reduced to grey" not in capsys.readouterr().err
+    assert len(read_images(tmp_path / "stack.tif")) == 3 and "reduced to grey" not in caplog.text
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.int32])
@@ -54,21 +52,19 @@ def test_an_8_bit_map_is_still_a_map(labels, tmp_path, capsys):
     assert "Maximal V_rand after thinning: 1.000000" in capsys.readouterr().out
 
 
-def test_an_inverted_map_draws_a_warning_and_thresholds_print_plainly(labels, tmp_path, capsys):
-    from emunet.cli import _show_warnings
-
-    _show_warnings()
+def test_an_inverted_map_draws_a_warning_and_thresholds_print_plainly(labels, tmp_path, capsys, caplog):
     tifffile.imwrite(tmp_path / "labels.tif", labels, photometric="minisblack")
     tifffile.imwrite(tmp_path / "inv.tif", (labels == 0).astype(np.float32))
     assert main(["score", str(tmp_path / "inv.tif"), str(tmp_path / "labels.tif")]) == 0
     captured = capsys.readouterr()
-    assert "inv.tif: the map looks inverted" in captured.err and "1 - map" in captured.err
+    assert "inv.tif: the map looks inverted" in caplog.text and "1 - map" in caplog.text
+    caplog.clear()
     assert "0.30000000000000004" not in captured.out
     rows = [line.split()[0] for line in captured.out.splitlines()[1:13]]
     assert rows[1:] == ["0.0", "0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7", "0.8", "0.9", "1.0"]
     tifffile.imwrite(tmp_path / "right.tif", (labels > 0).astype(np.float32))
     assert main(["score", str(tmp_path / "right.tif"), str(tmp_path / "labels.tif")]) == 0
-    assert "inverted" not in capsys.readouterr().err
+    assert "inverted" not in caplog.text
 
 
 def test_an_undefined_score_is_not_printed_as_nan(labels, tmp_path, capsys):

@@ -298,71 +298,63 @@ INFERENCE_FLAGS = {"tile": "predict.tile", "overlap": "predict.overlap", "batch_
                    "min_size": "segment.min_size"}
 
 
-def _with_inference_flags(cfg, args):
-    """The run's settings with --tile, --overlap, --min-size, ... applied as overrides, checked
-    the same way as KEY=VALUE (a command without a flag leaves its setting alone)."""
-    from .config import with_overrides
-
-    flags = [f"{key}={getattr(args, flag)}" for flag, key in INFERENCE_FLAGS.items() if getattr(args, flag, None) is not None]
-    return with_overrides(cfg, flags)
-
-
 def _load_for_inference(args):
+    """The checkpoints as a Predictor with the run's settings and --tile, --overlap, --min-size,
+    ... applied as overrides, checked the same way as KEY=VALUE (a command without a flag leaves
+    its setting alone); --channel likewise."""
     from .device import choose_precision, resolve_device
-    from .infer.predict import load_models
+    from .infer.predictor import Predictor
 
     device = resolve_device(args.device)
     precision = choose_precision(args.precision, device)
     if not args.quiet:
         print(f"{device.type}, {precision}", file=sys.stderr, flush=True)
-    loaded = load_models(args.checkpoint, device)
-    loaded.config = _with_inference_flags(loaded.config, args)
-    return loaded, precision.precision
+    flags = [f"{key}={getattr(args, flag)}" for flag, key in INFERENCE_FLAGS.items() if getattr(args, flag, None) is not None]
+    if getattr(args, "channel", None) is not None:
+        flags.append(f"data.channel={args.channel}")
+    return Predictor.load(args.checkpoint, device, precision.precision, flags)
 
 
 def cmd_evaluate(args) -> int:
     from .io.data import fold_split, load_labelled
     from .errors import UsageError
     from .score.evaluate import format_table, score_prediction, write_eval_json
-    from .infer.predict import predict_stack
     from .io.storage import is_url, staged_output
 
-    loaded, precision = _load_for_inference(args)
-    cfg = loaded.config
+    predictor = _load_for_inference(args)
+    cfg = predictor.config
     foreground = args.foreground if args.foreground is not None else cfg.data.foreground
     threshold = args.mask_threshold if args.mask_threshold is not None else cfg.data.mask_threshold
-    channel = args.channel if args.channel is not None else cfg.data.channel
     if bool(args.images) != bool(args.labels):
         raise UsageError("--images and --labels go together")
     if args.images:
-        volume = load_labelled(args.images, args.labels, foreground, mask_threshold=threshold, channel=channel,
-                               intensity=loaded.intensity)
+        volume = load_labelled(args.images, args.labels, foreground, mask_threshold=threshold, channel=predictor.channel,
+                               intensity=predictor.intensity)
         scored_data = f"all of {args.images}"
     else:
         fold = cfg.data.fold if args.fold is None else args.fold
-        volume = load_labelled(cfg.data.images, cfg.data.labels, foreground, mask_threshold=threshold, channel=channel,
-                               intensity=loaded.intensity)
+        volume = load_labelled(cfg.data.images, cfg.data.labels, foreground, mask_threshold=threshold,
+                               channel=predictor.channel, intensity=predictor.intensity)
         volume = volume.subset(fold_split(len(volume), fold, cfg.data.train_ratio)[1])
         scored_data = f"fold {fold} of {cfg.data.images}"
     start = time.perf_counter()
-    prediction = predict_stack(loaded.models, volume, cfg.predict, precision, progress=not args.quiet)
-    report, _ = score_prediction(prediction, volume, cfg.segment)
-    first = loaded.paths[0]
-    if len(loaded.models) == 1:
-        print(f"{first} (step {loaded.step}) on {scored_data}, {precision}:")
+    report, _ = score_prediction(predictor.predict(volume, progress=not args.quiet), volume, predictor.segment)
+    first, precision = predictor.paths[0], predictor.precision
+    if len(predictor.models) == 1:
+        print(f"{first} (step {predictor.step}) on {scored_data}, {precision}:")
     else:
-        print(f"mean of {len(loaded.models)} models ({', '.join(map(str, loaded.paths))}) on {scored_data}, {precision}:")
+        print(f"mean of {len(predictor.models)} models ({', '.join(map(str, predictor.paths))}) on {scored_data}, {precision}:")
     print(format_table(report))
     # beside a run's own checkpoint; for an imported .ckpt (often in a read-only data folder) here
-    name = "eval.json" if len(loaded.models) == 1 else "eval-ensemble.json"
+    name = "eval.json" if len(predictor.models) == 1 else "eval-ensemble.json"
     stem, suffix = PurePosixPath(str(first)).stem, PurePosixPath(str(first)).suffix
     beside = Path(f"{stem}-{name}") if suffix == ".ckpt" else (f"{str(first).rsplit('/', 1)[0]}/{name}" if is_url(first)
                                                                 else first.with_name(name))
     out = _evaluate_json(args.json, beside)
-    checkpoints = str(first) if len(loaded.models) == 1 else [str(c) for c in loaded.paths]
+    checkpoints = str(first) if len(predictor.models) == 1 else [str(c) for c in predictor.paths]
     with staged_output(out) as local:
-        write_eval_json(local, report, checkpoint=checkpoints, step=loaded.step, data=scored_data, precision=precision,
-                        predict=vars(cfg.predict), seconds={"eval": time.perf_counter() - start})
+        write_eval_json(local, report, checkpoint=checkpoints, step=predictor.step, data=scored_data, precision=precision,
+                        predict=vars(predictor.settings), seconds={"eval": time.perf_counter() - start})
     print(f"wrote {out}")
     return 0
 
@@ -444,22 +436,18 @@ def _input_address(text: str):
 def cmd_predict(args) -> int:
     import dataclasses
 
-    from .infer.predict import segment_file
     from .io.storage import staged_output
 
     output, cells, masks, overlays = _predict_outputs(args)
-    loaded, precision = _load_for_inference(args)
-    channel = args.channel if args.channel is not None else loaded.config.data.channel
+    predictor = _load_for_inference(args)
     if output.format == "zarr":
-        return _predict_blockwise(args, loaded, precision, channel, output, cells)
+        return _predict_blockwise(args, predictor, output, cells)
     with (staged_output(output.location) as out_local, staged_output(masks and masks.location) as masks_local,
           staged_output(overlays and overlays.location) as overlays_local,
           staged_output(cells and cells.location) as cells_local):
         local_cells = dataclasses.replace(cells, location=str(cells_local)) if cells else None
-        segmented = segment_file(loaded.models, args.input, dataclasses.replace(output, location=str(out_local)),
-                                 loaded.config.predict, precision, masks_local, overlays_local, progress=not args.quiet,
-                                 channel=channel, intensity=loaded.intensity, cells=local_cells,
-                                 segment=loaded.config.segment, overwrite=args.overwrite)
+        segmented = predictor.write(args.input, dataclasses.replace(output, location=str(out_local)), local_cells,
+                                    masks_local, overlays_local, overwrite=args.overwrite, progress=not args.quiet)
     staged = ((out_local, output), (masks_local, masks), (overlays_local, overlays), (cells_local, cells))
     _print_segmented(segmented, {str(local): address.location for local, address in staged if address is not None})
     return 0
@@ -486,19 +474,20 @@ def _cells_address(args, output):
     return parse_address(f"{output.location}-cells", OUTPUT_FORMATS, "--segment output")
 
 
-def _predict_blockwise(args, loaded, precision: str, channel: int | None, output, cells) -> int:
+def _predict_blockwise(args, predictor, output, cells) -> int:
     from .infer.blockwise import predict_to_ome_zarr
     from .errors import UsageError
 
     if args.masks or args.overlays or output.is_url:
         raise UsageError(f"{args.output}: an OME-Zarr output is written to a local folder, without --masks or --overlays")
-    if cells is not None or loaded.models[0].cfg.offsets:
+    if cells is not None or predictor.models[0].cfg.offsets:
         raise UsageError(f"{args.output}: volumes predicted block by block give the membrane head's probabilities only; "
                          "for cells (--segment, or an affinity model) write a .tif stack with -o and --segment CELLS.zarr")
-    result = predict_to_ome_zarr(loaded.paths, str(args.input), output.path, loaded.config.predict, precision,
+    result = predict_to_ome_zarr(predictor.paths, str(args.input), output.path, predictor.settings, predictor.precision,
                                  device=args.device, block=args.block, chunk=args.chunk, dtype=args.dtype,
-                                 levels=args.levels, scheduler=args.scheduler, workers=args.workers, channel=channel,
-                                 axes=args.axes, progress=not args.quiet, overwrite=args.overwrite)
+                                 levels=args.levels, scheduler=args.scheduler, workers=args.workers,
+                                 channel=predictor.channel, axes=args.axes, progress=not args.quiet,
+                                 overwrite=args.overwrite)
     n, h, w = result.shape
     done = result.blocks - result.skipped
     speed = f", {n * h * w / 1e6 / max(result.seconds, 1e-9):.2f} MP/s" if done == result.blocks else ""
@@ -601,7 +590,7 @@ def _run_in(cfg, out: Path, args) -> None:
     from .jobs import train_fold
     from .io.storage import shown
     from .score.evaluate import format_table, write_eval_json
-    from .infer.predict import segment_file
+    from .infer.predictor import Predictor
     from .score.report import write_report
 
     start = time.perf_counter()
@@ -610,10 +599,9 @@ def _run_in(cfg, out: Path, args) -> None:
     print(format_table(fold.report))
     seconds = dict(fold.seconds)
     if cfg.data.test_images:
-        segmented = segment_file(trained.model, cfg.data.test_images, out / "test-probabilities.tif", cfg.predict,
-                                 trained.precision, overlays=out / "test-overlays", progress=not args.quiet,
-                                 channel=cfg.data.channel, intensity=trained.val.intensity, cells=out / "test-cells.tif",
-                                 segment=cfg.segment)
+        predictor = Predictor.of_run(trained.model, cfg, trained.precision, trained.val.intensity)
+        segmented = predictor.write(cfg.data.test_images, out / "test-probabilities.tif", out / "test-cells.tif",
+                                    overlays=out / "test-overlays", progress=not args.quiet)
         _print_segmented(segmented)
         seconds["predict"] = segmented.seconds
     report = write_report(out / "report.html", [fold], title=f"Fold {cfg.data.fold} report: {out}")
@@ -646,7 +634,7 @@ def cmd_cv(args) -> int:
 def _cv_in(cfg, folds: list[int], out: Path, args) -> None:
     from .jobs import cross_validate
     from .io.storage import shown
-    from .infer.predict import segment_file
+    from .infer.predictor import Predictor
 
     trained, results, report = cross_validate(cfg, folds, progress=not args.quiet, overwrite=args.overwrite,
                                               resume=args.resume)
@@ -657,10 +645,9 @@ def _cv_in(cfg, folds: list[int], out: Path, args) -> None:
     print(f"wrote {shown(out / 'cv.json')} and {shown(report)}")
     if cfg.data.test_images:
         # as nnU-Net does: the folds' models, each trained on different slices, predict together
-        segmented = segment_file([t.model for t in trained], cfg.data.test_images, out / "test-probabilities.tif",
-                                 cfg.predict, trained[0].precision, overlays=out / "test-overlays", progress=not args.quiet,
-                                 channel=cfg.data.channel, intensity=trained[0].val.intensity,
-                                 cells=out / "test-cells.tif", segment=cfg.segment)
+        predictor = Predictor.of_run([t.model for t in trained], cfg, trained[0].precision, trained[0].val.intensity)
+        segmented = predictor.write(cfg.data.test_images, out / "test-probabilities.tif", out / "test-cells.tif",
+                                    overlays=out / "test-overlays", progress=not args.quiet)
         _print_segmented(segmented)
 
 

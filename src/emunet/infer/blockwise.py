@@ -131,14 +131,13 @@ def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], de
     """The models and the opened input, scaled as they were trained: loaded once per worker
     process (Dask runs many blocks in each), and again when a checkpoint's contents change
     (``hashes``, part of the cache key)."""
-    from ..device import resolve_device
-    from .predict import load_models
     from ..io.volumes import open_volume
+    from .predictor import Predictor
 
-    loaded = load_models(list(checkpoints), resolve_device(device))
+    predictor = Predictor.load(list(checkpoints), device)
     volume = open_volume(source, channel, axes)
-    volume.choose_scaling(loaded.intensity)
-    return loaded.models, volume
+    volume.choose_scaling(predictor.intensity)
+    return predictor.models, volume
 
 
 def _run_block(job: dict, block: Block) -> str:

@@ -20,7 +20,7 @@ import torch
 from ..model.affinities import Offsets, interior_from_affinities
 from ..model.checkpoint import load_model
 from ..config import Config, PredictConfig, config_from_dict
-from ..io.data import Intensity, Volume, read_each, read_images, scaling_for
+from ..io.data import Intensity, Volume, read_each, read_images
 from ..errors import CheckpointError, DataError, ImageSizesDiffer
 from ..io.address import Address, parse_address
 from ..io.writers import write_cells, write_masks, write_overlays, write_probabilities
@@ -33,7 +33,6 @@ from .tiling import predict_image, predict_image_tta
 
 __all__ = [
     "model_context",
-    "Segmenter",
     "LoadedModels",
     "load_models",
     "predict_raw",
@@ -179,66 +178,6 @@ def predict_volume(
 ) -> np.ndarray:
     """The cell-interior probabilities (N, H, W) of :func:`predict_stack`."""
     return predict_stack(models, volume, pcfg, precision, progress).probs
-
-
-class Segmenter:
-    """The command line's prediction as a Python object: the same models, scaling, tiling and
-    post-processing as ``unet predict``.
-
-    >>> from emunet import Segmenter
-    >>> segment = Segmenter("runs/isbi-cpu/best.safetensors")            # or several: an ensemble
-    >>> prob = segment("../shared/data/isbi2012/test-volume.tif")         # (30, 512, 512), 1 = interior
-    >>> prob = segment(raw_uint8_slice)                                  # (H, W) raw pixels, any size
-    >>> cells = segment.cells(raw_uint8_slice)                           # (H, W) uint32, each id one cell
-
-    Arrays are raw pixel values (uint8, uint16, float, ...), scaled as the model's training images
-    were; ``overrides`` are ``predict.*`` settings (``tile=512``, ``close_gaps=0``, ...).
-    """
-
-    def __init__(self, checkpoints: str | Path | Sequence[str | Path], device: str = "auto", precision: str = "auto",
-                 **overrides: Any) -> None:
-        from ..config import with_overrides
-        from ..device import resolve_device, resolve_precision
-
-        paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
-        self.device = resolve_device(device)
-        self.loaded = load_models(paths, self.device)
-        self.loaded.config = with_overrides(self.loaded.config, [f"predict.{k}={v}" for k, v in overrides.items()])
-        self.precision = resolve_precision(precision, self.device)
-
-    @property
-    def settings(self) -> PredictConfig:
-        return self.loaded.config.predict
-
-    def volume(self, images: str | Path | np.ndarray) -> Volume:
-        """Images as the models see them: read from a path, or raw pixels (H, W) or (N, H, W)."""
-        if isinstance(images, (str, Path)):
-            return read_images(images, channel=self.loaded.config.data.channel, intensity=self.loaded.intensity)
-        raw = np.asarray(images)
-        stack = raw[None] if raw.ndim == 2 else raw
-        if stack.ndim != 3:
-            raise DataError(f"expected an (H, W) image or an (N, H, W) stack of raw pixels, got shape {raw.shape}")
-        intensity = scaling_for(list(stack), [Path(f"<array>[{i}]") for i in range(len(stack))], self.loaded.intensity)
-        scaled = np.empty(stack.shape, np.float32)
-        for i, page in enumerate(stack):
-            intensity.apply(page, scaled[i])
-        return Volume(scaled, [f"image_{i:03d}" for i in range(len(stack))], Path("<array>"), intensity=intensity)
-
-    def __call__(self, images: str | Path | np.ndarray, progress: bool = False) -> np.ndarray:
-        """Cell-interior probabilities, float32, shaped as the input ((H, W) for one image)."""
-        probs = predict_volume(self.loaded.models, self.volume(images), self.settings, self.precision, progress)
-        return _shaped_as(images, probs)
-
-    def cells(self, images: str | Path | np.ndarray, progress: bool = False) -> np.ndarray:
-        """The cells, as ``unet predict --segment`` writes them: uint32 labels, each id one cell,
-        shaped as the input (napari: ``viewer.add_labels(segment.cells(image))``)."""
-        prediction = predict_stack(self.loaded.models, self.volume(images), self.settings, self.precision, progress)
-        return _shaped_as(images, prediction.cells(self.loaded.config.segment))
-
-
-def _shaped_as(images: Any, stack: np.ndarray) -> np.ndarray:
-    """A result stack shaped as the input: one (H, W) page for one (H, W) array."""
-    return stack[0] if isinstance(images, np.ndarray) and images.ndim == 2 else stack
 
 
 @dataclass

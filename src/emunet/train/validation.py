@@ -23,7 +23,7 @@ from ..config import PredictConfig
 from ..io.data import Volume
 from ..score.evaluate import ScoreReport, score_prediction
 from ..model.unet import UNet
-from ..infer.predict import predict_stack
+from ..infer.predictor import Predictor
 from ..infer.segment import SegmentConfig
 
 __all__ = ["ScoredValidation", "FoldScorer", "snapshot_of"]
@@ -66,10 +66,9 @@ class FoldScorer:
 
     def submit(self, step: int, model: UNet, snapshot: dict[str, Any] | None = None) -> None:
         """Predict the fold with a copy of ``model`` as its deployed weights will predict (eval
-        mode, laid out by :func:`predict_stack` as loaded weights are), segment it into cells
-        and score both."""
+        mode, laid out for inference as loaded weights are), segment it into cells and score both."""
         deployed = copy.deepcopy(model).eval()
-        prediction = predict_stack(deployed, self.volume, self.pcfg, self.precision)
+        prediction = Predictor([deployed], self.pcfg, self.segment, self.precision).predict(self.volume)
         if self._pool is not None:
             scored: Future | tuple = self._pool.submit(score_prediction, prediction, self.volume, self.segment)
         else:

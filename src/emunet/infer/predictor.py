@@ -1,0 +1,134 @@
+"""The one way from images to maps and cells: a :class:`Predictor` holds the models (one, or an
+ensemble), their prediction and segmentation settings, the precision and the input scaling the
+models were trained with. ``unet predict`` and ``evaluate``, validation during training, the
+test prediction of ``run`` and ``cv``, the blockwise volume workers and the Python API
+(:class:`Segmenter`) all predict through it, so they cannot drift apart."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Config, PredictConfig, SegmentConfig, with_overrides
+from ..errors import DataError
+from ..io.address import Address
+from ..io.data import Intensity, Volume, read_images, scaling_for
+from ..model.unet import UNet
+from .predict import Prediction, SegmentedFile, load_models, predict_stack, segment_file
+
+__all__ = ["Predictor", "Segmenter"]
+
+
+@dataclass
+class Predictor:
+    """Models and everything that decides what they predict.
+
+    Attributes:
+        models: predicted together (an ensemble: the mean of their maps).
+        settings: tiling, flips, blur and gap closing (``predict.*``).
+        segment: how maps become cells (``segment.*``).
+        precision: 'fp32', 'bf16' or 'fp16', already chosen for the device.
+        intensity: how the training images were scaled (new images are scaled alike); None: by
+            their own range.
+        channel: the channel read from multi-channel images.
+        paths: the checkpoints the models came from (for messages and the blockwise workers).
+        step: the training step of the first checkpoint.
+        config: the run's settings that came with the first checkpoint.
+    """
+
+    models: list[UNet]
+    settings: PredictConfig
+    segment: SegmentConfig
+    precision: str
+    intensity: Intensity | None = None
+    channel: int | None = None
+    paths: list[str | Path] = field(default_factory=list)
+    step: int | None = None
+    config: Config = field(default_factory=Config)
+
+    @classmethod
+    def load(cls, checkpoints: str | Path | Sequence[str | Path], device: str | torch.device = "auto",
+             precision: str = "auto", overrides: Sequence[str] = ()) -> Predictor:
+        """Load checkpoints (several: an ensemble) with the settings of the run that wrote the
+        first, changed by ``overrides`` (``predict.tile=512``, ``segment.min_size=0``, ...)."""
+        from ..device import resolve_device, resolve_precision
+
+        paths = [checkpoints] if isinstance(checkpoints, (str, Path)) else list(checkpoints)
+        device = resolve_device(device) if isinstance(device, str) else device
+        loaded = load_models(paths, device)
+        config = with_overrides(loaded.config, list(overrides))
+        return cls(loaded.models, config.predict, config.segment, resolve_precision(precision, device), loaded.intensity,
+                   config.data.channel, list(loaded.paths), loaded.step, config)
+
+    @classmethod
+    def of_run(cls, models: UNet | Sequence[UNet], cfg: Config, precision: str, intensity: Intensity | None) -> Predictor:
+        """The models of a run being trained (validation, the test prediction of run and cv)."""
+        models = [models] if isinstance(models, UNet) else list(models)
+        return cls(models, cfg.predict, cfg.segment, precision, intensity, cfg.data.channel, config=cfg)
+
+    def read(self, images: str | Path | np.ndarray) -> Volume:
+        """Images as the models see them: read from a path, or raw pixels (H, W) or (N, H, W)."""
+        if isinstance(images, (str, Path)):
+            return read_images(images, channel=self.channel, intensity=self.intensity)
+        raw = np.asarray(images)
+        stack = raw[None] if raw.ndim == 2 else raw
+        if stack.ndim != 3:
+            raise DataError(f"expected an (H, W) image or an (N, H, W) stack of raw pixels, got shape {raw.shape}")
+        intensity = scaling_for(list(stack), [Path(f"<array>[{i}]") for i in range(len(stack))], self.intensity)
+        scaled = np.empty(stack.shape, np.float32)
+        for i, page in enumerate(stack):
+            intensity.apply(page, scaled[i])
+        return Volume(scaled, [f"image_{i:03d}" for i in range(len(stack))], Path("<array>"), intensity=intensity)
+
+    def predict(self, volume: Volume, progress: bool = False) -> Prediction:
+        """The post-processed map of every slice (and an affinity model's affinities)."""
+        return predict_stack(self.models, volume, self.settings, self.precision, progress)
+
+    def cells_of(self, prediction: Prediction) -> np.ndarray:
+        return prediction.cells(self.segment)
+
+    def write(self, source: str | Path, output: Address | str | Path, cells: Address | str | Path | None = None,
+              masks: Path | None = None, overlays: Path | None = None, overwrite: bool = False,
+              progress: bool = True) -> SegmentedFile:
+        """Predict the images at ``source`` and write the map (and cells, masks, overlays)."""
+        return segment_file(self.models, source, output, self.settings, self.precision, masks, overlays, progress,
+                            self.channel, self.intensity, cells, self.segment, overwrite)
+
+    def __call__(self, images: str | Path | np.ndarray, progress: bool = False) -> np.ndarray:
+        """Cell-interior probabilities, float32, shaped as the input ((H, W) for one image)."""
+        return _shaped_as(images, self.predict(self.read(images), progress).probs)
+
+    def cells(self, images: str | Path | np.ndarray, progress: bool = False) -> np.ndarray:
+        """The cells, as ``unet predict --segment`` writes them: uint32 labels, each id one cell,
+        shaped as the input (napari: ``viewer.add_labels(segment.cells(image))``)."""
+        return _shaped_as(images, self.cells_of(self.predict(self.read(images), progress)))
+
+
+class Segmenter(Predictor):
+    """The command line's prediction as a Python object: the same models, scaling, tiling and
+    post-processing as ``unet predict``.
+
+    >>> from emunet import Segmenter
+    >>> segment = Segmenter("runs/isbi-cpu/best.safetensors")            # or several: an ensemble
+    >>> prob = segment("../shared/data/isbi2012/test-volume.tif")         # (30, 512, 512), 1 = interior
+    >>> prob = segment(raw_uint8_slice)                                  # (H, W) raw pixels, any size
+    >>> cells = segment.cells(raw_uint8_slice)                           # (H, W) uint32, each id one cell
+
+    Arrays are raw pixel values (uint8, uint16, float, ...), scaled as the model's training images
+    were; ``overrides`` are ``predict.*`` settings (``tile=512``, ``close_gaps=0``, ...).
+    """
+
+    def __init__(self, checkpoints: str | Path | Sequence[str | Path], device: str = "auto", precision: str = "auto",
+                 **overrides: Any) -> None:
+        loaded = Predictor.load(checkpoints, device, precision, [f"predict.{k}={v}" for k, v in overrides.items()])
+        super().__init__(**{f: getattr(loaded, f) for f in Predictor.__dataclass_fields__})
+
+
+def _shaped_as(images: Any, stack: np.ndarray) -> np.ndarray:
+    """A result stack shaped as the input: one (H, W) page for one (H, W) array."""
+    return stack[0] if isinstance(images, np.ndarray) and images.ndim == 2 else stack
