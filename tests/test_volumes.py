@@ -3,7 +3,6 @@ prediction, restart after a kill, a distributed run."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -257,7 +256,7 @@ def test_training_on_a_zarr_volume_reads_tiles_from_disk_and_trains_as_on_the_st
     import emunet.io.data
 
     from emunet.train.loop import train
-    from test_train import _cfg, TINY
+    from test_train import _cfg
 
     images = tifffile.imread(isbi_dir / "train-volume.tif")[:10, :256, :256]
     labels = tifffile.imread(isbi_dir / "train-labels.tif")[:10, :256, :256]

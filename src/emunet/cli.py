@@ -246,14 +246,12 @@ def _config(args):
     """Settings from -c and KEY=VALUE; a resumed run without -c takes its own config.yaml (a
     run stopped before it started has none: then the defaults and KEY=VALUE)."""
     from .io import storage
-    from .config import load_config
+    from .config import data_url_overrides, load_config
     from .errors import UsageError
 
     overrides = list(args.overrides)
     if getattr(args, "data_url", None):  # KEY=VALUE given beside it still wins
-        root = args.data_url.rstrip("/")
-        overrides[:0] = [f"data.images={root}/train-volume.tif", f"data.labels={root}/train-labels.tif",
-                         f"data.test_images={root}/test-volume.tif"]
+        overrides[:0] = data_url_overrides(args.data_url)
     if getattr(args, "out", None):
         overrides.append(f"out_dir={args.out}")
     if _resuming(args) and args.config is None:
@@ -316,74 +314,20 @@ def _load_for_inference(args):
 
 
 def cmd_evaluate(args) -> int:
-    from .io.data import fold_split, load_labelled
-    from .errors import UsageError
-    from .score.evaluate import format_table, score_prediction, write_eval_json
-    from .io.storage import is_url, staged_output
+    from .jobs import evaluate
+    from .score.evaluate import format_table
 
     predictor = _load_for_inference(args)
-    cfg = predictor.config
-    foreground = args.foreground if args.foreground is not None else cfg.data.foreground
-    threshold = args.mask_threshold if args.mask_threshold is not None else cfg.data.mask_threshold
-    if bool(args.images) != bool(args.labels):
-        raise UsageError("--images and --labels go together")
-    if args.images:
-        volume = load_labelled(args.images, args.labels, foreground, mask_threshold=threshold, channel=predictor.channel,
-                               intensity=predictor.intensity)
-        scored_data = f"all of {args.images}"
-    else:
-        fold = cfg.data.fold if args.fold is None else args.fold
-        volume = load_labelled(cfg.data.images, cfg.data.labels, foreground, mask_threshold=threshold,
-                               channel=predictor.channel, intensity=predictor.intensity)
-        volume = volume.subset(fold_split(len(volume), fold, cfg.data.train_ratio)[1])
-        scored_data = f"fold {fold} of {cfg.data.images}"
-    start = time.perf_counter()
-    report, _ = score_prediction(predictor.predict(volume, progress=not args.quiet), volume, predictor.segment)
-    first, precision = predictor.paths[0], predictor.precision
+    done = evaluate(predictor, args.images, args.labels, args.fold, args.foreground, args.mask_threshold, args.json,
+                    progress=not args.quiet)
     if len(predictor.models) == 1:
-        print(f"{first} (step {predictor.step}) on {scored_data}, {precision}:")
+        print(f"{predictor.paths[0]} (step {predictor.step}) on {done.data}, {predictor.precision}:")
     else:
-        print(f"mean of {len(predictor.models)} models ({', '.join(map(str, predictor.paths))}) on {scored_data}, {precision}:")
-    print(format_table(report))
-    # beside a run's own checkpoint; for an imported .ckpt (often in a read-only data folder) here
-    name = "eval.json" if len(predictor.models) == 1 else "eval-ensemble.json"
-    stem, suffix = PurePosixPath(str(first)).stem, PurePosixPath(str(first)).suffix
-    beside = Path(f"{stem}-{name}") if suffix == ".ckpt" else (f"{str(first).rsplit('/', 1)[0]}/{name}" if is_url(first)
-                                                                else first.with_name(name))
-    out = _evaluate_json(args.json, beside)
-    checkpoints = str(first) if len(predictor.models) == 1 else [str(c) for c in predictor.paths]
-    with staged_output(out) as local:
-        write_eval_json(local, report, checkpoint=checkpoints, step=predictor.step, data=scored_data, precision=precision,
-                        predict=vars(predictor.settings), seconds={"eval": time.perf_counter() - start})
-    print(f"wrote {out}")
+        print(f"mean of {len(predictor.models)} models ({', '.join(map(str, predictor.paths))}) on {done.data}, "
+              f"{predictor.precision}:")
+    print(format_table(done.report))
+    print(f"wrote {done.json}")
     return 0
-
-
-def _is_run_record(path) -> bool:
-    """Whether ``path`` is the eval.json a run wrote (its validation scores and times)."""
-    import json
-
-    from .io.storage import exists, local_copy
-
-    try:
-        return exists(path) and "train" in (json.loads(local_copy(path).read_text()).get("seconds") or {})
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def _evaluate_json(given, beside):
-    """Where evaluate writes its scores: --json, or beside the checkpoint; never over a run's own
-    record (then evaluate.json beside it)."""
-    from .errors import UsageError
-
-    if given is not None:
-        if _is_run_record(given):
-            raise UsageError(f"{given}: the run's own record (its validation scores and times); choose another --json")
-        return given
-    if _is_run_record(beside):  # only a single model's eval.json can be one
-        renamed = str(beside)[: -len("eval.json")] + "evaluate.json"
-        return renamed if isinstance(beside, str) else Path(renamed)
-    return beside
 
 
 def _print_segmented(segmented, shown_as: dict[str, str] | None = None) -> None:
@@ -574,47 +518,27 @@ def _single_process(command: str) -> None:
 
 
 def cmd_run(args) -> int:
-    from .io.storage import is_url, mirrored_run
-    from .train.loop import RUN_FILES
+    from .io.storage import is_url, shown
+    from .jobs import run
+    from .score.evaluate import format_table
 
     _single_process("run")
     cfg = _config(args)
-    with mirrored_run(cfg.out_dir, bool(_resuming(args)), args.overwrite, RUN_FILES) as out:
-        _run_in(cfg, out, args)
+    done = run(cfg, resume=_resuming(args), overwrite=args.overwrite, progress=not args.quiet)
+    print(f"\nfold {cfg.data.fold}, best checkpoint (step {done.fold.step}), {done.fold.precision}:")
+    print(format_table(done.fold.report))
+    if done.test is not None:
+        _print_segmented(done.test)
+    print(f"wrote {shown(done.eval_json)} and {shown(done.report_html)}; total {done.seconds['total']:.0f} s")
     if is_url(cfg.out_dir):
         print(f"uploaded the run to {cfg.out_dir}")
     return 0
 
 
-def _run_in(cfg, out: Path, args) -> None:
-    from .jobs import train_fold
-    from .io.storage import shown
-    from .score.evaluate import format_table, write_eval_json
-    from .infer.predictor import Predictor
-    from .score.report import write_report
-
-    start = time.perf_counter()
-    fold, trained = train_fold(cfg, resume=_resuming(args), progress=not args.quiet, overwrite=args.overwrite)
-    print(f"\nfold {cfg.data.fold}, best checkpoint (step {fold.step}), {trained.precision}:")
-    print(format_table(fold.report))
-    seconds = dict(fold.seconds)
-    if cfg.data.test_images:
-        predictor = Predictor.of_run(trained.model, cfg, trained.precision, trained.val.intensity)
-        segmented = predictor.write(cfg.data.test_images, out / "test-probabilities.tif", out / "test-cells.tif",
-                                    overlays=out / "test-overlays", progress=not args.quiet)
-        _print_segmented(segmented)
-        seconds["predict"] = segmented.seconds
-    report = write_report(out / "report.html", [fold], title=f"Fold {cfg.data.fold} report: {out}")
-    seconds["total"] = time.perf_counter() - start
-    write_eval_json(out / "eval.json", fold.report, checkpoint=shown(trained.best_path), step=fold.step, fold=cfg.data.fold,
-                    precision=trained.precision, seconds=seconds)
-    print(f"wrote {shown(out / 'eval.json')} and {shown(report)}; total {seconds['total']:.0f} s")
-
-
 def cmd_cv(args) -> int:
-    from .jobs import cv_files
     from .errors import UsageError
-    from .io.storage import is_url, mirrored_run
+    from .io.storage import is_url, shown
+    from .jobs import cross_validate
 
     _single_process("cv")
     cfg = _config(args)
@@ -624,31 +548,17 @@ def cmd_cv(args) -> int:
         raise UsageError(f"--folds must be comma-separated integers, got {args.folds!r}") from None
     if not folds or min(folds) < 0:
         raise UsageError("--folds must name at least one fold >= 0")
-    with mirrored_run(cfg.out_dir, args.resume, args.overwrite, cv_files(folds)) as out:
-        _cv_in(cfg, folds, out, args)
-    if is_url(cfg.out_dir):
-        print(f"uploaded the cross-validation to {cfg.out_dir}")
-    return 0
-
-
-def _cv_in(cfg, folds: list[int], out: Path, args) -> None:
-    from .jobs import cross_validate
-    from .io.storage import shown
-    from .infer.predictor import Predictor
-
-    trained, results, report = cross_validate(cfg, folds, progress=not args.quiet, overwrite=args.overwrite,
-                                              resume=args.resume)
-    for r in results:
+    done = cross_validate(cfg, folds, progress=not args.quiet, overwrite=args.overwrite, resume=args.resume)
+    for r in done.folds:
         m = r.report.mean
         print(f"fold {r.fold}: lab dice {m['lab_dice']:.4f}  V_rand {m['v_rand']:.4f}  V_info {m['v_info']:.4f}  "
               f"cells: V_rand {m['cells_v_rand']:.4f}  V_info {m['cells_v_info']:.4f}")
-    print(f"wrote {shown(out / 'cv.json')} and {shown(report)}")
-    if cfg.data.test_images:
-        # as nnU-Net does: the folds' models, each trained on different slices, predict together
-        predictor = Predictor.of_run([t.model for t in trained], cfg, trained[0].precision, trained[0].val.intensity)
-        segmented = predictor.write(cfg.data.test_images, out / "test-probabilities.tif", out / "test-cells.tif",
-                                    overlays=out / "test-overlays", progress=not args.quiet)
-        _print_segmented(segmented)
+    print(f"wrote {shown(done.cv_json)} and {shown(done.report_html)}")
+    if done.test is not None:
+        _print_segmented(done.test)
+    if is_url(cfg.out_dir):
+        print(f"uploaded the cross-validation to {cfg.out_dir}")
+    return 0
 
 
 def cmd_import_mindspore(args) -> int:

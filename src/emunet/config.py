@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from .io.storage import StorageConfig
 from .model.unet import PRESETS, UNetConfig
 
 __all__ = ["ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "PredictConfig", "Config", "load_config", "with_overrides",
-           "dump_config", "with_absolute_paths", "AugmentConfig", "SegmentConfig"]
+           "dump_config", "with_absolute_paths", "data_url_overrides", "AugmentConfig", "SegmentConfig"]
 
 
 @dataclass
@@ -445,11 +446,19 @@ def config_from_dict(values: dict) -> Config:
     return cfg
 
 
+def data_url_overrides(data_url: str) -> list[str]:
+    """The lab's cloud-job layout: a folder or prefix (``--data_url``) holding train-volume.tif,
+    train-labels.tif and test-volume.tif, as the settings that name them."""
+    root = str(data_url).rstrip("/")
+    return [f"data.images={root}/train-volume.tif", f"data.labels={root}/train-labels.tif",
+            f"data.test_images={root}/test-volume.tif"]
+
+
 def with_absolute_paths(cfg: Config) -> Config:
     """``cfg`` with its local data and init paths made absolute: a run's config.yaml and its
     checkpoints then name the same files wherever they are read from (evaluate, --resume)."""
     def absolute(path: str | None) -> str | None:
-        return path if path is None or "://" in str(path) else str(Path(path).expanduser().absolute())
+        return path if path is None or "://" in str(path) else os.path.abspath(os.path.expanduser(path))
 
     data = dataclasses.replace(cfg.data, images=absolute(cfg.data.images), labels=absolute(cfg.data.labels),
                                test_images=absolute(cfg.data.test_images))

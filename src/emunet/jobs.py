@@ -1,30 +1,91 @@
-"""Train and score folds: the shared path of the ``run`` and ``cv`` commands."""
+"""The commands as functions a Python user can call: ``run`` (train a fold, score it, segment the
+test images), ``cross_validate`` (several folds and their ensemble), ``evaluate`` (score
+checkpoints on labelled images). Each opens its run folder once (local, or mirrored to a store),
+writes its outputs there and hands back what it did; the CLI parses, calls and prints.
+
+>>> from emunet.config import load_config
+>>> from emunet.jobs import run
+>>> done = run(load_config("configs/isbi-cpu.yaml"))
+>>> done.fold.report.mean["v_rand"], done.eval_json
+"""
 
 from __future__ import annotations
 
-from dataclasses import replace
-from pathlib import Path
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from .config import Config
-from .score.evaluate import write_eval_json
+from .infer.predict import SegmentedFile
+from .infer.predictor import Predictor
 from .io.files import write_json
-from .score.report import FoldResult, write_report
-from .io.storage import local_folder, mirrored_run, shown
-from .train.loop import RUN_FILES, TrainResult, prepare_output, train
+from .io.storage import is_url, mirrored_run, shown, staged_output
+from .score.evaluate import FoldResult, ScoreReport, score_prediction, write_eval_json
+from .score.report import write_report
+from .train.loop import RUN_FILES, prepare_output, train
 
-__all__ = ["train_fold", "cross_validate", "cv_files"]
+__all__ = ["run", "train_fold", "cross_validate", "evaluate", "cv_files", "RunDone", "CrossValidationDone", "EvaluateDone"]
 
 
-def train_fold(cfg: Config, resume: str | bool = False, progress: bool = True, overwrite: bool = False
-               ) -> tuple[FoldResult, TrainResult]:
+@dataclass
+class RunDone:
+    """What ``run`` did: the fold's result, the test images' outputs, where its record is."""
+
+    fold: FoldResult
+    test: SegmentedFile | None
+    report_html: Path
+    eval_json: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class CrossValidationDone:
+    folds: list[FoldResult]
+    test: SegmentedFile | None
+    report_html: Path
+    cv_json: Path
+
+
+@dataclass
+class EvaluateDone:
+    report: ScoreReport
+    data: str  # what was scored, in words
+    json: str | Path  # where the scores were written
+
+
+def train_fold(cfg: Config, resume: str | bool = False, progress: bool = True, overwrite: bool = False) -> FoldResult:
     """Train ``cfg``'s fold; its best weights' validation is the fold's result (nothing is read
-    or scored twice). Returns the report's view of it and the training result (best model)."""
-    trained = train(cfg, resume=resume, progress=progress, overwrite=overwrite)
-    fold = FoldResult(cfg.data.fold, local_folder(cfg.out_dir), trained.report, trained.step, trained.val, trained.probs,
-                      trained.seconds, trained.cells)
-    return fold, trained
+    or scored twice)."""
+    return train(cfg, resume=resume, progress=progress, overwrite=overwrite)
+
+
+def _segment_test_images(cfg: Config, folds: Sequence[FoldResult], out: Path, progress: bool) -> SegmentedFile | None:
+    """The test images segmented by the folds' best models together (an ensemble for several)."""
+    if not cfg.data.test_images:
+        return None
+    predictor = Predictor.of_run([f.model for f in folds], cfg, folds[0].precision, folds[0].volume.intensity)
+    return predictor.write(cfg.data.test_images, out / "test-probabilities.tif", out / "test-cells.tif",
+                           overlays=out / "test-overlays", progress=progress)
+
+
+def run(cfg: Config, resume: str | bool = False, overwrite: bool = False, progress: bool = True) -> RunDone:
+    """Train ``cfg``'s fold, score its best weights on the fold, segment ``data.test_images``,
+    and write ``report.html`` and ``eval.json`` (the run's record) into ``out_dir``."""
+    with mirrored_run(cfg.out_dir, bool(resume), overwrite, RUN_FILES) as out:
+        start = time.perf_counter()
+        fold = train_fold(cfg, resume=resume, progress=progress, overwrite=overwrite)
+        seconds = dict(fold.seconds)
+        test = _segment_test_images(cfg, [fold], out, progress)
+        if test is not None:
+            seconds["predict"] = test.seconds
+        report = write_report(out / "report.html", [fold], title=f"Fold {cfg.data.fold} report: {out}")
+        seconds["total"] = time.perf_counter() - start
+        write_eval_json(out / "eval.json", fold.report, checkpoint=shown(fold.best_path), step=fold.step,
+                        fold=cfg.data.fold, precision=fold.precision, seconds=seconds)
+        return RunDone(fold, test, report, out / "eval.json", seconds)
 
 
 def cv_files(folds: list[int]) -> tuple[str, ...]:
@@ -33,39 +94,107 @@ def cv_files(folds: list[int]) -> tuple[str, ...]:
 
 
 def cross_validate(cfg: Config, folds: list[int], progress: bool = True, overwrite: bool = False, resume: bool = False
-                   ) -> tuple[list[TrainResult], list[FoldResult], Path]:
+                   ) -> CrossValidationDone:
     """Train and score each fold in ``out_dir/fold{k}``; write each fold's ``eval.json``, then
-    ``cv.json`` (per fold, mean and spread) and ``report.html``. A fold folder that already
-    holds a run is refused unless ``overwrite``, before any fold trains, or continued with
-    ``resume``: an unfinished fold from its newest checkpoint, a finished one only re-read (its
-    best weights scored again, nothing trained). ``out_dir`` may be a URL (see
-    :func:`storage.mirrored_run`)."""
+    ``cv.json`` (per fold, mean and spread) and ``report.html``, and segment the test images
+    with the folds' models together. A fold folder that already holds a run is refused unless
+    ``overwrite``, before any fold trains, or continued with ``resume``: an unfinished fold
+    from its newest checkpoint, a finished one only re-read (its best weights scored again,
+    nothing trained). ``out_dir`` may be a URL (see :func:`storage.mirrored_run`)."""
     with mirrored_run(cfg.out_dir, resume, overwrite, cv_files(folds)) as out:
-        return _cross_validate(cfg, folds, out, progress, overwrite, resume)
+        for k in folds:
+            prepare_output(out / f"fold{k}", resume, overwrite)
+        results = [_fold_of_cv(cfg, k, progress, overwrite, resume) for k in folds]
+        cv_json = out / "cv.json"
+        write_json(cv_json, _cv_summary(folds, results))
+        report = write_report(out / "report.html", results, title=f"Cross-validation report: {out}")
+        # as nnU-Net does: the folds' models, each trained on different slices, predict together
+        test = _segment_test_images(cfg, results, out, progress)
+        return CrossValidationDone(results, test, report, cv_json)
 
 
-def _cross_validate(cfg: Config, folds: list[int], out: Path, progress: bool, overwrite: bool, resume: bool
-                    ) -> tuple[list[TrainResult], list[FoldResult], Path]:
-    for k in folds:
-        prepare_output(out / f"fold{k}", resume, overwrite)
-    trained_folds, results = [], []
-    for k in folds:
-        fold_cfg = replace(cfg, out_dir=f"{str(cfg.out_dir).rstrip('/')}/fold{k}", data=replace(cfg.data, fold=k))
-        if progress:
-            print(f"== fold {k} ==")
-        result, trained = train_fold(fold_cfg, resume=resume, progress=progress, overwrite=overwrite)
-        write_eval_json(result.run_dir / "eval.json", result.report, checkpoint=shown(trained.best_path), step=result.step,
-                        fold=k, precision=trained.precision, seconds=result.seconds)
-        trained_folds.append(trained)
-        results.append(result)
+def _fold_of_cv(cfg: Config, k: int, progress: bool, overwrite: bool, resume: bool) -> FoldResult:
+    fold_cfg = replace(cfg, out_dir=f"{str(cfg.out_dir).rstrip('/')}/fold{k}", data=replace(cfg.data, fold=k))
+    if progress:
+        print(f"== fold {k} ==")
+    result = train_fold(fold_cfg, resume=resume, progress=progress, overwrite=overwrite)
+    write_eval_json(result.run_dir / "eval.json", result.report, checkpoint=shown(result.best_path), step=result.step,
+                    fold=k, precision=result.precision, seconds=result.seconds)
+    return result
+
+
+def _cv_summary(folds: list[int], results: list[FoldResult]) -> dict:
     means = {key: [r.report.mean[key] for r in results] for key in results[0].report.mean}
-    summary = {
+    return {
         "folds": folds,
         "per_fold": [{"fold": r.fold, **r.report.mean, "v_rand_threshold": r.report.challenge["v_rand_threshold"]}
                      for r in results],
         "mean": {k: float(np.mean(v)) for k, v in means.items()},
         "std": {k: float(np.std(v)) for k, v in means.items()},
     }
-    write_json(out / "cv.json", summary)
-    report = write_report(out / "report.html", results, title=f"Cross-validation report: {out}")
-    return trained_folds, results, report
+
+
+def evaluate(predictor: Predictor, images: str | None = None, labels: str | None = None, fold: int | None = None,
+             foreground: int | None = None, mask_threshold: float | None = None, json: str | Path | None = None,
+             progress: bool = True) -> EvaluateDone:
+    """Score ``predictor`` on ``images`` and ``labels`` (all of them), or by default on the
+    validation fold of the run that wrote its first checkpoint (or on ``fold``). The scores go
+    to ``json``, by default beside the checkpoint (eval.json), never over a run's own record."""
+    from .errors import UsageError
+    from .io.data import fold_split, load_labelled
+
+    cfg = predictor.config
+    foreground = cfg.data.foreground if foreground is None else foreground
+    threshold = cfg.data.mask_threshold if mask_threshold is None else mask_threshold
+    if bool(images) != bool(labels):
+        raise UsageError("--images and --labels go together")
+    volume = load_labelled(images or cfg.data.images, labels or cfg.data.labels, foreground, mask_threshold=threshold,
+                           channel=predictor.channel, intensity=predictor.intensity)
+    if images:
+        data = f"all of {images}"
+    else:
+        fold = cfg.data.fold if fold is None else fold
+        volume = volume.subset(fold_split(len(volume), fold, cfg.data.train_ratio)[1])
+        data = f"fold {fold} of {cfg.data.images}"
+    start = time.perf_counter()
+    report, _ = score_prediction(predictor.predict(volume, progress=progress), volume, predictor.segment)
+    out = evaluate_json(json, predictor.paths)
+    checkpoints = str(predictor.paths[0]) if len(predictor.models) == 1 else [str(c) for c in predictor.paths]
+    with staged_output(out) as local:
+        write_eval_json(local, report, checkpoint=checkpoints, step=predictor.step, data=data, precision=predictor.precision,
+                        predict=vars(predictor.settings), seconds={"eval": time.perf_counter() - start})
+    return EvaluateDone(report, data, out)
+
+
+def is_run_record(path: str | Path) -> bool:
+    """Whether ``path`` is the eval.json a run wrote (its validation scores and times)."""
+    import json
+
+    from .io.storage import exists, local_copy
+
+    try:
+        return exists(path) and "train" in (json.loads(local_copy(path).read_text()).get("seconds") or {})
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def evaluate_json(given: str | Path | None, checkpoints: Sequence[str | Path]) -> str | Path:
+    """Where evaluate writes its scores: ``given``, or beside the first checkpoint (eval.json, or
+    eval-ensemble.json for several; for an imported .ckpt, often in a read-only data folder,
+    NAME-eval.json here); never over a run's own record (then evaluate.json beside it)."""
+    from .errors import UsageError
+
+    if given is not None:
+        if is_run_record(given):
+            raise UsageError(f"{given}: the run's own record (its validation scores and times); choose another --json")
+        return given
+    first = checkpoints[0]
+    name = "eval.json" if len(checkpoints) == 1 else "eval-ensemble.json"
+    stem, suffix = PurePosixPath(str(first)).stem, PurePosixPath(str(first)).suffix
+    beside = Path(f"{stem}-{name}") if suffix == ".ckpt" else (f"{str(first).rsplit('/', 1)[0]}/{name}" if is_url(first)
+                                                                else Path(first).with_name(name))
+    if is_run_record(beside):  # only a single model's eval.json can be one
+        renamed = str(beside)[: -len("eval.json")] + "evaluate.json"
+        return renamed if isinstance(beside, str) else Path(renamed)
+    return beside
+

@@ -110,6 +110,25 @@ def format_table(report: ScoreReport) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class FoldResult:
+    """One trained and scored fold, the one type that training returns, the jobs pass on and the
+    report draws: the best weights' validation (scores, slices, map, cells), where they are, and
+    the weights themselves (loaded, eval mode) so nothing is read or scored twice."""
+
+    fold: int
+    run_dir: Path
+    step: int
+    report: ScoreReport
+    volume: Volume  # the validation slices
+    probs: np.ndarray
+    cells: np.ndarray | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    best_path: Path | None = None
+    model: Any = None  # the best weights as a UNet
+    precision: str = "fp32"
+
+
 def write_eval_json(path: Path, report: ScoreReport, **context: Any) -> None:
     """``eval.json``: what was scored and how (``context``: checkpoint, step, data, fold,
     precision, seconds, ...), then the report."""

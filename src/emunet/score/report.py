@@ -13,7 +13,6 @@ import base64
 import csv
 import html
 import io
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,27 +20,12 @@ from PIL import Image
 
 from .challenge import segment_prediction, segment_truth, thin_segments
 from ..io.files import atomic_write_bytes
-from ..io.data import Volume
-from .evaluate import ScoreReport
+from .evaluate import FoldResult
 
 __all__ = ["FoldResult", "error_overlay", "cells_error_overlay", "cell_colours", "write_report"]
 
 TABLE_KEYS = ("lab_dice", "v_rand", "v_info", "pixel_error_05", "cells_v_rand", "cells_v_info")
 THUMB = 256
-
-
-@dataclass
-class FoldResult:
-    """What the report needs of one trained and scored fold."""
-
-    fold: int
-    run_dir: Path
-    report: ScoreReport
-    step: int
-    volume: Volume
-    probs: np.ndarray
-    seconds: dict[str, float] = field(default_factory=dict)
-    cells: np.ndarray | None = None
 
 
 def _majority_error(owner: np.ndarray, other: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from ..io.data import LazyLabelled, TileSampler, Volume, VolumeTileSampler, fold
 from ..io.volumes import is_volume_path
 from ..device import autocast_for, choose_precision
 from ..errors import ConfigError, DataError, TrainingError, TrainingInterrupted, UsageError
-from ..score.evaluate import ScoreReport
+from ..score.evaluate import FoldResult, ScoreReport
 from ..io.files import atomic_write_bytes, check_writable
 from ..model.affinities import affinity_loss
 from .losses import segmentation_loss
@@ -38,7 +38,7 @@ from ..progress import progress_bar
 from .runlog import RunLog
 from .validation import FoldScorer, snapshot_of
 
-__all__ = ["TrainingError", "TrainResult", "build_model", "load_split", "train"]
+__all__ = ["TrainingError", "build_model", "load_split", "train"]
 
 
 def build_model(cfg: Config) -> UNet:
@@ -155,22 +155,6 @@ class TrainState:
         prune_checkpoints(ckpt_dir, keep, protect={self.best["step"]})
 
 
-@dataclass
-class TrainResult:
-    """What a finished run hands back: the best weights (loaded, eval mode) and their validation,
-    so that nothing needs reading or scoring again."""
-
-    best_path: Path
-    model: UNet
-    step: int
-    report: ScoreReport
-    probs: np.ndarray
-    val: Volume
-    precision: str
-    seconds: dict[str, float] = field(default_factory=dict)
-    cells: np.ndarray | None = None
-
-
 def _restore(state: TrainState, ctx: distributed.DistContext, ckpt_dir: Path, resume: str | bool) -> None:
     """Resume from ``resume`` (a checkpoint, or True for the newest in ``ckpt_dir``): rank 0
     reads it and every rank receives it."""
@@ -263,7 +247,7 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwrite: bool = False) -> TrainResult | None:
+def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwrite: bool = False) -> FoldResult | None:
     """Train per ``cfg``; return the best weights and their validation (``None`` on ranks
     other than 0, which hold neither).
 
@@ -407,7 +391,7 @@ def _checkpoint_due(run: _Run, cfg: Config, bar, validating: bool) -> bool:
     return due
 
 
-def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> TrainResult | None:
+def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> FoldResult | None:
     t = cfg.train
     run = _prepare(cfg, ctx, device, resume, progress)
     state, log, ckpt_dir = run.state, run.log, run.out / "checkpoints"
@@ -452,7 +436,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
     return _finish(run, cfg, ctx, device)
 
 
-def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.device) -> TrainResult | None:
+def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.device) -> FoldResult | None:
     """Save the last weights; on rank 0 hand back the best ones with their validation."""
     state = run.state
     train_s = time.perf_counter() - run.start
@@ -470,5 +454,6 @@ def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.
         done = scorer.finished()[0]
         run.best_validation = done.report, done.probs, done.cells
     report, probs, cells = run.best_validation
-    return TrainResult(best_path, best_model, int(state.best["step"]), report, probs, run.val, run.precision,
-                       {"train": train_s, "eval": time.perf_counter() - run.start - train_s}, cells)
+    return FoldResult(cfg.data.fold, run.out, int(state.best["step"]), report, run.val, probs, cells,
+                      {"train": train_s, "eval": time.perf_counter() - run.start - train_s}, best_path, best_model,
+                      run.precision)

@@ -1,0 +1,35 @@
+"""The commands as Python functions: what they hand back is what the CLI prints and writes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+
+from emunet.cli import main
+from emunet.infer.predictor import Predictor
+from emunet.jobs import evaluate
+
+
+def test_evaluate_from_python_equals_the_command(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["evaluate", str(run / "best.safetensors"), "--json", str(tmp_path / "cli.json"), "--precision", "fp32",
+                 "-q"]) == 0
+    predictor = Predictor.load(run / "best.safetensors", "cpu", "fp32")
+    done = evaluate(predictor, json=tmp_path / "py.json", progress=False)
+    from_cli = json.loads((tmp_path / "cli.json").read_text())
+    assert done.report.mean == from_cli["mean"] and done.data == from_cli["data"]
+    assert json.loads((tmp_path / "py.json").read_text())["mean"] == from_cli["mean"]
+
+
+def test_the_predictor_predicts_as_predict_writes(tiny_run, small_isbi, tmp_path):
+    import tifffile
+
+    assert main(["predict", str(tiny_run / "best.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "p.tif"),
+                 "--segment", "--precision", "fp32", "-q"]) == 0
+    predictor = Predictor.load([tiny_run / "best.safetensors"], "cpu", "fp32")
+    prediction = predictor.predict(predictor.read(small_isbi["test"]))
+    np.testing.assert_array_equal(prediction.probs, tifffile.imread(tmp_path / "p.tif"))
+    np.testing.assert_array_equal(predictor.cells_of(prediction), tifffile.imread(tmp_path / "p-cells.tif"))
