@@ -22,10 +22,11 @@ from .config import Config
 from .infer.predict import SegmentedFile
 from .infer.predictor import Predictor
 from .io.files import write_json
-from .io.storage import is_url, mirrored_run, shown, staged_output
+from .io.runfolder import RUN_FILES, open_run_folder, prepare_output
+from .io.storage import is_url, shown, staged_output
 from .score.evaluate import FoldResult, ScoreReport, score_prediction, write_eval_json
 from .score.report import write_report
-from .train.loop import RUN_FILES, prepare_output, train
+from .train.loop import train
 
 __all__ = ["run", "train_fold", "cross_validate", "evaluate", "cv_files", "RunDone", "CrossValidationDone", "EvaluateDone"]
 
@@ -74,7 +75,7 @@ def _segment_test_images(cfg: Config, folds: Sequence[FoldResult], out: Path, pr
 def run(cfg: Config, resume: str | bool = False, overwrite: bool = False, progress: bool = True) -> RunDone:
     """Train ``cfg``'s fold, score its best weights on the fold, segment ``data.test_images``,
     and write ``report.html`` and ``eval.json`` (the run's record) into ``out_dir``."""
-    with mirrored_run(cfg.out_dir, bool(resume), overwrite, RUN_FILES) as out:
+    with open_run_folder(cfg.out_dir, resume, overwrite) as out:
         start = time.perf_counter()
         fold = train_fold(cfg, resume=resume, progress=progress, overwrite=overwrite)
         seconds = dict(fold.seconds)
@@ -101,7 +102,7 @@ def cross_validate(cfg: Config, folds: list[int], progress: bool = True, overwri
     ``overwrite``, before any fold trains, or continued with ``resume``: an unfinished fold
     from its newest checkpoint, a finished one only re-read (its best weights scored again,
     nothing trained). ``out_dir`` may be a URL (see :func:`storage.mirrored_run`)."""
-    with mirrored_run(cfg.out_dir, resume, overwrite, cv_files(folds)) as out:
+    with open_run_folder(cfg.out_dir, resume, overwrite, cv_files(folds)) as out:
         for k in folds:
             prepare_output(out / f"fold{k}", resume, overwrite)
         results = [_fold_of_cv(cfg, k, progress, overwrite, resume) for k in folds]

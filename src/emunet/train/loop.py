@@ -7,7 +7,6 @@ one for dropout), both saved in every checkpoint, so ``resume`` replays a stoppe
 from __future__ import annotations
 
 import math
-import shutil
 import signal
 import threading
 import time
@@ -28,9 +27,10 @@ from ..config import Config, config_to_dict, dump_config, with_absolute_paths
 from ..io.data import LazyLabelled, TileSampler, Volume, VolumeTileSampler, fold_split, load_labelled, load_volume_split
 from ..io.volumes import is_volume_path
 from ..device import autocast_for, choose_precision
-from ..errors import ConfigError, DataError, TrainingError, TrainingInterrupted, UsageError
+from ..errors import ConfigError, DataError, TrainingError, TrainingInterrupted
 from ..score.evaluate import FoldResult, ScoreReport
-from ..io.files import atomic_write_bytes, check_writable
+from ..io.files import atomic_write_bytes
+from ..io.runfolder import open_run_folder
 from ..model.affinities import affinity_loss
 from .losses import segmentation_loss
 from ..model.unet import UNet, create_model
@@ -196,36 +196,6 @@ def _train_step(state: TrainState, net: torch.nn.Module, batch, cfg: Config, pre
 
 
 # What a run writes into its folder: what --overwrite clears, and nothing else.
-RUN_FILES = ("config.yaml", "checkpoints", "tensorboard", "metrics.csv", "validation.jsonl", "best.safetensors",
-             "last.safetensors", "eval.json", "report.html", "test-probabilities.tif", "test-cells.tif", "test-overlays")
-
-
-def prepare_output(out: Path, resume: str | bool, overwrite: bool) -> None:
-    """Check the output folder before anything runs: a folder that already holds files is
-    refused unless the run continues (``resume``) or replaces the run in it (``overwrite``:
-    the run's own files are removed, nothing else); an unwritable folder fails now, not after
-    hours of training."""
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if entries and not resume:
-        if not overwrite:
-            shown = ", ".join(entries[:4]) + (" ..." if len(entries) > 4 else "")
-            raise UsageError(f"{out}: the output folder is not empty ({shown}); continue its run with --resume, "
-                             "replace it with --overwrite, or choose another --out")
-        for name in RUN_FILES:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    try:
-        check_writable(out)
-    except OSError as exc:
-        raise UsageError(f"{out}: cannot write to the output folder ({exc.strerror or exc})") from None
-    checkpoints = out / "checkpoints"
-    for stale in checkpoints.glob(".*.tmp") if checkpoints.is_dir() else []:
-        stale.unlink()  # left by a run killed in the middle of a write
-
-
 @contextmanager
 def _interrupts_at_step_boundaries():
     """Ctrl-C (SIGINT) during a step is held until the step ends, so the checkpoint saved on
@@ -263,9 +233,7 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwr
     ctx, device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
     try:
         resume = resume or distributed.restarted_by_torchrun()
-        with storage.using(cfg.storage), storage.mirrored_run(cfg.out_dir, bool(resume), overwrite, RUN_FILES, enabled=ctx.is_main) as out:
-            if ctx.is_main:
-                prepare_output(out, resume, overwrite)
+        with storage.using(cfg.storage), open_run_folder(cfg.out_dir, resume, overwrite, enabled=ctx.is_main):
             return _train(cfg, ctx, device, resume, progress and ctx.is_main)
     finally:
         distributed.teardown(ctx)
