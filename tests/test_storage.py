@@ -237,3 +237,18 @@ def test_cross_validation_writes_its_folds_and_report_to_a_store(store, small_is
     assert summary["folds"] == [0, 1]
     fold = json.loads(fs.cat_file(f"{bucket}/cv/fold1/eval.json"))
     assert fold["checkpoint"] == f"s3://{bucket}/cv/fold1/best.safetensors"  # named as on the store
+
+
+def test_an_hdf5_output_on_a_store_keeps_the_files_other_datasets(store, tiny_run, small_isbi, tmp_path):
+    import h5py
+
+    fs, bucket = store
+    with h5py.File(tmp_path / "mine.h5", "w") as f:
+        f["keep/me"] = np.arange(3)
+    fs.put_file(str(tmp_path / "mine.h5"), f"{bucket}/out/mine.h5")
+    assert main(["predict", str(tiny_run / "best.safetensors"), str(small_isbi["test"]), "-o",
+                 f"s3://{bucket}/out/mine.h5:/prob", "--segment", "-q", "--precision", "fp32"]) == 0
+    fs.get_file(f"{bucket}/out/mine.h5", str(tmp_path / "back.h5"))
+    with h5py.File(tmp_path / "back.h5", "r") as f:
+        assert set(f) == {"keep", "prob", "cells"} and np.array_equal(f["keep/me"][...], np.arange(3))
+        assert f["prob"].shape == (2, 200, 300) and f["cells"].dtype == np.uint32

@@ -386,9 +386,10 @@ def cmd_predict(args) -> int:
     predictor = _load_for_inference(args)
     if output.format == "zarr":
         return _predict_blockwise(args, predictor, output, cells)
-    with (staged_output(output.location) as out_local, staged_output(masks and masks.location) as masks_local,
+    hdf5 = output.format == "hdf5" or (cells is not None and cells.format == "hdf5")  # added into what is there
+    with (staged_output(output.location, hdf5) as out_local, staged_output(masks and masks.location) as masks_local,
           staged_output(overlays and overlays.location) as overlays_local,
-          staged_output(cells and cells.location) as cells_local):
+          staged_output(cells and cells.location, hdf5) as cells_local):
         local_cells = dataclasses.replace(cells, location=str(cells_local)) if cells else None
         segmented = predictor.write(args.input, dataclasses.replace(output, location=str(out_local)), local_cells,
                                     masks_local, overlays_local, overwrite=args.overwrite, progress=not args.quiet)

@@ -210,9 +210,11 @@ def _put(fs, local: Path, url: str) -> None:
 
 
 @contextmanager
-def staged_output(target: str | os.PathLike | None) -> Iterator[Path | None]:
+def staged_output(target: str | os.PathLike | None, start_from_store: bool = False) -> Iterator[Path | None]:
     """A local path to write ``target`` to: itself when local; for a URL a file or folder in
-    the cache, uploaded (each file whole) when the block ends without an error."""
+    the cache, uploaded (each file whole) when the block ends without an error. With
+    ``start_from_store`` a file already on the store is copied down first (an HDF5 file that
+    gains a dataset keeps its others)."""
     if target is None or not is_url(target):
         yield None if target is None else Path(target)
         return
@@ -222,6 +224,8 @@ def staged_output(target: str | os.PathLike | None) -> Iterator[Path | None]:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     local = staging / url.rsplit("/", 1)[-1]
+    if start_from_store and exists(url):
+        shutil.copyfile(local_copy(url), local)
     yield local
     fs = _filesystem(url)
     with _named(url):
