@@ -56,13 +56,20 @@ def _not_a_checkpoint(path: Path) -> str | None:
     return next((what for magic, what in _OTHER_FORMATS.items() if head.startswith(magic)), None)
 
 
-def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def _existing_checkpoint(path: str | Path) -> Path:
+    """The local file of a checkpoint (a URL's cached copy), refused where it is missing or is
+    another kind of file."""
     path = local_copy(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint does not exist")
     other = _not_a_checkpoint(path)
     if other:
         raise CheckpointError(f"{path}: this is {other}, not a checkpoint (.safetensors, .pt or the lab's .ckpt)")
+    return path
+
+
+def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = _existing_checkpoint(path)
     with open(path, "rb") as f:
         head = f.read(4)
     if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip archive (a pickle before 1.6)
@@ -142,12 +149,7 @@ def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:
     """A model in eval mode from ``.safetensors`` weights, a ``.pt`` training checkpoint or a
     MindSpore ``.ckpt``, with the checkpoint's metadata (step, score, run config where known)."""
-    path = local_copy(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint does not exist")
-    other = _not_a_checkpoint(path)
-    if other:
-        raise CheckpointError(f"{path}: this is {other}, not a checkpoint (.safetensors, .pt or the lab's .ckpt)")
+    path = _existing_checkpoint(path)
     if path.suffix == ".ckpt":  # the MindSpore lab's format
         model, _ = import_mindspore(path)
         return model.to(device).eval(), {"step": None, "source": "mindspore"}
