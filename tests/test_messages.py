@@ -88,3 +88,31 @@ def test_the_help_epilogue_names_every_config_section(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "segment, storage" in capsys.readouterr().out
+
+
+def test_an_under_trained_map_still_seeds_its_cells_and_says_so(labels, caplog):
+    from scipy import ndimage
+
+    from emunet.config import SegmentConfig
+    from emunet.infer.segment import segment_stack
+
+    truth = np.stack([ndimage.label(s > 0, structure=[[0, 1, 0], [1, 1, 1], [0, 1, 0]])[0] for s in labels])
+    weak = np.where(labels > 0, 0.746, 0.1).astype(np.float32)  # never reaches the seeds at 0.8
+    cells = segment_stack(weak, None, None, SegmentConfig(seed_threshold=0.8, min_size=0))
+    for got, want in zip(cells, truth):
+        assert int(got.max()) == int(want.max()) > 5  # one cell per true region, not one per slice
+    assert "never reaches segment.seed_threshold 0.8 (maximum 0.746)" in caplog.text
+
+
+def test_a_slice_that_comes_out_as_one_segment_is_named_with_the_setting_to_change(caplog):
+    from emunet.config import SegmentConfig
+    from emunet.infer.segment import segment_stack
+    from emunet.model.affinities import DEFAULT_OFFSETS
+
+    flat = np.full((2, 32, 32), 0.3, np.float32)
+    cells = segment_stack(flat, None, None, SegmentConfig())
+    assert cells.max() == 1 and "2 slices (0, 1) came out as one or two segments; lower segment.seed_threshold" in caplog.text
+    caplog.clear()
+    joined = np.full((1, len(DEFAULT_OFFSETS), 32, 32), 0.9, np.float32)
+    cells = segment_stack(joined.mean(axis=1), joined, DEFAULT_OFFSETS, SegmentConfig())
+    assert cells.max() == 1 and "slice 0 came out as one or two segments; raise segment.bias" in caplog.text

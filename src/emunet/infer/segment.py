@@ -14,6 +14,8 @@ Segments smaller than ``min_size`` pixels (specks on membranes) are given to the
 from __future__ import annotations
 
 
+import logging
+
 import numpy as np
 from scipy import ndimage
 from skimage.segmentation import expand_labels, watershed
@@ -22,6 +24,8 @@ from ..model.affinities import Offsets
 from ..config import SegmentConfig
 
 __all__ = ["SegmentConfig", "mutex_watershed", "seeded_watershed", "merge_small_segments", "segment_stack"]
+
+log = logging.getLogger("emunet")
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 
@@ -45,11 +49,26 @@ def seeded_watershed(interior: np.ndarray, seed_threshold: float = 0.9, min_size
     """Cells of one slice's interior probability map (H, W): the 4-connected regions above
     ``seed_threshold`` flooded over the membrane probability (1 - map), uint32 ids 1, 2, ..."""
     interior = np.asarray(interior, np.float32)
-    seeds, count = ndimage.label(interior > seed_threshold, structure=_FOUR_CONNECTED)
-    if count == 0:  # nothing is confidently interior: one segment, which is what the map says
+    level = seed_level(interior, seed_threshold)
+    if level is None:  # nothing is interior anywhere: one segment, which is what the map says
+        return np.ones(interior.shape, np.uint32)
+    seeds, count = ndimage.label(interior > level, structure=_FOUR_CONNECTED)
+    if count == 0:
         return np.ones(interior.shape, np.uint32)
     labels = watershed(1.0 - interior, seeds, connectivity=1)
     return merge_small_segments(_consecutive(labels), min_size)
+
+
+def seed_level(interior: np.ndarray, seed_threshold: float) -> float | None:
+    """Where seeds start: ``seed_threshold``, or for a map that never reaches it (an under-trained
+    model's, say: maximum 0.75 against 0.8) the same place on the map's own scale, between 0.5 and
+    its maximum; None for a map that is nowhere above 0.5 (no pixel is more interior than membrane)."""
+    top = float(interior.max()) if interior.size else 0.0
+    if top > seed_threshold:
+        return seed_threshold
+    if top <= 0.5:
+        return None
+    return 0.5 + (top - 0.5) * (seed_threshold - 0.5) / 0.5
 
 
 def merge_small_segments(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -83,4 +102,27 @@ def segment_stack(interior: np.ndarray, affinities: np.ndarray | None, offsets: 
             out[i] = mutex_watershed(affinities[i], offsets, cfg.bias, cfg.long_range_bias, cfg.min_size)
         else:
             out[i] = seeded_watershed(interior[i], cfg.seed_threshold, cfg.min_size)
+    _say_where_cells_failed(out, interior, affinities is not None, cfg)
     return out
+
+
+def _say_where_cells_failed(cells: np.ndarray, interior: np.ndarray, mutex: bool, cfg: SegmentConfig) -> None:
+    """One warning for the slices that came out as one or two segments, and for maps whose seeds
+    had to adapt, naming the setting to change."""
+    few = [i for i in range(len(cells)) if int(cells[i].max()) <= 2]
+    if not mutex:
+        tops = [float(interior[i].max()) for i in range(len(interior))]
+        low = [i for i, top in enumerate(tops) if top <= cfg.seed_threshold]
+        if low:
+            log.warning(f"cells: the map of {_slices(low)} never reaches segment.seed_threshold {cfg.seed_threshold} "
+                        f"(maximum {min(tops[i] for i in low):.3f}); seeds were taken on the map's own scale there "
+                        "(an under-trained model? train longer, or lower segment.seed_threshold)")
+    if few:
+        setting = ("raise segment.bias (nearest-neighbour edges then join less readily)" if mutex else
+                   "lower segment.seed_threshold, or check that 1 = cell interior in the map")
+        log.warning(f"cells: {_slices(few)} came out as one or two segments; {setting}")
+
+
+def _slices(indices: list[int]) -> str:
+    shown = ", ".join(str(i) for i in indices[:8]) + (" ..." if len(indices) > 8 else "")
+    return f"slice {shown}" if len(indices) == 1 else f"{len(indices)} slices ({shown})"
