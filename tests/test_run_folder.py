@@ -100,3 +100,17 @@ def test_a_refused_start_leaves_no_folder(small_isbi, tmp_path, capsys):
                  f"data.labels={small_isbi['labels']}", *TINY, "train.steps=2"]) == 2
     assert "missing.tif" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_select_by_last_keeps_the_last_validated_step(small_isbi, tmp_path):
+    import json as _json
+
+    from emunet.model.checkpoint import load_model
+
+    out = tmp_path / "last"
+    assert main(["train", "--out", str(out), "-q", *_data_args(small_isbi), *TINY, "train.steps=4", "train.val_every=1",
+                 "train.select_by=last"]) == 0
+    _, meta = load_model(out / "best.safetensors")
+    assert meta["step"] == 4
+    steps = [_json.loads(line)["step"] for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

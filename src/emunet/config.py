@@ -178,7 +178,7 @@ class ModelConfig:
 
 
 # Validation scores that can pick the best weights: the map's, or its cells' (label images).
-SELECT_BY = ("lab_dice", "v_rand", "v_info", "cells_v_rand", "cells_v_info")
+SELECT_BY = ("lab_dice", "v_rand", "v_info", "cells_v_rand", "cells_v_info", "last")
 
 
 @dataclass
@@ -202,7 +202,8 @@ class TrainConfig:
     val_every: validate (and checkpoint) every N steps; 0 = only at the end.
     select_by: validation score that picks best.safetensors: 'lab_dice', 'v_rand' or 'v_info' of
         the interior map (at the challenge's best threshold), or 'cells_v_rand' / 'cells_v_info'
-        of the cells segmented from it (the mutex watershed for the affinity head).
+        of the cells segmented from it (the mutex watershed for the affinity head); or 'last', the
+        last validated step, so that the validation slices score the model without having chosen it.
     checkpoint_every: save a checkpoint every N steps; 0 = at validation only.
     keep: newest checkpoints kept (the best is always kept too).
     log_every: steps between log lines in the CSV and TensorBoard.

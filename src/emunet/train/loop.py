@@ -338,8 +338,9 @@ def _record_scores(run: _Run, cfg: Config, bar, wait: bool) -> None:
         bar.write(f"step {done.step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
                   f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error_05']:.4f}  cells: "
                   f"V_rand {mean['cells_v_rand']:.4f}  V_info {mean['cells_v_info']:.4f}")
-        if mean[select_by] > state.best["score"]:
-            state.best.update(score=mean[select_by], step=done.step)
+        score = float(done.step) if select_by == "last" else mean[select_by]  # 'last': the slices choose nothing
+        if score > state.best["score"]:
+            state.best.update(score=score, step=done.step)
             save_weights(run.out / "best.safetensors", done.model, state.model.cfg,
                          {"step": done.step, "val": mean, "config": state.run_config})
             run.best_validation = done.report, done.probs, done.cells
