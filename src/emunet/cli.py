@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -615,13 +616,26 @@ def cmd_presets(args) -> int:
     return 0
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler that writes to sys.stderr as it is when a line is written (not as it was when
+    the handler was made): one ``main`` after another in a process, each with its own stderr."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _show_warnings() -> None:
     """The package's warnings (skipped files, suspicious masks) as one line each on stderr."""
     import logging
 
     logger = logging.getLogger("emunet")
     if not any(getattr(h, "_emunet", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("unet: warning: %(message)s"))
         handler._emunet = True
         logger.addHandler(handler)

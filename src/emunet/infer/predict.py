@@ -148,10 +148,10 @@ class Prediction:
     affinities: np.ndarray | None = None
     offsets: Offsets | None = None
 
-    def cells(self, cfg: SegmentConfig) -> np.ndarray:
+    def cells(self, cfg: SegmentConfig, warn: bool = True) -> np.ndarray:
         """Instance labels (N, H, W) uint32: the mutex watershed of the affinities, or the seeded
-        watershed of the membrane head's map."""
-        return segment_stack(self.probs, self.affinities, self.offsets, cfg)
+        watershed of the membrane head's map (``warn``: name slices where that failed)."""
+        return segment_stack(self.probs, self.affinities, self.offsets, cfg, warn)
 
 
 def predict_stack(

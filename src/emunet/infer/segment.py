@@ -93,7 +93,7 @@ def _consecutive(labels: np.ndarray) -> np.ndarray:
 
 
 def segment_stack(interior: np.ndarray, affinities: np.ndarray | None, offsets: Offsets | None,
-                  cfg: SegmentConfig) -> np.ndarray:
+                  cfg: SegmentConfig, warn: bool = True) -> np.ndarray:
     """Cells of every slice (N, H, W) uint32: the mutex watershed of the affinities where there
     are any, else the seeded watershed of the interior map."""
     out = np.empty(interior.shape, np.uint32)
@@ -102,7 +102,8 @@ def segment_stack(interior: np.ndarray, affinities: np.ndarray | None, offsets: 
             out[i] = mutex_watershed(affinities[i], offsets, cfg.bias, cfg.long_range_bias, cfg.min_size)
         else:
             out[i] = seeded_watershed(interior[i], cfg.seed_threshold, cfg.min_size)
-    _say_where_cells_failed(out, interior, affinities is not None, cfg)
+    if warn:
+        _say_where_cells_failed(out, interior, affinities is not None, cfg)
     return out
 
 

@@ -78,10 +78,12 @@ def score_probabilities(probs: np.ndarray, volume: Volume, challenge: bool = Tru
     return report
 
 
-def score_prediction(prediction: Prediction, volume: Volume, segment: SegmentConfig) -> tuple[ScoreReport, np.ndarray]:
+def score_prediction(prediction: Prediction, volume: Volume, segment: SegmentConfig, warn: bool = True
+                     ) -> tuple[ScoreReport, np.ndarray]:
     """A prediction's map and its cells (segmented as ``segment`` says) scored against
-    ``volume.labels``; the report and the cells."""
-    cells = prediction.cells(segment)
+    ``volume.labels``; the report and the cells. ``warn=False``: no warnings about cells that
+    failed (validation of a model still training, where early maps are expected to be weak)."""
+    cells = prediction.cells(segment, warn)
     return score_probabilities(prediction.probs, volume, cells=cells), cells
 
 

@@ -70,9 +70,9 @@ class FoldScorer:
         deployed = copy.deepcopy(model).eval()
         prediction = Predictor([deployed], self.pcfg, self.segment, self.precision).predict(self.volume)
         if self._pool is not None:
-            scored: Future | tuple = self._pool.submit(score_prediction, prediction, self.volume, self.segment)
+            scored: Future | tuple = self._pool.submit(score_prediction, prediction, self.volume, self.segment, False)
         else:
-            scored = score_prediction(prediction, self.volume, self.segment)
+            scored = score_prediction(prediction, self.volume, self.segment, warn=False)
         self._pending.append((step, deployed, prediction.probs, scored, snapshot))
 
     @property
