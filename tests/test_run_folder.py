@@ -114,3 +114,20 @@ def test_select_by_last_keeps_the_last_validated_step(small_isbi, tmp_path):
     assert meta["step"] == 4
     steps = [_json.loads(line)["step"] for line in (out / "validation.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_inner_validation_chooses_the_model_and_the_fold_scores_it_once(small_isbi, tmp_path):
+    import json as _json
+
+    from emunet.io.data import fold_split
+
+    out = tmp_path / "inner"
+    assert main(["run", "--out", str(out), "-q", *_data_args(small_isbi), *TINY, "train.steps=4", "train.val_every=2",
+                 "data.inner_val=2"]) == 0
+    train_idx, fold_idx = fold_split(10, 1)
+    names = lambda idx: [f"train-volume_{i:03d}" for i in idx]  # noqa: E731
+    chose = [_json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert all([s["slice"] for s in v["slices"]] == names(train_idx[-2:]) for v in chose)  # inner slices choose
+    scored = _json.loads((out / "eval.json").read_text())
+    assert [s["slice"] for s in scored["slices"]] == names(fold_idx)  # the fold's own slices score, once
+    assert main(["train", "--out", str(tmp_path / "bad"), "-q", *_data_args(small_isbi), *TINY, "data.inner_val=8"]) == 2

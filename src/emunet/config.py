@@ -115,6 +115,10 @@ class DataConfig:
         the data set's range) or 'percentile' (the 0.5 and 99.5 percentiles, clipped).
     fold: cross-validation fold (the lab's split; fold 1 validates on ISBI slices 4,6,7,9,18,19).
     train_ratio: share of images that train; the rest validate.
+    inner_val: how many of the fold's training slices choose the model instead (validation during
+        training, ``train.select_by``); the fold's own slices then score the chosen model once, at
+        the end, so its figures come from slices that did not choose it. 0 = the fold's slices do
+        both (the lab's way).
     context: neighbouring sections on each side that the model sees as extra input channels
         (2.5-D input: 2 * context + 1 channels; 0 = each slice alone, the lab's). The images
         must be consecutive sections of one stack, as the ISBI volumes are.
@@ -129,6 +133,7 @@ class DataConfig:
     intensity: str = "auto"
     fold: int = 1
     train_ratio: float = 0.8
+    inner_val: int = 0
     context: int = 0
 
     def validate(self) -> None:
@@ -136,6 +141,7 @@ class DataConfig:
             (self.fold >= 0, "data.fold must be >= 0"),
             (0.0 < self.train_ratio < 1.0, f"data.train_ratio must be in (0, 1), got {self.train_ratio}"),
             (0 <= self.context <= 8, f"data.context must be 0..8 neighbouring sections, got {self.context}"),
+            (self.inner_val >= 0, f"data.inner_val must be a number of slices >= 0, got {self.inner_val}"),
             (self.channel is None or self.channel >= 0, f"data.channel must be >= 0, got {self.channel}"),
             (self.intensity in ("auto", "percentile"), f"data.intensity must be 'auto' or 'percentile', got {self.intensity!r}"),
         ])

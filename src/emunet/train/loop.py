@@ -65,6 +65,19 @@ def load_split(cfg: Config, min_size: int = 1) -> tuple[Volume | LazyLabelled, V
     return vol.subset(train_idx), vol.subset(val_idx)
 
 
+def split_inner(train_vol, val_vol: Volume, inner: int) -> tuple[Volume, Volume, Volume | None]:
+    """With ``inner`` > 0: the last ``inner`` training slices become the slices that choose the
+    model, and the fold's validation slices are kept aside to score it once at the end."""
+    if not inner:
+        return train_vol, val_vol, None
+    if isinstance(train_vol, LazyLabelled):
+        raise ConfigError("data.inner_val reads the training slices into memory: give the images as a TIFF stack or folder")
+    if inner >= len(train_vol):
+        raise ConfigError(f"data.inner_val={inner} leaves no training slice of the fold's {len(train_vol)}")
+    n = len(train_vol) - inner
+    return train_vol.subset(list(range(n))), train_vol.subset(list(range(n, len(train_vol)))), val_vol
+
+
 def _lr_factor(cfg: Config):
     t = cfg.train
 
@@ -253,6 +266,7 @@ class _Run:
     log: RunLog
     start: float
     best_validation: tuple[ScoreReport, np.ndarray, np.ndarray] | None = None  # report, probabilities, cells
+    scored: Volume | None = None  # with data.inner_val: the fold's slices, which score the chosen model once
 
 
 def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> _Run:
@@ -271,7 +285,7 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
     model = build_model(cfg)
     in_size = model.fit_input_size(t.tile)
     out_size = model.output_size(in_size)
-    train_vol, val_vol = load_split(cfg)
+    train_vol, val_vol, scored_vol = split_inner(*load_split(cfg), cfg.data.inner_val)
     if t.init and not resume:
         init_model, _ = load_model(t.init)
         load_into(model, init_model.state_dict(), Path(t.init))
@@ -300,7 +314,8 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
     ahead = t.prefetch if t.prefetch is not None else (2 if device.type == "cuda" else 0)
     state.batches = BatchStream(next_batch, state.sample_gen, ahead, device)
     scorer = FoldScorer(val_vol, cfg.predict, cfg.segment, precision, _scores_in_background(t.background_scoring, ctx))
-    return _Run(out, precision, state, net, state.batches, val_vol, scorer, RunLog(out, ctx.is_main, state.step), start)
+    return _Run(out, precision, state, net, state.batches, val_vol, scorer, RunLog(out, ctx.is_main, state.step), start,
+                scored=scored_vol)
 
 
 def _scores_in_background(asked: bool | None, ctx: distributed.DistContext) -> bool:
@@ -417,12 +432,13 @@ def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.
         return None
     best_path = run.out / "best.safetensors"
     best_model, _ = load_model(best_path, device)
-    if run.best_validation is None:  # resumed after the best step: its validation is not in memory
-        scorer = FoldScorer(run.val, cfg.predict, cfg.segment, run.precision, background=False)
+    volume = run.val if run.scored is None else run.scored
+    if run.best_validation is None or run.scored is not None:  # resumed after the best step, or scored apart
+        scorer = FoldScorer(volume, cfg.predict, cfg.segment, run.precision, background=False)
         scorer.submit(int(run.state.best["step"]), best_model)
         done = scorer.finished()[0]
         run.best_validation = done.report, done.probs, done.cells
     report, probs, cells = run.best_validation
-    return FoldResult(cfg.data.fold, run.out, int(state.best["step"]), report, run.val, probs, cells,
+    return FoldResult(cfg.data.fold, run.out, int(state.best["step"]), report, volume, probs, cells,
                       {"train": train_s, "eval": time.perf_counter() - run.start - train_s}, best_path, best_model,
                       run.precision)
