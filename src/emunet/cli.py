@@ -282,10 +282,6 @@ def _saved_config(out_dir: str, args) -> str | None:
 
 def _resuming(args) -> str | bool:
     """What train() resumes from: a checkpoint path, True (the newest in the folder) or False."""
-    from .errors import UsageError
-
-    if getattr(args, "overwrite", False) and (getattr(args, "resume", False) or getattr(args, "resume_from", None)):
-        raise UsageError("--resume continues the run in the output folder and --overwrite replaces it; give one")
     if getattr(args, "resume_from", None):
         return str(args.resume_from)
     return bool(getattr(args, "resume", False))
@@ -387,10 +383,11 @@ def cmd_predict(args) -> int:
     predictor = _load_for_inference(args)
     if output.format == "zarr":
         return _predict_blockwise(args, predictor, output, cells)
-    hdf5 = output.format == "hdf5" or (cells is not None and cells.format == "hdf5")  # added into what is there
-    with (staged_output(output.location, hdf5) as out_local, staged_output(masks and masks.location) as masks_local,
+    # an HDF5 output is added into the file that is there, so a store's copy starts from it
+    with (staged_output(output.location, output.format == "hdf5") as out_local,
+          staged_output(masks and masks.location) as masks_local,
           staged_output(overlays and overlays.location) as overlays_local,
-          staged_output(cells and cells.location, hdf5) as cells_local):
+          staged_output(cells and cells.location, cells is not None and cells.format == "hdf5") as cells_local):
         local_cells = dataclasses.replace(cells, location=str(cells_local)) if cells else None
         segmented = predictor.write(args.input, dataclasses.replace(output, location=str(out_local)), local_cells,
                                     masks_local, overlays_local, overwrite=args.overwrite, progress=not args.quiet)

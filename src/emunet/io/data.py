@@ -19,7 +19,7 @@ import torch
 from ..errors import DataError, ImageSizesDiffer
 from .pixels import Calibration, Intensity, choose_intensity, read_calibration
 from .storage import local_copy
-from .volumes import LazyVolume, is_volume_path, open_volume
+from .volumes import LazyVolume, is_volume_path, open_volume, volume_stem
 
 __all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "scaling_for", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index", "LazyLabelled", "load_volume_split", "VolumeTileSampler"]
 
@@ -257,7 +257,7 @@ def _read_raw(path: Path, channel: int | None = None, channels_warning: bool = T
     if is_volume_path(path):
         volume = open_volume(path, channel)
         n, h, w = volume.shape
-        stem = Path(str(path).split(".zarr")[0].split(":")[0]).stem
+        stem = volume_stem(path)
         return [volume.raw(z, slice(0, h), slice(0, w)) for z in range(n)], [f"{stem}_{z:03d}" for z in range(n)], \
             [Path(str(path))] * n
     path = Path(path)
@@ -494,7 +494,7 @@ def load_volume_split(images: str, labels: str, fold: int, train_ratio: float = 
     if masks.min() == masks.max():
         raise DataError(f"{labels}: every mask pixel is of one class; training needs both cell interior and membrane "
                         "(check data.foreground and data.mask_threshold)")
-    stem = Path(str(images).split(".zarr")[0].split(":")[0]).stem
+    stem = volume_stem(images)
     val = Volume(np.stack([image_volume.read(z, *whole) for z in val_idx]), [f"{stem}_{z:03d}" for z in val_idx],
                  Path(str(images)), masks[: len(val_idx)], calibration=image_volume.calibration,
                  intensity=image_volume.intensity)

@@ -33,6 +33,13 @@ __all__ = ["LazyVolume", "is_volume_path", "open_volume", "create_ome_zarr", "wr
 
 
 
+def volume_stem(path: str | Path) -> str:
+    """The name a volume's slices are named after: ``data`` for data.h5:/raw, data.zarr/raw or
+    data.ome.zarr."""
+    location = parse_address(path, what="input").path
+    return (location.with_suffix("") if location.suffix.lower() == ".zarr" else location).stem
+
+
 def volume_file(path: str | Path) -> Path:
     """The file or Zarr store that holds the volume ``path`` names."""
     return parse_address(path, what="input").path
@@ -123,13 +130,12 @@ def _default_axes(ndim: int, source: str) -> str:
     raise DataError(f"{source}: a {ndim}-D array without axes metadata; give its axes (e.g. 'czyx')")
 
 
-def _open_zarr(path: str) -> tuple[Any, str | None, Calibration | None]:
+def _open_zarr(address: Address) -> tuple[Any, str | None, Calibration | None]:
     import zarr
 
-    store, _, inner = path.partition(".zarr")
-    root_path = store + ".zarr"
+    path = str(address)
     try:
-        node = zarr.open(root_path + inner, mode="r")
+        node = zarr.open(path, mode="r")
     except Exception as exc:  # a missing path, a store of another kind
         raise DataError(f"{path}: not a readable Zarr array or group ({type(exc).__name__}: {exc})") from None
     if isinstance(node, zarr.Array):
@@ -223,7 +229,7 @@ def open_volume(path: str | Path, channel: int | None = None, axes: str | None =
     except UsageError:
         raise DataError(f"{text}: not a volume (a .zarr, an .h5 dataset or a .tif stack)") from None
     if address.format == "zarr":
-        array, found_axes, calibration = _open_zarr(text)
+        array, found_axes, calibration = _open_zarr(address)
     elif address.format == "hdf5":
         array, found_axes, handle = _open_hdf5(address)
         keep.append(handle)

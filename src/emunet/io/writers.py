@@ -26,8 +26,8 @@ CELLS_DATASET = "cells"
 FOLDER_FILES = {"-o": "{name}.tif", "--segment": "{name}.tif", "--masks": "{name}_mask.png", "--overlays": "{name}_overlay.png"}
 
 
-def _ijmetadata(volume: Volume | None, shape: tuple[int, ...]) -> tuple[dict, tuple[float, float] | None]:
-    """ImageJ's description fields and the TIFF resolution for a (N, H, W) stack of ``volume``."""
+def _ijmetadata(volume: Volume | None) -> tuple[dict, tuple[float, float] | None]:
+    """ImageJ's description fields and the TIFF resolution of ``volume``'s calibration."""
     metadata: dict = {}
     resolution = None
     if volume is not None and volume.calibration is not None:
@@ -45,7 +45,7 @@ def _write_tiff(path: Path, data: np.ndarray, volume: Volume | None) -> None:
     (Fiji opens them as a 32-bit stack with the right scale)."""
     import tifffile
 
-    metadata, resolution = _ijmetadata(volume, data.shape)
+    metadata, resolution = _ijmetadata(volume)
     if data.dtype == np.uint32:
         description = tifffile.imagej_description(data.shape, "ZYX", **metadata)
         atomic_write(path, lambda f: tifffile.imwrite(f, data, description=description, metadata=None, resolution=resolution,

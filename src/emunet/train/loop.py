@@ -245,7 +245,8 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwr
     cfg = with_absolute_paths(cfg)
     ctx, device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
     try:
-        resume = resume or distributed.restarted_by_torchrun()
+        if distributed.restarted_by_torchrun():  # workers restarted by torchrun continue what --overwrite began
+            resume, overwrite = resume or True, False
         with storage.using(cfg.storage), open_run_folder(cfg.out_dir, resume, overwrite, enabled=ctx.is_main):
             return _train(cfg, ctx, device, resume, progress and ctx.is_main)
     finally:
