@@ -88,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_mindspore_command(sub)
     _add_export_command(sub)
     _add_presets_command(sub)
+    _add_models_command(sub)
     for name, command in sub.choices.items():  # -q everywhere: no progress bars, or no output where there are none
         if not any("--quiet" in action.option_strings for action in command._actions):
             command.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
@@ -101,6 +102,10 @@ def _add_train_command(sub) -> None:
     _add_common(p)
     _add_out(p)
     _add_run_folder_options(p)
+    p.add_argument("--from", dest="start", metavar="MODEL",
+                   help="fine-tune MODEL (a bundled model's name, or a checkpoint) on data.images/data.labels: its own "
+                   "settings (network, augmentation, prediction, cells, input scaling) with a short run's training "
+                   "(train.steps=200, train.lr=1e-4, constant rate, every given slice trains); KEY=VALUE changes any")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
@@ -111,7 +116,8 @@ def _add_evaluate_command(sub) -> None:
                        "border thinning (best of thresholds 0.0..1.0, with split and merge parts). By default on the "
                        "validation fold of the run that wrote the checkpoint; with --images/--labels on all of those.")
     p.add_argument("checkpoint", type=_path_or_url, nargs="+",
-                   help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, or the lab's MindSpore .ckpt; "
+                   help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, the lab's MindSpore .ckpt, or a bundled "
+                   "model's name (unet models); "
                    "several: score the mean of their probabilities (an ensemble; settings and fold from the first)")
     p.add_argument("--images", help="labelled images to score (stack or folder); default: the run's validation fold")
     p.add_argument("--labels", help="their masks")
@@ -129,7 +135,8 @@ def _add_predict_command(sub) -> None:
                        "padding. Writes a float32 probability TIFF (1 = cell interior, 0 = membrane, the ISBI convention) as an "
                        "ImageJ stack (axes ZYX) with the input's pixel size and each slice's source file as its label.")
     p.add_argument("checkpoint", type=_path_or_url, nargs="+",
-                   help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, or the lab's MindSpore .ckpt; "
+                   help="best.safetensors / last.safetensors, a checkpoints/step_N.pt, the lab's MindSpore .ckpt, or a bundled "
+                   "model's name (unet models); "
                    "several: write the mean of their probabilities (an ensemble; settings from the first)")
     p.add_argument("input", help="a (multi-page) TIFF or PNG, or a folder of them, or a volume: data.zarr (Zarr, "
                    "OME-Zarr), data.h5:/path/in/file; any of them may be an s3:// URL except volumes")
@@ -243,6 +250,14 @@ def _add_presets_command(sub) -> None:
     sub.add_parser("presets", help="list the model presets")
 
 
+def _add_models_command(sub) -> None:
+    sub.add_parser("models", help="list the bundled trained models (their names work wherever a checkpoint does)",
+                   description="The trained models that ship with the package: what each was trained on, its pixel "
+                   "size, the data's terms, how it was made and its recipe's scores on held-out folds. A name works "
+                   "wherever a checkpoint path does: unet predict isbi-cells img.tif -o p.tif --segment, "
+                   "Segmenter('isbi-membranes'), train.init=isbi-membranes.")
+
+
 def _config(args):
     """Settings from -c and KEY=VALUE; a resumed run without -c takes its own config.yaml (a
     run stopped before it started has none: then the defaults and KEY=VALUE)."""
@@ -255,6 +270,8 @@ def _config(args):
         overrides[:0] = data_url_overrides(args.data_url)
     if getattr(args, "out", None):
         overrides.append(f"out_dir={args.out}")
+    if getattr(args, "start", None):
+        return _fine_tune_config(args, overrides)
     if _resuming(args) and args.config is None:
         given = load_config(None, overrides)
         storage.use(given.storage)
@@ -265,6 +282,19 @@ def _config(args):
             raise UsageError(f"{given.out_dir}: no run to resume here (no config.yaml); give its folder with --out, "
                              "or its settings with -c or KEY=VALUE")
     cfg = load_config(args.config, overrides)
+    storage.use(cfg.storage)
+    return cfg
+
+
+def _fine_tune_config(args, overrides: list[str]):
+    from .errors import UsageError
+    from .io import storage
+    from .train.finetune import fine_tune_config
+
+    if args.config is not None or _resuming(args):
+        raise UsageError("--from starts a fine-tuning run from the model's own settings: give KEY=VALUE instead of -c; "
+                         "to continue a stopped one, use --resume without --from")
+    cfg = fine_tune_config(args.start, overrides)
     storage.use(cfg.storage)
     return cfg
 
@@ -504,8 +534,12 @@ def cmd_train(args) -> int:
     cfg = _config(args)
     trained = train(cfg, resume=_resuming(args), progress=not args.quiet, overwrite=args.overwrite)
     if trained is not None:  # rank 0
-        where = f"{str(cfg.out_dir).rstrip('/')}/best.safetensors" if is_url(cfg.out_dir) else trained.best_path
-        print(f"best weights: {where} (step {trained.step})")
+        name = trained.best_path.name
+        where = f"{str(cfg.out_dir).rstrip('/')}/{name}" if is_url(cfg.out_dir) else trained.best_path
+        if trained.report is None:
+            print(f"weights: {where} (step {trained.step}, trained on every slice; nothing validated)")
+        else:
+            print(f"best weights: {where} (step {trained.step})")
     return 0
 
 
@@ -613,6 +647,16 @@ def cmd_presets(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from .model.bundled import bundled_models, describe
+
+    models = bundled_models()
+    if not models:
+        print("no bundled models in this installation")
+    print("\n\n".join(describe(m) for m in models.values()))
+    return 0
+
+
 class _StderrHandler(logging.StreamHandler):
     """A handler that writes to sys.stderr as it is when a line is written (not as it was when
     the handler was made): one ``main`` after another in a process, each with its own stderr."""
@@ -639,11 +683,11 @@ def _show_warnings() -> None:
         logger.setLevel(logging.WARNING)
 
 
-QUIET_MEANS_SILENT = ("score", "import-mindspore", "export", "presets")  # commands with no progress to hide
+QUIET_MEANS_SILENT = ("score", "import-mindspore", "export", "presets", "models")  # commands with no progress to hide
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "score": cmd_score, "run": cmd_run, "cv": cmd_cv,
             "import-mindspore": cmd_import_mindspore, "export": cmd_export,
-            "presets": cmd_presets}
+            "presets": cmd_presets, "models": cmd_models}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,6 +18,7 @@ import yaml
 
 from .errors import ConfigError
 from .io.storage import StorageConfig
+from .model.bundled import is_model_name as _is_model_name
 from .model.unet import PRESETS, UNetConfig
 
 __all__ = ["ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "PredictConfig", "Config", "load_config", "with_overrides",
@@ -114,11 +115,16 @@ class DataConfig:
         their largest value needs, e.g. 12-bit by 4095; floats as they are in [0, 1], else by
         the data set's range) or 'percentile' (the 0.5 and 99.5 percentiles, clipped).
     fold: cross-validation fold (the lab's split; fold 1 validates on ISBI slices 4,6,7,9,18,19).
-    train_ratio: share of images that train; the rest validate.
+    train_ratio: share of images that train; the rest validate. 1 = every slice trains and none
+        validates (a model for use, as the bundled ones are trained): the last step's weights are
+        kept, and ``unet train`` is the command for it (``run`` and ``cv`` score a fold).
     inner_val: how many of the fold's training slices choose the model instead (validation during
         training, ``train.select_by``); the fold's own slices then score the chosen model once, at
         the end, so its figures come from slices that did not choose it. 0 = the fold's slices do
         both (the lab's way).
+    pixel_size: the training images' pixel size in nanometres (ISBI: 4), kept in the checkpoint:
+        prediction rescales images of another pixel size (from their metadata, or
+        ``--pixel-size``) to it and back. Unset: none known, images are taken as they are.
     context: neighbouring sections on each side that the model sees as extra input channels
         (2.5-D input: 2 * context + 1 channels; 0 = each slice alone, the lab's). The images
         must be consecutive sections of one stack, as the ISBI volumes are.
@@ -134,13 +140,17 @@ class DataConfig:
     fold: int = 1
     train_ratio: float = 0.8
     inner_val: int = 0
+    pixel_size: float | None = None
     context: int = 0
 
     def validate(self) -> None:
         ConfigError.check([
             (self.fold >= 0, "data.fold must be >= 0"),
-            (0.0 < self.train_ratio < 1.0, f"data.train_ratio must be in (0, 1), got {self.train_ratio}"),
+            (0.0 < self.train_ratio <= 1.0, f"data.train_ratio must be in (0, 1], got {self.train_ratio}"),
+            (self.train_ratio < 1.0 or not self.inner_val,
+             "data.train_ratio=1 trains on every slice and data.inner_val sets some aside to choose the model: use one"),
             (0 <= self.context <= 8, f"data.context must be 0..8 neighbouring sections, got {self.context}"),
+            (self.pixel_size is None or self.pixel_size > 0, f"data.pixel_size must be > 0 nm, got {self.pixel_size}"),
             (self.inner_val >= 0, f"data.inner_val must be a number of slices >= 0, got {self.inner_val}"),
             (self.channel is None or self.channel >= 0, f"data.channel must be >= 0, got {self.channel}"),
             (self.intensity in ("auto", "percentile"), f"data.intensity must be 'auto' or 'percentile', got {self.intensity!r}"),
@@ -214,7 +224,8 @@ class TrainConfig:
     keep: newest checkpoints kept (the best is always kept too).
     log_every: steps between log lines in the CSV and TensorBoard.
     device: 'auto' (CUDA, else Apple's MPS, else the CPU), 'cpu', 'cuda', 'cuda:N' or 'mps'.
-    init: weights to start from (fine-tuning): .safetensors, .pt or the lab's MindSpore .ckpt.
+    init: weights to start from (fine-tuning): a bundled model's name (``unet models``), or
+        .safetensors, .pt or the lab's MindSpore .ckpt.
     ema: decay of an exponential moving average of the weights that validation and the saved
         weights use (e.g. 0.99); 0 = off.
     dist_timeout: seconds a collective waits under torchrun before the job fails (a dead rank).
@@ -465,7 +476,9 @@ def with_absolute_paths(cfg: Config) -> Config:
     """``cfg`` with its local data and init paths made absolute: a run's config.yaml and its
     checkpoints then name the same files wherever they are read from (evaluate, --resume)."""
     def absolute(path: str | None) -> str | None:
-        return path if path is None or "://" in str(path) else os.path.abspath(os.path.expanduser(path))
+        if path is None or "://" in str(path) or (_is_model_name(path) and not os.path.exists(path)):
+            return path  # a URL, or a bundled model's name
+        return os.path.abspath(os.path.expanduser(path))
 
     data = dataclasses.replace(cfg.data, images=absolute(cfg.data.images), labels=absolute(cfg.data.labels),
                                test_images=absolute(cfg.data.test_images))

@@ -75,6 +75,7 @@ def _segment_test_images(cfg: Config, folds: Sequence[FoldResult], out: Path, pr
 def run(cfg: Config, resume: str | bool = False, overwrite: bool = False, progress: bool = True) -> RunDone:
     """Train ``cfg``'s fold, score its best weights on the fold, segment ``data.test_images``,
     and write ``report.html`` and ``eval.json`` (the run's record) into ``out_dir``."""
+    _needs_a_fold(cfg, "run")
     with open_run_folder(cfg.out_dir, resume, overwrite) as out:
         start = time.perf_counter()
         fold = train_fold(cfg, resume=resume, progress=progress, overwrite=overwrite)
@@ -87,6 +88,14 @@ def run(cfg: Config, resume: str | bool = False, overwrite: bool = False, progre
         write_eval_json(out / "eval.json", fold.report, checkpoint=shown(fold.best_path), step=fold.step,
                         fold=cfg.data.fold, precision=fold.precision, seconds=seconds)
         return RunDone(fold, test, report, out / "eval.json", seconds)
+
+
+def _needs_a_fold(cfg: Config, command: str) -> None:
+    from .errors import ConfigError
+
+    if cfg.data.train_ratio == 1:
+        raise ConfigError(f"'{command}' scores held-out slices, and data.train_ratio=1 holds out none: train on every "
+                          "slice with 'unet train', or give a ratio under 1")
 
 
 def cv_files(folds: list[int]) -> tuple[str, ...]:
@@ -102,6 +111,7 @@ def cross_validate(cfg: Config, folds: list[int], progress: bool = True, overwri
     ``overwrite``, before any fold trains, or continued with ``resume``: an unfinished fold
     from its newest checkpoint, a finished one only re-read (its best weights scored again,
     nothing trained). ``out_dir`` may be a URL (see :func:`storage.mirrored_run`)."""
+    _needs_a_fold(cfg, "cv")
     with open_run_folder(cfg.out_dir, resume, overwrite, cv_files(folds)) as out:
         for k in folds:
             prepare_output(out / f"fold{k}", resume, overwrite)
@@ -181,18 +191,21 @@ def is_run_record(path: str | Path) -> bool:
 
 def evaluate_json(given: str | Path | None, checkpoints: Sequence[str | Path]) -> str | Path:
     """Where evaluate writes its scores: ``given``, or beside the first checkpoint (eval.json, or
-    eval-ensemble.json for several; for an imported .ckpt, often in a read-only data folder,
-    NAME-eval.json here); never over a run's own record (then evaluate.json beside it)."""
+    eval-ensemble.json for several; for an imported .ckpt, often in a read-only data folder, or a
+    bundled model's name, NAME-eval.json here); never over a run's own record (then evaluate.json beside it)."""
     from .errors import UsageError
 
     if given is not None:
         if is_run_record(given):
             raise UsageError(f"{given}: the run's own record (its validation scores and times); choose another --json")
         return given
+    from .model.bundled import is_model_name
+
     first = checkpoints[0]
     name = "eval.json" if len(checkpoints) == 1 else "eval-ensemble.json"
     stem, suffix = PurePosixPath(str(first)).stem, PurePosixPath(str(first)).suffix
-    beside = Path(f"{stem}-{name}") if suffix == ".ckpt" else (f"{str(first).rsplit('/', 1)[0]}/{name}" if is_url(first)
+    here = suffix == ".ckpt" or (is_model_name(first) and not Path(first).exists())  # a bundled model's lives in the package
+    beside = Path(f"{stem}-{name}") if here else (f"{str(first).rsplit('/', 1)[0]}/{name}" if is_url(first)
                                                                 else Path(first).with_name(name))
     if is_run_record(beside):  # only a single model's eval.json can be one
         renamed = str(beside)[: -len("eval.json")] + "evaluate.json"

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..config import PredictConfig
 from ..errors import DataError, UsageError
+from ..model.bundled import resolve_checkpoint
 from ..io.provenance import file_sha256, made_by_record, recorded_made_by, differences as _differences
 from .postprocess import CLOSE_GAPS_MARGIN, CLOSE_GAPS_WINDOW, smooth_in_place, wall_levels
 
@@ -193,7 +194,7 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     if output.resolve() == store or store in output.resolve().parents or output.resolve() in store.parents:
         raise DataError(f"{output}: the output would write into the input {source}; choose another -o")
     volume = open_volume(source, channel, axes)
-    hashes = tuple(file_sha256(c) for c in checkpoints)
+    hashes = tuple(file_sha256(resolve_checkpoint(c)) for c in checkpoints)  # a bundled name: its file
     made_by = made_by_record(hashes, source, volume, {"predict": asdict(pcfg), "precision": precision, "dtype": dtype,
                                                       "block": block, "chunk": chunk, "levels": levels, "channel": channel,
                                                       "axes": axes})

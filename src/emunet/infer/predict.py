@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..model.affinities import Offsets, interior_from_affinities
+from ..model.bundled import is_model_name
 from ..model.checkpoint import load_model
 from ..config import Config, PredictConfig, config_from_dict
 from ..io.data import Intensity, Volume, read_each, read_images
@@ -61,7 +62,7 @@ class LoadedModels:
     the run that wrote the first one (defaults where it carries none)."""
 
     models: list[UNet]
-    paths: list[Path]
+    paths: list[str | Path]  # as given: a path, a URL or a bundled model's name
     config: Config
     step: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
@@ -75,8 +76,8 @@ class LoadedModels:
 
 def load_models(paths: Sequence[str | Path], device: torch.device) -> LoadedModels:
     """Load each checkpoint (eval mode) on ``device``; the run config comes from the first."""
-    paths = [p if is_url(p) else Path(p) for p in paths]  # a URL keeps its // (Path would fold it)
-    loaded = [load_model(path, device) for path in paths]
+    paths = [p if is_url(p) or is_model_name(p) else Path(p) for p in paths]  # a URL keeps its // (Path would fold it)
+    loaded = [load_model(path, device) for path in paths]  # a bundled model's name: its shipped file
     for path, (model, _) in zip(paths, loaded):
         try:
             model_context(model)

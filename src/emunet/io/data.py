@@ -479,21 +479,24 @@ class LazyLabelled:
 
 def load_volume_split(images: str, labels: str, fold: int, train_ratio: float = 0.8, foreground: int = 255,
                       threshold: float | None = None, channel: int | None = None, intensity_mode: str = "auto"
-                      ) -> tuple[LazyLabelled, Volume]:
+                      ) -> tuple[LazyLabelled, Volume | None]:
     """A volume's fold: the training sections left on disk (tiles are read from them as they
-    are drawn), the validation sections read into memory, scaled and checked."""
+    are drawn), the validation sections read into memory, scaled and checked (None with
+    ``train_ratio`` 1: every section trains)."""
     image_volume, mask_volume = open_volume(images, channel), open_volume(labels)
     n, h, w = image_volume.shape
     if mask_volume.shape != image_volume.shape:
         raise DataError(f"{labels}: masks are {mask_volume.shape} but images in {images} are {image_volume.shape}")
     image_volume.choose_scaling(None, intensity_mode)
-    train_idx, val_idx = fold_split(n, fold, train_ratio)
+    train_idx, val_idx = (list(range(n)), []) if train_ratio == 1 else fold_split(n, fold, train_ratio)
     whole = (slice(0, h), slice(0, w))
     masks = masks_to_labels([mask_volume.raw(z, *whole) for z in [*val_idx, train_idx[0]]], [Path(labels)] * (len(val_idx) + 1),
                             labels, foreground, threshold)
     if masks.min() == masks.max():
         raise DataError(f"{labels}: every mask pixel is of one class; training needs both cell interior and membrane "
                         "(check data.foreground and data.mask_threshold)")
+    if not val_idx:
+        return LazyLabelled(image_volume, mask_volume, train_idx, foreground, threshold), None
     stem = volume_stem(images)
     val = Volume(np.stack([image_volume.read(z, *whole) for z in val_idx]), [f"{stem}_{z:03d}" for z in val_idx],
                  Path(str(images)), masks[: len(val_idx)], calibration=image_volume.calibration,

@@ -19,6 +19,7 @@ import torch
 from ..io.storage import local_copy
 from ..errors import CheckpointError
 from ..io.files import atomic_write, atomic_write_bytes
+from .bundled import resolve_checkpoint
 from .unet import UNet, UNetConfig
 from .ms_checkpoint import mindspore_network
 
@@ -58,8 +59,8 @@ def _not_a_checkpoint(path: Path) -> str | None:
 
 def _existing_checkpoint(path: str | Path) -> Path:
     """The local file of a checkpoint (a URL's cached copy), refused where it is missing or is
-    another kind of file."""
-    path = local_copy(path)
+    another kind of file. A bundled model's name is its shipped file."""
+    path = local_copy(resolve_checkpoint(path))
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint does not exist")
     other = _not_a_checkpoint(path)

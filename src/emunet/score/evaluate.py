@@ -116,14 +116,15 @@ def format_table(report: ScoreReport) -> str:
 class FoldResult:
     """One trained and scored fold, the one type that training returns, the jobs pass on and the
     report draws: the best weights' validation (scores, slices, map, cells), where they are, and
-    the weights themselves (loaded, eval mode) so nothing is read or scored twice."""
+    the weights themselves (loaded, eval mode) so nothing is read or scored twice. A run that
+    trained on every slice (``data.train_ratio=1``) has no fold, scores, slices or maps."""
 
-    fold: int
+    fold: int | None
     run_dir: Path
     step: int
-    report: ScoreReport
-    volume: Volume  # the validation slices
-    probs: np.ndarray
+    report: ScoreReport | None
+    volume: Volume | None  # the validation slices
+    probs: np.ndarray | None
     cells: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     best_path: Path | None = None

@@ -24,7 +24,7 @@ from ..io import storage
 from .batches import BatchStream, make_batch_fn
 from ..model.checkpoint import list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
 from ..config import Config, config_to_dict, dump_config, with_absolute_paths
-from ..io.data import LazyLabelled, TileSampler, Volume, VolumeTileSampler, fold_split, load_labelled, load_volume_split
+from ..io.data import Intensity, LazyLabelled, TileSampler, Volume, VolumeTileSampler, fold_split, load_labelled, load_volume_split
 from ..io.volumes import is_volume_path
 from ..device import autocast_for, choose_precision
 from ..errors import ConfigError, DataError, TrainingError, TrainingInterrupted
@@ -47,9 +47,11 @@ def build_model(cfg: Config) -> UNet:
                         init=m.init, head=m.head, offsets=m.offsets, in_channels=2 * cfg.data.context + 1)
 
 
-def load_split(cfg: Config, min_size: int = 1) -> tuple[Volume | LazyLabelled, Volume]:
-    """The training and validation slices of ``cfg.data.fold``; a Zarr or HDF5 volume's training
-    sections stay on disk (tiles are read as they are drawn)."""
+def load_split(cfg: Config, min_size: int = 1, intensity: Intensity | None = None
+               ) -> tuple[Volume | LazyLabelled, Volume | None]:
+    """The training and validation slices of ``cfg.data.fold`` (None with ``data.train_ratio=1``:
+    every slice trains); a Zarr or HDF5 volume's training sections stay on disk (tiles are read
+    as they are drawn)."""
     d = cfg.data
     if is_volume_path(d.images) and not storage.is_url(d.images):
         if d.context:
@@ -57,15 +59,18 @@ def load_split(cfg: Config, min_size: int = 1) -> tuple[Volume | LazyLabelled, V
         return load_volume_split(d.images, d.labels, d.fold, d.train_ratio, d.foreground, d.mask_threshold, d.channel,
                                  d.intensity)
     vol = load_labelled(cfg.data.images, cfg.data.labels, cfg.data.foreground, min_size=min_size,
-                        mask_threshold=cfg.data.mask_threshold, channel=cfg.data.channel, intensity_mode=cfg.data.intensity)
+                        mask_threshold=cfg.data.mask_threshold, channel=cfg.data.channel, intensity_mode=cfg.data.intensity,
+                        intensity=intensity)
     if vol.labels.min() == vol.labels.max():
         raise DataError(f"{cfg.data.labels}: every mask pixel is of one class; training needs both cell interior and "
                         "membrane (check data.foreground and data.mask_threshold)")
+    if cfg.data.train_ratio == 1:
+        return vol, None
     train_idx, val_idx = fold_split(len(vol), cfg.data.fold, cfg.data.train_ratio)
     return vol.subset(train_idx), vol.subset(val_idx)
 
 
-def split_inner(train_vol, val_vol: Volume, inner: int) -> tuple[Volume, Volume, Volume | None]:
+def split_inner(train_vol, val_vol: Volume | None, inner: int) -> tuple[Volume, Volume | None, Volume | None]:
     """With ``inner`` > 0: the last ``inner`` training slices become the slices that choose the
     model, and the fold's validation slices are kept aside to score it once at the end."""
     if not inner:
@@ -262,8 +267,8 @@ class _Run:
     state: TrainState
     net: torch.nn.Module
     batches: BatchStream
-    val: Volume
-    scorer: FoldScorer
+    val: Volume | None  # None: every slice trains (data.train_ratio=1), nothing validates
+    scorer: FoldScorer | None
     log: RunLog
     start: float
     best_validation: tuple[ScoreReport, np.ndarray, np.ndarray] | None = None  # report, probabilities, cells
@@ -286,9 +291,9 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
     model = build_model(cfg)
     in_size = model.fit_input_size(t.tile)
     out_size = model.output_size(in_size)
-    train_vol, val_vol, scored_vol = split_inner(*load_split(cfg), cfg.data.inner_val)
-    if t.init and not resume:
-        init_model, _ = load_model(t.init)
+    init_model, init_intensity = _starting_model(t.init) if t.init and not resume else (None, None)
+    train_vol, val_vol, scored_vol = split_inner(*load_split(cfg, intensity=init_intensity), cfg.data.inner_val)
+    if init_model is not None:
         load_into(model, init_model.state_dict(), Path(t.init))
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
@@ -314,9 +319,18 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
         atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
     ahead = t.prefetch if t.prefetch is not None else (2 if device.type == "cuda" else 0)
     state.batches = BatchStream(next_batch, state.sample_gen, ahead, device)
-    scorer = FoldScorer(val_vol, cfg.predict, cfg.segment, precision, _scores_in_background(t.background_scoring, ctx))
+    scorer = None if val_vol is None else FoldScorer(val_vol, cfg.predict, cfg.segment, precision,
+                                                      _scores_in_background(t.background_scoring, ctx))
     return _Run(out, precision, state, net, state.batches, val_vol, scorer, RunLog(out, ctx.is_main, state.step), start,
                 scored=scored_vol)
+
+
+def _starting_model(init: str) -> tuple[UNet, Intensity | None]:
+    """The weights ``train.init`` names, and the scaling of the images they were trained on:
+    fine-tuning scales its images the same, so the model sees what it learnt from."""
+    model, meta = load_model(init)
+    recorded = (meta.get("config") or {}).get("intensity")
+    return model, Intensity(**recorded) if isinstance(recorded, dict) else None
 
 
 def _scores_in_background(asked: bool | None, ctx: distributed.DistContext) -> bool:
@@ -348,7 +362,7 @@ def _record_scores(run: _Run, cfg: Config, bar, wait: bool) -> None:
     """Log the validations scored so far in step order, keep the best weights, and write the
     checkpoints that waited for their scores."""
     state, select_by = run.state, cfg.train.select_by
-    for done in run.scorer.finished(wait):
+    for done in run.scorer.finished(wait) if run.scorer else []:
         run.log.log_validation(done.step, done.report)
         mean = done.report.mean
         bar.write(f"step {done.step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
@@ -369,7 +383,7 @@ def _checkpoint_due(run: _Run, cfg: Config, bar, validating: bool) -> bool:
     scores still being computed, so that it holds the best validation up to its step."""
     t = cfg.train
     due = validating or bool(t.checkpoint_every and run.state.step % t.checkpoint_every == 0)
-    if due and run.scorer.background:
+    if due and run.scorer and run.scorer.background:
         if validating:
             return False  # written with its scores
         _record_scores(run, cfg, bar, wait=True)
@@ -396,13 +410,14 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
                     row = log.log_training(state.step, ctx.mean(log.window_loss()), state.scheduler.get_last_lr()[0],
                                            t.batch_size)
                     bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.1f}")
-                validating = (t.val_every and state.step % t.val_every == 0) or last
+                val_step = bool(t.val_every and state.step % t.val_every == 0) or last
+                validating = run.scorer is not None and val_step  # nothing validates when every slice trains
                 log.pause()  # what follows is not training time
                 if validating:
                     _validate(run, cfg, ctx, bar)
                 log.end_step()
                 _record_scores(run, cfg, bar, wait=False)  # scores that arrived from the background
-                if ctx.is_main and _checkpoint_due(run, cfg, bar, validating):
+                if ctx.is_main and _checkpoint_due(run, cfg, bar, val_step):
                     state.save(ckpt_dir, t.keep)
                 log.resume()
                 if interrupt_pressed():
@@ -414,7 +429,8 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
             state.save(ckpt_dir, t.keep)
         raise TrainingInterrupted(state.step, f"checkpoints/step_{state.step:06d}.pt") from None
     finally:
-        run.scorer.close()
+        if run.scorer:
+            run.scorer.close()
         run.batches.close()
         bar.close()
         log.close()
@@ -431,6 +447,10 @@ def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.
     ctx.barrier()
     if not ctx.is_main:
         return None
+    if run.val is None:  # nothing validated: the last weights are the run's
+        last_model, _ = load_model(run.out / "last.safetensors", device)
+        return FoldResult(None, run.out, state.step, None, None, None, None, {"train": train_s},
+                          run.out / "last.safetensors", last_model, run.precision)
     best_path = run.out / "best.safetensors"
     best_model, _ = load_model(best_path, device)
     volume = run.val if run.scored is None else run.scored

@@ -1,0 +1,34 @@
+"""Fine-tuning: a trained model (a bundled one by name, or any checkpoint) trained further on a
+user's own few labelled slices. The settings start from the model's own run (network, head,
+augmentation, prediction, cells, pixel size; its input scaling is kept by training itself), with
+the training changed for a short run from good weights: a tenth of the learning rate, no warm-up,
+no decay, 200 steps, and every given slice training (few slices are too few to set some aside).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..config import Config, config_from_dict, with_overrides
+from ..model.checkpoint import load_model
+
+__all__ = ["FINE_TUNE", "fine_tune_config"]
+
+# What changes from the starting model's run; anything here can be overridden by KEY=VALUE.
+FINE_TUNE = ["train.steps=200", "train.lr=1e-4", "train.schedule=constant", "train.warmup_steps=0", "train.val_every=50",
+             "train.select_by=last", "data.train_ratio=1", "data.inner_val=0", "data.test_images=null"]
+
+
+def fine_tune_config(start: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None) -> Config:
+    """Settings to fine-tune ``start``: its run's, with :data:`FINE_TUNE`, then ``overrides``
+    (``data.images=...``, ``data.labels=...``, ``train.steps=...``)."""
+    _, meta = load_model(start)
+    run = meta.get("config")
+    cfg = Config()
+    if isinstance(run, dict):
+        cfg = config_from_dict({k: v for k, v in run.items() if k not in ("model_resolved", "intensity")})
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init=str(start), threads=0, device="auto"))
+    if out_dir is not None:
+        cfg = dataclasses.replace(cfg, out_dir=str(out_dir))
+    return with_overrides(cfg, [*FINE_TUNE, *overrides])
