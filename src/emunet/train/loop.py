@@ -13,7 +13,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -215,17 +215,18 @@ def _train_step(state: TrainState, net: torch.nn.Module, batch, cfg: Config, pre
 
 # What a run writes into its folder: what --overwrite clears, and nothing else.
 @contextmanager
-def _interrupts_at_step_boundaries():
+def _interrupts_at_step_boundaries(on_step: Callable[[int], bool] | None = None):
     """Ctrl-C (SIGINT) during a step is held until the step ends, so the checkpoint saved on
     the way out holds whole steps only (a half-run forward pass would already have moved the
-    batch-norm statistics) and a resumed run repeats the uninterrupted one exactly."""
+    batch-norm statistics) and a resumed run repeats the uninterrupted one exactly. ``on_step``
+    (a caller's progress and cancel, as napari's) stops the run the same way by returning False."""
     pressed: list[int] = []
     if threading_main():
         previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
     else:  # signals reach only the main thread; elsewhere Ctrl-C stays as it is
         previous = None
     try:
-        yield lambda: bool(pressed)
+        yield lambda step: bool(pressed) or (on_step is not None and not on_step(step))
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
@@ -235,7 +236,8 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwrite: bool = False) -> FoldResult | None:
+def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwrite: bool = False,
+          on_step: Callable[[int], bool] | None = None) -> FoldResult | None:
     """Train per ``cfg``; return the best weights and their validation (``None`` on ranks
     other than 0, which hold neither).
 
@@ -246,6 +248,8 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwr
         resume: False to start afresh; True to continue from the newest checkpoint in
             ``cfg.out_dir`` (starting afresh if there is none); or a checkpoint path.
         overwrite: replace the run already in ``cfg.out_dir`` instead of refusing it.
+        on_step: called with the step after each one; returning False stops the run there, its
+            checkpoint saved, as Ctrl-C does (:class:`TrainingInterrupted`).
     """
     cfg = with_absolute_paths(cfg)
     ctx, device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
@@ -253,7 +257,7 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwr
         if distributed.restarted_by_torchrun():  # workers restarted by torchrun continue what --overwrite began
             resume, overwrite = resume or True, False
         with storage.using(cfg.storage), open_run_folder(cfg.out_dir, resume, overwrite, enabled=ctx.is_main):
-            return _train(cfg, ctx, device, resume, progress and ctx.is_main)
+            return _train(cfg, ctx, device, resume, progress and ctx.is_main, on_step)
     finally:
         distributed.teardown(ctx)
 
@@ -390,7 +394,8 @@ def _checkpoint_due(run: _Run, cfg: Config, bar, validating: bool) -> bool:
     return due
 
 
-def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> FoldResult | None:
+def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool,
+           on_step: Callable[[int], bool] | None = None) -> FoldResult | None:
     t = cfg.train
     run = _prepare(cfg, ctx, device, resume, progress)
     state, log, ckpt_dir = run.state, run.log, run.out / "checkpoints"
@@ -399,7 +404,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
     state.model.train()
     bar = progress_bar(t.steps, desc="train", unit="step", enabled=progress, initial=state.step)
     try:
-        with _interrupts_at_step_boundaries() as interrupt_pressed:
+        with _interrupts_at_step_boundaries(on_step) as interrupt_pressed:
             while state.step < t.steps:
                 loss = _train_step(state, run.net, next(run.batches), cfg, run.precision)
                 state.step += 1
@@ -420,7 +425,7 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
                 if ctx.is_main and _checkpoint_due(run, cfg, bar, val_step):
                     state.save(ckpt_dir, t.keep)
                 log.resume()
-                if interrupt_pressed():
+                if interrupt_pressed(state.step):
                     raise KeyboardInterrupt
         _record_scores(run, cfg, bar, wait=True)
     except KeyboardInterrupt:

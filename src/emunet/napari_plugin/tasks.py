@@ -1,0 +1,115 @@
+"""What the napari widget does, without Qt: check a layer, segment its slices one at a time
+(so progress and cancel work between slices), and turn painted layers into a fine-tuning run.
+Each function takes arrays and plain values and returns arrays, so tests can call them and
+compare with ``unet predict``."""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EmunetError
+from ..infer.predict import model_context
+from ..infer.predictor import Predictor
+
+__all__ = ["LayerError", "stack_of", "Segmented", "segment_slices", "training_masks", "fine_tune"]
+
+
+class LayerError(EmunetError):
+    """A layer the widget cannot use, said in one sentence."""
+
+
+def stack_of(name: str | None, data, rgb: bool = False) -> np.ndarray | None:
+    """A layer's pixels as (N, H, W) raw values (level 0 of a multiscale layer), refused with
+    one sentence where they are not grey 2-D images or a stack of them."""
+    if name is None:
+        raise LayerError("Open an image first, or choose an image layer.")
+    if rgb:
+        raise LayerError(f"The layer '{name}' is RGB; EM images are grey: split its channels (right click > "
+                         "Split RGB) and choose one.")
+    ndim = len(data[0].shape) if isinstance(data, (list, tuple)) else data.ndim
+    if ndim not in (2, 3):
+        raise LayerError(f"The layer '{name}' has {ndim} dimensions; choose a 2-D image or a stack of sections (Z, Y, X).")
+    return data
+
+
+@dataclass
+class Segmented:
+    """The widget's results: the cell-interior map and/or the cells of the slices done."""
+
+    first: int  # index of the first slice in the layer
+    probabilities: np.ndarray | None
+    cells: np.ndarray | None
+
+
+def segment_slices(predictor: Predictor, data, slices: range, membranes: bool = True, cells: bool = True,
+                   on_slice: Callable[[int, int], None] | None = None, cancel: threading.Event | None = None
+                   ) -> Segmented | None:
+    """Predict ``slices`` of a layer's data one at a time, as ``unet predict`` predicts them (the
+    model's scaling, tiling, post-processing and cells); None when ``cancel`` is set between
+    slices. ``data`` may be lazy (a dask or zarr array): only the slices asked are read."""
+    if any(model_context(m) for m in predictor.models):
+        raise LayerError("This model reads neighbouring sections (2.5-D input); predict its stack with unet predict.")
+    height, width = data.shape[-2:]
+    probs = np.zeros((len(slices), height, width), np.float32) if membranes else None
+    labels = np.zeros((len(slices), height, width), np.uint32) if cells else None
+    for i, z in enumerate(slices):
+        if cancel is not None and cancel.is_set():
+            return None
+        page = np.asarray(data if data.ndim == 2 else data[z])
+        prediction = predictor.predict(predictor.read(page))
+        if probs is not None:
+            probs[i] = prediction.probs[0]
+        if labels is not None:
+            labels[i] = predictor.cells_of(prediction)[0]
+        if on_slice is not None:
+            on_slice(i + 1, len(slices))
+    return Segmented(slices.start, probs, labels)
+
+
+def training_masks(labels: np.ndarray, meaning: str) -> np.ndarray:
+    """Two-valued masks (255 = cell interior, 0 = membrane) from a labels layer: ``'cells'``,
+    each id one cell and 0 membrane (where two cells touch, their border becomes membrane), or
+    ``'membranes'``, painted membrane (any id) on unpainted interior."""
+    from skimage.segmentation import find_boundaries
+
+    labels = np.asarray(labels)
+    stack = labels[None] if labels.ndim == 2 else labels
+    if meaning == "membranes":
+        return np.where(stack > 0, 0, 255).astype(np.uint8)
+    if stack.max() == 0:
+        raise LayerError("The labels layer is empty: paint cells (each its own id) or choose 'membranes painted'.")
+    interior = np.stack([(page > 0) & ~find_boundaries(page, mode="inner") for page in stack])
+    return np.where(interior, 255, 0).astype(np.uint8)
+
+
+def fine_tune(start: str | Path, images: np.ndarray, labels: np.ndarray, meaning: str, steps: int, out_dir: str | Path,
+              on_step: Callable[[int], bool] | None = None) -> Path | None:
+    """Fine-tune ``start`` on an image layer and its labels layer (same shape) for ``steps``
+    steps into ``out_dir``; the new weights' path, or None when ``on_step`` said stop."""
+    import tifffile
+
+    from ..train.finetune import fine_tune_config
+    from ..train.loop import TrainingInterrupted, train
+
+    stack = np.asarray(images)
+    stack = stack[None] if stack.ndim == 2 else stack
+    masks = training_masks(labels, meaning)
+    if masks.shape != stack.shape:
+        raise LayerError(f"The labels layer is {masks.shape[-2:]} per slice and the image {stack.shape[-2:]}; "
+                         "paint labels over the image itself.")
+    with tempfile.TemporaryDirectory(prefix="emunet-fine-tune-") as folder:
+        tifffile.imwrite(Path(folder) / "images.tif", stack, photometric="minisblack")  # sections, not RGB planes
+        tifffile.imwrite(Path(folder) / "masks.tif", masks, photometric="minisblack")
+        cfg = fine_tune_config(start, [f"data.images={folder}/images.tif", f"data.labels={folder}/masks.tif",
+                                       "data.foreground=255", "data.mask_threshold=null", f"train.steps={steps}"], out_dir)
+        try:
+            done = train(cfg, progress=False, overwrite=True, on_step=on_step)
+        except TrainingInterrupted:
+            return None
+    return done.best_path
