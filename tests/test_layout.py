@@ -18,6 +18,7 @@ LAYERS = [
     ("train", {"train"}),
     ("jobs", {"jobs"}),
     ("cli", {"cli", "__main__", "__init__"}),
+    ("napari", {"napari_plugin"}),  # the viewer's front end, beside the command line's
 ]
 
 

@@ -1,0 +1,118 @@
+"""Bundled models (a name works wherever a checkpoint does), training on every slice, and
+fine-tuning from a model with its own settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from emunet.cli import main
+from emunet.model.bundled import bundled_models
+from test_train import CONFIGS, TINY
+
+
+def test_unet_models_lists_what_each_was_trained_on_and_its_scores(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name, model in bundled_models().items():
+        assert name in out and f"{model.pixel_size_nm:g} nm" in out
+        assert (model.path.stat().st_size < 20 * 2**20), "a few MB each"
+    assert "isbi-membranes" in bundled_models()
+    assert "Cardona" in out and "made by:" in out
+
+
+def test_an_unknown_name_is_one_line_naming_the_bundled_models(capsys, isbi_dir, tmp_path):
+    assert main(["predict", "isbi-nonsense", str(isbi_dir / "test-volume.tif"), "-o", str(tmp_path / "p.tif")]) == 2
+    err = capsys.readouterr().err
+    assert "isbi-nonsense: no such model and no such file" in err and "isbi-membranes" in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1
+
+
+def test_a_bundled_model_segments_right_after_setup(isbi_dir, tmp_path, capsys):
+    """No training, no network: the name is enough. Its cells on slices with known cells (the
+    sample slices, made here with their truth) are scored by the challenge's measure."""
+    from emunet.napari_plugin.sample import em_like_slices
+
+    images, cells = em_like_slices(n=2, size=256, cells=40, seed=3)
+    tifffile.imwrite(tmp_path / "em.tif", images, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "masks.tif", np.where(cells > 0, 255, 0).astype(np.uint8), photometric="minisblack")
+    for name in bundled_models():
+        out = tmp_path / f"{name}.tif"
+        assert main(["predict", name, str(tmp_path / "em.tif"), "-o", str(out), "--segment", "-q"]) == 0
+        assert tifffile.imread(out.with_name(f"{name}-cells.tif")).shape == (2, 256, 256)
+        assert main(["score", str(out.with_name(f"{name}-cells.tif")), str(tmp_path / "masks.tif"), "--segmentation",
+                     "--json", str(tmp_path / f"{name}.json")]) == 0
+        assert json.loads((tmp_path / f"{name}.json").read_text())["v_rand"] > 0.95, name
+
+
+def test_segmenter_and_evaluate_take_a_name(isbi_dir, tmp_path, monkeypatch, capsys):
+    from emunet import Segmenter
+
+    page = tifffile.imread(isbi_dir / "test-volume.tif")[0, :128, :128]
+    segment = Segmenter("isbi-membranes")
+    assert segment(page).shape == (128, 128) and segment.cells(page).max() > 5
+    monkeypatch.chdir(tmp_path)
+    first = tifffile.imread(isbi_dir / "train-volume.tif")[:1, :128, :128]
+    tifffile.imwrite(tmp_path / "im.tif", first, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "lab.tif", tifffile.imread(isbi_dir / "train-labels.tif")[:1, :128, :128],
+                     photometric="minisblack")
+    assert main(["evaluate", "isbi-membranes", "--images", "im.tif", "--labels", "lab.tif", "-q"]) == 0
+    assert (tmp_path / "isbi-membranes-eval.json").is_file()  # here, not inside the installed package
+    assert not list(bundled_models()["isbi-membranes"].path.parent.glob("*eval*.json"))
+
+
+def test_training_on_every_slice_validates_nothing_and_run_refuses_it(small_isbi, tmp_path, capsys):
+    data = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}", "data.test_images=null"]
+    out = tmp_path / "all"
+    assert main(["train", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(out), "-q", *data, *TINY,
+                 "train.steps=4", "train.val_every=2", "data.train_ratio=1"]) == 0
+    assert "trained on every slice; nothing validated" in capsys.readouterr().out
+    assert (out / "last.safetensors").is_file() and not (out / "best.safetensors").exists()
+    assert (out / "validation.jsonl").read_text() == "" and sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "step_000002.pt", "step_000004.pt"]
+    assert main(["run", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(tmp_path / "r"), *data, "data.train_ratio=1"]) == 2
+    assert "holds out none" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_fine_tuning_starts_from_the_models_own_settings_and_scaling(small_isbi, tmp_path, capsys):
+    from emunet.model.checkpoint import load_model
+
+    data = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}", "data.test_images=null"]
+    base = tmp_path / "base"
+    assert main(["train", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(base), "-q", *data, *TINY,
+                 "train.steps=2", "data.train_ratio=1", "data.intensity=percentile", "predict.close_gaps=0.3"]) == 0
+    _, base_meta = load_model(base / "last.safetensors")
+    three = tmp_path / "three.tif"  # a user's few slices, darker than the base's
+    tifffile.imwrite(three, (tifffile.imread(small_isbi["images"])[:3] * 0.6).astype(np.uint8), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "three-masks.tif", tifffile.imread(small_isbi["labels"])[:3], photometric="minisblack")
+    tuned = tmp_path / "tuned"
+    assert main(["train", "--from", str(base / "last.safetensors"), "--out", str(tuned), "-q", f"data.images={three}",
+                 f"data.labels={tmp_path / 'three-masks.tif'}", "train.steps=2"]) == 0
+    _, meta = load_model(tuned / "last.safetensors")
+    cfg = meta["config"]
+    assert meta["config"]["intensity"] == base_meta["config"]["intensity"]  # the base's percentiles, not the new images'
+    assert cfg["model"]["width"] == 4 and cfg["model"]["depth"] == 2 and cfg["predict"]["close_gaps"] == 0.3
+    assert cfg["train"]["lr"] == 1e-4 and cfg["train"]["init"] == str(base / "last.safetensors")
+    assert cfg["data"]["train_ratio"] == 1
+    assert main(["train", "--from", "isbi-membranes", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(tmp_path / "x")]) == 2
+    assert "--from starts a fine-tuning run" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_init_takes_a_bundled_name(small_isbi, tmp_path):
+    from emunet.model.checkpoint import load_model
+
+    out = tmp_path / "tuned"
+    assert main(["train", "--from", "isbi-membranes", "--out", str(out), "-q", f"data.images={small_isbi['images']}",
+                 f"data.labels={small_isbi['labels']}", "train.steps=1", "train.tile=64", "train.batch_size=2"]) == 0
+    tuned, meta = load_model(out / "last.safetensors")
+    start, _ = load_model("isbi-membranes")
+    assert meta["config"]["train"]["init"] == "isbi-membranes"  # a name stays a name in the saved settings
+    assert tuned.cfg == start.cfg
+    changed = [k for k, v in tuned.state_dict().items() if v.is_floating_point() and not np.allclose(v, start.state_dict()[k])]
+    assert changed  # it trained from there
+    assert Path(meta["config"]["data"]["images"]).is_absolute()
