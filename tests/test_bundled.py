@@ -116,3 +116,34 @@ def test_train_init_takes_a_bundled_name(small_isbi, tmp_path):
     changed = [k for k, v in tuned.state_dict().items() if v.is_floating_point() and not np.allclose(v, start.state_dict()[k])]
     assert changed  # it trained from there
     assert Path(meta["config"]["data"]["images"]).is_absolute()
+
+
+def test_pixel_sizes_are_read_in_any_unit_of_length():
+    from emunet.io.pixels import Calibration
+
+    assert Calibration((0.0046, 0.0046), None, "\u00b5m").pixel_size_nm() == pytest.approx(4.6)
+    assert Calibration((4.0, 4.0), 50.0, "nm").pixel_size_nm() == 4.0
+    assert Calibration((0.0046, 0.0046), None, "micron").pixel_size_nm() == pytest.approx(4.6)
+    assert Calibration((1.0, 1.0), None, "pixel").pixel_size_nm() is None
+
+
+def test_a_stack_of_another_pixel_size_meets_the_model_at_its_own(isbi_dir, tmp_path):
+    """ISBI slices shrunk to 4.6 nm pixels (the size of another larva's stack): predicted at the
+    model's 4 nm and resized back, the map lies closer to the 4 nm slices' own map (shrunk alike)
+    than when the model is told the pixels are its own, and keeps the input's grid."""
+    from skimage.transform import resize
+
+    pages = tifffile.imread(isbi_dir / "test-volume.tif")[:2]
+    shrink = lambda stack: np.stack([resize(p, (445, 445), order=1, preserve_range=True, anti_aliasing=True)  # noqa: E731
+                                     for p in stack])
+    tifffile.imwrite(tmp_path / "small.tif", shrink(pages).round().astype(np.uint8), imagej=True,
+                     resolution=(1 / 0.0046, 1 / 0.0046), metadata={"unit": "um", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "big.tif", pages, photometric="minisblack")
+    for name, source, extra in (("at-model", "small", []), ("as-given", "small", ["--pixel-size", "4"]), ("own", "big", [])):
+        assert main(["predict", "isbi-membranes", str(tmp_path / f"{source}.tif"), "-o", str(tmp_path / f"{name}.tif"),
+                     "-q", *extra]) == 0
+    reference = shrink(tifffile.imread(tmp_path / "own.tif"))
+    maps = {n: tifffile.imread(tmp_path / f"{n}.tif") for n in ("at-model", "as-given")}
+    assert maps["at-model"].shape == (2, 445, 445)
+    error = {n: float(np.abs(m - reference).mean()) for n, m in maps.items()}
+    assert error["at-model"] < 0.9 * error["as-given"], error

@@ -50,6 +50,9 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
                         "gaps included; 0 = off (default: the run's predict.close_gaps)")
     p.add_argument("--channel", type=int, help="channel to read from multi-channel images, from 0 (default: the run's "
                    "data.channel)")
+    p.add_argument("--pixel-size", type=float, metavar="NM",
+                   help="the images' pixel size in nm (default: from their metadata); images whose pixel size differs "
+                   "from the model's are predicted at the model's and resized back")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
@@ -320,7 +323,7 @@ def _resuming(args) -> str | bool:
 # flag (as argparse names it) -> the setting it overrides; --batch-size sets predict.batch_size
 INFERENCE_FLAGS = {"tile": "predict.tile", "overlap": "predict.overlap", "batch_size": "predict.batch_size",
                    "tta": "predict.tta", "smooth": "predict.smooth", "close_gaps": "predict.close_gaps",
-                   "min_size": "segment.min_size"}
+                   "min_size": "segment.min_size", "pixel_size": "predict.pixel_size"}
 
 
 def _load_for_inference(args):

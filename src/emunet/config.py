@@ -307,6 +307,10 @@ class PredictConfig:
     smooth: std in pixels of a Gaussian blur of the probability map (0 = none, the lab's).
     close_gaps: close cell walls whose mean membrane probability along a border exceeds this,
         gaps included (0 = off, the lab's; see postprocess.close_gaps_in_place).
+    pixel_size: the images' pixel size in nanometres (``--pixel-size``); unset: from their
+        metadata (ImageJ or OME TIFF), where they have one. Where it differs from the model's
+        (``data.pixel_size`` of its run) by more than 1 %, images are predicted at the model's
+        pixel size and the results resized back (cells: segmented there, then resized).
     """
 
     tile: int = 388
@@ -317,6 +321,7 @@ class PredictConfig:
     tta: bool = False
     smooth: float = 0.0
     close_gaps: float = 0.0
+    pixel_size: float | None = None
 
     def validate(self) -> PredictConfig:
         """Raise ConfigError on a bad setting (shared by config files and the CLI's flags)."""
@@ -326,6 +331,8 @@ class PredictConfig:
             (0.0 <= self.overlap < 1.0, f"predict.overlap (--overlap) must be in [0, 1), got {self.overlap}"),
             (self.batch_size >= 1, f"predict.batch_size (--batch-size) must be at least 1, got {self.batch_size}"),
             (0.0 <= self.smooth < 50.0, f"predict.smooth (--smooth) must be a blur std in pixels in [0, 50), got {self.smooth}"),
+            (self.pixel_size is None or self.pixel_size > 0, f"predict.pixel_size (--pixel-size) must be > 0 nm, got "
+                                                              f"{self.pixel_size}"),
             (0.0 <= self.close_gaps < 1.0,
              f"predict.close_gaps (--close-gaps) must be a membrane probability in [0, 1) (0 = off), got {self.close_gaps}"),
         ]

@@ -30,6 +30,7 @@ from .postprocess import close_gaps_in_place, smooth_in_place
 from ..progress import progress_bar
 from .segment import SegmentConfig, segment_stack
 from ..io.storage import is_url
+from .rescale import resized, scale_factor, to_model_scale
 from .tiling import predict_image, predict_image_tta
 
 __all__ = [
@@ -148,22 +149,32 @@ class Prediction:
     probs: np.ndarray
     affinities: np.ndarray | None = None
     offsets: Offsets | None = None
+    at_model_scale: Prediction | None = None  # where the images' pixel size was not the model's
 
     def cells(self, cfg: SegmentConfig, warn: bool = True) -> np.ndarray:
         """Instance labels (N, H, W) uint32: the mutex watershed of the affinities, or the seeded
-        watershed of the membrane head's map (``warn``: name slices where that failed)."""
+        watershed of the membrane head's map (``warn``: name slices where that failed); at the
+        model's pixel size, then resized to the images' grid."""
+        if self.at_model_scale is not None:
+            return resized(self.at_model_scale.cells(cfg, warn), self.probs.shape[-2:], order=0)
         return segment_stack(self.probs, self.affinities, self.offsets, cfg, warn)
 
 
 def predict_stack(
-    models: UNet | Sequence[UNet], volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False
+    models: UNet | Sequence[UNet], volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False,
+    model_pixel_size: float | None = None,
 ) -> Prediction:
     """What is written and scored: :func:`predict_raw` (the mean of several models' maps:
     independently trained models disagree on the ambiguous membranes, and their average is
     steadier than any one of them), then :func:`postprocess_volume`; an affinity model's
-    affinities as they are, with the interior map made from them."""
-    raw = predict_raw(models, volume, pcfg, precision, progress)
-    return prediction_from_raw(raw, (models if isinstance(models, UNet) else models[0]).cfg.offsets, pcfg)
+    affinities as they are, with the interior map made from them. Images whose pixel size is not
+    ``model_pixel_size`` (nm) are predicted at it and the map resized back."""
+    offsets = (models if isinstance(models, UNet) else models[0]).cfg.offsets
+    factor = scale_factor(volume, pcfg.pixel_size, model_pixel_size)
+    if factor == 1.0:
+        return prediction_from_raw(predict_raw(models, volume, pcfg, precision, progress), offsets, pcfg)
+    there = prediction_from_raw(predict_raw(models, to_model_scale(volume, factor), pcfg, precision, progress), offsets, pcfg)
+    return Prediction(resized(there.probs, volume.images.shape[-2:], order=1), None, offsets, there)
 
 
 def prediction_from_raw(raw: np.ndarray, offsets: Offsets, pcfg: PredictConfig) -> Prediction:
@@ -204,24 +215,26 @@ def segment_file(
     cells: Address | str | Path | None = None,
     segment: SegmentConfig | None = None,
     overwrite: bool = False,
+    model_pixel_size: float | None = None,
 ) -> SegmentedFile:
     """Read images, predict and post-process them, write the probabilities (and masks, overlays
     and cells where asked). ``output`` is a TIFF or an HDF5 dataset for one stack of same-sized
     images, or a folder for one TIFF per image, of any sizes. ``cells``: the instance labels
     (segmented as ``segment`` says) as a uint32 TIFF, HDF5 dataset or OME-Zarr for a stack, a
-    folder of TIFFs for a folder. The caller checks the outputs first (:func:`writers.check_outputs`)."""
+    folder of TIFFs for a folder. Images whose pixel size differs from ``model_pixel_size`` are
+    predicted at the model's (``predict.pixel_size``). The caller checks the outputs first (:func:`writers.check_outputs`)."""
     segment = segment or SegmentConfig()
     output = output if isinstance(output, Address) else parse_address(str(output), what="-o output")
     cells = cells if isinstance(cells, Address) or cells is None else parse_address(str(cells), what="cells output")
     if output.is_folder:
         return _segment_each(models, input_path, output.path, pcfg, precision, masks, overlays, progress, channel,
-                             intensity, cells.path if cells else None, segment)
+                             intensity, cells.path if cells else None, segment, model_pixel_size)
     try:
         volume = read_images(input_path, channel=channel, intensity=intensity)
     except ImageSizesDiffer as exc:
         raise DataError(f"{exc}; to predict images of different sizes give a folder as -o (one TIFF each)") from None
     start = time.perf_counter()
-    prediction = predict_stack(models, volume, pcfg, precision, progress=progress)
+    prediction = predict_stack(models, volume, pcfg, precision, progress, model_pixel_size)
     probs = prediction.probs
     labels = prediction.cells(segment) if cells else None
     seconds = time.perf_counter() - start
@@ -237,7 +250,7 @@ def segment_file(
 
 
 def _cells_made_by(prediction: Prediction) -> str:
-    return "mutex watershed of the affinities" if prediction.affinities is not None else "seeded watershed of the map"
+    return "mutex watershed of the affinities" if prediction.offsets else "seeded watershed of the map"
 
 
 def _write_pictures(volume: Volume, probs: np.ndarray, masks: Path | None, overlays: Path | None) -> list[str]:
@@ -252,8 +265,8 @@ def _write_pictures(volume: Volume, probs: np.ndarray, masks: Path | None, overl
 
 
 def _segment_each(models, input_path, output: Path, pcfg: PredictConfig, precision: str, masks, overlays, progress: bool,
-                  channel: int | None, intensity: Intensity | None, cells: Path | None, segment: SegmentConfig
-                  ) -> SegmentedFile:
+                  channel: int | None, intensity: Intensity | None, cells: Path | None, segment: SegmentConfig,
+                  model_pixel_size: float | None = None) -> SegmentedFile:
     """One probability TIFF per image into the folder ``output``, each image at its own size
     (and one cells TIFF per image into the folder ``cells``)."""
     models = [models] if isinstance(models, UNet) else list(models)
@@ -262,7 +275,7 @@ def _segment_each(models, input_path, output: Path, pcfg: PredictConfig, precisi
     volumes = read_each(input_path, channel, intensity)
     start = time.perf_counter()
     for volume in progress_bar(desc="predict", unit="image", enabled=progress, items=volumes):
-        prediction = predict_stack(models, volume, pcfg, precision)
+        prediction = predict_stack(models, volume, pcfg, precision, model_pixel_size=model_pixel_size)
         write_probabilities(parse_address(output / f"{volume.names[0]}.tif"), prediction.probs, volume)
         if cells:
             write_cells(parse_address(cells / f"{volume.names[0]}.tif"), prediction.cells(segment), volume)

@@ -71,6 +71,11 @@ class Predictor:
         models = [models] if isinstance(models, UNet) else list(models)
         return cls(models, cfg.predict, cfg.segment, precision, intensity, cfg.data.channel, config=cfg)
 
+    @property
+    def model_pixel_size(self) -> float | None:
+        """The pixel size (nm) the models were trained at, where their run says (data.pixel_size)."""
+        return self.config.data.pixel_size
+
     def read(self, images: str | Path | np.ndarray) -> Volume:
         """Images as the models see them: read from a path, or raw pixels (H, W) or (N, H, W)."""
         if isinstance(images, (str, Path)):
@@ -87,7 +92,7 @@ class Predictor:
 
     def predict(self, volume: Volume, progress: bool = False) -> Prediction:
         """The post-processed map of every slice (and an affinity model's affinities)."""
-        return predict_stack(self.models, volume, self.settings, self.precision, progress)
+        return predict_stack(self.models, volume, self.settings, self.precision, progress, self.model_pixel_size)
 
     def cells_of(self, prediction: Prediction) -> np.ndarray:
         return prediction.cells(self.segment)
@@ -97,7 +102,7 @@ class Predictor:
               progress: bool = True) -> SegmentedFile:
         """Predict the images at ``source`` and write the map (and cells, masks, overlays)."""
         return segment_file(self.models, source, output, self.settings, self.precision, masks, overlays, progress,
-                            self.channel, self.intensity, cells, self.segment, overwrite)
+                            self.channel, self.intensity, cells, self.segment, overwrite, self.model_pixel_size)
 
     def __call__(self, images: str | Path | np.ndarray, progress: bool = False) -> np.ndarray:
         """Cell-interior probabilities, float32, shaped as the input ((H, W) for one image)."""

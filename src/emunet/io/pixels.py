@@ -20,6 +20,16 @@ class Calibration:
     spacing: float | None
     unit: str
 
+    def pixel_size_nm(self) -> float | None:
+        """The x pixel size in nanometres, where the unit is one of length (else None)."""
+        per_unit = _NANOMETRES.get(self.unit.strip().lower().replace("\u00b5", "u").replace("\u03bc", "u"))
+        return None if per_unit is None else self.pixel_size[0] * per_unit
+
+
+_NANOMETRES = {"nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "um": 1e3, "micron": 1e3, "micrometer": 1e3,
+               "micrometre": 1e3, "mm": 1e6, "millimeter": 1e6, "cm": 1e7, "centimeter": 1e7, "inch": 2.54e7,
+               "angstrom": 0.1, "a": 0.1}
+
 
 def read_calibration(path: Path) -> Calibration | None:
     """The calibration of a TIFF's first page, or None where the file has none (1 pixel per

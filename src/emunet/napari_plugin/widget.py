@@ -9,7 +9,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from superqt.utils import ensure_main_thread
@@ -36,6 +36,9 @@ class EmunetWidget(Container):
         self.outputs = ComboBox(label="make", choices=OUTPUTS, value=OUTPUTS[0])
         self.slices = ComboBox(label="slices", choices=["all", "current"], value="all",
                                tooltip="current: only the slice on screen (for large volumes)")
+        self.pixel_size = FloatSpinBox(label="pixel size (nm)", value=0.0, min=0.0, max=10000.0, step=0.1,
+                                       tooltip="the image's pixel size; 0: the model's own (no resizing). Another size "
+                                       "is predicted at the model's and resized back")
         self.segment_button = PushButton(text="Segment")
         self.labels_layer = ComboBox(label="labels", choices=lambda _: self._layers(Labels))
         self.meaning = ComboBox(label="labels are", choices=["cells", "membranes painted"], value="cells",
@@ -47,7 +50,7 @@ class EmunetWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         super().__init__(widgets=[self.model, self.checkpoint, Label(value="<b>Segment</b>"), self.image, self.outputs,
-                                  self.slices, self.segment_button, Label(value="<b>Fine-tune</b>"), self.labels_layer,
+                                  self.slices, self.pixel_size, self.segment_button, Label(value="<b>Fine-tune</b>"), self.labels_layer,
                                   self.meaning, self.steps, self.save_to, self.fine_tune_button, self.progress,
                                   self.cancel_button, self.status])
         self._cancel = threading.Event()
@@ -83,12 +86,13 @@ class EmunetWidget(Container):
         current = int(self._viewer.dims.current_step[0]) if data.ndim == 3 else 0
         which = range(current, current + 1) if self.slices.value == "current" else range(n)
         membranes, cells = self.outputs.value != "cells", self.outputs.value != "membranes"
-        self._run(self._segment, self._show_segmented, len(which), self.model.value, data, which, membranes, cells, layer)
+        self._run(self._segment, self._show_segmented, len(which), self.model.value, data, which, membranes, cells, layer,
+                  self.pixel_size.value or None)
 
-    def _segment(self, model: str, data, which: range, membranes: bool, cells: bool, layer):
+    def _segment(self, model: str, data, which: range, membranes: bool, cells: bool, layer, pixel_size: float | None = None):
         from ..infer.predictor import Predictor
 
-        predictor = Predictor.load(model)
+        predictor = Predictor.load(model, overrides=[f"predict.pixel_size={pixel_size}"] if pixel_size else [])
         done = tasks.segment_slices(predictor, data, which, membranes, cells, lambda i, n: self._show_progress(i),
                                     self._cancel)
         return done, layer, data.ndim
