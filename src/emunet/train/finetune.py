@@ -3,6 +3,8 @@ user's own few labelled slices. The settings start from the model's own run (net
 augmentation, prediction, cells, pixel size; its input scaling is kept by training itself), with
 the training changed for a short run from good weights: a tenth of the learning rate, no warm-up,
 no decay, 200 steps, and every given slice training (few slices are too few to set some aside).
+The new slices' pixel size is not taken for the old ones': ``data.pixel_size`` is unset unless
+given (training learns the slices at the size they are).
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ __all__ = ["FINE_TUNE", "fine_tune_config"]
 
 # What changes from the starting model's run; anything here can be overridden by KEY=VALUE.
 FINE_TUNE = ["train.steps=200", "train.lr=1e-4", "train.schedule=constant", "train.warmup_steps=0", "train.val_every=50",
-             "train.select_by=last", "data.train_ratio=1", "data.inner_val=0", "data.test_images=null"]
+             "train.select_by=last", "data.train_ratio=1", "data.inner_val=0", "data.test_images=null", "data.pixel_size=null",
+             "predict.pixel_size=null"]
 
 
 def fine_tune_config(start: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None) -> Config:
