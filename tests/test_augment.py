@@ -120,3 +120,41 @@ def test_intensity_changes_come_after_the_geometry_and_leave_its_random_draws_al
     before = augment_batch(x, y, AugmentConfig(elastic_std=10.0), torch.Generator().manual_seed(8))
     on = augment_batch(x, y, AugmentConfig(elastic_std=10.0, contrast=0.3), torch.Generator().manual_seed(8))
     assert torch.equal(on[1], before[1]) and not torch.equal(on[0], before[0])
+
+
+def test_gamma_raises_each_image_to_one_power_within_its_range():
+    x, y = _batch()
+    x = x.clamp(0.05, 1)
+    ax, ay = augment_batch(x, y, AugmentConfig(**(OFF | dict(gamma=0.6))), torch.Generator().manual_seed(3))
+    assert torch.equal(ay, y)
+    powers = torch.log(ax) / torch.log(x)  # the same power at every pixel of a sample
+    inner = (x < 0.95)
+    per_sample = [p[m] for p, m in zip(powers, inner)]
+    for p in per_sample:
+        assert p.max() - p.min() < 1e-3 and 1 / 1.6 - 1e-4 <= p.mean() <= 1.6 + 1e-4
+    assert torch.stack([p.mean() for p in per_sample]).std() > 0.01
+
+
+def test_noise_has_the_drawn_strength_and_a_high_dose_barely_changes_the_image():
+    x, y = _batch(b=8, size=64)
+    noisy, _ = augment_batch(x, y, AugmentConfig(**(OFF | dict(noise=0.1))), torch.Generator().manual_seed(4))
+    deviation = (noisy - x).std(dim=(1, 2, 3))
+    assert deviation.max() <= 0.11 and deviation.max() > 0.03
+    shot, _ = augment_batch(x, y, AugmentConfig(**(OFF | dict(poisson=20))), torch.Generator().manual_seed(4))
+    assert torch.allclose(shot.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=0.02)  # unbiased
+    # shot noise: the variance of a pixel of grey g at dose e is g / e, at most g / 20 here
+    residual = ((shot - x) ** 2).mean(dim=(1, 2, 3)) / x.mean(dim=(1, 2, 3))
+    assert residual.max() <= 1 / 20 * 1.3 and residual.min() >= 1 / (20 * 50) * 0.7
+
+
+def test_section_defects_leave_masks_and_spare_samples_alone():
+    x, y = _batch(b=8, channels=3)
+    out, labels = augment_batch(x, y, AugmentConfig(**(OFF | dict(defects=0.5))), torch.Generator().manual_seed(5))
+    assert torch.equal(labels, y)
+    changed = [(out[i] != x[i]).any(dim=(1, 2)) for i in range(8)]
+    hit = [c.any().item() for c in changed]
+    assert 0 < sum(hit) < 8
+    for c in changed:  # a band darkens or blanks the middle section; a misalignment moves one neighbour
+        assert c.sum() <= 1
+    off, _ = augment_batch(x, y, AugmentConfig(**OFF), torch.Generator().manual_seed(5))
+    assert torch.equal(off, x)

@@ -41,6 +41,17 @@ class AugmentConfig:
         membrane is a blurred one); 0 disables.
     contrast: scale each image's deviations from its mean by a factor drawn uniformly in
         [1 - contrast, 1 + contrast]; 0 disables.
+    gamma: raise each image to a power drawn log-uniformly in [1/(1+gamma), 1+gamma] (another
+        detector's response curve); 0 disables.
+    noise: add Gaussian noise of a std drawn uniformly in [0, noise] (images in [0, 1]); 0 disables.
+    poisson: shot noise of a beam of a number of electrons per pixel drawn log-uniformly between
+        ``poisson`` and 50 times as many (a dose ``poisson`` = the noisiest); 0 disables.
+    defects: share of samples with a section defect: a dark band or a missing one (the image's
+        mean) across the tile, 4 to 24 px wide, or, for 2.5-D input, a neighbouring section
+        shifted by up to 8 px (misaligned); the mask is unchanged; 0 disables.
+
+    The defaults are the lab's flips and brightness with the U-Net paper's elastic warps; the
+    intensity settings are off, so configs without them train as before.
     """
 
     flip: bool = True
@@ -53,6 +64,10 @@ class AugmentConfig:
     scale: float = 0.0
     blur: float = 0.0
     contrast: float = 0.0
+    gamma: float = 0.0
+    noise: float = 0.0
+    poisson: float = 0.0
+    defects: float = 0.0
 
     def validate(self) -> None:
         ConfigError.check([
@@ -64,6 +79,11 @@ class AugmentConfig:
             (0.0 <= self.scale <= 1.0, f"augment.scale must be 0..1 (zoom up to 1 + scale), got {self.scale}"),
             (0.0 <= self.blur <= 10.0, f"augment.blur must be 0..10 px (the largest blur sigma), got {self.blur}"),
             (0.0 <= self.contrast < 1.0, f"augment.contrast must be in [0, 1), got {self.contrast}"),
+            (0.0 <= self.gamma <= 2.0, f"augment.gamma must be 0..2 (powers up to 1 + gamma), got {self.gamma}"),
+            (0.0 <= self.noise <= 0.5, f"augment.noise must be a std of 0..0.5, got {self.noise}"),
+            (self.poisson == 0 or self.poisson >= 1, f"augment.poisson must be >= 1 electron per pixel (0 = off), got "
+                                                     f"{self.poisson}"),
+            (0.0 <= self.defects <= 1.0, f"augment.defects must be a share of 0..1, got {self.defects}"),
         ])
 
 

@@ -4,8 +4,10 @@ Flips and 90-degree turns (the lab's flips, extended to the square's full symmet
 the lab's brightness shift, and the U-Net paper's elastic deformation: random displacements
 on a coarse grid (3x3, std 10 px), smoothly (bicubically) interpolated to a dense field,
 applied bilinearly to the image and nearest-neighbour to the mask. Optionally (nnU-Net's
-habit) turns by any angle and zooms, resampled together with the elastic field in one pass,
-and intensity changes that imitate faint, oblique membranes: blur and lower contrast.
+habit) turns by any angle and zooms, resampled together with the elastic field in one pass;
+intensity changes that imitate faint, oblique membranes and other microscopes (blur, contrast,
+gamma, Gaussian and shot noise, as gunpowder and torch-em draw them), and section defects
+(dark or missing bands, a misaligned neighbouring section).
 """
 
 from __future__ import annotations
@@ -37,16 +39,49 @@ def gaussian_blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
 
 
 def intensity_changes(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
-    """Blur and contrast of :class:`AugmentConfig`, each drawing random numbers only when on
-    (so configs without them keep their random stream)."""
+    """Blur, contrast, gamma and noise of :class:`AugmentConfig`, each drawing random numbers
+    only when on (so configs without them keep their random stream)."""
     b = images.shape[0]
     dev = generator.device
+    draw = lambda: torch.rand(b, generator=generator, device=dev).to(images.device)[:, None, None, None]  # noqa: E731
     if cfg.blur > 0:
         images = gaussian_blur(images, torch.rand(b, generator=generator, device=dev) * cfg.blur)
     if cfg.contrast > 0:
         factor = (1 + (torch.rand(b, generator=generator, device=dev) * 2 - 1) * cfg.contrast).to(images)
         mean = images.mean(dim=(1, 2, 3), keepdim=True)
         images = mean + (images - mean) * factor[:, None, None, None]
+    if cfg.gamma > 0:
+        power = torch.exp((draw() * 2 - 1) * math.log1p(cfg.gamma))
+        images = images.clamp(0, 1) ** power
+    if cfg.poisson > 0:
+        electrons = cfg.poisson * torch.exp(draw() * math.log(50.0))
+        counts = torch.poisson((images.clamp(0, 1) * electrons).float(), generator=generator).to(images)
+        images = counts / electrons
+    if cfg.noise > 0:
+        images = images + torch.randn(images.shape, generator=generator, device=dev).to(images) * draw() * cfg.noise
+    return images
+
+
+def section_defects(images: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """A dark or missing band across ``share`` of the samples (the middle section of a 2.5-D
+    input), or for 2.5-D input a neighbouring section shifted (misaligned); masks stay as they
+    are, so the model learns to see through a defect."""
+    b, c, h, w = images.shape
+    dev = generator.device
+    hit = (torch.rand(b, generator=generator, device=dev) < share).tolist()
+    kind = torch.randint(0, 3 if c > 1 else 2, (b,), generator=generator, device=dev).tolist()
+    where = torch.rand(b, 2, generator=generator, device=dev).tolist()
+    images = images.clone()
+    for i in (i for i in range(b) if hit[i]):
+        if kind[i] == 2:  # misaligned: one neighbouring section moved by up to 8 px
+            side = 0 if where[i][0] < 0.5 else c - 1
+            shift = (int((where[i][1] * 2 - 1) * 8), int((where[i][0] * 2 - 1) * 8))
+            images[i, side] = torch.roll(images[i, side], shift, dims=(0, 1))
+            continue
+        width = 4 + int(where[i][1] * 20)
+        start = int(where[i][0] * max(h - width, 1))
+        band = images[i, c // 2, start:start + width]
+        images[i, c // 2, start:start + width] = band * 0.3 if kind[i] == 0 else images[i, c // 2].mean()
     return images
 
 
@@ -138,4 +173,7 @@ def augment_batch(
     if cfg.brightness > 0:
         shift = (torch.rand(b, generator=generator, device=dev) * 2 - 1) * cfg.brightness
         images = images + shift.to(images.device)[:, None, None, None]
-    return intensity_changes(images, cfg, generator), labels
+    images = intensity_changes(images, cfg, generator)
+    if cfg.defects > 0:
+        images = section_defects(images, cfg.defects, generator)
+    return images, labels
