@@ -82,6 +82,9 @@ def main() -> int:
     parser.add_argument("--blur", type=float, default=1.5)
     parser.add_argument("--electrons", type=float, default=20.0)
     parser.add_argument("--scale", type=float, default=4 / 4.6, help="4 nm pixels shown at 4.6 nm")
+    parser.add_argument("--tune", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="settings of the fine-tuned run beyond --from's (e.g. train.lr=1e-3 train.schedule=cosine)")
+    parser.add_argument("--no-scratch", action="store_true", help="only the fine-tuned runs")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     start = args.start
@@ -104,10 +107,13 @@ def main() -> int:
     results["shift"].pop("start")
     for seed in [int(s) for s in args.seeds.split(",")]:
         tuned, scratch = args.out / f"fine-tuned-{seed}", args.out / f"scratch-{seed}"
-        assert unet(["train", "--from", start, "--out", str(tuned), *common, f"train.seed={seed}", "-q", "--overwrite"]) == 0
-        assert unet(["train", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(scratch), *common, f"train.seed={seed}",
-                     "data.test_images=null", "-q", "--overwrite"]) == 0
-        results["runs"][seed] = {"fine-tuned": curve(tuned), "scratch": curve(scratch)}
+        assert unet(["train", "--from", start, "--out", str(tuned), *common, *args.tune, f"train.seed={seed}", "-q",
+                     "--overwrite"]) == 0
+        results["runs"][seed] = {"fine-tuned": curve(tuned)}
+        if not args.no_scratch:
+            assert unet(["train", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(scratch), *common, f"train.seed={seed}",
+                         "data.test_images=null", "-q", "--overwrite"]) == 0
+            results["runs"][seed]["scratch"] = curve(scratch)
     (args.out / "curves.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.out / "curves.png")
     table(results)
@@ -124,6 +130,8 @@ def plot(results: dict, path: Path) -> None:
     for ax, key, title in ((axes[0], "v_rand", "map"), (axes[1], "cells_v_rand", "cells")):
         for seed, runs in results["runs"].items():
             for name, colour in (("fine-tuned", "tab:blue"), ("scratch", "tab:orange")):
+                if name not in runs:
+                    continue
                 points = ([results["zero_shot"]] if name == "fine-tuned" else []) + runs[name]
                 ax.plot([p["step"] for p in points], [p[key] for p in points], color=colour, marker=".",
                         label=f"{name} (seed {seed})")

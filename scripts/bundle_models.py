@@ -48,6 +48,9 @@ def scores(given: list[str]) -> dict:
     out = {}
     for item in given:
         label, _, path = item.rpartition("=")
+        if not Path(path).is_file():  # a figure measured elsewhere, given as text with its source
+            out[label] = path
+            continue
         record = json.loads(Path(path).read_text())
         mean = record.get("mean", {})
         spread = record.get("std", {})
@@ -62,7 +65,8 @@ def main() -> None:
     parser.add_argument("name", choices=sorted(DESCRIPTIONS))
     parser.add_argument("run", type=Path, help="the run folder (its last.safetensors)")
     parser.add_argument("--scores", action="append", default=[], metavar="LABEL=JSON",
-                        help="held-out scores of the recipe: an eval.json or cv.json, labelled with how measured")
+                        help="held-out scores of the recipe: an eval.json or cv.json (or the figures as text), labelled "
+                        "with how they were measured")
     args = parser.parse_args()
     data = bundled_weights(args.run, args.name)
     BUNDLED_DIR.mkdir(exist_ok=True)
