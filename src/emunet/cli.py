@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_train_command(sub) -> None:
     p = sub.add_parser("train", help="train a model", description="Train a U-Net on random native-resolution tiles of the "
-                       "training fold, validating on the held-out fold.", epilog=EPILOG,
+                       "training fold, validating on the held-out fold (data.train_ratio=1: on every slice, validating "
+                       "none), or with --from fine-tune a trained model on your own labelled slices.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_common(p)
     _add_out(p)
