@@ -12,7 +12,10 @@ cells), every ``--val-every`` steps, for two runs on the same three slices:
     python benchmarks/fine_tune.py --start runs/fold1/last.safetensors --out runs/fine-tune --seeds 1,2
 
 Writes ``curves.json`` and ``curves.png`` (V_rand over steps; step 0 of fine-tuning = the
-starting model as it is, zero-shot) into ``--out``.
+starting model as it is, zero-shot) into ``--out``. Several benchmarks' curves in one picture:
+
+    python benchmarks/fine_tune.py --plot runs/fine-tune/curves.json "from isbi-robust=runs/ft-robust/curves.json" \
+        --out docs/fine-tune.png
 """
 
 from __future__ import annotations
@@ -85,7 +88,12 @@ def main() -> int:
     parser.add_argument("--tune", nargs="*", default=[], metavar="KEY=VALUE",
                         help="settings of the fine-tuned run beyond --from's (e.g. train.lr=1e-3 train.schedule=cosine)")
     parser.add_argument("--no-scratch", action="store_true", help="only the fine-tuned runs")
+    parser.add_argument("--plot", nargs="+", metavar="[LABEL=]CURVES_JSON",
+                        help="draw these benchmarks' curves into the picture --out names, and run nothing")
     args = parser.parse_args()
+    if args.plot:
+        plot(merged(args.plot), args.out)
+        return 0
     args.out.mkdir(parents=True, exist_ok=True)
     start = args.start
     if start is None:  # fold 1's 24 training slices; the last step, so the six chose nothing
@@ -120,6 +128,22 @@ def main() -> int:
     return 0
 
 
+def merged(files: list[str]) -> dict:
+    """Several benchmarks' curves as one: each run named with its file's label, if given; every
+    labelled fine-tuning starts from its own zero-shot point."""
+    out: dict = {"zero_shot": {}, "runs": {}}
+    for item in files:
+        label, _, path = item.rpartition("=")
+        results = json.loads(Path(path).read_text())
+        for seed, runs in results["runs"].items():
+            for name, points in runs.items():
+                named = f"{name} {label}".strip()
+                out["runs"].setdefault(seed, {})[named] = points
+                if name == "fine-tuned":
+                    out["zero_shot"][named] = results["zero_shot"]
+    return out
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -128,12 +152,13 @@ def plot(results: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, title in ((axes[0], "v_rand", "map"), (axes[1], "cells_v_rand", "cells")):
+        names = sorted({name for runs in results["runs"].values() for name in runs})
+        colours = dict(zip(names, ["tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple"]))
         for seed, runs in results["runs"].items():
-            for name, colour in (("fine-tuned", "tab:blue"), ("scratch", "tab:orange")):
-                if name not in runs:
-                    continue
-                points = ([results["zero_shot"]] if name == "fine-tuned" else []) + runs[name]
-                ax.plot([p["step"] for p in points], [p[key] for p in points], color=colour, marker=".",
+            for name, points in runs.items():
+                zero = results["zero_shot"].get(name) if "step" not in results["zero_shot"] else results["zero_shot"]
+                points = ([zero] if name.startswith("fine-tuned") and zero else []) + points
+                ax.plot([p["step"] for p in points], [p[key] for p in points], color=colours[name], marker=".",
                         label=f"{name} (seed {seed})")
         ax.set_title(f"V_rand of the {title}, 3 scored slices")
         ax.set_xlabel("training step (3 slices)")
