@@ -99,10 +99,34 @@ def test_the_current_slice_lands_where_it_lies_and_cancel_stops(make_napari_view
     widget.slices.value = "all"
     widget._cancel.set()  # as the cancel button does, before the first slice is done
     widget.worker = None
-    widget._run(lambda: widget._segment("isbi-membranes", slices, range(3), True, True, layer), widget._show_segmented, 3)
+    widget._run(lambda: widget._segment("isbi-membranes", slices, range(3), True, True, ("em", 3, {})),
+                widget._show_segmented, 3)
     widget._cancel.set()
     _wait_for(qtbot, widget)
     assert widget.status.value == "Cancelled."
+
+
+def test_the_visible_region_is_read_and_placed_where_it_lies(make_napari_viewer, qtbot, isbi_dir):
+    from emunet import Segmenter
+
+    slices = tifffile.imread(isbi_dir / "test-volume.tif")[:2]
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_image(slices, name="em", scale=(50, 4, 4))
+    widget = _dock(viewer)  # the dock narrows the canvas: zoom after it
+    viewer.dims.set_current_step(0, 1)
+    viewer.camera.zoom *= 3
+    qtbot.wait(300)
+    widget.model.value, widget.image.value, widget.slices.value, widget.outputs.value = (
+        "isbi-membranes", layer, "visible region", "cells")
+    (y0, x0), _ = np.asarray(layer.corner_pixels)[:, -2:]
+    widget.segment_button.clicked()
+    _wait_for(qtbot, widget)
+    cells = viewer.layers["em cells"]
+    assert 0 < cells.data.shape[1] < 512 and 0 < cells.data.shape[2] < 512
+    assert tuple(cells.translate) == (50, y0 * 4, x0 * 4)
+    crop = slices[1, y0:y0 + cells.data.shape[1], x0:x0 + cells.data.shape[2]]
+    ours = Segmenter("isbi-membranes").cells(crop)
+    assert np.array_equal(cells.data[0], ours)
 
 
 @pytest.mark.parametrize("case, message", [

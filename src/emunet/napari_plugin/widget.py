@@ -34,8 +34,9 @@ class EmunetWidget(Container):
         self.checkpoint = FileEdit(label="or a file", filter="*.safetensors *.pt *.ckpt", tooltip="a checkpoint to add")
         self.image = ComboBox(label="image", choices=lambda _: self._layers(Image))
         self.outputs = ComboBox(label="make", choices=OUTPUTS, value=OUTPUTS[0])
-        self.slices = ComboBox(label="slices", choices=["all", "current"], value="all",
-                               tooltip="current: only the slice on screen (for large volumes)")
+        self.slices = ComboBox(label="slices", choices=["all", "current", "visible region"], value="all",
+                               tooltip="current: only the slice on screen; visible region: only the part of it on "
+                               "screen (for large volumes, read at full resolution)")
         self.pixel_size = FloatSpinBox(label="pixel size (nm)", value=0.0, min=0.0, max=10000.0, step=0.1,
                                        tooltip="the image's pixel size; 0: the model's own (no resizing). Another size "
                                        "is predicted at the model's and resized back")
@@ -84,35 +85,37 @@ class EmunetWidget(Container):
             data = data[0]
         n = 1 if data.ndim == 2 else data.shape[0]
         current = int(self._viewer.dims.current_step[0]) if data.ndim == 3 else 0
-        which = range(current, current + 1) if self.slices.value == "current" else range(n)
+        corner = (0, 0)
+        which = range(current, current + 1) if self.slices.value != "all" else range(n)
+        if self.slices.value == "visible region":  # read only what is on screen, of the slice on screen
+            (y0, x0), (y1, x1) = _visible_region(layer)
+            data, which, corner = (data[y0:y1, x0:x1] if data.ndim == 2 else data[current:current + 1, y0:y1, x0:x1],
+                                   range(0, 1), (y0, x0))
         membranes, cells = self.outputs.value != "cells", self.outputs.value != "membranes"
-        self._run(self._segment, self._show_segmented, len(which), self.model.value, data, which, membranes, cells, layer,
-                  self.pixel_size.value or None)
+        place = _placement(layer, data.ndim, which.start if corner == (0, 0) else current, corner)
+        self._run(self._segment, self._show_segmented, len(which), self.model.value, data, which, membranes, cells,
+                  (layer.name, data.ndim, place), self.pixel_size.value or None)
 
-    def _segment(self, model: str, data, which: range, membranes: bool, cells: bool, layer, pixel_size: float | None = None):
+    def _segment(self, model: str, data, which: range, membranes: bool, cells: bool, where, pixel_size: float | None = None):
         from ..infer.predictor import Predictor
 
         predictor = Predictor.load(model, overrides=[f"predict.pixel_size={pixel_size}"] if pixel_size else [])
         done = tasks.segment_slices(predictor, data, which, membranes, cells, lambda i, n: self._show_progress(i),
                                     self._cancel)
-        return done, layer, data.ndim
+        return done, where
 
     def _show_segmented(self, result) -> None:
-        done, layer, ndim = result
+        done, (name, ndim, place) = result
         if done is None:
             return self._say("Cancelled.")
-        scale, translate = list(layer.scale), list(layer.translate)
-        if ndim == 3:
-            translate[0] += done.first * scale[0]  # the slices done, where they lie in the stack
-        place = dict(scale=scale, translate=translate)
         squeeze = (lambda a: a[0]) if ndim == 2 else (lambda a: a)
         if done.probabilities is not None:
-            self._viewer.add_image(squeeze(done.probabilities), name=f"{layer.name} membranes", colormap="gray",
+            self._viewer.add_image(squeeze(done.probabilities), name=f"{name} membranes", colormap="gray",
                                    contrast_limits=(0, 1), **place)
         if done.cells is not None:
-            self._viewer.add_labels(squeeze(done.cells), name=f"{layer.name} cells", **place)
+            self._viewer.add_labels(squeeze(done.cells), name=f"{name} cells", **place)
         self._say(f"Segmented {len(done.cells if done.cells is not None else done.probabilities)} slice(s) of "
-                  f"'{layer.name}' with {Path(self.model.value).name}.")
+                  f"'{name}' with {Path(self.model.value).name}.")
 
     # --- fine-tuning --------------------------------------------------------------------
     def start_fine_tuning(self) -> None:
@@ -162,6 +165,26 @@ class EmunetWidget(Container):
 
     def _say(self, text: str) -> None:
         self.status.value = text
+
+
+def _visible_region(layer) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The (Y, X) corners of the part of ``layer`` on screen, in full-resolution pixels."""
+    corners = np.asarray(layer.corner_pixels)[:, -2:].astype(float)
+    if layer.multiscale:  # corner_pixels are in the level on screen
+        corners *= np.asarray(layer.downsample_factors[layer.data_level])[-2:]
+    height, width = (layer.data[0] if layer.multiscale else layer.data).shape[-2:]
+    (y0, x0), (y1, x1) = np.floor(corners[0]).astype(int), np.ceil(corners[1]).astype(int) + 1
+    return (max(0, y0), max(0, x0)), (min(height, y1), min(width, x1))
+
+
+def _placement(layer, ndim: int, first: int, corner: tuple[int, int]) -> dict:
+    """Scale and translation that put results over the slices and region they came from."""
+    scale, translate = list(layer.scale), list(layer.translate)
+    if ndim == 3:
+        translate[0] += first * scale[0]
+    translate[-2] += corner[0] * scale[-2]
+    translate[-1] += corner[1] * scale[-1]
+    return dict(scale=scale, translate=translate)
 
 
 def _sentence(exc: BaseException) -> str:
