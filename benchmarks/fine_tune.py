@@ -129,15 +129,15 @@ def main() -> int:
 
 
 def merged(files: list[str]) -> dict:
-    """Several benchmarks' curves as one: each run named with its file's label, if given; every
-    labelled fine-tuning starts from its own zero-shot point."""
+    """Several benchmarks' curves as one: each fine-tuning named with its file's label (its
+    starting model), if given, and drawn from its own zero-shot point."""
     out: dict = {"zero_shot": {}, "runs": {}}
     for item in files:
         label, _, path = item.rpartition("=")
         results = json.loads(Path(path).read_text())
         for seed, runs in results["runs"].items():
             for name, points in runs.items():
-                named = f"{name} {label}".strip()
+                named = f"{name} {label}".strip() if name == "fine-tuned" else name  # scratch starts from nothing
                 out["runs"].setdefault(seed, {})[named] = points
                 if name == "fine-tuned":
                     out["zero_shot"][named] = results["zero_shot"]
