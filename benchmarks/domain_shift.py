@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,8 @@ def shifted(images: np.ndarray, masks: np.ndarray, gamma: float = 1.0, blur: flo
 
 
 def measure(checkpoint: str, fold: int, pixel_nm: float) -> list[dict]:
-    cfg = Predictor.load(checkpoint, "auto").config
+    base = Predictor.load(checkpoint, "auto", overrides=[f"data.pixel_size={pixel_nm}"])  # loaded once
+    cfg = base.config
     import tifffile
 
     images = tifffile.imread(cfg.data.images)
@@ -61,8 +63,8 @@ def measure(checkpoint: str, fold: int, pixel_nm: float) -> list[dict]:
     rows = []
     for name, shift in SHIFTS:
         shown, truth = shifted(images, masks, **shift)
-        told = [f"predict.pixel_size={pixel_nm / shift.get('scale', 1.0)}", f"data.pixel_size={pixel_nm}"]
-        predictor = Predictor.load(checkpoint, "auto", overrides=told)
+        told = replace(base.settings, pixel_size=pixel_nm / shift.get("scale", 1.0))  # the model told the slices' size
+        predictor = replace(base, settings=told)
         volume = predictor.read(shown)
         volume.labels = truth
         report, _ = score_prediction(predictor.predict(volume), volume, predictor.segment, warn=False)

@@ -62,6 +62,9 @@ def test_segmenter_and_evaluate_take_a_name(isbi_dir, tmp_path, monkeypatch, cap
                      photometric="minisblack")
     assert main(["evaluate", "isbi-membranes", "--images", "im.tif", "--labels", "lab.tif", "-q"]) == 0
     assert (tmp_path / "isbi-membranes-eval.json").is_file()  # here, not inside the installed package
+    capsys.readouterr()
+    assert main(["evaluate", "isbi-membranes", "-q"]) == 2  # no fold of its own to score
+    assert "trained on every slice" in capsys.readouterr().err
     assert not list(bundled_models()["isbi-membranes"].path.parent.glob("*eval*.json"))
 
 

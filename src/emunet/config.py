@@ -18,7 +18,7 @@ import yaml
 
 from .errors import ConfigError
 from .io.storage import StorageConfig
-from .model.bundled import is_model_name as _is_model_name
+from .model.bundled import names_a_model
 from .model.unet import PRESETS, UNetConfig
 
 __all__ = ["ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "PredictConfig", "Config", "load_config", "with_overrides",
@@ -503,7 +503,7 @@ def with_absolute_paths(cfg: Config) -> Config:
     """``cfg`` with its local data and init paths made absolute: a run's config.yaml and its
     checkpoints then name the same files wherever they are read from (evaluate, --resume)."""
     def absolute(path: str | None) -> str | None:
-        if path is None or "://" in str(path) or (_is_model_name(path) and not os.path.exists(path)):
+        if path is None or "://" in str(path) or names_a_model(path):
             return path  # a URL, or a bundled model's name
         return os.path.abspath(os.path.expanduser(path))
 

@@ -159,6 +159,9 @@ def evaluate(predictor: Predictor, images: str | None = None, labels: str | None
     threshold = cfg.data.mask_threshold if mask_threshold is None else mask_threshold
     if bool(images) != bool(labels):
         raise UsageError("--images and --labels go together")
+    if not images and cfg.data.train_ratio == 1:
+        raise UsageError(f"{predictor.paths[0]} was trained on every slice of {cfg.data.images}, so it has no fold to "
+                         "score; give --images and --labels")
     volume = load_labelled(images or cfg.data.images, labels or cfg.data.labels, foreground, mask_threshold=threshold,
                            channel=predictor.channel, intensity=predictor.intensity)
     if images:
@@ -199,12 +202,12 @@ def evaluate_json(given: str | Path | None, checkpoints: Sequence[str | Path]) -
         if is_run_record(given):
             raise UsageError(f"{given}: the run's own record (its validation scores and times); choose another --json")
         return given
-    from .model.bundled import is_model_name
+    from .model.bundled import names_a_model
 
     first = checkpoints[0]
     name = "eval.json" if len(checkpoints) == 1 else "eval-ensemble.json"
     stem, suffix = PurePosixPath(str(first)).stem, PurePosixPath(str(first)).suffix
-    here = suffix == ".ckpt" or (is_model_name(first) and not Path(first).exists())  # a bundled model's lives in the package
+    here = suffix == ".ckpt" or names_a_model(first)  # a bundled model's file lives in the package
     beside = Path(f"{stem}-{name}") if here else (f"{str(first).rsplit('/', 1)[0]}/{name}" if is_url(first)
                                                                 else Path(first).with_name(name))
     if is_run_record(beside):  # only a single model's eval.json can be one

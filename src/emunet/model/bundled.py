@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 
-__all__ = ["BundledModel", "bundled_models", "bundled_model", "resolve_checkpoint", "is_model_name", "describe", "BUNDLED_DIR"]
+__all__ = ["BundledModel", "bundled_models", "bundled_model", "resolve_checkpoint", "is_model_name", "names_a_model", "describe", "BUNDLED_DIR"]
 
 BUNDLED_DIR = Path(__file__).with_name("bundled")
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")  # no dot, no slash: never a file name this tool writes
@@ -56,6 +56,12 @@ def is_model_name(given: str | Path) -> bool:
     return isinstance(given, (str, Path)) and bool(_NAME.match(str(given)))
 
 
+def names_a_model(given: str | Path) -> bool:
+    """Whether a checkpoint argument means a bundled model: written as a name, and no file or
+    folder of that name here (a path always wins)."""
+    return is_model_name(given) and not Path(given).exists()
+
+
 def bundled_model(name: str) -> BundledModel:
     models = bundled_models()
     if name not in models:
@@ -68,7 +74,7 @@ def bundled_model(name: str) -> BundledModel:
 def resolve_checkpoint(given: str | Path) -> str | Path:
     """The file behind a checkpoint argument: a bundled model's weights for its name, else
     ``given`` unchanged (a path or URL, checked where it is read)."""
-    if is_model_name(given) and not Path(given).exists():
+    if names_a_model(given):
         return bundled_model(str(given)).path
     return given
 
