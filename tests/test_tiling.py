@@ -71,7 +71,7 @@ def test_batches_bound_the_tiles_in_flight(valid_net, rng, monkeypatch):
 
 
 def test_test_time_augmentation_is_equivariant(valid_net, rng):
-    from emunet.infer.tiling import predict_image_tta
+    from emunet.infer.tta import predict_image_tta
 
     image = rng.random((40, 56), dtype=np.float32)
     prob = predict_image_tta(valid_net, image, tile=36)
@@ -130,7 +130,7 @@ def test_a_2_5d_model_takes_the_sections_as_channels(rng):
     from emunet.io.data import Volume
     from emunet.infer.predict import predict_volume
     from emunet.infer.predict import model_context
-    from emunet.infer.tiling import predict_image_tta
+    from emunet.infer.tta import predict_image_tta
 
     torch.manual_seed(0)
     net = create_model("unet_cpu", width=4, depth=2, in_channels=3).eval()

@@ -153,6 +153,15 @@ def test_a_valid_padded_network_predicts_blockwise_as_it_predicts_whole_sections
         block = Block(1, y0, min(y0 + 96, 300), x0, min(x0 + 160, 340))
         got = predict_block([model], volume, block, pcfg, "fp32")
         np.testing.assert_allclose(got, whole[block.y0 : block.y1, block.x0 : block.x1], rtol=0, atol=1e-6)
+    # test-time turns too: each transform is predicted on the whole turned section's tile grid
+    from dataclasses import replace
+
+    from emunet.infer.tta import predict_image_tta
+
+    whole = predict_image_tta(model, stack[1].astype(np.float32) / np.float32(255), tile=100, overlap=0.0, precision="fp32")
+    block = Block(1, 96, 192, 160, 320)
+    got = predict_block([model], volume, block, replace(pcfg, tta=True), "fp32")
+    np.testing.assert_allclose(got, whole[96:192, 160:320], rtol=0, atol=1e-6)
 
 
 def test_ome_zarr_output_reads_back_with_its_metadata_and_a_pyramid(tiny_model, stack, tmp_path, capsys):

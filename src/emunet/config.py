@@ -323,7 +323,8 @@ class PredictConfig:
     batch_size: tiles per forward pass.
     blend: 'gaussian' or 'uniform'.
     margin: mirrored context dropped around tiles of same-padded nets.
-    tta: average over the 8 flips and 90-degree turns (8x the time; smoother boundaries).
+    tta: average over the 8 flips and 90-degree turns (8x the time; smoother boundaries); an
+        affinity model's offsets are turned with the image.
     smooth: std in pixels of a Gaussian blur of the probability map (0 = none, the lab's).
     close_gaps: close cell walls whose mean membrane probability along a border exceeds this,
         gaps included (0 = off, the lab's; see postprocess.close_gaps_in_place).
@@ -379,8 +380,6 @@ class Config:
             ConfigError.check([
                 (not self.train.skeleton_weight, "train.skeleton_weight is the membrane head's; set it to 0 with "
                                                   "model.head=affinities"),
-                (not self.predict.tta, "predict.tta turns and flips the image, which changes what each affinity "
-                                       "channel means; turn it off with model.head=affinities"),
                 (not self.predict.smooth and not self.predict.close_gaps,
                  "predict.smooth and predict.close_gaps post-process the membrane head's map; set them to 0 with "
                  "model.head=affinities (its cells come from the mutex watershed)"),

@@ -78,6 +78,7 @@ def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConf
     section predicted and post-processed whole."""
     from .predict import model_context
     from .tiling import predict_region
+    from .tta import predict_region_tta
 
     n, h, w = volume.shape
     halo = _halo(pcfg)
@@ -88,9 +89,13 @@ def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConf
         k_ctx = model_context(model)
         sections = [min(max(block.z + d, 0), n - 1) for d in range(-k_ctx, k_ctx + 1)]  # as Volume.planes
         read = lambda rows, cols, s=sections: [volume.read(z, rows, cols) for z in s]  # noqa: E731
-        predict_region(model, read, (h, w), (ry0, ry1, rx0, rx1), tile=pcfg.tile, overlap=pcfg.overlap,
-                       batch_size=pcfg.batch_size, blend=pcfg.blend, margin=pcfg.margin, precision=precision,
-                       out=raw if k == 0 else extra)
+        settings = dict(tile=pcfg.tile, overlap=pcfg.overlap, batch_size=pcfg.batch_size, blend=pcfg.blend,
+                        margin=pcfg.margin, precision=precision)
+        target = raw if k == 0 else extra
+        if pcfg.tta:
+            target[...] = predict_region_tta(model, read, (h, w), (ry0, ry1, rx0, rx1), **settings)
+        else:
+            predict_region(model, read, (h, w), (ry0, ry1, rx0, rx1), out=target, **settings)
         if k:
             raw += extra
     if len(models) > 1:

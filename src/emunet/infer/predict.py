@@ -31,7 +31,8 @@ from ..progress import progress_bar
 from .segment import SegmentConfig, segment_stack
 from ..io.storage import is_url
 from .rescale import resized, scale_factor, to_model_scale
-from .tiling import predict_image, predict_image_tta
+from .tiling import predict_image
+from .tta import predict_image_tta
 
 __all__ = [
     "model_context",

@@ -21,7 +21,7 @@ from ..errors import ConfigError, DataError
 from ..model.unet import UNet
 from ..progress import progress_bar
 
-__all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_region", "predict_image_tta", "inference_layout"]
+__all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_region", "as_planes", "inference_layout"]
 
 
 class TilePlan:
@@ -71,17 +71,7 @@ def _profile(size: int, kind: str) -> np.ndarray:
     return np.maximum(g / g.max(), np.sqrt(1e-3)).astype(np.float32)
 
 
-def _dihedral(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    out = np.rot90(image, k, axes=(-2, -1))
-    return np.ascontiguousarray(out[..., ::-1] if flip else out)
-
-
-def _undo_dihedral(image: np.ndarray, k: int, flip: bool) -> np.ndarray:
-    out = image[:, ::-1] if flip else image
-    return np.ascontiguousarray(np.rot90(out, -k))
-
-
-def _as_planes(image, model: UNet) -> list[np.ndarray]:
+def as_planes(image, model: UNet) -> list[np.ndarray]:
     """The input channels as a list of (H, W) arrays, checked against the model."""
     planes = [image] if isinstance(image, np.ndarray) and image.ndim == 2 else list(image)
     shapes = {p.shape for p in planes}
@@ -90,20 +80,6 @@ def _as_planes(image, model: UNet) -> list[np.ndarray]:
     if len(planes) != model.cfg.in_channels:
         raise DataError(f"the model takes {model.cfg.in_channels} input channel(s), got {len(planes)}")
     return planes
-
-
-def predict_image_tta(model: UNet, image, **kwargs) -> np.ndarray:
-    """:func:`predict_image` averaged over the 8 flips and 90-degree turns of the image
-    (test-time augmentation with the same symmetries that training used). Not for affinity
-    models: a turn changes which neighbour each channel's offset names."""
-    if model.cfg.offsets:
-        raise ConfigError("test-time augmentation (predict.tta, --tta) is not available for an affinity model; turn it off")
-    image = np.stack(_as_planes(image, model))
-    total = np.zeros(image.shape[1:], np.float64)
-    for k in range(4):
-        for flip in (False, True):
-            total += _undo_dihedral(predict_image(model, _dihedral(image, k, flip), **kwargs), k, flip)
-    return (total / 8).astype(np.float32)
 
 
 def predict_image(model: UNet, image: np.ndarray | list[np.ndarray], **settings: Any) -> np.ndarray:
@@ -121,7 +97,7 @@ def predict_image(model: UNet, image: np.ndarray | list[np.ndarray], **settings:
         settings: ``tile``, ``overlap``, ``batch_size``, ``blend``, ``margin``, ``precision``,
             ``device``, ``out``, ``progress``, as :func:`predict_region` takes them.
     """
-    planes = _as_planes(image, model)
+    planes = as_planes(image, model)
     h, w = planes[0].shape
     return predict_region(model, lambda rows, cols: [p[rows, cols] for p in planes], (h, w), (0, h, 0, w), **settings)
 
