@@ -12,6 +12,7 @@ best mean first. Settings are chosen on folds 0, 2, 3 and 4 and then checked on 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import statistics
@@ -39,6 +40,7 @@ def main() -> int:
     parser.add_argument("--min-size", type=_floats, default=[20])
     parser.add_argument("--map-watershed", action="store_true",
                         help="for affinity models, cut their interior map by the seeded watershed instead (a comparison)")
+    parser.add_argument("--tta", action="store_true", help="predict with the 8 flips and turns (predict.tta)")
     parser.add_argument("--json", help="write every row here")
     args = parser.parse_args()
     device = resolve_device("auto")
@@ -50,7 +52,8 @@ def main() -> int:
         fold = cfg.data.fold if args.fold is None else args.fold
         volume = load_labelled(cfg.data.images, cfg.data.labels, cfg.data.foreground, intensity=loaded.intensity)
         volume = volume.subset(fold_split(len(volume), fold, cfg.data.train_ratio)[1])
-        prediction = predict_stack(loaded.models, volume, cfg.predict, precision)
+        pcfg = dataclasses.replace(cfg.predict, tta=args.tta or cfg.predict.tta)
+        prediction = predict_stack(loaded.models, volume, pcfg, precision)
         if args.map_watershed:
             prediction = Prediction(prediction.probs)
         predictions.append((path, fold, volume, prediction))

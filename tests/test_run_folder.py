@@ -102,18 +102,30 @@ def test_a_refused_start_leaves_no_folder(small_isbi, tmp_path, capsys):
     assert not (tmp_path / "new").exists()
 
 
-def test_select_by_last_keeps_the_last_validated_step(small_isbi, tmp_path):
+def test_the_last_validated_step_is_kept_unless_told_otherwise(small_isbi, tmp_path, capsys):
     import json as _json
 
     from emunet.model.checkpoint import load_model
 
     out = tmp_path / "last"
-    assert main(["train", "--out", str(out), "-q", *_data_args(small_isbi), *TINY, "train.steps=4", "train.val_every=1",
-                 "train.select_by=last"]) == 0
+    assert main(["train", "--out", str(out), "-q", *_data_args(small_isbi), *TINY, "train.steps=4", "train.val_every=1"]) == 0
     _, meta = load_model(out / "best.safetensors")
     assert meta["step"] == 4
     steps = [_json.loads(line)["step"] for line in (out / "validation.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+    assert "(step 4: the last step; the scored slices chose nothing)" in capsys.readouterr().out
+
+
+def test_a_choice_by_the_scored_slices_is_labelled_optimistic(small_isbi, tmp_path, capsys):
+    import json as _json
+
+    out = tmp_path / "chose"
+    assert main(["run", "--out", str(out), "-q", *_data_args(small_isbi), *TINY, "train.steps=2", "train.val_every=1",
+                 "train.select_by=v_rand", "data.test_images=null"]) == 0
+    said = capsys.readouterr().out
+    record = _json.loads((out / "eval.json").read_text())
+    assert record["chosen_by"].startswith("best v_rand of the validations on the scored slices themselves, so optimistic")
+    assert record["chosen_by"] in said and record["chosen_by"] in (out / "report.html").read_text()
 
 
 def test_inner_validation_chooses_the_model_and_the_fold_scores_it_once(small_isbi, tmp_path):
@@ -123,11 +135,13 @@ def test_inner_validation_chooses_the_model_and_the_fold_scores_it_once(small_is
 
     out = tmp_path / "inner"
     assert main(["run", "--out", str(out), "-q", *_data_args(small_isbi), *TINY, "train.steps=4", "train.val_every=2",
-                 "data.inner_val=2"]) == 0
+                 "data.inner_val=2", "train.select_by=lab_dice"]) == 0
     train_idx, fold_idx = fold_split(10, 1)
     names = lambda idx: [f"train-volume_{i:03d}" for i in idx]  # noqa: E731
     chose = [_json.loads(line) for line in (out / "validation.jsonl").read_text().splitlines()]
     assert all([s["slice"] for s in v["slices"]] == names(train_idx[-2:]) for v in chose)  # inner slices choose
     scored = _json.loads((out / "eval.json").read_text())
     assert [s["slice"] for s in scored["slices"]] == names(fold_idx)  # the fold's own slices score, once
+    assert scored["chosen_by"] == ("best lab_dice of the validations on 2 training slices set aside (data.inner_val); "
+                                   "the scored slices chose nothing")
     assert main(["train", "--out", str(tmp_path / "bad"), "-q", *_data_args(small_isbi), *TINY, "data.inner_val=8"]) == 2

@@ -543,7 +543,7 @@ def cmd_train(args) -> int:
         if trained.report is None:
             print(f"weights: {where} (step {trained.step}, trained on every slice; nothing validated)")
         else:
-            print(f"best weights: {where} (step {trained.step})")
+            print(f"weights: {where} (step {trained.step}: {trained.chosen_by})")
     return 0
 
 
@@ -562,7 +562,7 @@ def cmd_run(args) -> int:
     _single_process("run")
     cfg = _config(args)
     done = run(cfg, resume=_resuming(args), overwrite=args.overwrite, progress=not args.quiet)
-    print(f"\nfold {cfg.data.fold}, best checkpoint (step {done.fold.step}), {done.fold.precision}:")
+    print(f"\nfold {cfg.data.fold}, step {done.fold.step} ({done.fold.chosen_by}), {done.fold.precision}:")
     print(format_table(done.fold.report))
     if done.test is not None:
         _print_segmented(done.test)

@@ -86,7 +86,7 @@ def run(cfg: Config, resume: str | bool = False, overwrite: bool = False, progre
         report = write_report(out / "report.html", [fold], title=f"Fold {cfg.data.fold} report: {out}")
         seconds["total"] = time.perf_counter() - start
         write_eval_json(out / "eval.json", fold.report, checkpoint=shown(fold.best_path), step=fold.step,
-                        fold=cfg.data.fold, precision=fold.precision, seconds=seconds)
+                        chosen_by=fold.chosen_by, fold=cfg.data.fold, precision=fold.precision, seconds=seconds)
         return RunDone(fold, test, report, out / "eval.json", seconds)
 
 
@@ -130,7 +130,7 @@ def _fold_of_cv(cfg: Config, k: int, progress: bool, overwrite: bool, resume: bo
         print(f"== fold {k} ==")
     result = train_fold(fold_cfg, resume=resume, progress=progress, overwrite=overwrite)
     write_eval_json(result.run_dir / "eval.json", result.report, checkpoint=shown(result.best_path), step=result.step,
-                    fold=k, precision=result.precision, seconds=result.seconds)
+                    chosen_by=result.chosen_by, fold=k, precision=result.precision, seconds=result.seconds)
     return result
 
 
@@ -138,7 +138,8 @@ def _cv_summary(folds: list[int], results: list[FoldResult]) -> dict:
     means = {key: [r.report.mean[key] for r in results] for key in results[0].report.mean}
     return {
         "folds": folds,
-        "per_fold": [{"fold": r.fold, **r.report.mean, "v_rand_threshold": r.report.challenge["v_rand_threshold"]}
+        "chosen_by": results[0].chosen_by,
+        "per_fold": [{"fold": r.fold, "step": r.step, **r.report.mean, "v_rand_threshold": r.report.challenge["v_rand_threshold"]}
                      for r in results],
         "mean": {k: float(np.mean(v)) for k, v in means.items()},
         "std": {k: float(np.std(v)) for k, v in means.items()},

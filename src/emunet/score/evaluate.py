@@ -130,6 +130,7 @@ class FoldResult:
     best_path: Path | None = None
     model: Any = None  # the best weights as a UNet
     precision: str = "fp32"
+    chosen_by: str = ""  # how the scored weights were chosen (Config.chosen_by)
 
 
 def write_eval_json(path: Path, report: ScoreReport, **context: Any) -> None:

@@ -181,6 +181,7 @@ def write_report(path: Path, results: list[FoldResult], title: str = "Cross-vali
         "challenge_pixel_error: 1 - best pixel F-score over the same sweep. cells_v_rand, cells_v_info: the same "
         "scores of the cells (instance labels: the mutex watershed of an affinity model, the seeded watershed of a "
         "membrane model's map), no threshold.</p>",
+        *(f"<p>Weights scored: {html.escape(r.chosen_by)}.</p>" for r in results[:1] if r.chosen_by),
         _fold_table(results),
         f"<h2>Curves</h2><img src='{_curves(results)}' style='max-width:100%'>",
         "<h2>Validation slices</h2>",

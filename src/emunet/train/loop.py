@@ -467,4 +467,4 @@ def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.
     report, probs, cells = run.best_validation
     return FoldResult(cfg.data.fold, run.out, int(state.best["step"]), report, volume, probs, cells,
                       {"train": train_s, "eval": time.perf_counter() - run.start - train_s}, best_path, best_model,
-                      run.precision)
+                      run.precision, cfg.chosen_by())
