@@ -128,6 +128,14 @@ def test_the_visible_region_is_read_and_placed_where_it_lies(make_napari_viewer,
     ours = Segmenter("isbi-membranes").cells(crop)
     assert np.array_equal(cells.data[0], ours)
 
+    # the flips-and-turns box: the same as the Python interface with tta, and not the plain map
+    widget.tta.value, widget.slices.value, widget.outputs.value = True, "current", "membranes"
+    widget.segment_button.clicked()
+    _wait_for(qtbot, widget)
+    turned = viewer.layers["em membranes"].data[0]
+    np.testing.assert_allclose(turned, Segmenter("isbi-membranes", tta=True)(slices[1]), atol=1e-6)
+    assert not np.allclose(turned, Segmenter("isbi-membranes")(slices[1]), atol=1e-3)
+
 
 @pytest.mark.parametrize("case, message", [
     ("none", "Open an image first"),

@@ -9,7 +9,8 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton, SpinBox
+from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton,
+                              SpinBox)
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from superqt.utils import ensure_main_thread
@@ -40,6 +41,9 @@ class EmunetWidget(Container):
         self.pixel_size = FloatSpinBox(label="pixel size (nm)", value=0.0, min=0.0, max=10000.0, step=0.1,
                                        tooltip="the image's pixel size; 0: the model's own (no resizing). Another size "
                                        "is predicted at the model's and resized back")
+        self.tta = CheckBox(text="flips and turns (8x slower)", value=False,
+                            tooltip="average each slice over its 8 flips and 90-degree turns: smoother walls, "
+                            "higher V_rand (docs/results.md)")
         self.segment_button = PushButton(text="Segment")
         self.labels_layer = ComboBox(label="labels", choices=lambda _: self._layers(Labels))
         self.meaning = ComboBox(label="labels are", choices=["cells", "membranes painted"], value="cells",
@@ -51,7 +55,7 @@ class EmunetWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         super().__init__(widgets=[self.model, self.checkpoint, Label(value="<b>Segment</b>"), self.image, self.outputs,
-                                  self.slices, self.pixel_size, self.segment_button, Label(value="<b>Fine-tune</b>"), self.labels_layer,
+                                  self.slices, self.pixel_size, self.tta, self.segment_button, Label(value="<b>Fine-tune</b>"), self.labels_layer,
                                   self.meaning, self.steps, self.save_to, self.fine_tune_button, self.progress,
                                   self.cancel_button, self.status])
         self._cancel = threading.Event()
@@ -94,12 +98,14 @@ class EmunetWidget(Container):
         membranes, cells = self.outputs.value != "cells", self.outputs.value != "membranes"
         place = _placement(layer, data.ndim, which.start if corner == (0, 0) else current, corner)
         self._run(self._segment, self._show_segmented, len(which), self.model.value, data, which, membranes, cells,
-                  (layer.name, data.ndim, place), self.pixel_size.value or None)
+                  (layer.name, data.ndim, place), self.pixel_size.value or None, self.tta.value)
 
-    def _segment(self, model: str, data, which: range, membranes: bool, cells: bool, where, pixel_size: float | None = None):
+    def _segment(self, model: str, data, which: range, membranes: bool, cells: bool, where, pixel_size: float | None = None,
+                 tta: bool = False):
         from ..infer.predictor import Predictor
 
-        predictor = Predictor.load(model, overrides=[f"predict.pixel_size={pixel_size}"] if pixel_size else [])
+        overrides = ([f"predict.pixel_size={pixel_size}"] if pixel_size else []) + (["predict.tta=true"] if tta else [])
+        predictor = Predictor.load(model, overrides=overrides)
         done = tasks.segment_slices(predictor, data, which, membranes, cells, lambda i, n: self._show_progress(i),
                                     self._cancel)
         return done, where
