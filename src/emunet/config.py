@@ -347,6 +347,11 @@ class PredictConfig:
     close_gaps: float = 0.0
     pixel_size: float | None = None
 
+    def tiling(self, precision: str) -> dict:
+        """The keyword arguments of ``tiling.predict_region`` (and the TTA variants) these settings give."""
+        return dict(tile=self.tile, overlap=self.overlap, batch_size=self.batch_size, blend=self.blend,
+                    margin=self.margin, precision=precision)
+
     def validate(self) -> PredictConfig:
         """Raise ConfigError on a bad setting (shared by config files and the CLI's flags)."""
         checks = [

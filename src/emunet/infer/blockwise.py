@@ -85,12 +85,11 @@ def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConf
     ry0, ry1, rx0, rx1 = max(0, block.y0 - halo), min(h, block.y1 + halo), max(0, block.x0 - halo), min(w, block.x1 + halo)
     raw = np.zeros((ry1 - ry0, rx1 - rx0), np.float32)
     extra = np.empty_like(raw) if len(models) > 1 else None
+    settings = pcfg.tiling(precision)
     for k, model in enumerate(models):
         k_ctx = model_context(model)
         sections = [min(max(block.z + d, 0), n - 1) for d in range(-k_ctx, k_ctx + 1)]  # as Volume.planes
         read = lambda rows, cols, s=sections: [volume.read(z, rows, cols) for z in s]  # noqa: E731
-        settings = dict(tile=pcfg.tile, overlap=pcfg.overlap, batch_size=pcfg.batch_size, blend=pcfg.blend,
-                        margin=pcfg.margin, precision=precision)
         target = raw if k == 0 else extra
         if pcfg.tta:
             target[...] = predict_region_tta(model, read, (h, w), (ry0, ry1, rx0, rx1), **settings)

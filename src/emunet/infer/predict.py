@@ -113,8 +113,7 @@ def predict_raw(
     out = np.empty((n, *page), np.float32)
     extra = np.empty(page, np.float32) if len(models) > 1 else None
     slices = progress_bar(desc="predict", unit="slice", enabled=progress, items=range(len(volume)), transient=True)
-    settings = dict(tile=pcfg.tile, overlap=pcfg.overlap, batch_size=pcfg.batch_size, blend=pcfg.blend,
-                    margin=pcfg.margin, precision=precision)
+    settings = pcfg.tiling(precision)
     for i in slices:
         for k, m in enumerate(models):
             target = out[i] if k == 0 else extra

@@ -42,7 +42,6 @@ def stack_of(name: str | None, data, rgb: bool = False) -> np.ndarray | None:
 class Segmented:
     """The widget's results: the cell-interior map and/or the cells of the slices done."""
 
-    first: int  # index of the first slice in the layer
     probabilities: np.ndarray | None
     cells: np.ndarray | None
 
@@ -69,7 +68,7 @@ def segment_slices(predictor: Predictor, data, slices: range, membranes: bool = 
             labels[i] = predictor.cells_of(prediction)[0]
         if on_slice is not None:
             on_slice(i + 1, len(slices))
-    return Segmented(slices.start, probs, labels)
+    return Segmented(probs, labels)
 
 
 def training_masks(labels: np.ndarray, meaning: str) -> np.ndarray:

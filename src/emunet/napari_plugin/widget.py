@@ -91,12 +91,13 @@ class EmunetWidget(Container):
         current = int(self._viewer.dims.current_step[0]) if data.ndim == 3 else 0
         corner = (0, 0)
         which = range(current, current + 1) if self.slices.value != "all" else range(n)
+        first = which.start  # where the results lie in the stack
         if self.slices.value == "visible region":  # read only what is on screen, of the slice on screen
             (y0, x0), (y1, x1) = _visible_region(layer)
             data, which, corner = (data[y0:y1, x0:x1] if data.ndim == 2 else data[current:current + 1, y0:y1, x0:x1],
                                    range(0, 1), (y0, x0))
         membranes, cells = self.outputs.value != "cells", self.outputs.value != "membranes"
-        place = _placement(layer, data.ndim, which.start if corner == (0, 0) else current, corner)
+        place = _placement(layer, data.ndim, first, corner)
         self._run(self._segment, self._show_segmented, len(which), self.model.value, data, which, membranes, cells,
                   (layer.name, data.ndim, place), self.pixel_size.value or None, self.tta.value)
 
