@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from .errors import ConfigError
+from .io.pixels import is_microscope_pixel
 from .io.storage import StorageConfig
 from .model.bundled import names_a_model
 from .model.unet import PRESETS, UNetConfig
@@ -170,7 +171,8 @@ class DataConfig:
             (self.train_ratio < 1.0 or not self.inner_val,
              "data.train_ratio=1 trains on every slice and data.inner_val sets some aside to choose the model: use one"),
             (0 <= self.context <= 8, f"data.context must be 0..8 neighbouring sections, got {self.context}"),
-            (self.pixel_size is None or self.pixel_size > 0, f"data.pixel_size must be > 0 nm, got {self.pixel_size}"),
+            (self.pixel_size is None or is_microscope_pixel(self.pixel_size),
+             f"data.pixel_size must be a microscope's pixel size in 0.1 .. 1e6 nm (1 mm), got {self.pixel_size}"),
             (self.inner_val >= 0, f"data.inner_val must be a number of slices >= 0, got {self.inner_val}"),
             (self.channel is None or self.channel >= 0, f"data.channel must be >= 0, got {self.channel}"),
             (self.intensity in ("auto", "percentile"), f"data.intensity must be 'auto' or 'percentile', got {self.intensity!r}"),
@@ -360,8 +362,8 @@ class PredictConfig:
             (0.0 <= self.overlap < 1.0, f"predict.overlap (--overlap) must be in [0, 1), got {self.overlap}"),
             (self.batch_size >= 1, f"predict.batch_size (--batch-size) must be at least 1, got {self.batch_size}"),
             (0.0 <= self.smooth < 50.0, f"predict.smooth (--smooth) must be a blur std in pixels in [0, 50), got {self.smooth}"),
-            (self.pixel_size is None or self.pixel_size > 0, f"predict.pixel_size (--pixel-size) must be > 0 nm, got "
-                                                              f"{self.pixel_size}"),
+            (self.pixel_size is None or is_microscope_pixel(self.pixel_size),
+             f"predict.pixel_size (--pixel-size) must be a microscope's pixel size in 0.1 .. 1e6 nm (1 mm), got {self.pixel_size}"),
             (0.0 <= self.close_gaps < 1.0,
              f"predict.close_gaps (--close-gaps) must be a membrane probability in [0, 1) (0 = off), got {self.close_gaps}"),
         ]

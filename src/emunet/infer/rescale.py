@@ -9,22 +9,79 @@ import logging
 
 import numpy as np
 
+from ..errors import DataError
 from ..io.data import Volume
+from ..io.pixels import PLAUSIBLE_NM, is_microscope_pixel
 
 __all__ = ["scale_factor", "to_model_scale", "resized"]
 
 log = logging.getLogger("emunet")
 TOLERANCE = 0.01  # pixel sizes within 1 % are the same: resizing would only blur
+# Sides a resized image may have: below, a model sees no cell whole; above, one slice is gigabytes.
+MIN_SIDE, MAX_SIDE = 64, 100_000
 
 
 def scale_factor(volume: Volume, given_nm: float | None, model_nm: float | None) -> float:
     """How much larger the images' pixels are than the model's (1: predict as they are). The
-    images' size is ``given_nm`` or their metadata's; unknown on either side means 1."""
-    image_nm = given_nm or (volume.calibration.pixel_size_nm() if volume.calibration else None)
+    images' size is ``given_nm`` or their metadata's; unknown on either side means 1.
+
+    A metadata size that no microscope gives (dots per inch, under 0.1 nm or over 1 mm, or one
+    that would resize a side under ``MIN_SIDE`` or over ``MAX_SIDE`` pixels) is ignored with one
+    warning; such a ``given_nm`` is refused in one line, and one that contradicts the metadata
+    wins with a warning."""
+    metadata_nm = _metadata_pixel_size(volume, model_nm)
+    image_nm = given_nm or metadata_nm
+    if given_nm:
+        _check_given(volume, given_nm, model_nm)
+        if metadata_nm and abs(given_nm / metadata_nm - 1.0) > TOLERANCE:
+            log.warning(f"{volume.source}: --pixel-size {given_nm:g} nm overrides the {metadata_nm:g} nm its metadata "
+                        "says (drop --pixel-size to use the file's)")
     if not image_nm or not model_nm:
         return 1.0
     factor = image_nm / model_nm
     return 1.0 if abs(factor - 1.0) <= TOLERANCE else factor
+
+
+def _resized_sides(volume: Volume, factor: float) -> tuple[int, int]:
+    h, w = volume.images.shape[-2:]
+    return round(min(h, w) * factor), round(max(h, w) * factor)
+
+
+def _metadata_pixel_size(volume: Volume, model_nm: float | None) -> float | None:
+    """The images' pixel size from their metadata, or None where they have none or where it
+    cannot be a microscope's (then said once)."""
+    cal = volume.calibration
+    nm = cal.pixel_size_nm() if cal else None
+    if nm is None:
+        return None
+    if cal.is_dpi:
+        why = f"{1e7 * 2.54 / nm:.4g} dots per inch, a drawing program's setting"
+    elif not is_microscope_pixel(nm):
+        why = f"{nm:.4g} nm, outside {PLAUSIBLE_NM[0]:g} nm .. 1 mm"
+    elif model_nm and not _sides_ok(volume, nm / model_nm):
+        low, high = _resized_sides(volume, nm / model_nm)
+        why = f"{nm:.4g} nm, which would resize the images to {low} .. {high} px a side for the model's {model_nm:g} nm"
+    else:
+        return nm
+    log.warning(f"{volume.source}: its pixel size ({why}) cannot be a microscope's; ignored, the images are taken "
+                "as they are (give --pixel-size NM if you know it)")
+    return None
+
+
+def _check_given(volume: Volume, given_nm: float, model_nm: float | None) -> None:
+    if not is_microscope_pixel(given_nm):
+        raise DataError(f"--pixel-size {given_nm:g} nm cannot be a microscope's pixel: give one in "
+                        f"{PLAUSIBLE_NM[0]:g} .. {PLAUSIBLE_NM[1]:g} nm (1 mm)")
+    if model_nm and not _sides_ok(volume, given_nm / model_nm):
+        low, high = _resized_sides(volume, given_nm / model_nm)
+        raise DataError(f"{volume.source}: --pixel-size {given_nm:g} nm would resize its images to {low} .. {high} px a "
+                        f"side for the model's {model_nm:g} nm pixels (at most {MAX_SIDE:,}, at least {MIN_SIDE}): "
+                        "check the size and its unit (nanometres)")
+
+
+def _sides_ok(volume: Volume, factor: float) -> bool:
+    low, high = _resized_sides(volume, factor)
+    return low >= min(MIN_SIDE, min(volume.images.shape[-2:])) and high <= max(MAX_SIDE, max(volume.images.shape[-2:]))
 
 
 def resized(stack: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:

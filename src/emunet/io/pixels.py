@@ -3,12 +3,22 @@ values become [0, 1] (Intensity, chosen once per data set and kept with the mode
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Calibration", "read_calibration", "Intensity", "choose_intensity"]
+__all__ = ["Calibration", "read_calibration", "Intensity", "choose_intensity", "PLAUSIBLE_NM", "is_microscope_pixel"]
+
+# A pixel a microscope could have recorded: 0.1 nm (beyond atomic resolution) to 1 mm (a
+# photograph); outside it a calibration is a program's default (72 dpi) or a slip of units.
+PLAUSIBLE_NM = (0.1, 1e6)
+
+
+def is_microscope_pixel(nm: float) -> bool:
+    """Whether ``nm`` could be a microscope's pixel size (see ``PLAUSIBLE_NM``)."""
+    return math.isfinite(nm) and PLAUSIBLE_NM[0] <= nm <= PLAUSIBLE_NM[1]
 
 
 @dataclass
@@ -19,6 +29,12 @@ class Calibration:
     pixel_size: tuple[float, float]
     spacing: float | None
     unit: str
+
+    @property
+    def is_dpi(self) -> bool:
+        """Dots per inch: a printer's or a drawing program's setting (72, 96, 300 dpi), never a
+        microscope's pixel size."""
+        return self.unit.strip().lower() in ("inch", "in", "inches")
 
     def pixel_size_nm(self) -> float | None:
         """The x pixel size in nanometres, where the unit is one of length (else None)."""
