@@ -3,6 +3,8 @@
     python scripts/bundle_models.py isbi-membranes runs/isbi-membranes \
         --scores "five folds (unet cv -c configs/isbi-cpu.yaml train.select_by=last)=runs/cv/cv.json"
 
+    python scripts/bundle_models.py isbi-cells src/emunet/model/bundled/isbi-cells.safetensors --segment bias=0.4
+
 Each run folder's last.safetensors is copied with its run settings, and models.json
 gets the model's description and the recipe's held-out scores, read from the eval.json or
 cv.json files given (each labelled with how it was measured).
@@ -34,13 +36,23 @@ DESCRIPTIONS = {
 }
 
 
-def bundled_weights(run: Path, name: str) -> bytes:
+def bundled_weights(run: Path, name: str, segment: list[str] = ()) -> bytes:
     """The run's last weights as they are (fp32: half precision moved some probabilities by
-    0.07, too much to call the same model), with its metadata and its bundled name."""
-    with safe_open(str(run / "last.safetensors"), framework="pt") as f:
+    0.07, too much to call the same model), with its metadata and its bundled name; ``segment``
+    (KEY=VALUE) changes how its cells are cut, written into its run settings."""
+    source = run if run.suffix == ".safetensors" else run / "last.safetensors"
+    with safe_open(str(source), framework="pt") as f:
         metadata = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     metadata["bundled"] = json.dumps(name)
+    if segment:
+        config = json.loads(metadata["config"])
+        for item in segment:
+            key, _, value = item.partition("=")
+            if key not in config["segment"]:
+                raise SystemExit(f"--segment {item}: no such setting; known: {', '.join(config['segment'])}")
+            config["segment"][key] = type(config["segment"][key])(float(value))
+        metadata["config"] = json.dumps(config)
     return save(tensors, metadata=metadata)
 
 
@@ -63,19 +75,24 @@ def scores(given: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(DESCRIPTIONS))
-    parser.add_argument("run", type=Path, help="the run folder (its last.safetensors)")
+    parser.add_argument("run", type=Path, help="the run folder (its last.safetensors), or a .safetensors file (a bundled "
+                        "model's own, to change its --segment settings)")
+    parser.add_argument("--segment", action="append", default=[], metavar="KEY=VALUE",
+                        help="a segment.* setting of the bundled copy (how its cells are cut), e.g. bias=0.4")
     parser.add_argument("--scores", action="append", default=[], metavar="LABEL=JSON",
                         help="held-out scores of the recipe: an eval.json or cv.json (or the figures as text), labelled "
                         "with how they were measured")
     args = parser.parse_args()
-    data = bundled_weights(args.run, args.name)
+    data = bundled_weights(args.run, args.name, args.segment)
     BUNDLED_DIR.mkdir(exist_ok=True)
     atomic_write_bytes(BUNDLED_DIR / f"{args.name}.safetensors", data)
     load_model(BUNDLED_DIR / f"{args.name}.safetensors")  # it loads
     index = BUNDLED_DIR / "models.json"
-    entries = [e for e in (json.loads(index.read_text()) if index.exists() else []) if e["name"] != args.name]
+    before = json.loads(index.read_text()) if index.exists() else []
+    kept = {e["name"]: e.get("scores", {}) for e in before}.get(args.name, {})
+    entries = [e for e in before if e["name"] != args.name]
     entries.append({"name": args.name, "file": f"{args.name}.safetensors", **DESCRIPTIONS[args.name],
-                    "scores": scores(args.scores)})
+                    "scores": scores(args.scores) if args.scores else kept})  # no --scores: the figures it had
     write_json(index, sorted(entries, key=lambda e: e["name"]))
     print(f"{args.name}: {len(data) / 2**20:.1f} MiB")
 

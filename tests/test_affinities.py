@@ -16,7 +16,7 @@ from emunet.score.challenge import score_segmentation_stack
 from emunet.cli import main
 from emunet.errors import ConfigError
 from emunet.model.unet import create_model
-from emunet.infer.segment import merge_small_segments, mutex_watershed, seeded_watershed
+from emunet.infer.segment import SegmentConfig, merge_small_segments, mutex_watershed, seeded_watershed
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHORT = ((-1, 0), (0, -1), (0, -3))
@@ -245,3 +245,34 @@ def test_a_cell_leaving_the_output_window_keeps_one_id():
     assert affinity_targets(out, ((0, -3),))[0][0, 0, 2, 5] == 1  # the two arms belong together
     window_alone = label_cells(torch.from_numpy(labels[:, 2:10, 2:10]))
     assert window_alone[0, 2, 2] != window_alone[0, 2, 5]  # what labelling the output window alone would say
+
+
+def _grid_of_cells(side: int = 60, cell: int = 20) -> np.ndarray:
+    """Square cells of ``cell`` px, ids 1..n, walls (0) two pixels wide between them."""
+    ids = np.arange(1, (side // cell) ** 2 + 1).reshape(side // cell, side // cell)
+    cells = np.kron(ids, np.ones((cell, cell), np.int64))
+    walls = np.zeros((side, side), bool)
+    for k in range(cell, side, cell):
+        walls[k - 1 : k + 1] = True
+        walls[:, k - 1 : k + 1] = True
+    cells[walls] = 0
+    return cells
+
+
+def _each_cell_whole(seg: np.ndarray, cells: np.ndarray) -> bool:
+    ids = [np.unique(seg[cells == c]) for c in range(1, cells.max() + 1)]
+    return all(len(i) == 1 for i in ids) and len({int(i[0]) for i in ids}) == cells.max()
+
+
+def test_the_default_cells_of_an_unsure_map_are_whole():
+    """A model on a stack unlike its training data is less sure: interiors at 0.75 with an
+    organelle's dip to 0.55 across each cell, walls at 0.1. Seeds where the map says interior is
+    likelier (0.5) keep each cell whole; seeds at 0.8 (the earlier default, on its rescaled
+    scale) cut each cell in two along the dip."""
+    cells = _grid_of_cells()
+    prob = np.where(cells > 0, 0.75, 0.1).astype(np.float32)
+    for k in range(10, 60, 20):
+        prob[:, k][cells[:, k] > 0] = 0.55
+    assert _each_cell_whole(seeded_watershed(prob, SegmentConfig().seed_threshold, SegmentConfig().min_size), cells)
+    assert not _each_cell_whole(seeded_watershed(prob, 0.8, 50), cells)
+

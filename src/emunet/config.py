@@ -98,17 +98,20 @@ class SegmentConfig:
             in the mutex watershed.
         long_range_bias: the same for the longer-range edges; above ``bias`` it favours
             splitting (a long-range edge is trusted to join two pixels only when sure).
-        seed_threshold: the membrane head's seeds: connected regions of the interior map above it
-            (0.8 scored best of 0.5-0.95 on folds 0, 2, 3 and 4).
+        seed_threshold: the membrane head's seeds: connected regions of the interior map above it.
         min_size: segments of fewer pixels are merged into their neighbours (0 = keep all).
 
-    The defaults scored best on folds 0, 2, 3 and 4 (bias and long_range_bias 0.3-0.6, min_size
-    20-100; seed_threshold 0.5-0.95): docs/affinities.md.
+    The membrane head's seeds lie where the map says interior is likelier than membrane (0.5, the
+    map's own decision boundary): on ISBI folds 0, 1, 2 and on another microscope's stack it
+    scores at or above 0.8, the earlier choice, which split that stack's cells by 0.03
+    (docs/transfer.md#cells-as-good-as-their-map). The mutex watershed's biases scored best on
+    ISBI folds 0, 2, 3 and 4 (bias and long_range_bias 0.3-0.6, min_size 20-100:
+    docs/affinities.md).
     """
 
     bias: float = 0.5
     long_range_bias: float = 0.5
-    seed_threshold: float = 0.8
+    seed_threshold: float = 0.5
     min_size: int = 50
 
     def validate(self) -> None:
