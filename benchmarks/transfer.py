@@ -171,10 +171,16 @@ def main() -> int:
             sys.exit(f"{stack['images']}: missing; this benchmark reads the stacks in ../shared/data")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"recipe": str(args.recipe), "extra": args.set, "zero_shot": {}, "fine_tune": {}}
+    earlier = args.out / "transfer.json"
+    if earlier.exists():  # more seeds into the same folder: the earlier seeds' results are kept
+        before = json.loads(earlier.read_text())
+        if (before["recipe"], before["extra"]) != (result["recipe"], result["extra"]):
+            sys.exit(f"{earlier}: holds another recipe's results ({before['recipe']}); give another --out")
+        result = before
     for seed in [int(s) for s in args.seeds.split(",")]:
-        result["zero_shot"][seed] = zero_shot(args.recipe, seed, args.out, args.set, args.overwrite)
+        result["zero_shot"][str(seed)] = zero_shot(args.recipe, seed, args.out, args.set, args.overwrite)
         if not args.no_fine_tune:
-            result["fine_tune"][seed] = fine_tune(args.recipe, seed, args.out, args.set, args.steps, args.val_every,
+            result["fine_tune"][str(seed)] = fine_tune(args.recipe, seed, args.out, args.set, args.steps, args.val_every,
                                                   args.overwrite)
         (args.out / "transfer.json").write_text(json.dumps(result, indent=1) + "\n")
     summary([result])
