@@ -3,7 +3,8 @@
     python scripts/bundle_models.py isbi-membranes runs/isbi-membranes \
         --scores "five folds (unet cv -c configs/isbi-cpu.yaml train.select_by=last)=runs/cv/cv.json"
 
-    python scripts/bundle_models.py isbi-cells src/emunet/model/bundled/isbi-cells.safetensors --segment bias=0.4
+    python scripts/bundle_models.py isbi-membranes src/emunet/model/bundled/isbi-membranes.safetensors \
+        --segment seed_threshold=0.5      # a shipped model's cell settings, weights unchanged
 
 Each run folder's last.safetensors is copied with its run settings, and models.json
 gets the model's description and the recipe's held-out scores, read from the eval.json or

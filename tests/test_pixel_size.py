@@ -107,7 +107,8 @@ def test_on_another_labs_stack_the_told_pixel_size_scores_at_least_as_well(isbi_
         out = tmp_path / f"{name}.json"
         assert main(["evaluate", "isbi-membranes", "--images", str(tmp_path / "im.tif"), "--labels", str(tmp_path / "lab.tif"),
                      "--json", str(out), "-q", *extra]) == 0
-        scores[name] = json.loads(out.read_text())["challenge"], json.loads(out.read_text())["cells"]
+        record = json.loads(out.read_text())
+        scores[name] = record["challenge"], record["cells"]
     (told_map, told_cells), (asis_map, asis_cells) = scores["told"], scores["as-is"]
     assert told_map["v_rand"] >= asis_map["v_rand"] and told_cells["v_rand"] >= asis_cells["v_rand"], scores
     assert told_cells["v_rand"] >= told_map["v_rand"] - 0.01, scores

@@ -29,7 +29,7 @@ def scale_factor(volume: Volume, given_nm: float | None, model_nm: float | None)
     that would resize a side under ``MIN_SIDE`` or over ``MAX_SIDE`` pixels) is ignored with one
     warning; such a ``given_nm`` is refused in one line, and one that contradicts the metadata
     wins with a warning."""
-    metadata_nm = _metadata_pixel_size(volume, model_nm)
+    metadata_nm = _metadata_pixel_size(volume, model_nm, say=not given_nm)
     image_nm = given_nm or metadata_nm
     if given_nm:
         _check_given(volume, given_nm, model_nm)
@@ -42,14 +42,9 @@ def scale_factor(volume: Volume, given_nm: float | None, model_nm: float | None)
     return 1.0 if abs(factor - 1.0) <= TOLERANCE else factor
 
 
-def _resized_sides(volume: Volume, factor: float) -> tuple[int, int]:
-    h, w = volume.images.shape[-2:]
-    return round(min(h, w) * factor), round(max(h, w) * factor)
-
-
-def _metadata_pixel_size(volume: Volume, model_nm: float | None) -> float | None:
+def _metadata_pixel_size(volume: Volume, model_nm: float | None, say: bool = True) -> float | None:
     """The images' pixel size from their metadata, or None where they have none or where it
-    cannot be a microscope's (then said once)."""
+    cannot be a microscope's (then said once, where ``say``)."""
     cal = volume.calibration
     nm = cal.pixel_size_nm() if cal else None
     if nm is None:
@@ -58,13 +53,13 @@ def _metadata_pixel_size(volume: Volume, model_nm: float | None) -> float | None
         why = f"{1e7 * 2.54 / nm:.4g} dots per inch, a drawing program's setting"
     elif not is_microscope_pixel(nm):
         why = f"{nm:.4g} nm, outside {PLAUSIBLE_NM[0]:g} nm .. 1 mm"
-    elif model_nm and not _sides_ok(volume, nm / model_nm):
-        low, high = _resized_sides(volume, nm / model_nm)
-        why = f"{nm:.4g} nm, which would resize the images to {low} .. {high} px a side for the model's {model_nm:g} nm"
+    elif model_nm and (sides := _bad_sides(volume, nm / model_nm)):
+        why = f"{nm:.4g} nm, which would resize the images to {sides} a side for the model's {model_nm:g} nm"
     else:
         return nm
-    log.warning(f"{volume.source}: its pixel size ({why}) cannot be a microscope's; ignored, the images are taken "
-                "as they are (give --pixel-size NM if you know it)")
+    if say:
+        log.warning(f"{volume.source}: its pixel size ({why}) cannot be a microscope's; ignored, the images are taken "
+                    "as they are (give --pixel-size NM if you know it)")
     return None
 
 
@@ -72,16 +67,20 @@ def _check_given(volume: Volume, given_nm: float, model_nm: float | None) -> Non
     if not is_microscope_pixel(given_nm):
         raise DataError(f"--pixel-size {given_nm:g} nm cannot be a microscope's pixel: give one in "
                         f"{PLAUSIBLE_NM[0]:g} .. {PLAUSIBLE_NM[1]:g} nm (1 mm)")
-    if model_nm and not _sides_ok(volume, given_nm / model_nm):
-        low, high = _resized_sides(volume, given_nm / model_nm)
-        raise DataError(f"{volume.source}: --pixel-size {given_nm:g} nm would resize its images to {low} .. {high} px a "
-                        f"side for the model's {model_nm:g} nm pixels (at most {MAX_SIDE:,}, at least {MIN_SIDE}): "
-                        "check the size and its unit (nanometres)")
+    if model_nm and (sides := _bad_sides(volume, given_nm / model_nm)):
+        raise DataError(f"{volume.source}: --pixel-size {given_nm:g} nm would resize its images to {sides} a side for the "
+                        f"model's {model_nm:g} nm pixels (at most {MAX_SIDE:,}, at least {MIN_SIDE}): check the size and "
+                        "its unit (nanometres)")
 
 
-def _sides_ok(volume: Volume, factor: float) -> bool:
-    low, high = _resized_sides(volume, factor)
-    return low >= min(MIN_SIDE, min(volume.images.shape[-2:])) and high <= max(MAX_SIDE, max(volume.images.shape[-2:]))
+def _bad_sides(volume: Volume, factor: float) -> str | None:
+    """'LOW .. HIGH px' where resizing by ``factor`` takes a side beyond MIN_SIDE .. MAX_SIDE (an
+    image already smaller or larger may stay so), else None."""
+    h, w = volume.images.shape[-2:]
+    low, high = round(min(h, w) * factor), round(max(h, w) * factor)
+    if low >= min(MIN_SIDE, h, w) and high <= max(MAX_SIDE, h, w):
+        return None
+    return f"{low} .. {high} px"
 
 
 def resized(stack: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
