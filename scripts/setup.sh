@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
-# Create .venv and install the project with its test tools.
+# Create .venv and install the project: `bash scripts/setup.sh` installs what training and
+# prediction need; `bash scripts/setup.sh --test` adds the test tools, napari and Qt 6 (the
+# plugin's tests), which the main job does not use and which take most of the setup's time.
 # torch is pinned to 2.13.0 first: on the project's build machines that file is the CPU build
 # on local disk; elsewhere set TORCH_SPEC (e.g. TORCH_SPEC="torch==2.13.0 --index-url
 # https://download.pytorch.org/whl/cu126") to choose a build. The package itself only asks
 # for torch>=2.3,<3, which the pinned install satisfies, so nothing larger is pulled in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+case "${1:-}" in
+    "") TARGET="." ;;
+    --test) TARGET=".[test]" ;;
+    *) echo "usage: bash scripts/setup.sh [--test]" >&2; exit 2 ;;
+esac
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip
+# pip's own wheel cache is used as it is; no pip upgrade, which would reach the index each time.
 # shellcheck disable=SC2086
-.venv/bin/python -m pip install -q ${TORCH_SPEC:-torch==2.13.0}
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q --disable-pip-version-check ${TORCH_SPEC:-torch==2.13.0}
+.venv/bin/python -m pip install -q --disable-pip-version-check -e "$TARGET"
