@@ -15,7 +15,8 @@ case "${1:-}" in
 esac
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-# pip's own wheel cache is used as it is; no pip upgrade, which would reach the index each time.
+# No pip upgrade (it would reach the index each time), and no byte-compiling of every installed
+# module (most of the time on a 2-core CPU: Python compiles the few it imports on first use).
 # shellcheck disable=SC2086
-.venv/bin/python -m pip install -q --disable-pip-version-check ${TORCH_SPEC:-torch==2.13.0}
-.venv/bin/python -m pip install -q --disable-pip-version-check -e "$TARGET"
+.venv/bin/python -m pip install -q --no-compile --disable-pip-version-check ${TORCH_SPEC:-torch==2.13.0}
+.venv/bin/python -m pip install -q --no-compile --disable-pip-version-check -e "$TARGET"
