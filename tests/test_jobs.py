@@ -33,3 +33,19 @@ def test_the_predictor_predicts_as_predict_writes(tiny_run, small_isbi, tmp_path
     prediction = predictor.predict(predictor.read(small_isbi["test"]))
     np.testing.assert_array_equal(prediction.probs, tifffile.imread(tmp_path / "p.tif"))
     np.testing.assert_array_equal(predictor.cells_of(prediction), tifffile.imread(tmp_path / "p-cells.tif"))
+
+
+def _refuse(constant):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def test_evaluate_writes_standard_json_with_null_where_a_score_is_undefined(tiny_run, tmp_path):
+    """Thresholds 0 and 1 leave V_info's split undefined: the file says null, not Python's bare NaN,
+    which JavaScript's JSON.parse and other strict readers refuse."""
+    assert main(["evaluate", str(tiny_run / "best.safetensors"), "--json", str(tmp_path / "e.json"), "--precision", "fp32",
+                 "-q"]) == 0
+    text = (tmp_path / "e.json").read_text()
+    saved = json.loads(text, parse_constant=_refuse)
+    assert "NaN" not in text and "Infinity" not in text
+    assert "null" in text, "the thresholds' table holds undefined scores"
+    assert isinstance(saved["mean"]["v_rand"], float)

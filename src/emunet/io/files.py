@@ -6,13 +6,14 @@ from __future__ import annotations
 import errno
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_bytes", "write_json", "check_writable", "atomic_update"]
+__all__ = ["atomic_write", "atomic_write_bytes", "finite_json", "write_json", "check_writable", "atomic_update"]
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -76,9 +77,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
+def finite_json(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None: standard JSON (``null``), which
+    JavaScript's ``JSON.parse`` and strict readers accept; Python's bare ``NaN`` is not JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Indented JSON, written atomically."""
-    atomic_write_bytes(Path(path), (json.dumps(payload, indent=2) + "\n").encode())
+    """Indented standard JSON (non-finite floats as ``null``), written atomically."""
+    text = json.dumps(finite_json(payload), indent=2, allow_nan=False)
+    atomic_write_bytes(Path(path), (text + "\n").encode())
 
 
 def atomic_update(path: Path, update: Callable[[Path], None]) -> None:

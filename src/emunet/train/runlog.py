@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..score.evaluate import CELL_NAMES, CHALLENGE_NAMES, ScoreReport
-from ..io.files import atomic_write_bytes
+from ..io.files import atomic_write_bytes, finite_json
 from ..score.metrics import SCORE_NAMES
 
 __all__ = ["CSV_FIELDS", "RunLog"]
@@ -139,7 +139,8 @@ class RunLog:
         atomic_write_bytes(self.out / "metrics.csv", buf.getvalue().encode())
 
     def _write_validations(self) -> None:
-        atomic_write_bytes(self.out / "validation.jsonl", "".join(json.dumps(r) + "\n" for r in self.validations).encode())
+        lines = "".join(json.dumps(finite_json(r), allow_nan=False) + "\n" for r in self.validations)
+        atomic_write_bytes(self.out / "validation.jsonl", lines.encode())
 
     def close(self) -> None:
         if self.tensorboard is not None:
