@@ -26,7 +26,7 @@ from ..model.checkpoint import list_checkpoints, load_into, load_model, load_sta
 from ..config import Config, config_to_dict, dump_config, with_absolute_paths
 from ..io.data import Intensity, LazyLabelled, TileSampler, Volume, VolumeTileSampler, fold_split, load_labelled, load_volume_split
 from ..io.volumes import is_volume_path
-from ..device import autocast_for, choose_precision
+from ..device import autocast_for, choose_precision, keep_freed_memory
 from ..errors import ConfigError, DataError, TrainingError, TrainingInterrupted
 from ..score.evaluate import FoldResult, ScoreReport
 from ..io.files import atomic_write_bytes
@@ -290,6 +290,8 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
         raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by the {ctx.world_size} processes")
     if t.threads:
         torch.set_num_threads(t.threads)
+    if device.type == "cpu":
+        keep_freed_memory()
     torch.manual_seed(t.seed)
     start = time.perf_counter()
     model = build_model(cfg)
