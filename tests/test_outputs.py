@@ -218,3 +218,13 @@ def test_evaluate_never_writes_over_a_runs_own_record(tiny_run, small_isbi, tmp_
     assert main(["evaluate", str(out / "best.safetensors"), "--json", str(out / "eval.json"), "-q"]) == 2
     assert "the run's own record" in capsys.readouterr().err
     assert (out / "eval.json").read_bytes() == record
+
+
+@pytest.mark.parametrize("shape", [(256, 1), (1, 256), (2, 96, 3), (2, 4, 96)])
+def test_thin_images_come_back_in_their_own_shape(models, tmp_path, shape):
+    """A last side of 1, 3 or 4 pixels is not taken for colour samples on the way out."""
+    image = (np.random.default_rng(0).random(shape) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", image, photometric="minisblack")
+    assert main(["predict", str(models[0]), str(tmp_path / "in.tif"), "-o", str(tmp_path / "p.tif"), "--segment", "-q"]) == 0
+    assert tifffile.imread(tmp_path / "p.tif").shape == shape
+    assert tifffile.imread(tmp_path / "p-cells.tif").shape == shape

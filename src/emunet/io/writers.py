@@ -51,10 +51,13 @@ def _write_tiff(path: Path, data: np.ndarray, volume: Volume | None) -> None:
         atomic_write(path, lambda f: tifffile.imwrite(f, data, description=description, metadata=None, resolution=resolution,
                                                       photometric="minisblack", compression="zlib"))
         return
-    metadata["axes"] = "ZYX"
     if volume is not None:
         metadata["Labels"] = list(volume.names)
-    atomic_write(path, lambda f: tifffile.imwrite(f, data, imagej=True, resolution=resolution, metadata=metadata))
+    # All six ImageJ axes spelled out: given ZYX, tifffile takes a last axis of 1, 3 or 4 for
+    # samples per pixel, and a 256 x 1 image would read back 1 x 256.
+    metadata["axes"] = "TZCYXS"
+    hyperstack = data[None, :, None, :, :, None]
+    atomic_write(path, lambda f: tifffile.imwrite(f, hyperstack, imagej=True, resolution=resolution, metadata=metadata))
 
 
 def _write_hdf5(address: Address, data: np.ndarray, volume: Volume | None, overwrite: bool) -> None:
