@@ -49,3 +49,22 @@ def test_evaluate_writes_standard_json_with_null_where_a_score_is_undefined(tiny
     assert "NaN" not in text and "Infinity" not in text
     assert "null" in text, "the thresholds' table holds undefined scores"
     assert isinstance(saved["mean"]["v_rand"], float)
+
+
+def test_the_predictor_shapes_its_answer_as_the_image_it_was_given(tiny_run, small_isbi):
+    import pytest
+    import tifffile
+    import torch
+
+    from emunet.errors import DataError
+
+    predictor = Predictor.load(tiny_run / "best.safetensors", "cpu", "fp32")
+    image = tifffile.imread(small_isbi["test"])[0, :96, :80]
+    want = predictor(image)
+    assert want.shape == (96, 80)
+    for same in (image.tolist(), torch.from_numpy(image)):
+        np.testing.assert_array_equal(predictor(same), want)
+        assert predictor.cells(same).shape == (96, 80)
+    assert predictor(image[None]).shape == (1, 96, 80)
+    with pytest.raises(DataError, match=r"looks like an RGB image; give one grey channel"):
+        predictor(np.stack([image] * 3, axis=-1))

@@ -81,9 +81,15 @@ class Predictor:
         if isinstance(images, (str, Path)):
             return read_images(images, channel=self.channel, intensity=self.intensity)
         raw = np.asarray(images)
+        if not hasattr(images, "dtype"):
+            raw = _as_model_pixels(raw, self.intensity)
         stack = raw[None] if raw.ndim == 2 else raw
         if stack.ndim != 3:
             raise DataError(f"expected an (H, W) image or an (N, H, W) stack of raw pixels, got shape {raw.shape}")
+        if raw.ndim == 3 and raw.shape[-1] in (3, 4) and min(raw.shape[:2]) > 4:
+            # a colour image and a stack of 3-pixel-wide slices look alike; guessing could be wrong
+            raise DataError(f"an array of shape {raw.shape} looks like an {'RGB' if raw.shape[-1] == 3 else 'RGBA'} image; "
+                            "give one grey channel (e.g. image[..., 0] or image.mean(axis=-1)), or slices as (N, H, W)")
         intensity = scaling_for(list(stack), [Path(f"<array>[{i}]") for i in range(len(stack))], self.intensity)
         scaled = np.empty(stack.shape, np.float32)
         for i, page in enumerate(stack):
@@ -134,6 +140,18 @@ class Segmenter(Predictor):
         super().__init__(**{f: getattr(loaded, f) for f in Predictor.__dataclass_fields__})
 
 
+def _as_model_pixels(raw: np.ndarray, intensity: Intensity | None) -> np.ndarray:
+    """Nested lists carry no pixel type (NumPy makes integers int64): integers that fit the type
+    the model's scaling was chosen for are taken as that type, so they are scaled as the model's
+    training images were rather than by their own range."""
+    wanted = np.dtype(intensity.dtype) if intensity is not None and intensity.dtype else None
+    if wanted is None or raw.dtype.kind not in "iu" or wanted.kind not in "iu" or not raw.size:
+        return raw
+    info = np.iinfo(wanted)
+    return raw.astype(wanted) if info.min <= raw.min() and raw.max() <= info.max else raw
+
+
 def _shaped_as(images: Any, stack: np.ndarray) -> np.ndarray:
-    """A result stack shaped as the input: one (H, W) page for one (H, W) array."""
-    return stack[0] if isinstance(images, np.ndarray) and images.ndim == 2 else stack
+    """A result stack shaped as the input: one (H, W) page for one (H, W) image, whether it came
+    as a NumPy array, a tensor or nested lists."""
+    return stack[0] if not isinstance(images, (str, Path)) and np.ndim(images) == 2 else stack
