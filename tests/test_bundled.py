@@ -168,3 +168,37 @@ def test_the_bundled_cells_on_isbi_slices_score_as_their_recipes_fold_figures(is
         assert main(["evaluate", name, "--images", str(tmp_path / "im.tif"), "--labels", str(tmp_path / "lab.tif"),
                      "--json", str(json_path), "-q"]) == 0
         assert json.loads(json_path.read_text())["mean"]["cells_v_rand"] >= floor, name
+
+
+def test_evaluate_from_python_takes_a_name_and_says_paths_not_arrays(isbi_dir, tmp_path):
+    from emunet import jobs
+
+    images = tifffile.imread(isbi_dir / "train-volume.tif")[:1, :128, :128]
+    labels = tifffile.imread(isbi_dir / "train-labels.tif")[:1, :128, :128]
+    tifffile.imwrite(tmp_path / "im.tif", images, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "lab.tif", labels, photometric="minisblack")
+    done = jobs.evaluate("isbi-membranes", images=tmp_path / "im.tif", labels=tmp_path / "lab.tif",
+                         json=tmp_path / "e.json", progress=False)
+    assert 0.5 < done.report.mean["v_rand"] <= 1
+    with pytest.raises(TypeError, match="images is a path .*not ndarray"):
+        jobs.evaluate("isbi-membranes", images=images, labels=labels, progress=False)
+
+
+@pytest.mark.parametrize("given, hint", [("ISBI-Cells", "did you mean the bundled model isbi-cells?"),
+                                         ("isbi_membranes", "did you mean the bundled model isbi-membranes?")])
+def test_a_model_name_in_another_spelling_gets_the_right_name(given, hint, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "im.tif", np.zeros((64, 64), np.uint8))
+    assert main(["predict", given, str(tmp_path / "im.tif"), "-o", str(tmp_path / "p.tif"), "-q"]) == 2
+    assert hint in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["folder", "file"])
+def test_a_local_path_that_hides_a_bundled_model_is_named(kind, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    tifffile.imwrite(tmp_path / "im.tif", np.zeros((64, 64), np.uint8))
+    if kind == "folder":
+        (tmp_path / "isbi-cells").mkdir()
+    else:
+        (tmp_path / "isbi-cells").write_text("notes\n")
+    assert main(["predict", "isbi-cells", "im.tif", "-o", "p.tif", "-q"]) == 2
+    assert f"a {kind} named isbi-cells here hides the bundled model" in capsys.readouterr().err

@@ -146,20 +146,28 @@ def _cv_summary(folds: list[int], results: list[FoldResult]) -> dict:
     }
 
 
-def evaluate(predictor: Predictor, images: str | None = None, labels: str | None = None, fold: int | None = None,
-             foreground: int | None = None, mask_threshold: float | None = None, json: str | Path | None = None,
-             progress: bool = True) -> EvaluateDone:
-    """Score ``predictor`` on ``images`` and ``labels`` (all of them), or by default on the
-    validation fold of the run that wrote its first checkpoint (or on ``fold``). The scores go
-    to ``json``, by default beside the checkpoint (eval.json), never over a run's own record."""
+def evaluate(predictor: Predictor | str | Path | Sequence[str | Path], images: str | Path | None = None,
+             labels: str | Path | None = None, fold: int | None = None, foreground: int | None = None,
+             mask_threshold: float | None = None, json: str | Path | None = None, progress: bool = True) -> EvaluateDone:
+    """Score ``predictor`` (a :class:`Predictor`, or checkpoints or a bundled model's name, loaded
+    with the defaults) on the files or folders ``images`` and ``labels`` (all of them), or by
+    default on the validation fold of the run that wrote its first checkpoint (or on ``fold``).
+    The scores go to ``json``, by default beside the checkpoint (eval.json), never over a run's
+    own record."""
     from .errors import UsageError
     from .io.data import fold_split, load_labelled
 
+    for name, given in (("images", images), ("labels", labels)):
+        if given is not None and not isinstance(given, (str, Path)):
+            raise TypeError(f"evaluate: {name} is a path (a file or folder of images), not {type(given).__name__}; "
+                            "for arrays in memory, Predictor.predict gives the map to score")
+    if not isinstance(predictor, Predictor):
+        predictor = Predictor.load(predictor)
     cfg = predictor.config
     foreground = cfg.data.foreground if foreground is None else foreground
     threshold = cfg.data.mask_threshold if mask_threshold is None else mask_threshold
     if bool(images) != bool(labels):
-        raise UsageError("--images and --labels go together")
+        raise UsageError("images and labels go together (--images and --labels)")
     if not images and cfg.data.train_ratio == 1:
         raise UsageError(f"{predictor.paths[0]} was trained on every slice of {cfg.data.images}, so it has no fold to "
                          "score; give --images and --labels")

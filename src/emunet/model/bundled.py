@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 
-__all__ = ["BundledModel", "bundled_models", "bundled_model", "resolve_checkpoint", "is_model_name", "names_a_model", "describe", "BUNDLED_DIR"]
+__all__ = ["BundledModel", "bundled_models", "bundled_model", "resolve_checkpoint", "is_model_name", "names_a_model", "name_hint", "describe", "BUNDLED_DIR"]
 
 BUNDLED_DIR = Path(__file__).with_name("bundled")
 _NAME = re.compile(r"^[a-z][a-z0-9-]*$")  # no dot, no slash: never a file name this tool writes
@@ -60,6 +60,22 @@ def names_a_model(given: str | Path) -> bool:
     """Whether a checkpoint argument means a bundled model: written as a name, and no file or
     folder of that name here (a path always wins)."""
     return is_model_name(given) and not Path(given).exists()
+
+
+def name_hint(given: str | Path) -> str:
+    """For an error about the checkpoint ``given``: the bundled model it was likely meant to be
+    (``ISBI-Cells``, ``isbi_membranes``), or that a local path of a bundled model's name hides
+    that model; '' where neither."""
+    text = str(given)
+    models = bundled_models()
+    if text in models and Path(text).exists():
+        kind = "folder" if Path(text).is_dir() else "file"
+        return (f"a {kind} named {text} here hides the bundled model of that name (a path always wins); "
+                f"run from another folder, or rename the {kind}")
+    near = text.strip().lower().replace("_", "-")
+    if near != text and near in models and not Path(text).exists():
+        return f"did you mean the bundled model {near}? (names are lower case with dashes; unet models lists them)"
+    return ""
 
 
 def bundled_model(name: str) -> BundledModel:

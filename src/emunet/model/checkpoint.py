@@ -9,17 +9,18 @@ then renamed over the target, so a kill at any moment leaves either the old or t
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from ..io.storage import local_copy
 from ..errors import CheckpointError
 from ..io.files import atomic_write, atomic_write_bytes
-from .bundled import resolve_checkpoint
+from .bundled import name_hint, resolve_checkpoint
 from .unet import UNet, UNetConfig
 from .ms_checkpoint import mindspore_network
 
@@ -69,6 +70,22 @@ def _existing_checkpoint(path: str | Path) -> Path:
     return path
 
 
+def _with_name_hint(load: Callable) -> Callable:
+    """``load``, whose refusals of a checkpoint argument also say which bundled model a mistyped
+    name meant, or that a local path of a model's name hides it."""
+    @functools.wraps(load)
+    def hinted(path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return load(path, *args, **kwargs)
+        except CheckpointError as exc:
+            hint = name_hint(path)
+            if hint and hint not in str(exc):  # load_model reads a .pt through load_state
+                raise CheckpointError(f"{exc}; {hint}") from None
+            raise
+    return hinted
+
+
+@_with_name_hint
 def load_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = _existing_checkpoint(path)
     with open(path, "rb") as f:
@@ -147,6 +164,7 @@ def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: 
     model.load_state_dict(tensors)
 
 
+@_with_name_hint
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:
     """A model in eval mode from ``.safetensors`` weights, a ``.pt`` training checkpoint or a
     MindSpore ``.ckpt``, with the checkpoint's metadata (step, score, run config where known)."""
