@@ -285,3 +285,14 @@ def test_percentile_scaling_clips_the_tails(tmp_path):
     volume = read_images(tmp_path / "f.tif", intensity_mode="percentile")
     assert volume.intensity.how == "percentiles 0.5-99.5" and volume.images.min() == 0 and volume.images.max() == 1
     assert abs(float(np.median(volume.images)) - 0.5) < 0.01
+
+
+def test_instance_labels_get_the_threshold_that_reads_them(tmp_path):
+    """An id per cell and 0 on the membranes: the hint says threshold 1, and that reads them."""
+    cells = np.zeros((2, 12, 12), np.uint16)
+    cells[:, 1:5, 1:5], cells[:, 1:5, 7:11], cells[:, 7:11, 1:11] = 3, 700, 1201
+    tifffile.imwrite(tmp_path / "cells.tif", cells, photometric="minisblack")
+    with pytest.raises(DataError, match=r"instance labels .* set --mask-threshold 1 \(data.mask_threshold=1\)"):
+        read_labels(tmp_path / "cells.tif")
+    labels, _ = read_labels(tmp_path / "cells.tif", 255, threshold=1)
+    np.testing.assert_array_equal(labels, (cells > 0).astype(np.uint8))

@@ -349,12 +349,10 @@ def masks_to_labels(slices: list[np.ndarray], files: list[Path], source: Path | 
         for arr, f in zip(slices, files):
             values.update(np.unique(arr).tolist())
             if len(values) > 2:
-                shown = sorted(values)[:8]
-                raise DataError(f"{f}: mask is not two-valued; found values {shown}{' ...' if len(values) > 8 else ''}; "
-                                "for antialiased or resized masks set data.mask_threshold (--mask-threshold), e.g. 128")
+                raise DataError(_not_two_valued(f, arr, values))
         if foreground not in values and len(values) == 2:
             raise DataError(f"{path}: foreground value {foreground} does not occur in the masks (values {sorted(values)}); "
-                            "set data.foreground")
+                            "set it with --foreground (data.foreground in a config)")
         labels = np.stack([(a == foreground).astype(np.uint8) for a in slices])
     share = float(labels.mean())
     if warn and share < FOREGROUND_WARNING_SHARE:
@@ -362,6 +360,17 @@ def masks_to_labels(slices: list[np.ndarray], files: list[Path], source: Path | 
                     "pixels; EM cell interiors usually cover most of them (ISBI: 78 %). If the masks mark membranes "
                     f"with {foreground}, set data.foreground to the other value")
     return labels
+
+
+def _not_two_valued(file: Path, arr: np.ndarray, values: set) -> str:
+    """Why a mask file is refused, with the setting that reads it: instance labels (an id per
+    cell, 0 on the membranes) take a threshold of 1, grey masks one between their two levels."""
+    shown = sorted(values)[:8]
+    found = f"{file}: mask is not two-valued; found values {shown}{' ...' if len(values) > 8 else ''}; "
+    if arr.dtype.kind in "iu" and min(values) == 0 and (len(values) > 16 or arr.dtype.itemsize > 1):
+        return found + ("if these are instance labels (an id per cell, 0 on the membranes), set --mask-threshold 1 "
+                        "(data.mask_threshold=1): every id of 1 or more is then cell interior")
+    return found + "for antialiased or resized masks set --mask-threshold (data.mask_threshold), e.g. 128"
 
 
 def load_labelled(images: str | Path, labels: str | Path, foreground: int = 255, min_size: int = 1,
