@@ -311,3 +311,29 @@ def test_outputs_never_write_over_their_input_or_a_folder_they_did_not_make(tiny
     assert main(["predict", str(tiny_model), str(tmp_path / "v2.zarr"), "-o", str(tmp_path / "mine.zarr"), "-q"]) == 2
     assert "is not an OME-Zarr image this command wrote" in capsys.readouterr().err
     assert (tmp_path / "mine.zarr" / "keep.txt").read_text() == "mine"
+
+
+def test_a_2_5d_model_reads_the_same_neighbours_blockwise_as_in_memory(stack, tmp_path):
+    """Context 2 at the first and last sections: both ways mirror the stack at its ends (section
+    -2 is section 1), so the blocks equal the sections predicted whole."""
+    import torch
+
+    from emunet.config import PredictConfig
+    from emunet.infer.blockwise import Block, predict_block
+    from emunet.infer.predict import predict_volume
+    from emunet.io.data import Volume
+    from emunet.io.pixels import Intensity
+    from emunet.model.unet import create_model
+
+    torch.manual_seed(0)
+    model = create_model("unet_cpu", width=4, depth=2, in_channels=5).eval()
+    zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=stack.shape, chunks=(1, 64, 64), dtype=stack.dtype,
+                    zarr_format=2)[...] = stack
+    volume = open_volume(tmp_path / "in.zarr")
+    volume.intensity = Intensity(0.0, 255.0, "uint8", "8-bit")
+    scaled = stack.astype(np.float32) / np.float32(255)
+    pcfg = PredictConfig(tile=128, overlap=0.25, margin=16, smooth=0.0, close_gaps=0.0)
+    whole = predict_volume([model], Volume(scaled, [f"s{i}" for i in range(len(stack))], tmp_path), pcfg, "fp32")
+    for z in (0, 1, 2):
+        got = predict_block([model], volume, Block(z, 0, 300, 0, 340), pcfg, "fp32")
+        np.testing.assert_allclose(got, whole[z], rtol=0, atol=1e-6, err_msg=f"section {z}")

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..config import PredictConfig
 from ..errors import DataError, UsageError
+from ..io.data import mirror_index
 from ..model.bundled import resolve_checkpoint
 from ..io.provenance import file_sha256, made_by_record, recorded_made_by, differences as _differences
 from .postprocess import CLOSE_GAPS_MARGIN, CLOSE_GAPS_WINDOW, smooth_in_place, wall_levels
@@ -88,7 +89,7 @@ def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConf
     settings = pcfg.tiling(precision)
     for k, model in enumerate(models):
         k_ctx = model_context(model)
-        sections = [min(max(block.z + d, 0), n - 1) for d in range(-k_ctx, k_ctx + 1)]  # as Volume.planes
+        sections = mirror_index(block.z - k_ctx, 2 * k_ctx + 1, n).tolist()  # mirrored at the ends, as Volume.planes
         read = lambda rows, cols, s=sections: [volume.read(z, rows, cols) for z in s]  # noqa: E731
         target = raw if k == 0 else extra
         if pcfg.tta:
