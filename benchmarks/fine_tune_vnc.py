@@ -2,6 +2,7 @@
 training on all the other labelled sections of that stack, both scored on sections neither saw.
 
     python benchmarks/fine_tune_vnc.py --out runs/ft-vnc                       # steps 50,100,200
+    python benchmarks/fine_tune_vnc.py --out runs/ft-vnc --steps 50,200 --also-on-14    # and on all fourteen
     python benchmarks/fine_tune_vnc.py --out runs/ft-vnc --steps 100 --set train.lr=3e-4
 
 The stack: VNC stack 1 (../shared/data/vnc-stack1, 20 labelled 1024 x 1024 sections, 4.6 nm,
@@ -12,7 +13,7 @@ sections and fourteen others; the first three of those fourteen are the user's.
   ``--set``), no validation while it trains, so the time printed is what a user waits;
 - the whole stack's reference: the recipe (``configs/isbi-cpu.yaml``) from scratch on all
   fourteen, the last step;
-- zero-shot: START as it is.
+- zero-shot: START as it is; with ``--also-on-14``, START fine-tuned on all fourteen alike.
 
 Each is scored on the six with ``unet evaluate`` (the challenge's exact V_rand of the map at its
 best threshold, and of the cells, where no label chooses anything). Results go to
@@ -87,6 +88,7 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="fine-tuning settings beyond --from's")
     parser.add_argument("--recipe", type=Path, default=ROOT / "configs" / "isbi-cpu.yaml", help="the reference's recipe")
     parser.add_argument("--no-reference", action="store_true", help="skip the training on the fourteen")
+    parser.add_argument("--also-on-14", action="store_true", help="fine-tune on all fourteen too, with the same steps")
     parser.add_argument("--overwrite", action="store_true", help="train again what finished before")
     args = parser.parse_args()
     if not (VNC / "stack1-volume.tif").exists():
@@ -105,12 +107,14 @@ def main() -> int:
     keep(f"{args.start} zero-shot", score(args.start, data, args.out / "zero-shot.json"))
     tag = "_".join(s.replace("train.", "").replace("=", "") for s in args.set)
     for steps in [s for s in args.steps.split(",") if s] or [None]:
-        name = "fine-tuned" + (f"-{steps}" if steps else "") + (f"-{tag}" if tag else "")
-        extra = [f"train.steps={steps}"] if steps else []
-        model, seconds = train(["--from", args.start, *on(data, "three"), "train.val_every=0", *extra, *args.set],
-                               args.out / name, args.overwrite)
-        row = score(model, data, args.out / f"{name}.json")
-        keep(name, {**row, "seconds": round(seconds) if seconds else results["runs"].get(name, {}).get("seconds")})
+        for sections in ("three", "others") if args.also_on_14 else ("three",):
+            name = ("fine-tuned" + ("" if sections == "three" else "-on-14") + (f"-{steps}" if steps else "")
+                    + (f"-{tag}" if tag else ""))
+            extra = [f"train.steps={steps}"] if steps else []
+            model, seconds = train(["--from", args.start, *on(data, sections), "train.val_every=0", *extra, *args.set],
+                                   args.out / name, args.overwrite)
+            row = score(model, data, args.out / f"{name}.json")
+            keep(name, {**row, "seconds": round(seconds) if seconds else results["runs"].get(name, {}).get("seconds")})
     if not args.no_reference:
         model, seconds = train(["-c", str(args.recipe), *on(data, "others"), "data.train_ratio=1", "data.test_images=null",
                                 "train.select_by=last"], args.out / "scratch-14", args.overwrite)

@@ -158,7 +158,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="1")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="settings of every training beyond the recipe's")
     parser.add_argument("--no-fine-tune", action="store_true", help="the zero-shot part only")
-    parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps (unet train --from's default)")
+    parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps (200: the curve in docs/transfer.md; --from now defaults to 50)")
     parser.add_argument("--val-every", type=int, default=50)
     parser.add_argument("--overwrite", action="store_true", help="train again what finished before")
     parser.add_argument("--table", nargs="+", type=Path, metavar="TRANSFER_JSON", help="print these results, run nothing")

@@ -109,7 +109,7 @@ def _add_train_command(sub) -> None:
     p.add_argument("--from", dest="start", metavar="MODEL",
                    help="fine-tune MODEL (a bundled model's name, or a checkpoint) on data.images/data.labels: its own "
                    "settings (network, augmentation, prediction, cells, input scaling) with a short run's training "
-                   "(train.steps=200, train.lr=1e-4, constant rate, every given slice trains); KEY=VALUE changes any")
+                   "(train.steps=50, train.lr=1e-4, constant rate, every given slice trains); KEY=VALUE changes any")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
