@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +172,6 @@ def test_fine_tuning_from_layers_gives_a_model_the_widget_uses_at_once(make_napa
     widget.image.value = viewer.add_image(images, name="em")
     widget.labels_layer.value = viewer.add_labels(cells, name="cells")
     widget.steps.value, widget.save_to.value = 3, tmp_path / "tuned"
-    start = time.perf_counter()
     widget.fine_tune_button.clicked()
     _wait_for(qtbot, widget, timeout_s=300)
     saved = tmp_path / "tuned" / "last.safetensors"
@@ -183,7 +181,35 @@ def test_fine_tuning_from_layers_gives_a_model_the_widget_uses_at_once(make_napa
     widget.segment_button.clicked()
     _wait_for(qtbot, widget)
     assert viewer.layers["em cells"].data.shape == images.shape
-    assert time.perf_counter() - start < 600
+
+
+def test_painting_membranes_on_one_section_and_fine_tuning_improves_the_cells(make_napari_viewer, qtbot, tmp_path):
+    """A user of another lab's stack paints the membranes of one 512 x 512 part of one section
+    and fine-tunes the bundled model from the widget: the cells of other sections improve
+    (scored by the challenge's scorer on sections the painting did not touch)."""
+    from emunet.infer.predictor import Predictor
+    from emunet.score.challenge import score_segmentation_stack
+
+    vnc = Path(__file__).resolve().parents[2] / "shared" / "data" / "vnc-stack1"
+    volume, truth = tifffile.imread(vnc / "stack1-volume.tif"), tifffile.imread(vnc / "stack1-labels.tif")
+    scored, crop = [16, 11, 3], (slice(256, 768), slice(256, 768))
+    others, interior = volume[scored][:, crop[0], crop[1]], (truth[scored][:, crop[0], crop[1]] > 0).astype(np.uint8)
+
+    def cells_v_rand(model: str) -> float:
+        return score_segmentation_stack(Predictor.load(model).cells(others), interior)["v_rand"]
+
+    viewer = make_napari_viewer()
+    widget = _dock(viewer)
+    widget.model.value = "isbi-membranes"
+    widget.image.value = viewer.add_image(volume[18, :512, :512], name="section 18")
+    widget.labels_layer.value = viewer.add_labels((truth[18, :512, :512] == 0).astype(np.uint8), name="painted")
+    widget.meaning.value = "membranes painted"
+    widget.steps.value, widget.save_to.value = 20, tmp_path / "tuned"
+    widget.fine_tune_button.clicked()
+    _wait_for(qtbot, widget, timeout_s=300)
+    assert widget.model.value == str(tmp_path / "tuned" / "last.safetensors"), widget.status.value
+    before, after = cells_v_rand("isbi-membranes"), cells_v_rand(widget.model.value)
+    assert after > before + 0.005, (before, after)
 
 
 def test_the_sample_data_opens_as_an_image_and_its_cells(make_napari_viewer):

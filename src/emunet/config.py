@@ -263,6 +263,8 @@ class TrainConfig:
         (0 = each batch prepared when the step needs it); the run is the same either way.
         Unset: 2 on a GPU, 0 on a CPU, where the thread would only compete with the step for
         the same cores (measured: 23 against 26 images/s on 2 cores, docs/speed.md).
+    freeze_norm: batch-norm layers keep the starting model's statistics (evaluation mode) while
+        the rest trains: a fine-tune's few slices are too few to re-estimate them.
     background_scoring: score validations in a background thread while training goes on (the
         best weights and the validation step's checkpoint are written when the scores arrive;
         the run and its report are the same). Unset: on, except under torchrun. On 2 CPU cores
@@ -296,6 +298,7 @@ class TrainConfig:
     channels_last: bool = True
     prefetch: int | None = None
     background_scoring: bool | None = None
+    freeze_norm: bool = False
 
     def validate(self) -> None:
         ConfigError.check([

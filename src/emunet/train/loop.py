@@ -404,6 +404,10 @@ def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resu
 
     # --- the loop: sample, step, log, validate, checkpoint -------------------------------
     state.model.train()
+    if t.freeze_norm:
+        for module in state.model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+                module.eval()
     bar = progress_bar(t.steps, desc="train", unit="step", enabled=progress, initial=state.step)
     try:
         with _interrupts_at_step_boundaries(on_step) as interrupt_pressed:
