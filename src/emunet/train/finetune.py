@@ -2,7 +2,8 @@
 user's own few labelled slices. The settings start from the model's own run (network, head,
 augmentation, prediction, cells, pixel size; its input scaling is kept by training itself), with
 the training changed for a short run from good weights: a tenth of the learning rate, no warm-up,
-no decay, 50 steps, and every given slice training (few slices are too few to set some aside).
+no decay, the batch-norm statistics kept (a few slices would pull them to themselves), 50 steps,
+and every given slice training (few slices are too few to set some aside).
 50 steps, not more: on VNC stack 1 (3 sections tuning, 6 others scored; benchmarks/fine_tune_vnc.py)
 the cells scored 0.986 after 50 steps, 0.979 after 100 and 0.982 after 200, and the ISBI model
 fine-tuned on 3 sections with the other 17 scored peaked at step 50 as well (docs/transfer.md).
