@@ -104,15 +104,13 @@ class SegmentConfig:
     The membrane head's seeds lie where the map says interior is likelier than membrane (0.5, the
     map's own decision boundary): on ISBI folds 0, 1, 2 and on another microscope's stack it
     scores at or above 0.8, the earlier choice, which split that stack's cells by 0.03
-    (docs/transfer.md#cells-as-good-as-their-map). The mutex watershed's bias 0.5 scored best on
+    (docs/transfer.md#cells-as-good-as-their-map). The mutex watershed's biases scored best on
     ISBI folds 0, 2, 3 and 4 (bias and long_range_bias 0.3-0.6, min_size 20-100:
-    docs/affinities.md); its long-range bias is 0.4 since 2026-12-02: on another microscope's
-    stack 0.5 split the cells 0.035 below their map and 0.4 closes the gap, for 0.0014 on ISBI
-    (docs/transfer.md#cells-as-good-as-their-map).
+    docs/affinities.md).
     """
 
     bias: float = 0.5
-    long_range_bias: float = 0.4
+    long_range_bias: float = 0.5
     seed_threshold: float = 0.5
     min_size: int = 50
 
