@@ -3,7 +3,6 @@
 import csv
 import json
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -165,22 +164,26 @@ def test_every_logged_row_has_training_seconds(small_isbi, tmp_path):
     assert rows[1]["val_lab_dice"] and not rows[1]["loss"]  # step 3: a validation between log steps
 
 
-def test_training_seconds_count_every_step_and_leave_validation_out(small_isbi, tmp_path):
-    from emunet.train.runlog import RunLog
+def test_training_seconds_count_every_step_and_leave_validation_out(small_isbi, tmp_path, monkeypatch):
+    """On a clock the test moves itself (no sleeps, no windows around real time): four steps of
+    0.05 s and a validation of 0.2 s between them give 0.2 s of training."""
+    import emunet.train.runlog as runlog
 
-    log = RunLog(tmp_path, enabled=False)
+    now = [100.0]
+    monkeypatch.setattr(runlog.time, "perf_counter", lambda: now[0])
+    log = runlog.RunLog(tmp_path, enabled=False)
     for step in range(1, 5):
-        time.sleep(0.05)  # a training step
+        now[0] += 0.05  # a training step
         log.add_loss(1.0)
         if step % 2 == 0:
             row = log.log_training(step, 1.0, 1e-3, batch_size=2)
         if step == 2:
             log.pause()
-            time.sleep(0.2)  # a validation
+            now[0] += 0.2  # a validation
         log.end_step()
         log.resume()
-    assert 0.19 <= row["train_s"] < 0.3  # four steps of 0.05 s, the validation's 0.2 s left out
-    assert 15 < row["images_per_s"] < 45  # 2 steps of 2 images in about 0.1 s
+    assert row["train_s"] == pytest.approx(0.2)  # four steps of 0.05 s, the validation's 0.2 s left out
+    assert row["images_per_s"] == pytest.approx(40.0)  # 2 steps of 2 images in 0.1 s
 
 
 def test_skeleton_weight_trains_and_changes_the_loss(small_isbi, tmp_path):
