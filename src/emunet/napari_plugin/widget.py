@@ -17,6 +17,7 @@ from superqt.utils import ensure_main_thread
 
 from ..errors import EmunetError
 from ..model.bundled import bundled_models
+from ..train.finetune import FINE_TUNE_STEPS
 from . import tasks
 
 __all__ = ["EmunetWidget"]
@@ -48,7 +49,7 @@ class EmunetWidget(Container):
         self.labels_layer = ComboBox(label="labels", choices=lambda _: self._layers(Labels))
         self.meaning = ComboBox(label="labels are", choices=["cells", "membranes painted"], value="cells",
                                 tooltip="cells: each id one cell, 0 = membrane; membranes painted: any id = membrane")
-        self.steps = SpinBox(label="steps", value=50, min=1, max=100000)  # the CLI's fine-tune default
+        self.steps = SpinBox(label="steps", value=FINE_TUNE_STEPS, min=1, max=100000)
         self.save_to = FileEdit(label="save to", mode="d", value=Path.home() / "emunet-fine-tuned")
         self.fine_tune_button = PushButton(text="Fine-tune")
         self.progress = ProgressBar(value=0, min=0, max=1, visible=False)
