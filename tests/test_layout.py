@@ -111,23 +111,85 @@ def test_the_layer_rule_catches_an_upward_import():
     assert _upward("io.data", deps) == ["io.data (io) imports train.loop (train)"]
 
 
+# Module-level objects that are mutable by design, each with its reason.
+MUTABLE_BY_DESIGN = {
+    "model.unet._PRESET_REGISTRY": "the timm-style preset registry that register_preset extends; read as PRESETS, a read-only view",
+}
+
+
+def _assigned_names(tree: ast.Module) -> list[tuple[int, list[str], ast.expr]]:
+    out = []
+    for node in tree.body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            out.append((node.lineno, [t.id for t in targets if isinstance(t, ast.Name)], node.value))
+    return out
+
+
+def _immutable(value, depth: int = 0) -> bool:
+    """Whether a module constant's value cannot be changed in place (containers looked into)."""
+    import re
+    import types
+    import typing
+    from contextvars import ContextVar
+    from dataclasses import is_dataclass
+
+    import numpy as np
+
+    if depth > 4:
+        return True
+    if value is None or isinstance(value, (str, bytes, int, float, complex, bool, Path, re.Pattern, ContextVar, type,
+                                           types.FunctionType, types.BuiltinFunctionType, np.dtype)):
+        return True
+    if isinstance(value, (np.generic, types.GenericAlias, type(typing.Optional[int]))):
+        return True  # NumPy scalars; type aliases such as tuple[int, int]
+    if isinstance(value, np.ndarray):
+        return not value.flags.writeable
+    if isinstance(value, (tuple, frozenset)):
+        return all(_immutable(v, depth + 1) for v in value)
+    if isinstance(value, types.MappingProxyType):
+        return all(_immutable(k, depth + 1) and _immutable(v, depth + 1) for k, v in value.items())
+    if is_dataclass(value):
+        return type(value).__dataclass_params__.frozen
+    return False
+
+
 def test_no_module_level_mutable_state():
-    """No ``global`` rebinding and no module-level container or object that code mutates: settings
-    travel as arguments, caches live in the objects that own them."""
+    """No ``global`` rebinding and no module-level container or object that code could mutate:
+    settings travel as arguments, caches live in the objects that own them, and constants are
+    immutable (tuples, frozensets, ``MappingProxyType``, read-only arrays, frozen dataclasses),
+    checked on the imported values, whatever their names' case."""
+    import importlib
+
     found = []
     for name, path in _modules().items():
         tree = ast.parse(path.read_text())
         found += [f"{name}:{n.lineno} global" for n in ast.walk(tree) if isinstance(n, ast.Global)]
-        for node in tree.body:
-            if not isinstance(node, (ast.Assign, ast.AnnAssign)) or node.value is None:
-                continue
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names = [t.id for t in targets if isinstance(t, ast.Name)]
-            if any(n.isupper() or n.startswith("__") or n in ("log",) for n in names):
-                continue  # constants, dunders, the logger
-            if isinstance(node.value, (ast.Dict, ast.List, ast.Set, ast.Call, ast.DictComp, ast.ListComp)):
-                found.append(f"{name}:{node.lineno} {names}")
+        if name == "__main__":
+            continue  # runs the command line when imported
+        module = importlib.import_module("emunet" if name == "__init__" else f"emunet.{name}")
+        for lineno, names, value in _assigned_names(tree):
+            for var in names:
+                if var.startswith("__") or var == "log" or f"{name}.{var}" in MUTABLE_BY_DESIGN:
+                    continue  # dunders, the logger, the registry
+                if isinstance(value, ast.Call) and var == "T":
+                    continue  # a TypeVar
+                if not _immutable(getattr(module, var)):
+                    found.append(f"{name}:{lineno} {var} is a mutable {type(getattr(module, var)).__name__}")
     assert not found, "\n".join(found)
+
+
+def test_the_state_rule_catches_a_mutable_constant():
+    """The checker itself: a dict or a writeable array is mutable whatever its name; their
+    frozen forms are not."""
+    import types
+
+    import numpy as np
+
+    frozen = np.zeros(3)
+    frozen.flags.writeable = False
+    assert not _immutable({"a": 1}) and not _immutable(np.zeros(3)) and not _immutable(("a", [1]))
+    assert _immutable(types.MappingProxyType({"a": (1, 2)})) and _immutable(frozen) and _immutable(frozenset({1}))
 
 
 def test_functions_fit_on_a_screen():

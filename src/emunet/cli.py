@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path, PurePosixPath
+from types import MappingProxyType
 
 from . import __version__
 
@@ -17,7 +18,7 @@ Sections: data, model, augment, train, predict, segment, storage (see configs/*.
 
 
 # Options of an OME-Zarr output only, and their defaults (given with another output they are refused).
-BLOCKWISE_DEFAULTS = {"block": 4096, "chunk": 1024, "dtype": "uint8", "levels": 1, "scheduler": None, "workers": 1}
+BLOCKWISE_DEFAULTS = MappingProxyType({"block": 4096, "chunk": 1024, "dtype": "uint8", "levels": 1, "scheduler": None, "workers": 1})
 OUTPUT_FORMATS = ("tiff", "hdf5", "zarr", "folder")
 
 
@@ -322,9 +323,9 @@ def _resuming(args) -> str | bool:
 
 
 # flag (as argparse names it) -> the setting it overrides; --batch-size sets predict.batch_size
-INFERENCE_FLAGS = {"tile": "predict.tile", "overlap": "predict.overlap", "batch_size": "predict.batch_size",
+INFERENCE_FLAGS = MappingProxyType({"tile": "predict.tile", "overlap": "predict.overlap", "batch_size": "predict.batch_size",
                    "tta": "predict.tta", "smooth": "predict.smooth", "close_gaps": "predict.close_gaps",
-                   "min_size": "segment.min_size", "pixel_size": "predict.pixel_size"}
+                   "min_size": "segment.min_size", "pixel_size": "predict.pixel_size"})
 
 
 def _load_for_inference(args):
@@ -689,9 +690,9 @@ def _show_warnings() -> None:
 
 QUIET_MEANS_SILENT = ("score", "import-mindspore", "export", "presets", "models")  # commands with no progress to hide
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "score": cmd_score, "run": cmd_run, "cv": cmd_cv,
+COMMANDS = MappingProxyType({"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "score": cmd_score, "run": cmd_run, "cv": cmd_cv,
             "import-mindspore": cmd_import_mindspore, "export": cmd_export,
-            "presets": cmd_presets, "models": cmd_models}
+            "presets": cmd_presets, "models": cmd_models})
 
 
 def main(argv: list[str] | None = None) -> int:

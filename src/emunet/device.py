@@ -27,7 +27,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 # oneDNN's ISA names (ONEDNN_MAX_CPU_ISA, or the older DNNL_MAX_CPU_ISA) up to which it has no bf16
 # arithmetic: capped at one of these, oneDNN converts bf16 to fp32 and back around fp32 kernels.
-_ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+_ISA_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
 
 
 # glibc's mallopt parameters (malloc.h)

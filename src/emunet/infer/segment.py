@@ -28,6 +28,7 @@ __all__ = ["SegmentConfig", "mutex_watershed", "seeded_watershed", "merge_small_
 log = logging.getLogger("emunet")
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+_FOUR_CONNECTED.flags.writeable = False  # shared by every call: nobody may change it
 
 
 def mutex_watershed(affinities: np.ndarray, offsets: Offsets, bias: float = 0.5, long_range_bias: float = 0.5,

@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from ..errors import UsageError
 
 __all__ = ["Address", "parse_address", "FORMAT_SUFFIXES", "is_url"]
 
 # Format -> the suffixes that name it (lower case; matched in any case).
-FORMAT_SUFFIXES: dict[str, tuple[str, ...]] = {
+FORMAT_SUFFIXES: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "tiff": (".tif", ".tiff"),
     "png": (".png",),
     "hdf5": (".h5", ".hdf5", ".hdf"),
     "zarr": (".zarr",),
-}
+})
 _HDF5_MEMBER = re.compile(r"^(?P<file>.+?\.(?:h5|hdf5|hdf)):(?P<member>.*)$", re.IGNORECASE)
 _ZARR_MEMBER = re.compile(r"^(?P<file>.+?\.zarr)/(?P<member>.*)$", re.IGNORECASE)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -42,9 +43,9 @@ class Calibration:
         return None if per_unit is None else self.pixel_size[0] * per_unit
 
 
-_NANOMETRES = {"nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "um": 1e3, "micron": 1e3, "micrometer": 1e3,
+_NANOMETRES = MappingProxyType({"nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "um": 1e3, "micron": 1e3, "micrometer": 1e3,
                "micrometre": 1e3, "mm": 1e6, "millimeter": 1e6, "cm": 1e7, "centimeter": 1e7, "inch": 2.54e7,
-               "angstrom": 0.1, "a": 0.1}
+               "angstrom": 0.1, "a": 0.1})
 
 
 def read_calibration(path: Path) -> Calibration | None:

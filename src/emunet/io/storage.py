@@ -16,18 +16,19 @@ config, log or report.
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import logging
+import math
 import os
 import shutil
 import threading
 import time
-import logging
-from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from ..errors import ConfigError, StorageError
@@ -39,8 +40,8 @@ __all__ = ["shown", "mirrored_run", "using", "use", "settings", "is_url", "local
            "download_run", "check_store"]
 
 # The package that gives fsspec each protocol, for the error when it is missing.
-PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs",
-            "http": "aiohttp", "https": "aiohttp"}
+PACKAGES = MappingProxyType({"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs",
+            "http": "aiohttp", "https": "aiohttp"})
 
 
 @dataclass

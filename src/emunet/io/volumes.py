@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -245,8 +246,8 @@ def open_volume(path: str | Path, channel: int | None = None, axes: str | None =
 
 
 # ImageJ's and TIFF's short unit names -> the UDUNITS-2 names NGFF requires.
-_NGFF_UNITS = {"nm": "nanometer", "um": "micrometer", "µm": "micrometer", "micron": "micrometer",
-               "mm": "millimeter", "cm": "centimeter", "m": "meter", "pm": "picometer", "å": "angstrom"}
+_NGFF_UNITS = MappingProxyType({"nm": "nanometer", "um": "micrometer", "µm": "micrometer", "micron": "micrometer",
+               "mm": "millimeter", "cm": "centimeter", "m": "meter", "pm": "picometer", "å": "angstrom"})
 
 
 def ngff_unit(unit: str) -> str:

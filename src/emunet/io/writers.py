@@ -10,6 +10,7 @@ import io
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 
@@ -23,7 +24,7 @@ __all__ = ["check_outputs", "write_probabilities", "write_cells", "write_masks",
 PROBABILITIES_DATASET = "probabilities"
 CELLS_DATASET = "cells"
 # What each option writes into a folder, per image: outputs may share a folder when these differ.
-FOLDER_FILES = {"-o": "{name}.tif", "--segment": "{name}.tif", "--masks": "{name}_mask.png", "--overlays": "{name}_overlay.png"}
+FOLDER_FILES = MappingProxyType({"-o": "{name}.tif", "--segment": "{name}.tif", "--masks": "{name}_mask.png", "--overlays": "{name}_overlay.png"})
 
 
 def _ijmetadata(volume: Volume | None) -> tuple[dict, tuple[float, float] | None]:

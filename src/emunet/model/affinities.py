@@ -29,6 +29,7 @@ Offsets = tuple[tuple[int, int], ...]
 DEFAULT_OFFSETS: Offsets = ((-1, 0), (0, -1), (-3, 0), (0, -3), (-9, 0), (0, -9), (-27, 0), (0, -27))
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+_FOUR_CONNECTED.flags.writeable = False  # shared by every call: nobody may change it
 
 
 def check_offsets(offsets: Sequence[Sequence[int]]) -> Offsets:

@@ -13,6 +13,7 @@ import functools
 import json
 import re
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Callable
 
 import torch
@@ -43,8 +44,8 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 
 # What a file that is not a checkpoint usually is, by its first bytes.
-_OTHER_FORMATS = {b"\x89PNG": "a PNG image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image",
-                  b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"%PDF": "a PDF document"}
+_OTHER_FORMATS = MappingProxyType({b"\x89PNG": "a PNG image", b"II*\x00": "a TIFF image", b"MM\x00*": "a TIFF image",
+                  b"\xff\xd8\xff": "a JPEG image", b"GIF8": "a GIF image", b"%PDF": "a PDF document"})
 
 # Bounds on a network described by a file: the largest presets are far inside them, and a
 # crafted header could otherwise make the loader allocate gigabytes before anything is checked.

@@ -12,6 +12,7 @@ the import is a check of names and shapes plus the optimiser state set aside.
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -21,11 +22,11 @@ from .unet import UNetConfig
 
 __all__ = ["read_mindspore_checkpoint", "mindspore_network", "OPTIMISER_PREFIXES"]
 
-DTYPES = {
+DTYPES = MappingProxyType({
     "Float16": np.float16, "Float32": np.float32, "Float64": np.float64, "BFloat16": None,
     "Int8": np.int8, "Int16": np.int16, "Int32": np.int32, "Int64": np.int64,
     "UInt8": np.uint8, "UInt16": np.uint16, "UInt32": np.uint32, "UInt64": np.uint64, "Bool": np.bool_,
-}
+})
 OPTIMISER_PREFIXES = ("moment1.", "moment2.", "accum.", "global_step", "learning_rate", "beta1_power", "beta2_power")
 MAX_DIMS = 8
 

@@ -9,7 +9,9 @@ followed by ReLU, and the up-sampled tensor placed before the skip in the concat
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
+from types import MappingProxyType
 from typing import Callable
 
 import torch
@@ -280,12 +282,15 @@ def count_parameters(model: nn.Module) -> int:
 
 
 # --- presets, timm style: a name maps to a config ----------------------------------------
-PRESETS: dict[str, Callable[[], UNetConfig]] = {}
+# The registry is the one module-level object that changes: register_preset adds to it (a user's
+# own presets too); everyone else reads it through PRESETS, a read-only view.
+_PRESET_REGISTRY: dict[str, Callable[[], UNetConfig]] = {}
+PRESETS: Mapping[str, Callable[[], UNetConfig]] = MappingProxyType(_PRESET_REGISTRY)
 
 
 def register_preset(name: str) -> Callable[[Callable[[], UNetConfig]], Callable[[], UNetConfig]]:
     def wrap(fn: Callable[[], UNetConfig]) -> Callable[[], UNetConfig]:
-        PRESETS[name] = fn
+        _PRESET_REGISTRY[name] = fn
         return fn
 
     return wrap

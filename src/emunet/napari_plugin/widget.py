@@ -22,7 +22,7 @@ from . import tasks
 
 __all__ = ["EmunetWidget"]
 
-OUTPUTS = ["membranes and cells", "membranes", "cells"]
+OUTPUTS = ("membranes and cells", "membranes", "cells")
 
 
 class EmunetWidget(Container):

@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+FOUR_CONNECTED.flags.writeable = False  # shared by every call: nobody may change it
 
 
 def _reference_thresholds(start: float = 0.0, stop: float = 1.0, step: float = 0.1) -> tuple[float, ...]:

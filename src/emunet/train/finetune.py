@@ -23,9 +23,9 @@ __all__ = ["FINE_TUNE", "FINE_TUNE_STEPS", "fine_tune_config"]
 
 # What changes from the starting model's run; anything here can be overridden by KEY=VALUE.
 FINE_TUNE_STEPS = 50
-FINE_TUNE = [f"train.steps={FINE_TUNE_STEPS}", "train.lr=1e-4", "train.schedule=constant", "train.warmup_steps=0", "train.val_every=0",
+FINE_TUNE = (f"train.steps={FINE_TUNE_STEPS}", "train.lr=1e-4", "train.schedule=constant", "train.warmup_steps=0", "train.val_every=0",
              "train.select_by=last", "data.train_ratio=1", "data.inner_val=0", "data.test_images=null", "data.pixel_size=null",
-             "predict.pixel_size=null", "train.freeze_norm=true"]
+             "predict.pixel_size=null", "train.freeze_norm=true")
 
 
 def fine_tune_config(start: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None) -> Config:

@@ -21,7 +21,7 @@ from ..score.metrics import SCORE_NAMES
 
 __all__ = ["CSV_FIELDS", "RunLog"]
 
-CSV_FIELDS = ["step", "loss", "lr", "images_per_s", "train_s", "wall_s", *[f"val_{k}" for k in (*SCORE_NAMES, *CHALLENGE_NAMES, *CELL_NAMES)]]
+CSV_FIELDS = ("step", "loss", "lr", "images_per_s", "train_s", "wall_s", *[f"val_{k}" for k in (*SCORE_NAMES, *CHALLENGE_NAMES, *CELL_NAMES)])
 
 
 def _read_csv(path: Path, up_to: int) -> list[dict]:
