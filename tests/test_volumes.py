@@ -337,3 +337,29 @@ def test_a_2_5d_model_reads_the_same_neighbours_blockwise_as_in_memory(stack, tm
     for z in (0, 1, 2):
         got = predict_block([model], volume, Block(z, 0, 300, 0, 340), pcfg, "fp32")
         np.testing.assert_allclose(got, whole[z], rtol=0, atol=1e-6, err_msg=f"section {z}")
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "planar", "rgba", "channels"])
+def test_a_colour_or_channel_tiff_reads_alike_whole_and_lazily(layout, tmp_path, caplog):
+    """One rule for TIFF axes in both readers: RGB(A) becomes grey by ITU-R 601 luma (computed
+    here by hand), in interleaved and planar files alike; channels without sections become
+    sections. So ``-o x.tif`` and ``-o x.ome.zarr`` predict the same sections of one file."""
+    from emunet.io.data import read_images
+
+    rgb = np.random.default_rng(0).integers(0, 256, (40, 48, 4 if layout == "rgba" else 3), dtype=np.uint8)
+    path = tmp_path / f"{layout}.tif"
+    if layout == "channels":
+        tifffile.imwrite(path, np.moveaxis(rgb, -1, 0), imagej=True, metadata={"axes": "CYX"})
+        expected = np.moveaxis(rgb, -1, 0)
+    else:
+        data = np.moveaxis(rgb, -1, 0) if layout == "planar" else rgb
+        tifffile.imwrite(path, data, photometric="rgb", planarconfig="separate" if layout == "planar" else "contig",
+                         extrasamples=["unassalpha"] if layout == "rgba" else None)
+        luma = 0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]
+        expected = np.round(luma).astype(np.uint8)[None]
+    whole = read_images(path)
+    volume = open_volume(path)
+    lazy = np.stack([volume.raw(z, slice(0, 40), slice(0, 48)) for z in range(volume.shape[0])])
+    assert volume.shape == expected.shape and np.array_equal(lazy, expected)
+    assert np.allclose(whole.images, expected / 255.0, atol=1e-6)
+    assert ("reduced to grey" if layout != "channels" else "as sections") in caplog.text

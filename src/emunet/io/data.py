@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, ImageSizesDiffer
+from .axes import COLOUR_SAMPLES, samples_to_grey, tiff_roles
 from .pixels import Calibration, Intensity, choose_intensity, read_calibration
 from .storage import local_copy
 from .volumes import LazyVolume, is_volume_path, open_volume, volume_stem
@@ -77,8 +78,8 @@ def mirror_index(start: int, size: int, extent: int) -> np.ndarray:
 
 
 def _read_file(path: Path, channel: int | None = None, channels_warning: bool = True) -> np.ndarray:
-    """Read one image file as an array: (H, W) or (H, W, S) for PNG/JPEG, (N, H, W) or
-    (N, H, W, S) for TIFF (S: colour samples), channels resolved by ``channel``."""
+    """Read one image file as an array: (H, W) or (H, W, S) for PNG/JPEG (S: colour samples),
+    (N, H, W) grey for TIFF (channels resolved by ``channel``)."""
     if not path.exists():
         raise DataError(f"{path}: file does not exist")
     if not path.is_file():
@@ -112,15 +113,10 @@ class _ErrorLog(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-# TIFF axes (tifffile's names) that are stacks of sections; Y, X are the image, S its colour
-# samples and C its channels.
-_STACK_AXES = "ZTQIRPHVLMAEFGJKNOUWc"  # c: channels read as sections
-
-
 def _read_tiff(path: Path, channel: int | None = None, channels_warning: bool = True) -> np.ndarray:
-    """A TIFF as (N, H, W) or (N, H, W, S), by the axes its metadata declare (ImageJ, OME, or
-    tifffile's reading of the tags): colour samples stay last for ``_to_grey``; channels need
-    ``channel`` unless there is one; one stack axis (Z, T, ...) becomes the slices."""
+    """A TIFF as (N, H, W) grey, by the axes its metadata declare (ImageJ, OME, or
+    tifffile's reading of the tags), by the rule of :mod:`axes`: colour to grey, channels need
+    ``channel`` unless there is one, one stack axis (Z, T, ...) becomes the slices."""
     import tifffile
 
     errors = _ErrorLog()
@@ -147,52 +143,31 @@ def _read_tiff(path: Path, channel: int | None = None, channels_warning: bool = 
 
 
 def _by_axes(arr: np.ndarray, axes: str, path: Path, channel: int | None, channels_warning: bool = True) -> np.ndarray:
-    """(N, H, W) or (N, H, W, S) from an array with tifffile axes."""
-    if "Y" not in axes or "X" not in axes:
-        raise DataError(f"{path}: no image plane in the TIFF (axes {axes})")
-    stacked = [a for a in axes if a in _STACK_AXES and arr.shape[axes.index(a)] > 1]
-    if "C" in axes and channel is None and not stacked and arr.shape[axes.index("C")] > 1:
-        # Channels and no sections: a stack saved with the wrong axis name, as often as an image
-        # with channels. Read as sections, as ImageJ's stack functions do, and say so.
-        if channels_warning:
-            log.warning(f"{path}: read the {arr.shape[axes.index('C')]} channels (axes {axes}) as sections; if they are "
-                        "channels of one image, choose one with data.channel (or --channel)")
-        axes = axes.replace("C", "c")
-    if "C" in axes:
-        count = arr.shape[axes.index("C")]
+    """(N, H, W) from an array with tifffile axes, by the one rule of :func:`axes.tiff_roles`."""
+    roles = tiff_roles(axes, arr.shape, path, channel, channels_warning)
+    if "c" in roles:
+        count = arr.shape[roles.index("c")]
         if channel is None and count > 1:
             raise DataError(f"{path}: the image has {count} channels (axes {axes}); choose one with data.channel "
                             "(or --channel), counting from 0")
         index = 0 if channel is None else channel
         if not 0 <= index < count:
             raise DataError(f"{path}: channel {index} asked for, but the image has {count} (0..{count - 1})")
-        arr, axes = np.take(arr, index, axis=axes.index("C")), axes.replace("C", "")
-    stacks = [a for a in axes if a in _STACK_AXES and arr.shape[axes.index(a)] > 1]
-    if len(stacks) > 1:
-        raise DataError(f"{path}: the TIFF has more than one stack axis ({', '.join(stacks)} in axes {axes}); "
-                        "save the sections as one Z stack")
-    order = [axes.index(a) for a in axes if a in _STACK_AXES] + [axes.index("Y"), axes.index("X")]
-    order += [axes.index("S")] if "S" in axes else []
+        arr, roles = np.take(arr, index, axis=roles.index("c")), roles.replace("c", "", 1)
+    order = [i for i, r in enumerate(roles) if r in "zt"] + [roles.index("y"), roles.index("x")]
+    order += [roles.index("g")] if "g" in roles else []
     arr = np.transpose(arr, order)
-    spatial = arr.shape[len(order) - (3 if "S" in axes else 2):]
-    return arr.reshape(-1, *spatial)
+    if "g" in roles:
+        arr = samples_to_grey(arr)
+    return arr.reshape(-1, *arr.shape[-2:])
 
 
 def _to_grey(arr: np.ndarray, path: Path, stack: bool) -> np.ndarray:
-    """Drop alpha and average colour channels so images are (N, H, W) or (H, W)."""
+    """Images without axes metadata (PNG, JPEG) as (N, H, W) or (H, W): colour samples on the last
+    axis to grey (TIFFs are made grey by their axes, in :func:`_by_axes`)."""
     base = 3 if stack else 2
-    if arr.ndim == base + 1 and arr.shape[-1] in (2, 3, 4):
-        colour = arr[..., : 3 if arr.shape[-1] >= 3 else 1]
-        if path.suffix.lower() in (".tif", ".tiff") and arr.shape[-1] in (3, 4):
-            n = arr.shape[-1]
-            log.warning(f"{path}: read as one {'RGB' if n == 3 else 'RGBA'} image and reduced to grey; if these are {n} "
-                        f"sections, save them as a stack (tifffile.imwrite(..., photometric='minisblack'), or ImageJ's "
-                        "'Save As > Tiff' of a stack)")
-        if colour.shape[-1] == 3:
-            grey = colour.astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # ITU-R 601 luma
-            arr = grey.astype(arr.dtype) if arr.dtype.kind == "f" else np.round(grey).astype(arr.dtype)
-        else:
-            arr = colour[..., 0]
+    if arr.ndim == base + 1 and arr.shape[-1] in COLOUR_SAMPLES:
+        arr = samples_to_grey(arr)
     if arr.ndim != base:
         raise DataError(f"{path}: expected a grey or RGB(A) image, got an array of shape {arr.shape}")
     return arr
@@ -235,7 +210,7 @@ def _one_image(path: Path, channel: int | None, channels_warning: bool) -> np.nd
     if path.suffix.lower() in (".tif", ".tiff"):
         if len(arr) != 1:
             raise DataError(f"{path}: holds {len(arr)} slices; a folder holds single images (give a stack as its file)")
-        arr = arr[0]
+        return arr[0]
     return _to_grey(arr, path, stack=False)
 
 
@@ -265,7 +240,7 @@ def _read_raw(path: Path, channel: int | None = None, channels_warning: bool = T
         files = _list_folder(path)
         return [_one_image(f, channel, channels_warning) for f in files], unique_names(files), files
     if path.suffix.lower() in (".tif", ".tiff"):
-        arr = _to_grey(_read_file(path, channel, channels_warning), path, stack=True)
+        arr = _read_file(path, channel, channels_warning)  # (N, H, W) grey already
     else:
         arr = _to_grey(_read_file(path, channel, channels_warning), path, stack=False)[None]
     return list(arr), [f"{path.stem}_{i:03d}" for i in range(len(arr))], [path] * len(arr)

@@ -27,6 +27,7 @@ import numpy as np
 from .pixels import Calibration, Intensity, choose_intensity, read_calibration
 from ..errors import DataError, UsageError
 from .address import parse_address, Address
+from .axes import samples_to_grey, tiff_roles
 
 log = logging.getLogger("emunet")
 
@@ -54,13 +55,16 @@ def is_volume_path(path: str | Path) -> bool:
         return False
 
 
+GREY = "grey"  # in a LazyVolume's index: the colour samples' axis, read whole and made grey
+
+
 @dataclass
 class LazyVolume:
     """A stack of sections (``shape`` = (N, H, W)) read on demand: ``read(z, rows, cols)`` gives
     float32 pixels scaled by ``intensity``, ``raw(z, rows, cols)`` the stored values."""
 
     array: Any  # zarr array, h5py dataset or tifffile's zarr view: anything sliceable
-    index: tuple  # where (z, y, x) sit among the array's axes: an int (a chosen channel) or None (z, y, x)
+    index: tuple  # per array axis: None (z, y, x), an int (a chosen channel) or GREY (colour samples)
     source: str
     axes: str
     calibration: Calibration | None = None
@@ -78,8 +82,14 @@ class LazyVolume:
 
     def raw(self, z: int, rows: slice, cols: slice) -> np.ndarray:
         spatial = iter([z, rows, cols] if sum(i is None for i in self.index) == 3 else [rows, cols])
-        key = tuple(next(spatial) if i is None else i for i in self.index)
-        return np.asarray(self.array[key])
+        key = tuple(slice(None) if i is GREY else next(spatial) if i is None else i for i in self.index)
+        window = np.asarray(self.array[key])
+        if GREY not in self.index:
+            return window
+        kept = [i for i in self.index if i is None or i is GREY]  # the axes a window keeps ...
+        if kept.count(None) == 3:
+            kept.remove(None)  # ... less z, taken by its index (the first spatial axis)
+        return samples_to_grey(np.moveaxis(window, kept.index(GREY), -1))
 
     def read(self, z: int, rows: slice, cols: slice) -> np.ndarray:
         raw = self.raw(z, rows, cols)
@@ -108,6 +118,8 @@ def _axes_index(axes: str, shape: tuple[int, ...], channel: int | None, source: 
     for name, size in zip(axes, shape):
         if name in "zyx":
             index.append(None)
+        elif name == "g":
+            index.append(GREY)  # colour samples, read whole and made grey
         elif name in "cs":
             if size > 1 and channel is None:
                 raise DataError(f"{source}: the volume has {size} channels (axes {axes!r}); choose one with "
@@ -180,7 +192,7 @@ def _open_hdf5(address: Address) -> tuple[Any, str | None, Any]:
     return dataset, str(axes).lower() if axes is not None else None, handle
 
 
-def _open_tiff(path: str) -> tuple[Any, str | None, Any]:
+def _open_tiff(path: str, channel: int | None) -> tuple[Any, str | None, Any]:
     import tifffile
     import zarr
 
@@ -190,33 +202,7 @@ def _open_tiff(path: str) -> tuple[Any, str | None, Any]:
     array = zarr.open(store, mode="r")
     if not isinstance(array, zarr.Array):  # a pyramid: its first level
         array = array["0"]
-    return array, _tiff_axes(series.axes, tuple(array.shape), path), tif
-
-
-def _tiff_axes(axes: str, shape: tuple[int, ...], path: str) -> str:
-    """tifffile's axes as z, y, x, c: its section axes (Z, T, Q, I, ...) are z; a channel or
-    sample axis in a file without sections is read as sections, with a warning, as
-    :func:`data.read_images` reads such files."""
-    sized = {a: n for a, n in zip(axes, shape)}
-    sections = [a for a in axes if a not in "YXCS" and sized[a] > 1]
-    if len(sections) > 1:
-        raise DataError(f"{path}: the TIFF has more than one stack axis ({', '.join(sections)} in axes {axes}); "
-                        "save the sections as one Z stack")
-    channels = [a for a in axes if a in "CS" and sized[a] > 1]
-    out = ""
-    for a in axes:
-        if a in "YX":
-            out += a.lower()
-        elif a in sections or (not sections and channels == [a] and a == axes[0]):
-            if a in "CS":
-                log.warning(f"{path}: read the {sized[a]} channels (axes {axes}) as sections; if they are channels of "
-                            "one image, choose one with data.channel (or --channel) and name the axes (--axes cyx)")
-            out += "z"
-        elif a in "CS":
-            out += "c"
-        else:
-            out += "t"  # a length-1 axis
-    return out
+    return array, tiff_roles(series.axes, tuple(array.shape), path, channel), tif
 
 
 def open_volume(path: str | Path, channel: int | None = None, axes: str | None = None) -> LazyVolume:
@@ -237,7 +223,7 @@ def open_volume(path: str | Path, channel: int | None = None, axes: str | None =
     else:
         if not Path(text).is_file():
             raise DataError(f"{text}: path does not exist")
-        array, found_axes, handle = _open_tiff(text)
+        array, found_axes, handle = _open_tiff(text, channel)
         keep.append(handle)
         calibration = read_calibration(Path(text))
     used_axes = (axes or found_axes or _default_axes(len(array.shape), text)).lower()
