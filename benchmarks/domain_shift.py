@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from emunet.infer.predictor import Predictor
-from emunet.io.data import fold_split, read_labels
+from emunet.io.data import read_labels
+from emunet.train.sampling import fold_split
 from emunet.score.evaluate import score_prediction
 
 SHIFTS = [("clean", {}), ("gamma 0.6", {"gamma": 0.6}), ("gamma 1.6", {"gamma": 1.6}), ("blur 1.5 px", {"blur": 1.5}),

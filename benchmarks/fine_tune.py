@@ -29,7 +29,7 @@ import numpy as np
 import tifffile
 
 from emunet.cli import main as unet
-from emunet.io.data import fold_split
+from emunet.train.sampling import fold_split
 
 ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -32,7 +32,7 @@ import numpy as np
 import tifffile
 
 from emunet.cli import main as unet
-from emunet.io.data import fold_split
+from emunet.train.sampling import fold_split
 
 ROOT = Path(__file__).resolve().parents[1]
 VNC = ROOT.parent / "shared" / "data" / "vnc-stack1"

@@ -20,7 +20,8 @@ import sys
 import time
 
 from emunet.score.challenge import score_segmentation_stack
-from emunet.io.data import fold_split, load_labelled
+from emunet.io.data import load_labelled
+from emunet.train.sampling import fold_split
 from emunet.device import resolve_device, resolve_precision
 from emunet.infer.predict import Prediction, load_models, predict_stack
 from emunet.infer.segment import SegmentConfig

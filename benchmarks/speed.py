@@ -170,7 +170,8 @@ def run_case(name: str, device: torch.device, data: str = ISBI_DIR, compile_mode
     as a run prepares them), inference speed and peak memory."""
     from emunet.train.batches import BatchStream, make_batch_fn
     from emunet.config import load_config
-    from emunet.io.data import TileSampler, Volume, load_labelled
+    from emunet.io.data import Volume, load_labelled
+    from emunet.train.sampling import TileSampler
     from emunet.device import autocast_for, resolve_precision
     from emunet.infer.tiling import predict_image
     from emunet.train.loop import TrainState, _train_step, build_model, make_adam

@@ -161,7 +161,7 @@ def test_cli_affinity_run_predict_segment_and_score(small_isbi, tmp_path, capsys
     assert json.loads((tmp_path / "e.json").read_text())["mean"]["cells_v_rand"] == pytest.approx(report["mean"]["cells_v_rand"])
 
     # the validation fold's slices, segmented, then scored from the written label image
-    from emunet.io.data import fold_split
+    from emunet.train.sampling import fold_split
     val = fold_split(10, 1, 0.8)[1]
     images, labels = tifffile.imread(small_isbi["images"]), tifffile.imread(small_isbi["labels"])
     tifffile.imwrite(tmp_path / "val.tif", images[val])

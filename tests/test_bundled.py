@@ -158,7 +158,7 @@ def test_the_bundled_cells_on_isbi_slices_score_as_their_recipes_fold_figures(is
     at least their recipe's held-out fold-1 figure less one standard deviation over seeds
     (docs/models.md: isbi-cells 0.9628 +- 0.0036, isbi-membranes 0.9599 +- 0.0098), a check that
     the shipped weights are the trained ones, not a held-out score."""
-    from emunet.io.data import fold_split
+    from emunet.train.sampling import fold_split
 
     six = fold_split(30, 1)[1]
     tifffile.imwrite(tmp_path / "im.tif", tifffile.imread(isbi_dir / "train-volume.tif")[six], photometric="minisblack")

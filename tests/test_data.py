@@ -5,7 +5,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from emunet.io.data import DataError, TileSampler, load_labelled, read_images, read_labels
+from emunet.io.data import DataError, load_labelled, read_images, read_labels
+from emunet.train.sampling import TileSampler
 
 
 def _png(path, array):

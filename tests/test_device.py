@@ -136,7 +136,8 @@ def test_batches_pin_memory_only_for_cuda(small_isbi):
     """Pinned memory is a CUDA feature: CPU and MPS batches are plain tensors."""
     from emunet.train.augment import AugmentConfig
     from emunet.train.batches import make_batch_fn
-    from emunet.io.data import TileSampler, load_labelled
+    from emunet.io.data import load_labelled
+    from emunet.train.sampling import TileSampler
 
     vol = load_labelled(small_isbi["images"], small_isbi["labels"])
     sampler = TileSampler(vol, 48, 48, torch.Generator().manual_seed(0))

@@ -131,7 +131,7 @@ def test_a_choice_by_the_scored_slices_is_labelled_optimistic(small_isbi, tmp_pa
 def test_inner_validation_chooses_the_model_and_the_fold_scores_it_once(small_isbi, tmp_path):
     import json as _json
 
-    from emunet.io.data import fold_split
+    from emunet.train.sampling import fold_split
 
     out = tmp_path / "inner"
     assert main(["run", "--out", str(out), "-q", *_data_args(small_isbi), *TINY, "train.steps=4", "train.val_every=2",

@@ -1,6 +1,7 @@
 import pytest
 
-from emunet.io.data import DataError, fold_split
+from emunet.io.data import DataError
+from emunet.train.sampling import fold_split
 
 # The lab's folds for the 30 ISBI slices: np.random.seed(0); shuffle; deque.rotate(6 * k).
 EXPECTED_VALIDATION = {

@@ -262,7 +262,7 @@ def test_training_on_a_zarr_volume_reads_tiles_from_disk_and_trains_as_on_the_st
                                                                                             monkeypatch):
     import csv
 
-    import emunet.io.data
+    import emunet.train.sampling
 
     from emunet.train.loop import train
     from test_train import _cfg
@@ -279,15 +279,15 @@ def test_training_on_a_zarr_volume_reads_tiles_from_disk_and_trains_as_on_the_st
     in_memory = train(_cfg(paths, tmp_path / "mem", *extra), progress=False)
     lazy_paths = {"images": tmp_path / "i.zarr", "labels": tmp_path / "l.zarr", "test": tmp_path / "i.tif"}
     drawn = []
-    real = emunet.io.data.VolumeTileSampler.sample
-    monkeypatch.setattr(emunet.io.data.VolumeTileSampler, "sample", lambda self, n: drawn.append(n) or real(self, n))
+    real = emunet.train.sampling.TileSampler.sample
+    monkeypatch.setattr(emunet.train.sampling.TileSampler, "sample", lambda self, n: drawn.append((n, type(self.source).__name__)) or real(self, n))
     lazy = train(_cfg(lazy_paths, tmp_path / "lazy", *extra), progress=False)
 
     def losses(run):
         with open(run / "metrics.csv") as f:
             return [r["loss"] for r in csv.DictReader(f)]
 
-    assert drawn == [2] * 4  # every batch cut from the Zarr arrays, not from a copy in memory
+    assert drawn == [(2, "LazyLabelled")] * 4  # every batch cut from the Zarr arrays, not from a copy in memory
     assert losses(tmp_path / "mem") == losses(tmp_path / "lazy")
     assert lazy.report.mean == in_memory.report.mean
 

@@ -497,7 +497,8 @@ def _slice_list(spec: str) -> list[int]:
 
 def cmd_score(args) -> int:
     from .score.challenge import score_segmentation_stack, score_stack
-    from .io.data import fold_split, read_labels
+    from .io.data import read_labels
+    from .train.sampling import fold_split
     from .errors import DataError, UsageError
     from .score.evaluate import format_sweep, pick_slices, read_maps, warn_if_inverted
     from .io.files import write_json

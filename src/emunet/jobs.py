@@ -155,7 +155,8 @@ def evaluate(predictor: Predictor | str | Path | Sequence[str | Path], images: s
     The scores go to ``json``, by default beside the checkpoint (eval.json), never over a run's
     own record."""
     from .errors import UsageError
-    from .io.data import fold_split, load_labelled
+    from .io.data import load_labelled
+    from .train.sampling import fold_split
 
     for name, given in (("images", images), ("labels", labels)):
         if given is not None and not isinstance(given, (str, Path)):

@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..io.data import mirror_index, to_network_input
+from ..io.data import mirror_index
+from ..model.unet import to_network_input
 from ..device import autocast_for
 from ..errors import ConfigError, DataError
 from ..model.unet import UNet

@@ -1,4 +1,5 @@
-"""Reading EM images and masks, checking them, and the lab's cross-validation split.
+"""Reading EM images and masks, and checking them (the split and the tiles that training draws
+are :mod:`emunet.train.sampling`'s).
 
 Two layouts are read: a multi-page TIFF stack (the ISBI files) or a folder of single images
 (PNG or TIFF), matched to a folder of masks by file name. Images become float32 in [0, 1],
@@ -22,7 +23,7 @@ from .pixels import Calibration, Intensity, choose_intensity, read_calibration
 from .storage import local_copy
 from .volumes import LazyVolume, is_volume_path, open_volume, volume_stem
 
-__all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "scaling_for", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "fold_split", "mirror_index", "LazyLabelled", "load_volume_split", "VolumeTileSampler"]
+__all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "scaling_for", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "masks_to_labels", "mirror_index"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # A foreground share below this is unlike EM cell interiors (ISBI: about 78 %): most likely
@@ -370,154 +371,3 @@ def load_labelled(images: str | Path, labels: str | Path, foreground: int = 255,
         raise DataError(f"{labels}: masks are {lab.shape[1]}x{lab.shape[2]} but images in {images} are {vol.images.shape[1]}x{vol.images.shape[2]}")
     vol.labels = lab
     return vol
-
-
-def fold_split(n: int, fold: int, ratio: float = 0.8) -> tuple[list[int], list[int]]:
-    """The lab's split: shuffle 0..n-1 with NumPy seed 0, rotate right by fold*round((1-ratio)*n),
-    the first round(ratio*n) train and the rest validate (for n=30: 24 / 6, fold 1 -> 4,6,7,9,18,19).
-
-    A dedicated ``RandomState(0)`` draws the same permutation as ``np.random.seed(0)`` without
-    touching NumPy's global generator.
-    """
-    if not 0.0 < ratio < 1.0:
-        raise DataError(f"split ratio must be in (0, 1), got {ratio}")
-    n_train = round(ratio * n)
-    if n < 2 or n_train < 1 or n_train >= n:
-        raise DataError(f"{n} labelled image(s) are too few for a train/validation split; need at least 2 (ISBI has 30)")
-    indices = np.arange(n)
-    np.random.RandomState(0).shuffle(indices)
-    rotated = collections.deque(indices.tolist())
-    rotated.rotate(fold * round((1.0 - ratio) * n))
-    order = list(rotated)
-    return order[:n_train], order[n_train:]
-
-
-def to_network_input(images):
-    """Map [0, 1] grey values to [-1, 1], the range the lab feeds its network."""
-    return images * 2.0 - 1.0
-
-
-def tile_centres(generator: torch.Generator, n: int, extent: int, out_size: int) -> torch.Tensor:
-    """Random centres of ``n`` output windows along an axis of ``extent`` pixels, each window
-    inside the image where the image is large enough."""
-    half = out_size / 2
-    lo, hi = (half, extent - half) if extent >= out_size else (extent / 2, extent / 2)
-    return (lo + torch.rand(n, generator=generator, dtype=torch.float64) * (hi - lo)).floor().long()
-
-
-class TileSampler:
-    """Draws random training tiles from mirror-padded slices at native resolution.
-
-    Each tile is the network's input window (``in_size``) around a random output window
-    (``out_size``) that lies inside the slice where the slice is large enough. The labels are
-    cut with the same input window, so that augmentation can warp both; the caller crops
-    them to the output window. With ``context`` k, a tile's channels are the slice and its k
-    neighbouring sections on each side (:meth:`Volume.planes`). All randomness comes from
-    ``generator``.
-    """
-
-    def __init__(self, volume: Volume, in_size: int, out_size: int, generator: torch.Generator, context: int = 0) -> None:
-        if volume.labels is None:
-            raise DataError(f"{volume.source}: training needs labels")
-        self.in_size, self.out_size, self.generator = in_size, out_size, generator
-        self.pad = (in_size + 1) // 2 + 1
-        plane = ((self.pad, self.pad), (self.pad, self.pad))
-        channels = np.stack([np.stack(volume.planes(i, context)) for i in range(len(volume))])  # (N, C, H, W)
-        self.images = torch.from_numpy(np.pad(channels, ((0, 0), (0, 0), *plane), mode="symmetric"))
-        self.labels = torch.from_numpy(np.pad(volume.labels, ((0, 0), *plane), mode="symmetric"))
-        self.height, self.width = volume.images.shape[1:]
-
-    def _centres(self, n: int, extent: int) -> torch.Tensor:
-        return tile_centres(self.generator, n, extent, self.out_size)
-
-    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(n, C, in, in) float32 images in [0, 1] (C = 2 * context + 1) and (n, in, in) int64 labels."""
-        which = torch.randint(0, len(self.images), (n,), generator=self.generator)
-        cy, cx = self._centres(n, self.height), self._centres(n, self.width)
-        half = self.in_size // 2
-        xs, ys = [], []
-        for i in range(n):
-            top = int(cy[i]) - half + self.pad
-            left = int(cx[i]) - half + self.pad
-            window = (slice(top, top + self.in_size), slice(left, left + self.in_size))
-            xs.append(self.images[int(which[i])][(slice(None), *window)])
-            ys.append(self.labels[int(which[i])][window])
-        return torch.stack(xs), torch.stack(ys).long()
-
-
-@dataclass
-class LazyLabelled:
-    """The training sections of a volume too large to read whole (Zarr, OME-Zarr, HDF5): images
-    and masks opened lazily, and the sections that tiles are drawn from."""
-
-    images: LazyVolume
-    labels: LazyVolume
-    sections: list[int]
-    foreground: int = 255
-    threshold: float | None = None
-
-    @property
-    def intensity(self) -> Intensity:
-        return self.images.intensity
-
-
-def load_volume_split(images: str, labels: str, fold: int, train_ratio: float = 0.8, foreground: int = 255,
-                      threshold: float | None = None, channel: int | None = None, intensity_mode: str = "auto"
-                      ) -> tuple[LazyLabelled, Volume | None]:
-    """A volume's fold: the training sections left on disk (tiles are read from them as they
-    are drawn), the validation sections read into memory, scaled and checked (None with
-    ``train_ratio`` 1: every section trains)."""
-    image_volume, mask_volume = open_volume(images, channel), open_volume(labels)
-    n, h, w = image_volume.shape
-    if mask_volume.shape != image_volume.shape:
-        raise DataError(f"{labels}: masks are {mask_volume.shape} but images in {images} are {image_volume.shape}")
-    image_volume.choose_scaling(None, intensity_mode)
-    train_idx, val_idx = (list(range(n)), []) if train_ratio == 1 else fold_split(n, fold, train_ratio)
-    whole = (slice(0, h), slice(0, w))
-    masks = masks_to_labels([mask_volume.raw(z, *whole) for z in [*val_idx, train_idx[0]]], [Path(labels)] * (len(val_idx) + 1),
-                            labels, foreground, threshold)
-    if masks.min() == masks.max():
-        raise DataError(f"{labels}: every mask pixel is of one class; training needs both cell interior and membrane "
-                        "(check data.foreground and data.mask_threshold)")
-    if not val_idx:
-        return LazyLabelled(image_volume, mask_volume, train_idx, foreground, threshold), None
-    stem = volume_stem(images)
-    val = Volume(np.stack([image_volume.read(z, *whole) for z in val_idx]), [f"{stem}_{z:03d}" for z in val_idx],
-                 Path(str(images)), masks[: len(val_idx)], calibration=image_volume.calibration,
-                 intensity=image_volume.intensity)
-    return LazyLabelled(image_volume, mask_volume, train_idx, foreground, threshold), val
-
-
-class VolumeTileSampler:
-    """:class:`TileSampler`'s tiles cut straight from a lazily read volume: the same random
-    draws and the same mirrored windows, so a run trains the same as on the volume in memory,
-    with a batch of tiles in memory instead of the volume."""
-
-    def __init__(self, source: LazyLabelled, in_size: int, out_size: int, generator: torch.Generator) -> None:
-        self.source, self.in_size, self.out_size, self.generator = source, in_size, out_size, generator
-        _, self.height, self.width = source.images.shape
-
-    def _centres(self, n: int, extent: int) -> torch.Tensor:
-        return tile_centres(self.generator, n, extent, self.out_size)
-
-    def _window(self, volume: LazyVolume, z: int, rows: np.ndarray, cols: np.ndarray, scaled: bool) -> np.ndarray:
-        box = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
-        block = volume.read(z, *box) if scaled else volume.raw(z, *box)
-        return block[np.ix_(rows - box[0].start, cols - box[1].start)]
-
-    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """As :meth:`TileSampler.sample`: (n, 1, in, in) float32 images and (n, in, in) int64 labels."""
-        src = self.source
-        which = torch.randint(0, len(src.sections), (n,), generator=self.generator)
-        cy, cx = self._centres(n, self.height), self._centres(n, self.width)
-        half = self.in_size // 2
-        xs, ys = [], []
-        for i in range(n):
-            z = src.sections[int(which[i])]
-            rows = mirror_index(int(cy[i]) - half, self.in_size, self.height)
-            cols = mirror_index(int(cx[i]) - half, self.in_size, self.width)
-            xs.append(torch.from_numpy(self._window(src.images, z, rows, cols, scaled=True))[None])
-            raw = self._window(src.labels, z, rows, cols, scaled=False)
-            ys.append(torch.from_numpy(masks_to_labels([raw], [Path(src.labels.source)], src.labels.source,
-                                                       src.foreground, src.threshold, warn=False)[0]))
-        return torch.stack(xs), torch.stack(ys).long()

@@ -20,7 +20,7 @@ from torch import nn
 from .affinities import DEFAULT_OFFSETS, check_offsets
 from ..errors import ConfigError
 
-__all__ = ["UNetConfig", "UNet", "PRESETS", "register_preset", "create_model", "count_parameters", "init_lab_weights"]
+__all__ = ["UNetConfig", "UNet", "to_network_input", "PRESETS", "register_preset", "create_model", "count_parameters", "init_lab_weights"]
 
 
 @dataclass
@@ -279,6 +279,12 @@ def init_lab_weights(model: nn.Module) -> None:
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def to_network_input(images):
+    """Map [0, 1] grey values to [-1, 1], the range the lab feeds its network (training,
+    tiled prediction and export all feed it so)."""
+    return images * 2.0 - 1.0
 
 
 # --- presets, timm style: a name maps to a config ----------------------------------------

@@ -19,7 +19,8 @@ import torch
 from .augment import augment_batch
 from ..config import AugmentConfig
 from ..model.affinities import label_cells
-from ..io.data import TileSampler, to_network_input
+from ..model.unet import to_network_input
+from .sampling import TileSampler
 
 __all__ = ["Batch", "BatchStream", "make_batch_fn"]
 

@@ -24,7 +24,7 @@ from ..io import storage
 from .batches import BatchStream, make_batch_fn
 from ..model.checkpoint import list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
 from ..config import Config, config_to_dict, dump_config, with_absolute_paths
-from ..io.data import Intensity, LazyLabelled, TileSampler, Volume, VolumeTileSampler, fold_split, load_labelled, load_volume_split
+from ..io.data import Intensity, Volume, load_labelled
 from ..io.volumes import is_volume_path
 from ..device import autocast_for, choose_precision, keep_freed_memory
 from ..errors import ConfigError, DataError, TrainingError, TrainingInterrupted
@@ -36,6 +36,7 @@ from .losses import segmentation_loss
 from ..model.unet import UNet, create_model
 from ..progress import progress_bar
 from .runlog import RunLog
+from .sampling import LazyLabelled, TileSampler, fold_split, load_volume_split
 from .validation import FoldScorer, snapshot_of
 
 __all__ = ["TrainingError", "build_model", "load_split", "train"]
@@ -309,10 +310,7 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
         print(f"images: {train_vol.intensity.how} ({train_vol.intensity.dtype}), scaled from "
               f"{train_vol.intensity.low:g}..{train_vol.intensity.high:g} to 0..1", flush=True)
     _restore(state, ctx, out / "checkpoints", resume)
-    if isinstance(train_vol, LazyLabelled):
-        sampler = VolumeTileSampler(train_vol, in_size, out_size, state.sample_gen)
-    else:
-        sampler = TileSampler(train_vol, in_size, out_size, state.sample_gen, context=cfg.data.context)
+    sampler = TileSampler(train_vol, in_size, out_size, state.sample_gen, context=cfg.data.context)
     per_rank = t.batch_size // ctx.world_size
     next_batch = make_batch_fn(sampler, cfg.augment, t.batch_size, slice(ctx.rank * per_rank, (ctx.rank + 1) * per_rank),
                                out_size, device, memory_format, cells=bool(model.cfg.offsets))
