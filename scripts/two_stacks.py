@@ -1,13 +1,18 @@
 """Write the training set of the bundled models: every labelled section of ISBI 2012 and of VNC
 stack 1 as one folder of 512 x 512 images and one of masks (the folder interface of ``unet train``).
 
-    python scripts/two_stacks.py runs/two-stacks
-    unet train -c configs/models/isbi-membranes.yaml      # reads runs/two-stacks/{images,masks}
+    python scripts/two_stacks.py runs/two-stacks --isbi-copies 3
+    unet train -c configs/models/isbi-membranes.yaml data.images=runs/two-stacks/images \
+        data.labels=runs/two-stacks/masks --out runs/two-stacks-model
+
+The runs made with it, and why the bundled models are not (yet) trained on both stacks:
+docs/transfer.md#both-stacks-in-one-model-tried-not-shipped-2026-12-03.
 
 ISBI's 30 slices are 512 x 512 already; each of VNC's 20 labelled 1024 x 1024 sections is cut into
 its four 512 x 512 quarters, at its own 4.6 nm pixels (the recipes' scale jitter of 0.8-1.25
 spans the two stacks' 4 and 4.6 nm). Tiles are drawn per image, so about 27 % of them come from
-ISBI (30 of 110 images) and 73 % from VNC, as their pixel counts are. Masks are 0 / 255
+ISBI (30 of 110 images) and 73 % from VNC, as their pixel counts are; ``--isbi-copies 3`` writes
+each ISBI slice three times (90 of 170). Masks are 0 / 255
 (255 = cell interior) in both. The data's terms are in each stack's README.
 """
 

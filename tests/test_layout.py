@@ -117,12 +117,13 @@ MUTABLE_BY_DESIGN = {
 }
 
 
-def _assigned_names(tree: ast.Module) -> list[tuple[int, list[str], ast.expr]]:
+def _assigned_names(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, name) of every name a module assigns at its top level."""
     out = []
     for node in tree.body:
         if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            out.append((node.lineno, [t.id for t in targets if isinstance(t, ast.Name)], node.value))
+            out += [(node.lineno, t.id) for t in targets if isinstance(t, ast.Name)]
     return out
 
 
@@ -168,14 +169,11 @@ def test_no_module_level_mutable_state():
         if name == "__main__":
             continue  # runs the command line when imported
         module = importlib.import_module("emunet" if name == "__init__" else f"emunet.{name}")
-        for lineno, names, value in _assigned_names(tree):
-            for var in names:
-                if var.startswith("__") or var == "log" or f"{name}.{var}" in MUTABLE_BY_DESIGN:
-                    continue  # dunders, the logger, the registry
-                if isinstance(value, ast.Call) and var == "T":
-                    continue  # a TypeVar
-                if not _immutable(getattr(module, var)):
-                    found.append(f"{name}:{lineno} {var} is a mutable {type(getattr(module, var)).__name__}")
+        for lineno, var in _assigned_names(tree):
+            if var.startswith("__") or var == "log" or f"{name}.{var}" in MUTABLE_BY_DESIGN:
+                continue  # dunders, the logger, the registry
+            if not _immutable(getattr(module, var)):
+                found.append(f"{name}:{lineno} {var} is a mutable {type(getattr(module, var)).__name__}")
     assert not found, "\n".join(found)
 
 

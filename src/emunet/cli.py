@@ -324,8 +324,8 @@ def _resuming(args) -> str | bool:
 
 # flag (as argparse names it) -> the setting it overrides; --batch-size sets predict.batch_size
 INFERENCE_FLAGS = MappingProxyType({"tile": "predict.tile", "overlap": "predict.overlap", "batch_size": "predict.batch_size",
-                   "tta": "predict.tta", "smooth": "predict.smooth", "close_gaps": "predict.close_gaps",
-                   "min_size": "segment.min_size", "pixel_size": "predict.pixel_size"})
+                                    "tta": "predict.tta", "smooth": "predict.smooth", "close_gaps": "predict.close_gaps",
+                                    "min_size": "segment.min_size", "pixel_size": "predict.pixel_size"})
 
 
 def _load_for_inference(args):
@@ -692,8 +692,8 @@ def _show_warnings() -> None:
 QUIET_MEANS_SILENT = ("score", "import-mindspore", "export", "presets", "models")  # commands with no progress to hide
 
 COMMANDS = MappingProxyType({"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "score": cmd_score, "run": cmd_run, "cv": cmd_cv,
-            "import-mindspore": cmd_import_mindspore, "export": cmd_export,
-            "presets": cmd_presets, "models": cmd_models})
+                             "import-mindspore": cmd_import_mindspore, "export": cmd_export,
+                             "presets": cmd_presets, "models": cmd_models})
 
 
 def main(argv: list[str] | None = None) -> int:

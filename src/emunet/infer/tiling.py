@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 from ..io.data import mirror_index
-from ..model.unet import to_network_input
 from ..device import autocast_for
 from ..errors import ConfigError, DataError
-from ..model.unet import UNet
+from ..model.unet import UNet, to_network_input
 from ..progress import progress_bar
 
 __all__ = ["TilePlan", "plan_tiles", "predict_image", "predict_region", "as_planes", "inference_layout"]

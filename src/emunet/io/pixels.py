@@ -44,8 +44,8 @@ class Calibration:
 
 
 _NANOMETRES = MappingProxyType({"nm": 1.0, "nanometer": 1.0, "nanometre": 1.0, "um": 1e3, "micron": 1e3, "micrometer": 1e3,
-               "micrometre": 1e3, "mm": 1e6, "millimeter": 1e6, "cm": 1e7, "centimeter": 1e7, "inch": 2.54e7,
-               "angstrom": 0.1, "a": 0.1})
+                                "micrometre": 1e3, "mm": 1e6, "millimeter": 1e6, "cm": 1e7, "centimeter": 1e7, "inch": 2.54e7,
+                                "angstrom": 0.1, "a": 0.1})
 
 
 def read_calibration(path: Path) -> Calibration | None:

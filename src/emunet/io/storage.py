@@ -41,7 +41,7 @@ __all__ = ["shown", "mirrored_run", "using", "use", "settings", "is_url", "local
 
 # The package that gives fsspec each protocol, for the error when it is missing.
 PACKAGES = MappingProxyType({"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs",
-            "http": "aiohttp", "https": "aiohttp"})
+                             "http": "aiohttp", "https": "aiohttp"})
 
 
 @dataclass

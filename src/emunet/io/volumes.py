@@ -233,7 +233,7 @@ def open_volume(path: str | Path, channel: int | None = None, axes: str | None =
 
 # ImageJ's and TIFF's short unit names -> the UDUNITS-2 names NGFF requires.
 _NGFF_UNITS = MappingProxyType({"nm": "nanometer", "um": "micrometer", "µm": "micrometer", "micron": "micrometer",
-               "mm": "millimeter", "cm": "centimeter", "m": "meter", "pm": "picometer", "å": "angstrom"})
+                                "mm": "millimeter", "cm": "centimeter", "m": "meter", "pm": "picometer", "å": "angstrom"})
 
 
 def ngff_unit(unit: str) -> str:

@@ -57,11 +57,13 @@ class LazyLabelled:
     def __len__(self) -> int:
         return len(self.sections)
 
-    def tile(self, k: int, rows: np.ndarray, cols: np.ndarray, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Training section ``k``'s window at (mirrored) ``rows`` x ``cols``: (C, h, w) scaled
-        pixels of it and its ``context`` neighbours on each side, and its (h, w) labels."""
+    def tile(self, k: int, top: int, left: int, size: int, context: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Training section ``k``'s ``size`` x ``size`` window from (``top``, ``left``), mirrored
+        at the borders: (C, size, size) scaled pixels of it and its ``context`` neighbours on
+        each side, and its (size, size) labels."""
         z = self.sections[k]
-        n = self.images.shape[0]
+        n, height, width = self.images.shape
+        rows, cols = mirror_index(top, size, height), mirror_index(left, size, width)
         planes = [_window(self.images, j, rows, cols, scaled=True) for j in mirror_index(z - context, 2 * context + 1, n)]
         raw = _window(self.labels, z, rows, cols, scaled=False)
         labels = masks_to_labels([raw], [Path(self.labels.source)], self.labels.source, self.foreground, self.threshold,
@@ -76,9 +78,20 @@ def _window(volume: LazyVolume, z: int, rows: np.ndarray, cols: np.ndarray, scal
     return block[np.ix_(rows - box[0].start, cols - box[1].start)]
 
 
-def _memory_tile(volume: Volume, k: int, rows: np.ndarray, cols: np.ndarray, context: int) -> tuple[np.ndarray, np.ndarray]:
-    window = np.ix_(rows, cols)
-    return np.stack([plane[window] for plane in volume.planes(k, context)]), volume.labels[k][window]
+class _PaddedSections:
+    """Sections in memory, mirror-padded once (as :func:`mirror_index` mirrors), so that a tile
+    is a view: no copy per tile on the training path."""
+
+    def __init__(self, volume: Volume, size: int, context: int) -> None:
+        self.pad = (size + 1) // 2 + 1
+        plane = ((self.pad, self.pad), (self.pad, self.pad))
+        channels = np.stack([np.stack(volume.planes(i, context)) for i in range(len(volume))])  # (N, C, H, W)
+        self.images = np.pad(channels, ((0, 0), (0, 0), *plane), mode="symmetric")
+        self.labels = np.pad(volume.labels, ((0, 0), *plane), mode="symmetric")
+
+    def tile(self, k: int, top: int, left: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        window = (slice(top + self.pad, top + self.pad + size), slice(left + self.pad, left + self.pad + size))
+        return self.images[k][(slice(None), *window)], self.labels[k][window]
 
 
 def load_volume_split(images: str, labels: str, fold: int, train_ratio: float = 0.8, foreground: int = 255,
@@ -134,11 +147,12 @@ class TileSampler:
         self.source, self.context = source, context
         self.in_size, self.out_size, self.generator = in_size, out_size, generator
         self.height, self.width = source.images.shape[1:]  # (N, H, W), in memory or on disk
+        self._padded = _PaddedSections(source, in_size, context) if isinstance(source, Volume) else None
 
-    def _tile(self, k: int, rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if isinstance(self.source, Volume):
-            return _memory_tile(self.source, k, rows, cols, self.context)
-        return self.source.tile(k, rows, cols, self.context)
+    def _tile(self, k: int, top: int, left: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._padded is not None:
+            return self._padded.tile(k, top, left, self.in_size)
+        return self.source.tile(k, top, left, self.in_size, self.context)
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(n, C, in, in) float32 images in [0, 1] (C = 2 * context + 1) and (n, in, in) int64 labels."""
@@ -148,9 +162,7 @@ class TileSampler:
         half = self.in_size // 2
         xs, ys = [], []
         for i in range(n):
-            rows = mirror_index(int(cy[i]) - half, self.in_size, self.height)
-            cols = mirror_index(int(cx[i]) - half, self.in_size, self.width)
-            x, y = self._tile(int(which[i]), rows, cols)
+            x, y = self._tile(int(which[i]), int(cy[i]) - half, int(cx[i]) - half)
             xs.append(torch.from_numpy(np.ascontiguousarray(x)))
             ys.append(torch.from_numpy(np.ascontiguousarray(y)))
         return torch.stack(xs), torch.stack(ys).long()
