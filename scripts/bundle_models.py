@@ -22,7 +22,7 @@ from safetensors.torch import save
 
 from emunet.io.files import atomic_write_bytes, write_json
 from emunet.model.bundled import BUNDLED_DIR
-from emunet.model.checkpoint import load_model
+from emunet.model.checkpoint import load
 
 ISBI_TERMS = ("ISBI 2012 challenge data (Cardona et al. 2010, PLoS Biol 8:e1000502; Arganda-Carreras et al. 2015): "
               "free for non-commercial image-segmentation work, cite both when you publish")
@@ -87,7 +87,7 @@ def main() -> None:
     data = bundled_weights(args.run, args.name, args.segment)
     BUNDLED_DIR.mkdir(exist_ok=True)
     atomic_write_bytes(BUNDLED_DIR / f"{args.name}.safetensors", data)
-    load_model(BUNDLED_DIR / f"{args.name}.safetensors")  # it loads
+    load(BUNDLED_DIR / f"{args.name}.safetensors")  # it loads
     index = BUNDLED_DIR / "models.json"
     before = json.loads(index.read_text()) if index.exists() else []
     kept = {e["name"]: e.get("scores", {}) for e in before}.get(args.name, {})

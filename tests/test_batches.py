@@ -59,12 +59,13 @@ def _validation_outputs(run_dir):
     import csv
     import json
 
-    from emunet.model.checkpoint import load_model
+    from emunet.model.checkpoint import load
 
     with open(run_dir / "metrics.csv") as f:
         rows = [{k: v for k, v in r.items() if k.startswith("val_") or k in ("step", "loss")} for r in csv.DictReader(f)]
     validations = [json.loads(line) for line in (run_dir / "validation.jsonl").read_text().splitlines()]
-    best, meta = load_model(run_dir / "best.safetensors")
+    checkpoint = load(run_dir / "best.safetensors")
+    best, meta = checkpoint.network, checkpoint.meta
     return rows, validations, best.state_dict(), meta["step"]
 
 

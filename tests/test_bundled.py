@@ -82,20 +82,20 @@ def test_training_on_every_slice_validates_nothing_and_run_refuses_it(small_isbi
 
 
 def test_fine_tuning_starts_from_the_models_own_settings_and_scaling(small_isbi, tmp_path, capsys):
-    from emunet.model.checkpoint import load_model
+    from emunet.model.checkpoint import load
 
     data = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}", "data.test_images=null"]
     base = tmp_path / "base"
     assert main(["train", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(base), "-q", *data, *TINY,
                  "train.steps=2", "data.train_ratio=1", "data.intensity=percentile", "predict.close_gaps=0.3"]) == 0
-    _, base_meta = load_model(base / "last.safetensors")
+    base_meta = load(base / "last.safetensors").meta
     three = tmp_path / "three.tif"  # a user's few slices, darker than the base's
     tifffile.imwrite(three, (tifffile.imread(small_isbi["images"])[:3] * 0.6).astype(np.uint8), photometric="minisblack")
     tifffile.imwrite(tmp_path / "three-masks.tif", tifffile.imread(small_isbi["labels"])[:3], photometric="minisblack")
     tuned = tmp_path / "tuned"
     assert main(["train", "--from", str(base / "last.safetensors"), "--out", str(tuned), "-q", f"data.images={three}",
                  f"data.labels={tmp_path / 'three-masks.tif'}", "train.steps=2"]) == 0
-    _, meta = load_model(tuned / "last.safetensors")
+    meta = load(tuned / "last.safetensors").meta
     cfg = meta["config"]
     assert meta["config"]["intensity"] == base_meta["config"]["intensity"]  # the base's percentiles, not the new images'
     assert cfg["model"]["width"] == 4 and cfg["model"]["depth"] == 2 and cfg["predict"]["close_gaps"] == 0.3
@@ -107,13 +107,14 @@ def test_fine_tuning_starts_from_the_models_own_settings_and_scaling(small_isbi,
 
 @pytest.mark.slow
 def test_train_init_takes_a_bundled_name(small_isbi, tmp_path):
-    from emunet.model.checkpoint import load_model
+    from emunet.model.checkpoint import load
 
     out = tmp_path / "tuned"
     assert main(["train", "--from", "isbi-membranes", "--out", str(out), "-q", f"data.images={small_isbi['images']}",
                  f"data.labels={small_isbi['labels']}", "train.steps=1", "train.tile=64", "train.batch_size=2"]) == 0
-    tuned, meta = load_model(out / "last.safetensors")
-    start, _ = load_model("isbi-membranes")
+    checkpoint = load(out / "last.safetensors")
+    tuned, meta = checkpoint.network, checkpoint.meta
+    start = load("isbi-membranes").network
     assert meta["config"]["train"]["init"] == "isbi-membranes"  # a name stays a name in the saved settings
     assert tuned.cfg == start.cfg
     changed = [k for k, v in tuned.state_dict().items() if v.is_floating_point() and not np.allclose(v, start.state_dict()[k])]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from emunet.model.checkpoint import CheckpointError, load_model
+from emunet.model.checkpoint import CheckpointError, load
 from emunet.cli import main
 from emunet.model.checkpoint import import_mindspore
 from emunet.model.ms_checkpoint import read_mindspore_checkpoint
@@ -92,7 +92,7 @@ def test_cli_import_then_predict_evaluate_and_fine_tune(tmp_path, small_isbi, ca
     out = tmp_path / "lab.safetensors"
     assert main(["import-mindspore", str(CKPT), str(out)]) == 0
     assert "set aside 88 optimiser entries" in capsys.readouterr().out
-    model, _ = load_model(out)
+    model = load(out).network
     io = np.load(MS / "unet_medical_w4_io.npz")
     with torch.no_grad():
         assert np.abs(model(torch.from_numpy(io["x"])).numpy() - io["logits"]).max() < 1e-4

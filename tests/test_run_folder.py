@@ -105,11 +105,11 @@ def test_a_refused_start_leaves_no_folder(small_isbi, tmp_path, capsys):
 def test_the_last_validated_step_is_kept_unless_told_otherwise(small_isbi, tmp_path, capsys):
     import json as _json
 
-    from emunet.model.checkpoint import load_model
+    from emunet.model.checkpoint import load
 
     out = tmp_path / "last"
     assert main(["train", "--out", str(out), "-q", *_data_args(small_isbi), *TINY, "train.steps=4", "train.val_every=1"]) == 0
-    _, meta = load_model(out / "best.safetensors")
+    meta = load(out / "best.safetensors").meta
     assert meta["step"] == 4
     steps = [_json.loads(line)["step"] for line in (out / "validation.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]

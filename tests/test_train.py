@@ -50,10 +50,10 @@ def test_resume_replays_an_uninterrupted_run_exactly(small_isbi, tmp_path, sched
     final_b = torch.load(resumed / "checkpoints" / "step_000006.pt", weights_only=True)["model"]
     for name in final_a:
         torch.testing.assert_close(final_a[name], final_b[name], rtol=0, atol=0)
-    from emunet.model.checkpoint import load_model
+    from emunet.model.checkpoint import load
 
-    weights_a, _ = load_model(whole / "last.safetensors")
-    weights_b, _ = load_model(resumed / "last.safetensors")
+    weights_a = load(whole / "last.safetensors").network
+    weights_b = load(resumed / "last.safetensors").network
     for (name, a), b in zip(weights_a.state_dict().items(), weights_b.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     if ema:  # the saved weights are the average, not the last step's
@@ -197,11 +197,11 @@ def test_skeleton_weight_trains_and_changes_the_loss(small_isbi, tmp_path):
 
 @pytest.mark.slow
 def test_context_trains_a_2_5d_model_that_evaluate_and_predict_use(small_isbi, tmp_path, capsys):
-    from emunet.model.checkpoint import load_model
+    from emunet.model.checkpoint import load
 
     out = tmp_path / "ctx"
     train(_cfg(small_isbi, out, "train.steps=3", "train.val_every=0", "data.context=1"), progress=False)
-    model, _ = load_model(out / "last.safetensors")
+    model = load(out / "last.safetensors").network
     assert model.cfg.in_channels == 3
     assert main(["evaluate", str(out / "last.safetensors"), "--precision", "fp32", "--tta"]) == 0
     assert len(json.loads((out / "eval.json").read_text())["slices"]) == 2
@@ -359,7 +359,7 @@ def test_probability_stacks_are_imagej_stacks_with_the_inputs_calibration(tiny_r
 
 
 def test_checkpoints_record_how_the_training_images_were_scaled(small_isbi, tmp_path, capsys):
-    from emunet.infer.predict import load_models
+    from emunet.infer.predict import loads
 
     images16 = tmp_path / "twelve-bit.tif"
     tifffile.imwrite(images16, tifffile.imread(small_isbi["images"]).astype(np.uint16) * 16)  # 0..4080: 12-bit

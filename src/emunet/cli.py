@@ -618,7 +618,7 @@ def cmd_import_mindspore(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .model.checkpoint import load_model
+    from .model.checkpoint import load
     from .errors import UsageError
     from .model.export import export_onnx
     from .io.storage import staged_output
@@ -626,9 +626,9 @@ def cmd_export(args) -> int:
     if args.format == "bioimageio":
         from .model.bioimageio import export_bioimageio
 
-        model, meta = load_model(args.checkpoint)
+        checkpoint = load(args.checkpoint)
         with staged_output(args.output) as local:
-            export_bioimageio(model, local, meta)
+            export_bioimageio(checkpoint, local)
         print(f"wrote {args.output} (BioImage Model Zoo package, format 0.5: TorchScript, ONNX and state-dict weights)")
         return 0
     if PurePosixPath(str(args.output)).suffix != ".onnx":
@@ -637,9 +637,9 @@ def cmd_export(args) -> int:
         import onnx  # noqa: F401
     except ImportError:
         raise UsageError("ONNX export needs the onnx package: pip install onnx (or the project's [onnx] extra)") from None
-    model, meta = load_model(args.checkpoint)
+    checkpoint = load(args.checkpoint)
     with staged_output(args.output) as local:
-        export_onnx(model, local, opset=args.opset, softmax=args.softmax, intensity=(meta.get("config") or {}).get("intensity"))
+        export_onnx(checkpoint.network, local, opset=args.opset, softmax=args.softmax, intensity=checkpoint.intensity)
     print(f"wrote {args.output} (opset {args.opset}, {'probabilities' if args.softmax else 'logits'}, dynamic batch/height/width)")
     return 0
 

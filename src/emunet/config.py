@@ -20,10 +20,11 @@ from .errors import ConfigError
 from .io.pixels import is_microscope_pixel
 from .io.storage import StorageConfig
 from .model.bundled import names_a_model
+from .model.checkpoint import Checkpoint
 from .model.unet import PRESETS, UNetConfig
 
 __all__ = ["ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "PredictConfig", "Config", "load_config", "with_overrides",
-           "dump_config", "with_absolute_paths", "data_url_overrides", "AugmentConfig", "SegmentConfig"]
+           "dump_config", "with_absolute_paths", "run_settings", "data_url_overrides", "AugmentConfig", "SegmentConfig"]
 
 
 @dataclass
@@ -515,6 +516,14 @@ def config_from_dict(values: dict) -> Config:
     cfg = Config()
     _fill(cfg, values, "")
     return cfg
+
+
+def run_settings(checkpoint: Checkpoint) -> Config:
+    """The settings of the run that wrote ``checkpoint``, defaults where it records none (a
+    MindSpore file, weights of another tool); the network comes from the file itself."""
+    if checkpoint.run is None:
+        return Config()
+    return config_from_dict({k: v for k, v in checkpoint.run.items() if k not in ("model_resolved", "intensity")})
 
 
 def data_url_overrides(data_url: str) -> list[str]:

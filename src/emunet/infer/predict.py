@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from ..model.affinities import Offsets, interior_from_affinities
 from ..model.bundled import is_model_name
-from ..model.checkpoint import load_model
-from ..config import Config, PredictConfig, config_from_dict
+from ..model.checkpoint import Checkpoint, load
+from ..config import Config, PredictConfig, run_settings
 from ..io.data import Intensity, Volume, read_each, read_images
 from ..errors import CheckpointError, DataError, ImageSizesDiffer
 from ..io.address import Address, parse_address
@@ -60,37 +59,41 @@ def model_context(model: UNet) -> int:
 
 @dataclass
 class LoadedModels:
-    """Models to predict with together (their probabilities are averaged), and the settings of
-    the run that wrote the first one (defaults where it carries none)."""
+    """Checkpoints to predict with together (their probabilities are averaged), and the settings
+    of the run that wrote the first one (defaults where it carries none)."""
 
-    models: list[UNet]
-    paths: list[str | Path]  # as given: a path, a URL or a bundled model's name
+    checkpoints: list[Checkpoint]
     config: Config
-    step: int | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def models(self) -> list[UNet]:
+        return [c.network for c in self.checkpoints]
+
+    @property
+    def paths(self) -> list[str | Path]:
+        """As given: a path, a URL or a bundled model's name."""
+        return [c.given for c in self.checkpoints]
+
+    @property
+    def step(self) -> int | None:
+        return self.checkpoints[0].step
 
     @property
     def intensity(self) -> Intensity | None:
-        """How the run scaled its training images, where the checkpoint records it."""
-        recorded = (self.meta.get("config") or {}).get("intensity")
-        return Intensity(**recorded) if isinstance(recorded, dict) else None
+        """How the first run scaled its training images, where its checkpoint records it."""
+        return self.checkpoints[0].intensity
 
 
 def load_models(paths: Sequence[str | Path], device: torch.device) -> LoadedModels:
     """Load each checkpoint (eval mode) on ``device``; the run config comes from the first."""
     paths = [p if is_url(p) or is_model_name(p) else Path(p) for p in paths]  # a URL keeps its // (Path would fold it)
-    loaded = [load_model(path, device) for path in paths]  # a bundled model's name: its shipped file
-    for path, (model, _) in zip(paths, loaded):
+    loaded = [load(path, device) for path in paths]  # a bundled model's name: its shipped file
+    for checkpoint in loaded:
         try:
-            model_context(model)
+            model_context(checkpoint.network)
         except CheckpointError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-    meta = loaded[0][1]
-    run = meta.get("config")
-    config = Config()
-    if isinstance(run, dict):
-        config = config_from_dict({k: v for k, v in run.items() if k not in ("model_resolved", "intensity")})
-    return LoadedModels([m for m, _ in loaded], paths, config, meta.get("step"), meta)
+            raise CheckpointError(f"{checkpoint.given}: {exc}") from None
+    return LoadedModels(loaded, run_settings(loaded[0]))
 
 
 def predict_raw(

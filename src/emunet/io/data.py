@@ -9,19 +9,17 @@ Every problem a user can cause is a :class:`DataError` that names the file.
 
 from __future__ import annotations
 
-import collections
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import DataError, ImageSizesDiffer
 from .axes import COLOUR_SAMPLES, samples_to_grey, tiff_roles
 from .pixels import Calibration, Intensity, choose_intensity, read_calibration
 from .storage import local_copy
-from .volumes import LazyVolume, is_volume_path, open_volume, volume_stem
+from .volumes import is_volume_path, open_volume, volume_stem
 
 __all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "scaling_for", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "masks_to_labels", "mirror_index"]
 

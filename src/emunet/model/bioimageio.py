@@ -21,6 +21,8 @@ from torch import nn
 
 from ..errors import UsageError
 from ..io.files import atomic_write
+from ..io.pixels import Intensity
+from .checkpoint import Checkpoint
 from .unet import UNet, UNetConfig
 
 __all__ = ["ProbabilityUNet", "export_bioimageio"]
@@ -38,7 +40,7 @@ class ProbabilityUNet(nn.Module):
         return torch.softmax(self.net(x), dim=1)
 
 
-def _test_input(model: UNet, intensity: dict | None, rng: np.random.Generator) -> np.ndarray:
+def _test_input(model: UNet, intensity: Intensity | None, rng: np.random.Generator) -> np.ndarray:
     """A raw-pixel test image the network accepts: smooth random blobs in the training images'
     pixel range (no data needs to travel with the code)."""
     from scipy import ndimage
@@ -46,12 +48,12 @@ def _test_input(model: UNet, intensity: dict | None, rng: np.random.Generator) -
     size = model.fit_input_size(64)
     field = ndimage.gaussian_filter(rng.random((model.cfg.in_channels, size, size)), (0, 4, 4))
     field = (field - field.min()) / (field.max() - field.min() + 1e-12)
-    low, high = (intensity["low"], intensity["high"]) if intensity else (0.0, 1.0)
+    low, high = (intensity.low, intensity.high) if intensity else (0.0, 1.0)
     return (low + field * (high - low)).astype(np.float32)[None]
 
 
-def _documentation(cfg: UNetConfig, intensity: dict | None, meta: dict) -> str:
-    scaling = intensity["how"] if intensity else "grey values in [0, 1]"
+def _documentation(cfg: UNetConfig, intensity: Intensity | None, meta: dict) -> str:
+    scaling = intensity.how if intensity else "grey values in [0, 1]"
     scores = meta.get("val") or {}
     lines = [
         "# emunet membrane U-Net",
@@ -72,14 +74,14 @@ def _documentation(cfg: UNetConfig, intensity: dict | None, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_files(folder: Path, model: UNet, wrapped: "ProbabilityUNet", intensity: dict | None, meta: dict
+def _write_files(folder: Path, model: UNet, wrapped: "ProbabilityUNet", intensity: Intensity | None, meta: dict
                  ) -> tuple[float, float]:
     """The package's files: test tensors, state-dict, TorchScript and ONNX weights, README.
     Returns the input scaling (gain, offset) from raw pixels to the network's [-1, 1]."""
     from .export import export_onnx
 
     raw = _test_input(model, intensity, np.random.default_rng(0))
-    low, high = (intensity["low"], intensity["high"]) if intensity else (0.0, 1.0)
+    low, high = (intensity.low, intensity.high) if intensity else (0.0, 1.0)
     gain, offset = 2.0 / (high - low), -2.0 * low / (high - low) - 1.0  # raw -> [0, 1] -> [-1, 1]
     scaled = torch.from_numpy(np.clip(raw * gain + offset, -1.0, 1.0).astype(np.float32))
     with torch.no_grad():
@@ -134,14 +136,15 @@ def _weights(spec, model: UNet, folder: Path):
     return weights
 
 
-def export_bioimageio(model: UNet, output: str | Path, meta: dict, name: str = "emunet membrane U-Net") -> Path:
-    """Write the zip package ``output`` (checked with bioimageio.spec while building)."""
+def export_bioimageio(checkpoint: Checkpoint, output: str | Path, name: str = "emunet membrane U-Net") -> Path:
+    """Write the zip package ``output`` of ``checkpoint`` (checked with bioimageio.spec while building)."""
     try:
         from bioimageio.spec import save_bioimageio_package
         from bioimageio.spec.model import v0_5 as spec
     except ImportError:
         raise UsageError("the BioImage Model Zoo export needs bioimageio.core: pip install bioimageio.core") from None
 
+    model, meta, intensity = checkpoint.network, checkpoint.meta, checkpoint.intensity
     if model.cfg.offsets:
         raise UsageError("a BioImage Model Zoo package of this tool describes the membrane head's probabilities; "
                          "export an affinity model to ONNX instead")
@@ -149,8 +152,6 @@ def export_bioimageio(model: UNet, output: str | Path, meta: dict, name: str = "
     if output.suffix != ".zip":
         raise UsageError(f"{output}: a BioImage Model Zoo package is a .zip file")
     model = model.eval().cpu()
-    config = (meta.get("config") or {})
-    intensity = config.get("intensity") or None
     wrapped = ProbabilityUNet(**asdict(model.cfg)).eval()
     wrapped.net.load_state_dict(model.state_dict())
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,7 +165,8 @@ def export_bioimageio(model: UNet, output: str | Path, meta: dict, name: str = "
             cite=[spec.CiteEntry(text="Ronneberger, Fischer, Brox: U-Net, MICCAI 2015", doi=spec.Doi("10.1007/978-3-319-24574-4_28"))],
             documentation=spec.FileDescr(source=folder / "README.md"), tags=["unet", "em", "membrane", "segmentation", "2d"],
             inputs=[inputs], outputs=[outputs], weights=weights,
-            config={"emunet": {"model": asdict(model.cfg), "intensity": intensity, "step": meta.get("step")}})
+            config={"emunet": {"model": asdict(model.cfg), "intensity": asdict(intensity) if intensity else None,
+                                       "step": checkpoint.step}})
         packed = folder / "package.zip"
         save_bioimageio_package(description, output_path=packed)
         atomic_write(output, lambda f: f.write(packed.read_bytes()))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Callable
@@ -21,16 +23,18 @@ import torch
 from ..io.storage import local_copy
 from ..errors import CheckpointError
 from ..io.files import atomic_write, atomic_write_bytes
-from .bundled import name_hint, resolve_checkpoint
+from ..io.pixels import Intensity
+from .bundled import BUNDLED_DIR, name_hint, resolve_checkpoint
 from .unet import UNet, UNetConfig
 from .ms_checkpoint import mindspore_network
 
 __all__ = [
+    "Checkpoint",
     "CheckpointError",
+    "load",
     "save_state",
     "load_state",
     "save_weights",
-    "load_model",
     "import_mindspore",
     "list_checkpoints",
     "prune_checkpoints",
@@ -80,7 +84,7 @@ def _with_name_hint(load: Callable) -> Callable:
             return load(path, *args, **kwargs)
         except CheckpointError as exc:
             hint = name_hint(path)
-            if hint and hint not in str(exc):  # load_model reads a .pt through load_state
+            if hint and hint not in str(exc):  # load reads a .pt through load_state
                 raise CheckpointError(f"{exc}; {hint}") from None
             raise
     return hinted
@@ -165,38 +169,80 @@ def load_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: 
     model.load_state_dict(tensors)
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A model file read once: the network (eval mode) and what the file says about it.
+
+    Every reader of a checkpoint (prediction, fine-tuning, ``train.init``, export, the CLI) takes
+    this, so the metadata is parsed here and nowhere else.
+    """
+
+    network: UNet
+    given: str | Path  # as named: a path, a URL or a bundled model's name
+    path: Path  # the local file that was read (a URL's cached copy, a bundled model's shipped file)
+    format: str  # "safetensors", "training state" (.pt) or "mindspore" (the lab's .ckpt)
+    step: int | None = None
+    run: Mapping[str, Any] | None = None  # the settings of the run that wrote it, as recorded
+    extra: Mapping[str, Any] = field(default_factory=dict)  # the rest of its metadata (validation scores, ...)
+
+    @property
+    def bundled(self) -> bool:
+        """Whether it is one of the models shipped in the package."""
+        return self.path.resolve().parent == BUNDLED_DIR.resolve()
+
+    @property
+    def intensity(self) -> Intensity | None:
+        """How the run scaled its training images, where the file records it: prediction and
+        fine-tuning scale new images the same way, so the network sees what it learnt from."""
+        recorded = (self.run or {}).get("intensity")
+        return Intensity(**recorded) if isinstance(recorded, dict) else None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The metadata as one dict (step, run config as "config", the rest), as written."""
+        return {**self.extra, "step": self.step, **({"config": dict(self.run)} if self.run is not None else {})}
+
+
 @_with_name_hint
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[UNet, dict[str, Any]]:
-    """A model in eval mode from ``.safetensors`` weights, a ``.pt`` training checkpoint or a
-    MindSpore ``.ckpt``, with the checkpoint's metadata (step, score, run config where known)."""
-    path = _existing_checkpoint(path)
+def load(given: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """A :class:`Checkpoint` from ``.safetensors`` weights, a ``.pt`` training checkpoint, a
+    MindSpore ``.ckpt``, a URL of one or a bundled model's name."""
+    path = _existing_checkpoint(given)
     if path.suffix == ".ckpt":  # the MindSpore lab's format
         model, _ = import_mindspore(path)
-        return model.to(device).eval(), {"step": None, "source": "mindspore"}
+        return Checkpoint(model.to(device).eval(), given, path, "mindspore")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                header = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:
-            raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from None
-        if "model_config" not in header:
-            raise CheckpointError(f"{path}: safetensors file has no model_config metadata; not written by this tool")
-        try:
-            meta = {k: json.loads(v) for k, v in header.items()}
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{path}: corrupt metadata") from None
-        model_cfg = meta.pop("model_config")
+        tensors, model_cfg, meta = _read_safetensors(path)
+        kind = "safetensors"
     else:
         state = load_state(path)
-        tensors = state["model"]
-        model_cfg = state["config"].get("model_resolved") or {}
+        tensors, model_cfg = state["model"], state["config"].get("model_resolved") or {}
         meta = {"step": state.get("step"), "config": state["config"]}
+        kind = "training state"
     model = _build(model_cfg, path)
     load_into(model, tensors, path)
-    return model.to(device).eval(), meta
+    run = meta.pop("config", None)
+    step = meta.pop("step", None)
+    return Checkpoint(model.to(device).eval(), given, path, kind, step, run if isinstance(run, dict) else None, meta)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str, Any]]:
+    """Tensors, model config and the rest of the metadata of a weights file this tool wrote."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read safetensors file ({exc})") from None
+    if "model_config" not in header:
+        raise CheckpointError(f"{path}: safetensors file has no model_config metadata; not written by this tool")
+    try:
+        meta = {k: json.loads(v) for k, v in header.items()}
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path}: corrupt metadata") from None
+    return tensors, meta.pop("model_config"), meta
 
 
 def import_mindspore(path: str | Path) -> tuple[UNet, list[str]]:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..io.pixels import Intensity
 from .unet import UNet
 
 __all__ = ["export_onnx"]
@@ -27,12 +28,12 @@ class _WithSoftmax(nn.Module):
         return torch.softmax(self.model(x), dim=1)
 
 
-def onnx_metadata(model: UNet, softmax: bool, intensity: dict | None = None) -> dict[str, str]:
+def onnx_metadata(model: UNet, softmax: bool, intensity: Intensity | None = None) -> dict[str, str]:
     """What a consumer of the ONNX file needs to feed it and read it, as metadata_props."""
     scaling = "pixels scaled to grey in [0, 1]"
     if intensity:
-        scaling = (f"pixels scaled to grey in [0, 1] as in training ({intensity['how']}: (value - {intensity['low']:g}) / "
-                   f"({intensity['high']:g} - {intensity['low']:g}), clipped)")
+        scaling = (f"pixels scaled to grey in [0, 1] as in training ({intensity.how}: (value - {intensity.low:g}) / "
+                   f"({intensity.high:g} - {intensity.low:g}), clipped)")
     sections = model.cfg.in_channels
     return {
         "emunet.input": f"image: (N, {sections}, H, W) float32 = 2 * grey - 1; grey: {scaling}"
@@ -41,7 +42,7 @@ def onnx_metadata(model: UNet, softmax: bool, intensity: dict | None = None) -> 
                               else f"H and W from {model.fit_input_size(1)} in steps of 16; the output is {model.border} px smaller",
         "emunet.output": _output_meaning(model, softmax),
         "emunet.model_config": json.dumps(asdict(model.cfg)),
-        "emunet.intensity": json.dumps(intensity or {}),
+        "emunet.intensity": json.dumps(asdict(intensity) if intensity else {}),
     }
 
 
@@ -54,7 +55,7 @@ def _output_meaning(model: UNet, softmax: bool) -> str:
             + ("" if softmax else " (softmax over the channels gives probabilities)"))
 
 
-def export_onnx(model: UNet, path: str | Path, opset: int = 17, softmax: bool = False, intensity: dict | None = None) -> Path:
+def export_onnx(model: UNet, path: str | Path, opset: int = 17, softmax: bool = False, intensity: Intensity | None = None) -> Path:
     """Write ``model`` as ONNX to ``path`` (atomically) and check it with ``onnx.checker``.
 
     The input ``image`` is (batch, channels, height, width), already mapped to [-1, 1] as in

@@ -16,8 +16,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ..config import Config, config_from_dict, with_overrides
-from ..model.checkpoint import load_model
+from ..config import Config, run_settings, with_overrides
+from ..model.checkpoint import load
 
 __all__ = ["FINE_TUNE", "FINE_TUNE_STEPS", "fine_tune_config"]
 
@@ -31,11 +31,7 @@ FINE_TUNE = (f"train.steps={FINE_TUNE_STEPS}", "train.lr=1e-4", "train.schedule=
 def fine_tune_config(start: str | Path, overrides: list[str] = (), out_dir: str | Path | None = None) -> Config:
     """Settings to fine-tune ``start``: its run's, with :data:`FINE_TUNE`, then ``overrides``
     (``data.images=...``, ``data.labels=...``, ``train.steps=...``)."""
-    _, meta = load_model(start)
-    run = meta.get("config")
-    cfg = Config()
-    if isinstance(run, dict):
-        cfg = config_from_dict({k: v for k, v in run.items() if k not in ("model_resolved", "intensity")})
+    cfg = run_settings(load(start))
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init=str(start), threads=0, device="auto"))
     if out_dir is not None:
         cfg = dataclasses.replace(cfg, out_dir=str(out_dir))

@@ -22,7 +22,7 @@ from . import distributed
 
 from ..io import storage
 from .batches import BatchStream, make_batch_fn
-from ..model.checkpoint import list_checkpoints, load_into, load_model, load_state, prune_checkpoints, save_state, save_weights
+from ..model.checkpoint import list_checkpoints, load, load_into, load_state, prune_checkpoints, save_state, save_weights
 from ..config import Config, config_to_dict, dump_config, with_absolute_paths
 from ..io.data import Intensity, Volume, load_labelled
 from ..io.volumes import is_volume_path
@@ -298,10 +298,12 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
     model = build_model(cfg)
     in_size = model.fit_input_size(t.tile)
     out_size = model.output_size(in_size)
-    init_model, init_intensity = _starting_model(t.init) if t.init and not resume else (None, None)
-    train_vol, val_vol, scored_vol = split_inner(*load_split(cfg, intensity=init_intensity), cfg.data.inner_val)
-    if init_model is not None:
-        load_into(model, init_model.state_dict(), Path(t.init))
+    # fine-tuning scales its images as the starting model's run did: it sees what it learnt from
+    start_from = load(t.init) if t.init and not resume else None
+    intensity = start_from.intensity if start_from else None
+    train_vol, val_vol, scored_vol = split_inner(*load_split(cfg, intensity=intensity), cfg.data.inner_val)
+    if start_from is not None:
+        load_into(model, start_from.network.state_dict(), start_from.path)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(device=device, memory_format=memory_format)
     state = TrainState(cfg, model, device, precision)
@@ -327,14 +329,6 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
                                                       _scores_in_background(t.background_scoring, ctx))
     return _Run(out, precision, state, net, state.batches, val_vol, scorer, RunLog(out, ctx.is_main, state.step), start,
                 scored=scored_vol)
-
-
-def _starting_model(init: str) -> tuple[UNet, Intensity | None]:
-    """The weights ``train.init`` names, and the scaling of the images they were trained on:
-    fine-tuning scales its images the same, so the model sees what it learnt from."""
-    model, meta = load_model(init)
-    recorded = (meta.get("config") or {}).get("intensity")
-    return model, Intensity(**recorded) if isinstance(recorded, dict) else None
 
 
 def _scores_in_background(asked: bool | None, ctx: distributed.DistContext) -> bool:
@@ -457,11 +451,11 @@ def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.
     if not ctx.is_main:
         return None
     if run.val is None:  # nothing validated: the last weights are the run's
-        last_model, _ = load_model(run.out / "last.safetensors", device)
+        last_model = load(run.out / "last.safetensors", device).network
         return FoldResult(None, run.out, state.step, None, None, None, None, {"train": train_s},
                           run.out / "last.safetensors", last_model, run.precision)
     best_path = run.out / "best.safetensors"
-    best_model, _ = load_model(best_path, device)
+    best_model = load(best_path, device).network
     volume = run.val if run.scored is None else run.scored
     if run.best_validation is None or run.scored is not None:  # resumed after the best step, or scored apart
         scorer = FoldScorer(volume, cfg.predict, cfg.segment, run.precision, background=False)
