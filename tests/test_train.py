@@ -359,7 +359,7 @@ def test_probability_stacks_are_imagej_stacks_with_the_inputs_calibration(tiny_r
 
 
 def test_checkpoints_record_how_the_training_images_were_scaled(small_isbi, tmp_path, capsys):
-    from emunet.infer.predict import loads
+    from emunet.infer.predict import load_models
 
     images16 = tmp_path / "twelve-bit.tif"
     tifffile.imwrite(images16, tifffile.imread(small_isbi["images"]).astype(np.uint16) * 16)  # 0..4080: 12-bit
