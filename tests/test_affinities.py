@@ -276,3 +276,44 @@ def test_the_default_cells_of_an_unsure_map_are_whole():
     assert _each_cell_whole(seeded_watershed(prob, SegmentConfig().seed_threshold, SegmentConfig().min_size), cells)
     assert not _each_cell_whole(seeded_watershed(prob, 0.8, 50), cells)
 
+
+
+def _halves(nearest_across: float, long_across: float) -> np.ndarray:
+    """Affinities (4, 32, 32) of one 32 x 32 image seen as two halves, columns 0-15 and 16-31:
+    pixel pairs within a half sure (0.95), pairs across the middle as given."""
+    offsets = ((-1, 0), (0, -1), (-9, 0), (0, -9))
+    affs = np.full((4, 32, 32), 0.95, np.float32)
+    for c, (_, dx) in enumerate(offsets):
+        if dx:  # pairs (x, x + dx) with x on the right half and its partner on the left
+            across = (np.arange(32) >= 16) & (np.arange(32) + dx < 16)
+            affs[c][:, across] = nearest_across if abs(dx) == 1 else long_across
+    return affs
+
+
+def test_the_walls_that_no_membrane_supports_are_counted_by_hand():
+    from emunet.infer.segment import unsupported_wall_share
+
+    offsets = ((-1, 0), (0, -1))
+    cells = np.array([[[1, 1, 2, 2], [1, 1, 2, 2]]], np.uint32)  # 2 rows: 2 horizontal wall pairs, none vertical
+    affs = np.full((1, 2, 2, 4), 0.9, np.float32)
+    affs[0, 1, 0, 2] = 0.1  # the (0, -1) pair at row 0 between columns 1 and 2: a membrane
+    assert unsupported_wall_share(cells, affs, offsets, bias=0.5) == 0.5
+    assert unsupported_wall_share(cells, affs, offsets, bias=0.95) == 0.0
+
+
+def test_the_long_range_bias_is_lowered_only_where_walls_stand_on_no_membrane():
+    """A model unsure across a cell's middle (long-range 0.47, nearest neighbours 0.52: no
+    membrane) splits it at long-range bias 0.5; calibrated, the stack's walls are 100 % unsupported,
+    so the bias falls to 0.45 and the cell is one. A real wall (nearest neighbours 0.05) stays."""
+    from emunet.infer.segment import mutex_stack
+
+    offsets = ((-1, 0), (0, -1), (-9, 0), (0, -9))
+    unsure = _halves(nearest_across=0.52, long_across=0.47)[None]
+    wall = _halves(nearest_across=0.05, long_across=0.1)[None]
+    fixed = SegmentConfig(min_size=0, calibrate=False)
+    assert mutex_stack(unsure, offsets, fixed)[0].max() == 2
+    cells, bias = mutex_stack(unsure, offsets, SegmentConfig(min_size=0))
+    assert (cells.max(), bias) == (1, 0.45)
+    cells, bias = mutex_stack(wall, offsets, SegmentConfig(min_size=0))
+    assert (cells.max(), bias) == (2, 0.5)
+    assert (np.unique(cells[0][:, :16]).size, np.unique(cells[0][:, 16:]).size) == (1, 1)

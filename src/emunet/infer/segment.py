@@ -23,12 +23,20 @@ from skimage.segmentation import expand_labels, watershed
 from ..model.affinities import Offsets
 from ..config import SegmentConfig
 
-__all__ = ["SegmentConfig", "mutex_watershed", "seeded_watershed", "merge_small_segments", "segment_stack"]
+__all__ = ["SegmentConfig", "mutex_watershed", "mutex_stack", "unsupported_wall_share", "seeded_watershed", "merge_small_segments",
+           "segment_stack"]
 
 log = logging.getLogger("emunet")
 
 _FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 _FOUR_CONNECTED.flags.writeable = False  # shared by every call: nobody may change it
+
+# The long-range bias's calibration (SegmentConfig.calibrate): on ISBI 2-3 % of the cells' walls
+# cut a pixel pair whose nearest-neighbour affinity says "connected" (held-out and trained-on
+# slices alike), on another lab's ssTEM stack 10 %, from long-range edges inside cells that the
+# model is unsure of; 5 % lies between (docs/transfer.md#cells-as-good-as-their-map).
+MOST_UNSUPPORTED_WALLS = 0.05
+BIAS_STEP, LOWEST_LONG_RANGE_BIAS = 0.05, 0.4
 
 
 def mutex_watershed(affinities: np.ndarray, offsets: Offsets, bias: float = 0.5, long_range_bias: float = 0.5,
@@ -44,6 +52,47 @@ def mutex_watershed(affinities: np.ndarray, offsets: Offsets, bias: float = 0.5,
     signed = affinities.astype(np.float64) - biases[:, None, None]
     labels = mwatershed.agglom(signed, [list(o) for o in offsets])
     return merge_small_segments(_consecutive(labels), min_size)
+
+
+def unsupported_wall_share(cells: np.ndarray, affinities: np.ndarray, offsets: Offsets, bias: float) -> float:
+    """Of the walls between cells (pixel pairs of a stack (N, H, W) of cells whose ids differ,
+    4-connected), the share whose nearest-neighbour affinity is above ``bias``: walls that only
+    long-range edges put there, with no membrane between the two pixels."""
+    walls = unsupported = 0
+    for c, (dy, dx) in enumerate(offsets):
+        if abs(dy) + abs(dx) != 1:
+            continue
+        here, there = _pair_slices(dy, cells.shape[-2]), _pair_slices(dx, cells.shape[-1])
+        at = (slice(None), here[0], there[0])
+        wall = cells[at] != cells[(slice(None), here[1], there[1])]
+        walls += int(wall.sum())
+        unsupported += int((affinities[:, c][at][wall] > bias).sum())
+    return unsupported / walls if walls else 0.0
+
+
+def _pair_slices(step: int, size: int) -> tuple[slice, slice]:
+    """Along one axis, where a pixel lies and where its partner ``step`` away lies."""
+    if step < 0:
+        return slice(-step, size), slice(0, size + step)
+    return slice(0, size - step), slice(step, size)
+
+
+def mutex_stack(affinities: np.ndarray, offsets: Offsets, cfg: SegmentConfig) -> tuple[np.ndarray, float]:
+    """The mutex watershed of every section's affinities (N, C, H, W), and the long-range bias it
+    used: ``cfg.long_range_bias``, lowered for the whole stack while its cells' walls are more
+    than :data:`MOST_UNSUPPORTED_WALLS` unsupported (``cfg.calibrate``)."""
+    long_range = cfg.long_range_bias
+    while True:
+        cells = np.stack([mutex_watershed(a, offsets, cfg.bias, long_range, cfg.min_size) for a in affinities])
+        lowest = min(cfg.long_range_bias, LOWEST_LONG_RANGE_BIAS)
+        if not cfg.calibrate or long_range - BIAS_STEP < lowest - 1e-9:
+            return cells, long_range
+        share = unsupported_wall_share(cells, affinities, offsets, cfg.bias)
+        if share <= MOST_UNSUPPORTED_WALLS:
+            return cells, long_range
+        log.info(f"cells: {share:.1%} of the walls at long-range bias {long_range:g} have no membrane under them; "
+                 f"taking {long_range - BIAS_STEP:g}")
+        long_range = round(long_range - BIAS_STEP, 4)
 
 
 def seeded_watershed(interior: np.ndarray, seed_threshold: float = 0.9, min_size: int = 0) -> np.ndarray:
@@ -96,13 +145,14 @@ def _consecutive(labels: np.ndarray) -> np.ndarray:
 def segment_stack(interior: np.ndarray, affinities: np.ndarray | None, offsets: Offsets | None,
                   cfg: SegmentConfig, warn: bool = True) -> np.ndarray:
     """Cells of every slice (N, H, W) uint32: the mutex watershed of the affinities where there
-    are any, else the seeded watershed of the interior map."""
-    out = np.empty(interior.shape, np.uint32)
-    for i in range(len(interior)):
-        if affinities is not None:
-            out[i] = mutex_watershed(affinities[i], offsets, cfg.bias, cfg.long_range_bias, cfg.min_size)
-        else:
-            out[i] = seeded_watershed(interior[i], cfg.seed_threshold, cfg.min_size)
+    are any (its long-range bias calibrated on the whole stack), else the seeded watershed of
+    the interior map."""
+    if len(interior) == 0:
+        return np.zeros(interior.shape, np.uint32)
+    if affinities is not None:
+        out = mutex_stack(affinities, offsets, cfg)[0]
+    else:
+        out = np.stack([seeded_watershed(page, cfg.seed_threshold, cfg.min_size) for page in interior]).astype(np.uint32)
     if warn:
         _say_where_cells_failed(out, interior, affinities is not None, cfg)
     return out
