@@ -363,3 +363,39 @@ def test_a_colour_or_channel_tiff_reads_alike_whole_and_lazily(layout, tmp_path,
     assert volume.shape == expected.shape and np.array_equal(lazy, expected)
     assert np.allclose(whole.images, expected / 255.0, atol=1e-6)
     assert ("reduced to grey" if layout != "channels" else "as sections") in caplog.text
+
+
+def test_a_2_5d_model_sees_the_same_neighbours_blockwise_as_in_memory(tmp_path):
+    """data.context=2: the first and last sections' missing neighbours are the stack mirrored at
+    its ends (section -2 is section 1, -1 is 0), blockwise as in memory; the oracle is the tiling
+    given those five sections by hand."""
+    import torch
+
+    from emunet.config import PredictConfig
+    from emunet.infer.blockwise import predict_to_ome_zarr
+    from emunet.infer.predict import predict_volume
+    from emunet.infer.tiling import predict_image
+    from emunet.io.data import Volume
+    from emunet.model.checkpoint import save_weights
+    from emunet.model.unet import create_model
+
+    torch.manual_seed(0)
+    model = create_model("unet_cpu", width=4, depth=2, in_channels=5).eval()
+    path = tmp_path / "ctx2.safetensors"
+    save_weights(path, model, model.cfg, {"step": 0, "config": {"intensity": {"low": 0.0, "high": 255.0, "dtype": "uint8",
+                                                                               "how": "8-bit"}}})
+    raw = np.random.default_rng(1).integers(0, 256, (4, 96, 96), dtype=np.uint8)  # every section different
+    zarr.open_array(str(tmp_path / "v.zarr"), mode="w", shape=raw.shape, chunks=(1, 32, 32), dtype=raw.dtype,
+                    zarr_format=2)[...] = raw
+    pcfg = PredictConfig(tile=64, overlap=0.25, margin=16, smooth=0.0, close_gaps=0.0)
+    grey = raw.astype(np.float32) / 255
+    in_memory = predict_volume([model], Volume(grey, [f"s{i}" for i in range(4)], tmp_path / "v.tif"), pcfg, "fp32")
+    predict_to_ome_zarr([path], str(tmp_path / "v.zarr"), tmp_path / "out.ome.zarr", pcfg, "fp32", device="cpu", block=64,
+                        chunk=32, dtype="float32", progress=False)
+    blockwise = zarr.open_array(str(tmp_path / "out.ome.zarr" / "0"), mode="r")[...]
+    np.testing.assert_allclose(blockwise, in_memory, rtol=0, atol=1e-6)
+    settings = pcfg.tiling("fp32")
+    first = predict_image(model, [grey[j] for j in (1, 0, 0, 1, 2)], **settings)
+    last = predict_image(model, [grey[j] for j in (1, 2, 3, 3, 2)], **settings)
+    np.testing.assert_allclose(in_memory[0], first, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(in_memory[3], last, rtol=0, atol=1e-6)

@@ -27,7 +27,6 @@ import numpy as np
 
 from ..config import PredictConfig
 from ..errors import DataError, UsageError
-from ..io.data import mirror_index
 from ..model.bundled import resolve_checkpoint
 from ..io.provenance import file_sha256, made_by_record, recorded_made_by, differences as _differences
 from .postprocess import CLOSE_GAPS_MARGIN, CLOSE_GAPS_WINDOW, smooth_in_place, wall_levels
@@ -77,29 +76,13 @@ def check_block_size(block: int, chunk: int, pcfg: PredictConfig) -> None:
 def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConfig, precision: str) -> np.ndarray:
     """The post-processed probabilities of one block (float32), equal to the same pixels of its
     section predicted and post-processed whole."""
-    from .predict import model_context
-    from .tiling import predict_region
-    from .tta import predict_region_tta
+    from .kernel import predict_section_region
 
     n, h, w = volume.shape
     halo = _halo(pcfg)
     ry0, ry1, rx0, rx1 = max(0, block.y0 - halo), min(h, block.y1 + halo), max(0, block.x0 - halo), min(w, block.x1 + halo)
     raw = np.zeros((ry1 - ry0, rx1 - rx0), np.float32)
-    extra = np.empty_like(raw) if len(models) > 1 else None
-    settings = pcfg.tiling(precision)
-    for k, model in enumerate(models):
-        k_ctx = model_context(model)
-        sections = mirror_index(block.z - k_ctx, 2 * k_ctx + 1, n).tolist()  # mirrored at the ends, as Volume.planes
-        read = lambda rows, cols, s=sections: [volume.read(z, rows, cols) for z in s]  # noqa: E731
-        target = raw if k == 0 else extra
-        if pcfg.tta:
-            target[...] = predict_region_tta(model, read, (h, w), (ry0, ry1, rx0, rx1), **settings)
-        else:
-            predict_region(model, read, (h, w), (ry0, ry1, rx0, rx1), out=target, **settings)
-        if k:
-            raw += extra
-    if len(models) > 1:
-        raw /= len(models)
+    predict_section_region(models, volume.read, n, block.z, (h, w), (ry0, ry1, rx0, rx1), pcfg, precision, out=raw)
     smooth_in_place(raw, pcfg.smooth)
     inner = raw[block.y0 - ry0 : block.y1 - ry0, block.x0 - rx0 : block.x1 - rx0].copy()
     if pcfg.close_gaps > 0:

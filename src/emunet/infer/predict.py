@@ -30,8 +30,7 @@ from ..progress import progress_bar
 from .segment import SegmentConfig, segment_stack
 from ..io.storage import is_url
 from .rescale import resized, scale_factor, to_model_scale
-from .tiling import predict_image
-from .tta import predict_image_tta
+from .kernel import model_context, predict_section_region
 
 __all__ = [
     "model_context",
@@ -46,15 +45,6 @@ __all__ = [
     "SegmentedFile",
     "segment_file",
 ]
-
-
-def model_context(model: UNet) -> int:
-    """Neighbouring sections on each side that ``model`` takes as extra input channels
-    (0 for a 2-D model, k for a 2.5-D model with 2k + 1 input channels)."""
-    channels = model.cfg.in_channels
-    if channels % 2 == 0:
-        raise CheckpointError(f"a model with {channels} input channels is neither 2-D (1) nor 2.5-D (2k + 1 sections)")
-    return (channels - 1) // 2
 
 
 @dataclass
@@ -112,23 +102,12 @@ def predict_raw(
     for m in models:
         m.eval()
     n, h, w = volume.images.shape
-    page = (len(offsets), h, w) if offsets else (h, w)
-    out = np.empty((n, *page), np.float32)
-    extra = np.empty(page, np.float32) if len(models) > 1 else None
+    out = np.empty((n, *((len(offsets), h, w) if offsets else (h, w))), np.float32)
     slices = progress_bar(desc="predict", unit="slice", enabled=progress, items=range(len(volume)), transient=True)
-    settings = pcfg.tiling(precision)
+    read = lambda z, rows, cols: volume.stack[z][rows, cols]  # noqa: E731  (views: no copy)
     for i in slices:
-        for k, m in enumerate(models):
-            target = out[i] if k == 0 else extra
-            planes = volume.planes(i, model_context(m))
-            if pcfg.tta:
-                target[...] = predict_image_tta(m, planes, **settings)
-            else:
-                predict_image(m, planes, out=target, progress=progress, **settings)  # no second copy
-            if k:
-                out[i] += extra
-        if len(models) > 1:
-            out[i] /= len(models)
+        predict_section_region(models, read, len(volume.stack), volume.z[i], (h, w), (0, h, 0, w), pcfg, precision,
+                               out=out[i], progress=progress)
     for m, mode in zip(models, modes):
         m.train(mode)
     return out
