@@ -68,3 +68,25 @@ def test_the_predictor_shapes_its_answer_as_the_image_it_was_given(tiny_run, sma
     assert predictor(image[None]).shape == (1, 96, 80)
     with pytest.raises(DataError, match=r"looks like an RGB image; give one grey channel"):
         predictor(np.stack([image] * 3, axis=-1))
+
+
+def test_score_from_python_equals_the_command(tmp_path, capsys):
+    """Saved maps scored by ``jobs.score`` and by ``unet score``: one function behind both. A map
+    that is the labels themselves scores 1 at every threshold above 0 (the oracle)."""
+    import tifffile
+
+    from emunet.jobs import score
+    from emunet.train.sampling import fold_split
+
+    labels = np.zeros((12, 64, 64), np.uint8)
+    labels[:, :, :] = 255
+    labels[:, 31:33, :] = labels[:, :, 31:33] = 0  # four cells per slice
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    tifffile.imwrite(tmp_path / "maps.tif", (labels / 255).astype(np.float32))
+    done = score(tmp_path / "maps.tif", tmp_path / "labels.tif", fold=1, json=tmp_path / "py.json")
+    assert done.slices == sorted(fold_split(12, 1)[1]) and done.names == [f"slice {i}" for i in done.slices]
+    assert done.result["v_rand"] == 1.0
+    assert main(["score", str(tmp_path / "maps.tif"), str(tmp_path / "labels.tif"), "--fold", "1", "--json",
+                 str(tmp_path / "cli.json")]) == 0
+    ours, theirs = json.loads((tmp_path / "py.json").read_text()), json.loads((tmp_path / "cli.json").read_text())
+    assert {k: v for k, v in ours.items() if k != "seconds"} == {k: v for k, v in theirs.items() if k != "seconds"}

@@ -6,7 +6,6 @@ import argparse
 import logging
 import os
 import sys
-import time
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 
@@ -496,39 +495,17 @@ def _slice_list(spec: str) -> list[int]:
 
 
 def cmd_score(args) -> int:
-    from .score.challenge import score_segmentation_stack, score_stack
-    from .io.data import read_labels
-    from .train.sampling import fold_split
-    from .errors import DataError, UsageError
-    from .score.evaluate import format_sweep, pick_slices, read_maps, warn_if_inverted
-    from .io.files import write_json
-    from .io.storage import staged_output
+    from .errors import UsageError
+    from .jobs import score
+    from .score.evaluate import format_sweep
 
     if args.slices and args.fold is not None:
         raise UsageError("--slices and --fold both choose slices; give one")
-    labels, _ = read_labels(args.labels, args.foreground, args.mask_threshold)
-    maps, names = read_maps(args.maps, args.segmentation)
-    slices = _slice_list(args.slices) if args.slices else None
-    if args.fold is not None:
-        slices = sorted(fold_split(len(labels), args.fold)[1])
-    maps, labels = pick_slices(maps, labels, slices, args.maps)
-    if maps.shape[1:] != labels.shape[1:]:
-        raise DataError(f"{args.maps}: maps are {maps.shape[1]}x{maps.shape[2]} but labels are {labels.shape[1]}x{labels.shape[2]}")
-    if slices is not None:
-        names = [f"slice {i}" for i in slices]
-    elif len(names) != len(maps):
-        names = [f"slice {i}" for i in range(len(maps))]
-    if not args.segmentation:
-        warn_if_inverted(maps, labels, args.maps)
-    start = time.perf_counter()
-    result = score_segmentation_stack(maps, labels) if args.segmentation else score_stack(maps, labels)
-    seconds = time.perf_counter() - start
-    print(f"{args.maps} against {args.labels} ({len(maps)} slices, {seconds:.2f} s):")
-    print(format_sweep(result, names))
+    done = score(args.maps, args.labels, args.foreground, args.mask_threshold, args.segmentation,
+                 _slice_list(args.slices) if args.slices else None, args.fold, args.json)
+    print(f"{args.maps} against {args.labels} ({len(done.names)} slices, {done.seconds:.2f} s):")
+    print(format_sweep(done.result, done.names))
     if args.json:
-        with staged_output(args.json) as local:
-            write_json(local, {"maps": str(args.maps), "labels": str(args.labels), "slices": slices,
-                               "segmentation": args.segmentation, **result, "seconds": seconds})
         print(f"wrote {args.json}")
     return 0
 

@@ -28,7 +28,8 @@ from .score.evaluate import FoldResult, ScoreReport, score_prediction, write_eva
 from .score.report import write_report
 from .train.loop import train
 
-__all__ = ["run", "train_fold", "cross_validate", "evaluate", "cv_files", "RunDone", "CrossValidationDone", "EvaluateDone"]
+__all__ = ["run", "train_fold", "cross_validate", "evaluate", "score", "cv_files", "RunDone", "CrossValidationDone", "EvaluateDone",
+           "ScoreDone"]
 
 
 @dataclass
@@ -188,6 +189,55 @@ def evaluate(predictor: Predictor | str | Path | Sequence[str | Path], images: s
         write_eval_json(local, report, checkpoint=checkpoints, step=predictor.step, data=data, precision=predictor.precision,
                         predict=vars(predictor.settings), seconds={"eval": time.perf_counter() - start})
     return EvaluateDone(report, data, out)
+
+
+@dataclass
+class ScoreDone:
+    """What ``score`` did: the challenge's scores (``score_stack`` or ``score_segmentation_stack``
+    of :mod:`score.challenge`), the scored slices' names, and the seconds scoring took."""
+
+    result: dict
+    names: list[str]
+    slices: list[int] | None
+    seconds: float
+    json: str | Path | None = None
+
+
+def score(maps: str | Path, labels: str | Path, foreground: int = 255, mask_threshold: float | None = None,
+          segmentation: bool = False, slices: Sequence[int] | None = None, fold: int | None = None,
+          json: str | Path | None = None) -> ScoreDone:
+    """Score saved maps (or label images, ``segmentation``) against labels as the challenge does,
+    on all slices, the listed ``slices`` or fold ``fold``'s validation slices; the scores are
+    written to ``json`` (a path or URL) where given. ``foreground``: the mask value of the cell
+    interior (ISBI: 255)."""
+    from .errors import DataError, UsageError
+    from .io.data import read_labels
+    from .score.challenge import score_segmentation_stack, score_stack
+    from .score.evaluate import pick_slices, read_maps, warn_if_inverted
+    from .train.sampling import fold_split
+
+    if slices is not None and fold is not None:
+        raise UsageError("slices and a fold both choose slices; give one")
+    truth, _ = read_labels(labels, foreground, mask_threshold)
+    stack, names = read_maps(maps, segmentation)
+    chosen = sorted(fold_split(len(truth), fold)[1]) if fold is not None else (list(slices) if slices is not None else None)
+    stack, truth = pick_slices(stack, truth, chosen, maps)
+    if stack.shape[1:] != truth.shape[1:]:
+        raise DataError(f"{maps}: maps are {stack.shape[1]}x{stack.shape[2]} but labels are {truth.shape[1]}x{truth.shape[2]}")
+    if chosen is not None:
+        names = [f"slice {i}" for i in chosen]
+    elif len(names) != len(stack):
+        names = [f"slice {i}" for i in range(len(stack))]
+    if not segmentation:
+        warn_if_inverted(stack, truth, maps)
+    start = time.perf_counter()
+    result = score_segmentation_stack(stack, truth) if segmentation else score_stack(stack, truth)
+    seconds = time.perf_counter() - start
+    if json:
+        with staged_output(json) as local:
+            write_json(local, {"maps": str(maps), "labels": str(labels), "slices": chosen, "segmentation": segmentation,
+                               **result, "seconds": seconds})
+    return ScoreDone(result, names, chosen, seconds, json)
 
 
 def is_run_record(path: str | Path) -> bool:
