@@ -112,19 +112,20 @@ def format_table(report: ScoreReport) -> str:
     return "\n".join(lines)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FoldResult:
     """One trained and scored fold, the one type that training returns, the jobs pass on and the
     report draws: the best weights' validation (scores, slices, map, cells), where they are, and
     the weights themselves (loaded, eval mode) so nothing is read or scored twice. A run that
-    trained on every slice (``data.train_ratio=1``) has no fold, scores, slices or maps."""
+    trained on every slice (``data.train_ratio=1``) has no fold, scores, slices or maps. Built by
+    keyword: a dozen fields, several of one type, are too easy to put in the wrong place."""
 
-    fold: int | None
     run_dir: Path
     step: int
-    report: ScoreReport | None
-    volume: Volume | None  # the validation slices
-    probs: np.ndarray | None
+    fold: int | None = None
+    report: ScoreReport | None = None
+    volume: Volume | None = None  # the validation slices
+    probs: np.ndarray | None = None
     cells: np.ndarray | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     best_path: Path | None = None

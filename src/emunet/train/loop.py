@@ -452,8 +452,8 @@ def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.
         return None
     if run.val is None:  # nothing validated: the last weights are the run's
         last_model = load(run.out / "last.safetensors", device).network
-        return FoldResult(None, run.out, state.step, None, None, None, None, {"train": train_s},
-                          run.out / "last.safetensors", last_model, run.precision)
+        return FoldResult(run_dir=run.out, step=state.step, seconds={"train": train_s}, best_path=run.out / "last.safetensors",
+                          model=last_model, precision=run.precision)
     best_path = run.out / "best.safetensors"
     best_model = load(best_path, device).network
     volume = run.val if run.scored is None else run.scored
@@ -463,6 +463,6 @@ def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.
         done = scorer.finished()[0]
         run.best_validation = done.report, done.probs, done.cells
     report, probs, cells = run.best_validation
-    return FoldResult(cfg.data.fold, run.out, int(state.best["step"]), report, volume, probs, cells,
-                      {"train": train_s, "eval": time.perf_counter() - run.start - train_s}, best_path, best_model,
-                      run.precision, cfg.chosen_by())
+    return FoldResult(fold=cfg.data.fold, run_dir=run.out, step=int(state.best["step"]), report=report, volume=volume,
+                      probs=probs, cells=cells, seconds={"train": train_s, "eval": time.perf_counter() - run.start - train_s},
+                      best_path=best_path, model=best_model, precision=run.precision, chosen_by=cfg.chosen_by())
