@@ -203,3 +203,31 @@ def test_a_local_path_that_hides_a_bundled_model_is_named(kind, tmp_path, monkey
         (tmp_path / "isbi-cells").write_text("notes\n")
     assert main(["predict", "isbi-cells", "im.tif", "-o", "p.tif", "-q"]) == 2
     assert f"a {kind} named isbi-cells here hides the bundled model" in capsys.readouterr().err
+
+
+def test_the_widgets_fine_tune_from_layers_in_memory_equals_the_command_from_files(small_isbi, tmp_path):
+    """The napari task trains on its layers as arrays (no files between); the same slices saved
+    as TIFFs and fine-tuned by `unet train --from` give the same weights, tensor for tensor."""
+    import torch
+    from skimage.measure import label
+
+    from emunet.model.checkpoint import load
+    from emunet.napari_plugin.tasks import LAYER_SOURCE, fine_tune, training_masks
+
+    data = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}", "data.test_images=null"]
+    base = tmp_path / "base"
+    assert main(["train", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(base), "-q", *data, *TINY,
+                 "train.steps=1", "data.train_ratio=1", "data.intensity=percentile"]) == 0
+    images = (tifffile.imread(small_isbi["images"])[:2] * 0.6).astype(np.uint8)  # darker than the base's
+    cells = np.stack([label(page > 0, connectivity=1) for page in tifffile.imread(small_isbi["labels"])[:2]])  # a cells layer
+    tuned = fine_tune(base / "last.safetensors", images, cells, "cells", 2, tmp_path / "layers")
+
+    tifffile.imwrite(tmp_path / "im.tif", images, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "masks.tif", training_masks(cells, "cells"), photometric="minisblack")
+    assert main(["train", "--from", str(base / "last.safetensors"), "--out", str(tmp_path / "files"), "-q",
+                 f"data.images={tmp_path / 'im.tif'}", f"data.labels={tmp_path / 'masks.tif'}", "train.steps=2"]) == 0
+    from_layers, from_files = load(tuned), load(tmp_path / "files" / "last.safetensors")
+    for name, tensor in from_files.network.state_dict().items():
+        torch.testing.assert_close(from_layers.network.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    assert from_layers.intensity == from_files.intensity == load(base / "last.safetensors").intensity
+    assert from_layers.run["data"]["images"] == f"{LAYER_SOURCE}image"

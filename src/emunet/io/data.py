@@ -21,7 +21,7 @@ from .pixels import Calibration, Intensity, choose_intensity, read_calibration
 from .storage import local_copy
 from .volumes import is_volume_path, open_volume, volume_stem
 
-__all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "scaling_for", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "masks_to_labels", "mirror_index"]
+__all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "scaling_for", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "labelled_arrays", "masks_to_labels", "mirror_index"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # A foreground share below this is unlike EM cell interiors (ISBI: about 78 %): most likely
@@ -345,6 +345,28 @@ def _not_two_valued(file: Path, arr: np.ndarray, values: set) -> str:
         return found + ("if these are instance labels (an id per cell, 0 on the membranes), set --mask-threshold 1 "
                         "(data.mask_threshold=1): every id of 1 or more is then cell interior")
     return found + "for antialiased or resized masks set --mask-threshold (data.mask_threshold), e.g. 128"
+
+
+def labelled_arrays(images: np.ndarray, labels: np.ndarray, intensity: Intensity | None = None, intensity_mode: str = "auto",
+                    source: str = "<array>") -> Volume:
+    """A labelled stack from arrays in memory, as :func:`load_labelled` makes one from files:
+    raw pixels (H, W) or (N, H, W), their labels of the same shape (1 = cell interior,
+    0 = membrane), scaled by ``intensity`` (a checkpoint's) where it fits their pixel type."""
+    stack, truth = np.asarray(images), np.asarray(labels)
+    stack, truth = (stack[None] if stack.ndim == 2 else stack), (truth[None] if truth.ndim == 2 else truth)
+    if stack.ndim != 3:
+        raise DataError(f"{source}: expected an (H, W) image or an (N, H, W) stack, got shape {np.shape(images)}")
+    if truth.shape != stack.shape:
+        raise DataError(f"{source}: labels of shape {truth.shape} for images of shape {stack.shape}; give one label per pixel")
+    values = np.unique(truth)
+    if not set(values.tolist()) <= {0, 1}:
+        raise DataError(f"{source}: labels must be 1 (cell interior) and 0 (membrane), got values {values[:6].tolist()}")
+    names = [f"image_{i:03d}" for i in range(len(stack))]
+    scaling = scaling_for(list(stack), [Path(f"{source}[{i}]") for i in range(len(stack))], intensity, intensity_mode)
+    scaled = np.empty(stack.shape, np.float32)
+    for page, out in zip(stack, scaled):
+        scaling.apply(page, out)
+    return Volume(scaled, names, Path(source), labels=truth.astype(np.uint8), intensity=scaling)
 
 
 def load_labelled(images: str | Path, labels: str | Path, foreground: int = 255, min_size: int = 1,

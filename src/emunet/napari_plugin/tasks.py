@@ -5,7 +5,6 @@ compare with ``unet predict``."""
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,12 +86,13 @@ def training_masks(labels: np.ndarray, meaning: str) -> np.ndarray:
     return np.where(interior, 255, 0).astype(np.uint8)
 
 
+LAYER_SOURCE = "napari://layer/"  # what a fine-tuned run records as its images: the viewer's layers
+
+
 def fine_tune(start: str | Path, images: np.ndarray, labels: np.ndarray, meaning: str, steps: int, out_dir: str | Path,
               on_step: Callable[[int], bool] | None = None) -> Path | None:
     """Fine-tune ``start`` on an image layer and its labels layer (same shape) for ``steps``
     steps into ``out_dir``; the new weights' path, or None when ``on_step`` said stop."""
-    import tifffile
-
     from ..train.finetune import fine_tune_config
     from ..train.loop import TrainingInterrupted, train
 
@@ -102,13 +102,11 @@ def fine_tune(start: str | Path, images: np.ndarray, labels: np.ndarray, meaning
     if masks.shape != stack.shape:
         raise LayerError(f"The labels layer is {masks.shape[-2:]} per slice and the image {stack.shape[-2:]}; "
                          "paint labels over the image itself.")
-    with tempfile.TemporaryDirectory(prefix="emunet-fine-tune-") as folder:
-        tifffile.imwrite(Path(folder) / "images.tif", stack, photometric="minisblack")  # sections, not RGB planes
-        tifffile.imwrite(Path(folder) / "masks.tif", masks, photometric="minisblack")
-        cfg = fine_tune_config(start, [f"data.images={folder}/images.tif", f"data.labels={folder}/masks.tif",
-                                       "data.foreground=255", "data.mask_threshold=null", f"train.steps={steps}"], out_dir)
-        try:
-            done = train(cfg, progress=False, overwrite=True, on_step=on_step)
-        except TrainingInterrupted:
-            return None
+    # the layers train as they are, in memory; the run records where they came from
+    cfg = fine_tune_config(start, [f"data.images={LAYER_SOURCE}image", f"data.labels={LAYER_SOURCE}labels",
+                                   "data.foreground=255", "data.mask_threshold=null", f"train.steps={steps}"], out_dir)
+    try:
+        done = train(cfg, progress=False, overwrite=True, on_step=on_step, data=(stack, (masks == 255).astype(np.uint8)))
+    except TrainingInterrupted:
+        return None
     return done.best_path

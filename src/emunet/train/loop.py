@@ -24,7 +24,7 @@ from ..io import storage
 from .batches import BatchStream, make_batch_fn
 from ..model.checkpoint import list_checkpoints, load, load_into, load_state, prune_checkpoints, save_state, save_weights
 from ..config import Config, config_to_dict, dump_config, with_absolute_paths
-from ..io.data import Intensity, Volume, load_labelled
+from ..io.data import Intensity, Volume, labelled_arrays, load_labelled
 from ..io.volumes import is_volume_path
 from ..device import autocast_for, choose_precision, keep_freed_memory
 from ..errors import ConfigError, DataError, TrainingError, TrainingInterrupted
@@ -48,22 +48,25 @@ def build_model(cfg: Config) -> UNet:
                         init=m.init, head=m.head, offsets=m.offsets, in_channels=2 * cfg.data.context + 1)
 
 
-def load_split(cfg: Config, min_size: int = 1, intensity: Intensity | None = None
-               ) -> tuple[Volume | LazyLabelled, Volume | None]:
+def load_split(cfg: Config, min_size: int = 1, intensity: Intensity | None = None,
+               arrays: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[Volume | LazyLabelled, Volume | None]:
     """The training and validation slices of ``cfg.data.fold`` (None with ``data.train_ratio=1``:
     every slice trains); a Zarr or HDF5 volume's training sections stay on disk (tiles are read
-    as they are drawn)."""
+    as they are drawn). ``arrays``: images and labels in memory, read in place of the files."""
     d = cfg.data
-    if is_volume_path(d.images) and not storage.is_url(d.images):
+    if arrays is not None:
+        vol = labelled_arrays(*arrays, intensity=intensity, intensity_mode=d.intensity)
+    elif is_volume_path(d.images) and not storage.is_url(d.images):
         if d.context:
             raise ConfigError("data.context (2.5-D input) reads the images into memory: give them as a TIFF stack")
         return load_volume_split(d.images, d.labels, d.fold, d.train_ratio, d.foreground, d.mask_threshold, d.channel,
                                  d.intensity)
-    vol = load_labelled(cfg.data.images, cfg.data.labels, cfg.data.foreground, min_size=min_size,
-                        mask_threshold=cfg.data.mask_threshold, channel=cfg.data.channel, intensity_mode=cfg.data.intensity,
-                        intensity=intensity)
+    else:
+        vol = load_labelled(cfg.data.images, cfg.data.labels, cfg.data.foreground, min_size=min_size,
+                            mask_threshold=cfg.data.mask_threshold, channel=cfg.data.channel,
+                            intensity_mode=cfg.data.intensity, intensity=intensity)
     if vol.labels.min() == vol.labels.max():
-        raise DataError(f"{cfg.data.labels}: every mask pixel is of one class; training needs both cell interior and "
+        raise DataError(f"{cfg.data.labels if arrays is None else 'the labels given'}: every mask pixel is of one class; training needs both cell interior and "
                         "membrane (check data.foreground and data.mask_threshold)")
     if cfg.data.train_ratio == 1:
         return vol, None
@@ -238,7 +241,8 @@ def threading_main() -> bool:
 
 
 def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwrite: bool = False,
-          on_step: Callable[[int], bool] | None = None) -> FoldResult | None:
+          on_step: Callable[[int], bool] | None = None, data: tuple[np.ndarray, np.ndarray] | None = None
+          ) -> FoldResult | None:
     """Train per ``cfg``; return the best weights and their validation (``None`` on ranks
     other than 0, which hold neither).
 
@@ -251,6 +255,9 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwr
         overwrite: replace the run already in ``cfg.out_dir`` instead of refusing it.
         on_step: called with the step after each one; returning False stops the run there, its
             checkpoint saved, as Ctrl-C does (:class:`TrainingInterrupted`).
+        data: images (raw pixels, (H, W) or (N, H, W)) and labels (1 = cell interior, 0 =
+            membrane) in memory, trained on in place of ``data.images`` and ``data.labels``
+            (the napari widget's layers).
     """
     cfg = with_absolute_paths(cfg)
     ctx, device = distributed.setup(cfg.train.device, cfg.train.dist_timeout)
@@ -258,7 +265,7 @@ def train(cfg: Config, resume: str | bool = False, progress: bool = True, overwr
         if distributed.restarted_by_torchrun():  # workers restarted by torchrun continue what --overwrite began
             resume, overwrite = resume or True, False
         with storage.using(cfg.storage), open_run_folder(cfg.out_dir, resume, overwrite, enabled=ctx.is_main):
-            return _train(cfg, ctx, device, resume, progress and ctx.is_main, on_step)
+            return _train(cfg, ctx, device, resume, progress and ctx.is_main, on_step, data)
     finally:
         distributed.teardown(ctx)
 
@@ -280,7 +287,8 @@ class _Run:
     scored: Volume | None = None  # with data.inner_val: the fold's slices, which score the chosen model once
 
 
-def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool) -> _Run:
+def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool,
+             data: tuple[np.ndarray, np.ndarray] | None = None) -> _Run:
     """Data, model, optimiser, and where a stopped run left off; the run's config.yaml once all loaded."""
     t, out = cfg.train, storage.local_folder(cfg.out_dir)
     chosen = choose_precision(t.precision, device)
@@ -301,7 +309,7 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
     # fine-tuning scales its images as the starting model's run did: it sees what it learnt from
     start_from = load(t.init) if t.init and not resume else None
     intensity = start_from.intensity if start_from else None
-    train_vol, val_vol, scored_vol = split_inner(*load_split(cfg, intensity=intensity), cfg.data.inner_val)
+    train_vol, val_vol, scored_vol = split_inner(*load_split(cfg, intensity=intensity, arrays=data), cfg.data.inner_val)
     if start_from is not None:
         load_into(model, start_from.network.state_dict(), start_from.path)
     memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
@@ -389,9 +397,10 @@ def _checkpoint_due(run: _Run, cfg: Config, bar, validating: bool) -> bool:
 
 
 def _train(cfg: Config, ctx: distributed.DistContext, device: torch.device, resume: str | bool, progress: bool,
-           on_step: Callable[[int], bool] | None = None) -> FoldResult | None:
+           on_step: Callable[[int], bool] | None = None, data: tuple[np.ndarray, np.ndarray] | None = None
+           ) -> FoldResult | None:
     t = cfg.train
-    run = _prepare(cfg, ctx, device, resume, progress)
+    run = _prepare(cfg, ctx, device, resume, progress, data)
     state, log, ckpt_dir = run.state, run.log, run.out / "checkpoints"
 
     # --- the loop: sample, step, log, validate, checkpoint -------------------------------
