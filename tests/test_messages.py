@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from emunet.cli import EPILOG, main
+from emunet.cli import main
+from emunet.cli.options import EPILOG
 from emunet.config import Config
 
 
