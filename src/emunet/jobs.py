@@ -1,7 +1,8 @@
 """The commands as functions a Python user can call: ``run`` (train a fold, score it, segment the
 test images), ``cross_validate`` (several folds and their ensemble), ``evaluate`` (score
-checkpoints on labelled images). Each opens its run folder once (local, or mirrored to a store),
-writes its outputs there and hands back what it did; the CLI parses, calls and prints.
+checkpoints on labelled images), ``score`` (saved maps against labels). Each opens its run
+folder once (local, or mirrored to a store), writes its outputs there and hands back what it
+did; the CLI parses, calls and prints.
 
 >>> from emunet.config import load_config
 >>> from emunet.jobs import run
