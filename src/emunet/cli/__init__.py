@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from .commands import (cmd_cv, cmd_evaluate, cmd_export, cmd_import_mindspore, cmd_models, cmd_predict, cmd_presets, cmd_run,
                        cmd_score, cmd_train)
-from .options import build_parser
+from .options import QUIET_MEANS_SILENT, build_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -43,8 +43,6 @@ def _show_warnings() -> None:
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)
 
-
-QUIET_MEANS_SILENT = ("score", "import-mindspore", "export", "presets", "models")  # commands with no progress to hide
 
 COMMANDS = MappingProxyType({"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "score": cmd_score, "run": cmd_run, "cv": cmd_cv,
                              "import-mindspore": cmd_import_mindspore, "export": cmd_export,

@@ -16,6 +16,7 @@ Sections: data, model, augment, train, predict, segment, storage (see configs/*.
 # Options of an OME-Zarr output only, and their defaults (given with another output they are refused).
 BLOCKWISE_DEFAULTS = MappingProxyType({"block": 4096, "chunk": 1024, "dtype": "uint8", "levels": 1, "scheduler": None, "workers": 1})
 OUTPUT_FORMATS = ("tiff", "hdf5", "zarr", "folder")
+QUIET_MEANS_SILENT = ("score", "import-mindspore", "export", "presets", "models")  # commands with no progress to hide
 
 
 def _path_or_url(text: str) -> Path | str:
@@ -50,7 +51,6 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-size", type=float, metavar="NM",
                    help="the images' pixel size in nm (default: from their metadata); images whose pixel size differs "
                    "from the model's are predicted at the model's and resized back")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def _add_out(p: argparse.ArgumentParser) -> None:
@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_presets_command(sub)
     _add_models_command(sub)
     for name, command in sub.choices.items():  # -q everywhere: no progress bars, or no output where there are none
-        if not any("--quiet" in action.option_strings for action in command._actions):
-            command.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+        command.add_argument("-q", "--quiet", action="store_true",
+                             help="print nothing but errors" if name in QUIET_MEANS_SILENT else "no progress bars")
     return parser
 
 
@@ -107,7 +107,6 @@ def _add_train_command(sub) -> None:
                    help="fine-tune MODEL (a bundled model's name, or a checkpoint) on data.images/data.labels: its own "
                    "settings (network, augmentation, prediction, cells, input scaling) with a short run's training "
                    "(train.steps=50, train.lr=1e-4, constant rate, every given slice trains); KEY=VALUE changes any")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _add_evaluate_command(sub) -> None:
@@ -202,7 +201,6 @@ def _add_run_command(sub) -> None:
     _add_common(p)
     _add_out(p)
     _add_run_folder_options(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def _add_cv_command(sub) -> None:
@@ -219,7 +217,6 @@ def _add_cv_command(sub) -> None:
                    "folds from their newest checkpoints, finished ones kept (with the folds' saved config.yaml unless -c "
                    "is given)")
     p.add_argument("--overwrite", action="store_true", help="replace the folds' runs already in the output folder")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
 
 def _add_import_mindspore_command(sub) -> None:
