@@ -90,3 +90,13 @@ def test_score_from_python_equals_the_command(tmp_path, capsys):
                  str(tmp_path / "cli.json")]) == 0
     ours, theirs = json.loads((tmp_path / "py.json").read_text()), json.loads((tmp_path / "cli.json").read_text())
     assert {k: v for k, v in ours.items() if k != "seconds"} == {k: v for k, v in theirs.items() if k != "seconds"}
+
+
+def test_evaluate_from_python_names_its_arguments_not_the_commands_flags(tiny_run):
+    import pytest
+
+    from emunet.errors import UsageError
+
+    with pytest.raises(UsageError, match="images and labels go together") as caught:
+        evaluate(tiny_run / "best.safetensors", images=tiny_run / "x.tif")
+    assert "--" not in str(caught.value)

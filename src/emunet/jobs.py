@@ -170,10 +170,10 @@ def evaluate(predictor: Predictor | str | Path | Sequence[str | Path], images: s
     foreground = cfg.data.foreground if foreground is None else foreground
     threshold = cfg.data.mask_threshold if mask_threshold is None else mask_threshold
     if bool(images) != bool(labels):
-        raise UsageError("images and labels go together (--images and --labels)")
+        raise UsageError("images and labels go together: give both, or neither to score the run's own fold")
     if not images and cfg.data.train_ratio == 1:
         raise UsageError(f"{predictor.paths[0]} was trained on every slice of {cfg.data.images}, so it has no fold to "
-                         "score; give --images and --labels")
+                         "score; give images and labels to score it on")
     volume = load_labelled(images or cfg.data.images, labels or cfg.data.labels, foreground, mask_threshold=threshold,
                            channel=predictor.channel, intensity=predictor.intensity)
     if images:
