@@ -148,7 +148,7 @@ def _add_predict_command(sub) -> None:
                    "above 0.5), 0 = membrane, as the ISBI labels")
     p.add_argument("--overlays", type=_path_or_url, help="also write PNG overlays (membrane in red) into this folder")
     p.add_argument("--segment", nargs="?", const="", metavar="CELLS", type=str,
-                   help="also write the cells, an instance label image (uint32, each id one cell): the mutex watershed "
+                   help="also write the cells, an instance label image (uint32, each id one cell of its section; ids start at 1 on every section): the mutex watershed "
                    "of an affinity model's affinities, or the seeded watershed of a membrane model's map. CELLS: a .tif "
                    "or an OME-Zarr (.zarr); a folder where -o is one; default: beside -o as NAME-cells.tif")
     p.add_argument("--min-size", type=int, metavar="PX", help="with --segment: merge cells smaller than this into "
