@@ -17,7 +17,7 @@ import torch
 from ..config import Config, PredictConfig, SegmentConfig, with_overrides
 from ..errors import DataError
 from ..io.address import Address
-from ..io.data import Intensity, Volume, read_images, scaling_for
+from ..io.data import Intensity, Volume, read_images, volume_of_arrays
 from ..model.unet import UNet
 from .predict import Prediction, SegmentedFile, load_models, predict_stack, segment_file
 
@@ -90,11 +90,7 @@ class Predictor:
             # a colour image and a stack of 3-pixel-wide slices look alike; guessing could be wrong
             raise DataError(f"an array of shape {raw.shape} looks like an {'RGB' if raw.shape[-1] == 3 else 'RGBA'} image; "
                             "give one grey channel (e.g. image[..., 0] or image.mean(axis=-1)), or slices as (N, H, W)")
-        intensity = scaling_for(list(stack), [Path(f"<array>[{i}]") for i in range(len(stack))], self.intensity)
-        scaled = np.empty(stack.shape, np.float32)
-        for i, page in enumerate(stack):
-            intensity.apply(page, scaled[i])
-        return Volume(scaled, [f"image_{i:03d}" for i in range(len(stack))], Path("<array>"), intensity=intensity)
+        return volume_of_arrays(stack, self.intensity)
 
     def predict(self, volume: Volume, progress: bool = False) -> Prediction:
         """The post-processed map of every slice (and an affinity model's affinities)."""

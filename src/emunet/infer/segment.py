@@ -20,7 +20,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.segmentation import expand_labels, watershed
 
-from ..model.affinities import Offsets
+from ..model.affinities import Offsets, nearest_channels, pair_slices
 from ..config import SegmentConfig
 
 __all__ = ["SegmentConfig", "mutex_watershed", "mutex_stack", "unsupported_wall_share", "seeded_watershed", "merge_small_segments",
@@ -59,22 +59,13 @@ def unsupported_wall_share(cells: np.ndarray, affinities: np.ndarray, offsets: O
     4-connected), the share whose nearest-neighbour affinity is above ``bias``: walls that only
     long-range edges put there, with no membrane between the two pixels."""
     walls = unsupported = 0
-    for c, (dy, dx) in enumerate(offsets):
-        if abs(dy) + abs(dx) != 1:
-            continue
-        here, there = _pair_slices(dy, cells.shape[-2]), _pair_slices(dx, cells.shape[-1])
-        at = (slice(None), here[0], there[0])
-        wall = cells[at] != cells[(slice(None), here[1], there[1])]
+    h, w = cells.shape[-2:]
+    for c in nearest_channels(offsets):
+        (py, qy), (px, qx) = pair_slices(h, offsets[c][0]), pair_slices(w, offsets[c][1])
+        wall = cells[:, py, px] != cells[:, qy, qx]
         walls += int(wall.sum())
-        unsupported += int((affinities[:, c][at][wall] > bias).sum())
+        unsupported += int((affinities[:, c, py, px][wall] > bias).sum())
     return unsupported / walls if walls else 0.0
-
-
-def _pair_slices(step: int, size: int) -> tuple[slice, slice]:
-    """Along one axis, where a pixel lies and where its partner ``step`` away lies."""
-    if step < 0:
-        return slice(-step, size), slice(0, size + step)
-    return slice(0, size - step), slice(step, size)
 
 
 def mutex_stack(affinities: np.ndarray, offsets: Offsets, cfg: SegmentConfig) -> tuple[np.ndarray, float]:
@@ -82,9 +73,9 @@ def mutex_stack(affinities: np.ndarray, offsets: Offsets, cfg: SegmentConfig) ->
     used: ``cfg.long_range_bias``, lowered for the whole stack while its cells' walls are more
     than :data:`MOST_UNSUPPORTED_WALLS` unsupported (``cfg.calibrate``)."""
     long_range = cfg.long_range_bias
+    lowest = min(cfg.long_range_bias, LOWEST_LONG_RANGE_BIAS)
     while True:
         cells = np.stack([mutex_watershed(a, offsets, cfg.bias, long_range, cfg.min_size) for a in affinities])
-        lowest = min(cfg.long_range_bias, LOWEST_LONG_RANGE_BIAS)
         if not cfg.calibrate or long_range - BIAS_STEP < lowest - 1e-9:
             return cells, long_range
         share = unsupported_wall_share(cells, affinities, offsets, cfg.bias)

@@ -21,7 +21,7 @@ from .pixels import Calibration, Intensity, choose_intensity, read_calibration
 from .storage import local_copy
 from .volumes import is_volume_path, open_volume, volume_stem
 
-__all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "scaling_for", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "labelled_arrays", "masks_to_labels", "mirror_index"]
+__all__ = ["DataError", "Calibration", "read_calibration", "Intensity", "choose_intensity", "scaling_for", "Volume", "read_each", "read_images", "read_labels", "load_labelled", "labelled_arrays", "volume_of_arrays", "masks_to_labels", "mirror_index"]
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 # A foreground share below this is unlike EM cell interiors (ISBI: about 78 %): most likely
@@ -361,12 +361,20 @@ def labelled_arrays(images: np.ndarray, labels: np.ndarray, intensity: Intensity
     values = np.unique(truth)
     if not set(values.tolist()) <= {0, 1}:
         raise DataError(f"{source}: labels must be 1 (cell interior) and 0 (membrane), got values {values[:6].tolist()}")
-    names = [f"image_{i:03d}" for i in range(len(stack))]
+    volume = volume_of_arrays(stack, intensity, intensity_mode, source)
+    volume.labels = truth.astype(np.uint8)
+    return volume
+
+
+def volume_of_arrays(stack: np.ndarray, intensity: Intensity | None = None, intensity_mode: str = "auto",
+                     source: str = "<array>") -> Volume:
+    """Raw pixels (N, H, W) in memory as a Volume, scaled as files are: by ``intensity`` (a
+    checkpoint's) where it fits their pixel type, else by their own range (``intensity_mode``)."""
     scaling = scaling_for(list(stack), [Path(f"{source}[{i}]") for i in range(len(stack))], intensity, intensity_mode)
     scaled = np.empty(stack.shape, np.float32)
     for page, out in zip(stack, scaled):
         scaling.apply(page, out)
-    return Volume(scaled, names, Path(source), labels=truth.astype(np.uint8), intensity=scaling)
+    return Volume(scaled, [f"image_{i:03d}" for i in range(len(stack))], Path(source), intensity=scaling)
 
 
 def load_labelled(images: str | Path, labels: str | Path, foreground: int = 255, min_size: int = 1,

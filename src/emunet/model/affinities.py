@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from ..errors import ConfigError
 
-__all__ = ["DEFAULT_OFFSETS", "check_offsets", "label_cells", "affinity_targets", "affinity_loss", "interior_from_affinities"]
+__all__ = ["DEFAULT_OFFSETS", "check_offsets", "nearest_channels", "pair_slices", "label_cells", "affinity_targets", "affinity_loss", "interior_from_affinities"]
 
 Offsets = tuple[tuple[int, int], ...]
 
@@ -46,14 +46,14 @@ def check_offsets(offsets: Sequence[Sequence[int]]) -> Offsets:
         (len(set(pairs)) == len(pairs), f"model.offsets lists an offset twice: {list(pairs)}"),
         ((0, 0) not in pairs, "model.offsets may not hold [0, 0] (a pixel with itself)"),
         (all(max(abs(dy), abs(dx)) <= 128 for dy, dx in pairs), "model.offsets must be within 128 px"),
-        (sorted(abs(pairs[c][0]) for c in _nearest(pairs)) == [0, 1],
+        (sorted(abs(pairs[c][0]) for c in nearest_channels(pairs)) == [0, 1],
          f"model.offsets must hold one vertical and one horizontal nearest neighbour, e.g. [-1, 0] and [0, -1]; "
          f"got {list(pairs)}"),
     ])
     return pairs
 
 
-def _nearest(offsets: Offsets) -> list[int]:
+def nearest_channels(offsets: Offsets) -> list[int]:
     """Channels of the 4-connected nearest-neighbour offsets."""
     return [c for c, (dy, dx) in enumerate(offsets) if abs(dy) + abs(dx) == 1]
 
@@ -68,7 +68,7 @@ def label_cells(labels: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(cells).to(labels.device)
 
 
-def _pair_slices(size: int, step: int) -> tuple[slice, slice]:
+def pair_slices(size: int, step: int) -> tuple[slice, slice]:
     """Along one axis: the positions p whose partner p + step lies inside, and those partners."""
     return slice(max(0, -step), size - max(0, step)), slice(max(0, step), size - max(0, -step))
 
@@ -80,7 +80,7 @@ def affinity_targets(cells: torch.Tensor, offsets: Offsets) -> tuple[torch.Tenso
     target = torch.zeros((b, len(offsets), h, w), dtype=torch.float32, device=cells.device)
     mask = torch.zeros_like(target)
     for c, (dy, dx) in enumerate(offsets):
-        (py, qy), (px, qx) = _pair_slices(h, dy), _pair_slices(w, dx)
+        (py, qy), (px, qx) = pair_slices(h, dy), pair_slices(w, dx)
         here, there = cells[:, py, px], cells[:, qy, qx]
         target[:, c, py, px] = ((here == there) & (here > 0)).float()
         mask[:, c, py, px] = 1.0
@@ -120,9 +120,9 @@ def interior_from_affinities(affinities: np.ndarray, offsets: Offsets) -> np.nda
     h, w = affinities.shape[-2:]
     total = np.zeros(affinities.shape[:-3] + (h, w), np.float32)
     count = np.zeros((h, w), np.float32)
-    for c in _nearest(offsets):
+    for c in nearest_channels(offsets):
         dy, dx = offsets[c]
-        (py, qy), (px, qx) = _pair_slices(h, dy), _pair_slices(w, dx)
+        (py, qy), (px, qx) = pair_slices(h, dy), pair_slices(w, dx)
         edge = affinities[..., c, py, px]
         total[..., py, px] += edge  # the pixel's own edge to its partner
         total[..., qy, qx] += edge  # and the same edge seen from the partner
