@@ -175,6 +175,15 @@ def test_cli_affinity_run_predict_segment_and_score(small_isbi, tmp_path, capsys
                  "--json", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text())["v_rand"] == pytest.approx(report["mean"]["cells_v_rand"], abs=1e-9)
 
+    # linked across sections: each section cut as before, one id per object over the stack
+    assert main(["predict", str(out / "best.safetensors"), str(tmp_path / "val.tif"), "-o", str(tmp_path / "p.tif"),
+                 "--segment", str(tmp_path / "linked.tif"), "--link-sections", "--overwrite"]) == 0
+    assert "objects across sections" in capsys.readouterr().out
+    linked = tifffile.imread(tmp_path / "linked.tif")
+    for page, flat in zip(linked, cells):
+        assert len(np.unique(np.stack([page.ravel(), flat.ravel()]), axis=1).T) == len(np.unique(flat))
+    assert int(linked.max()) < int(cells[0].max()) + int(cells[1].max())  # some cells joined
+
     # OME-Zarr labels
     assert main(["predict", str(out / "best.safetensors"), str(small_isbi["test"]), "-o", str(tmp_path / "t.tif"),
                  "--segment", str(tmp_path / "cells.ome.zarr"), "--min-size", "0", "-q"]) == 0

@@ -106,6 +106,10 @@ class SegmentConfig:
             than 5 % of the cells' walls cut pixel pairs that the nearest-neighbour affinities
             call connected (a model on a stack it has not seen pushes cells apart with unsure
             long-range edges where no membrane is; on ISBI the share is 2-3 %).
+        link_sections: join each section's cells to the next section's into 3-D objects (a cell
+            and its mutual best match by overlap, IoU at least ``link_iou``); without it the ids
+            are per section (1..n on every section).
+        link_iou: the least intersection over union of two linked cells (docs/volumes.md).
 
     The membrane head's seeds lie where the map says interior is likelier than membrane (0.5, the
     map's own decision boundary): on ISBI folds 0, 1, 2 and on another microscope's stack it
@@ -120,6 +124,8 @@ class SegmentConfig:
     seed_threshold: float = 0.5
     min_size: int = 50
     calibrate: bool = True
+    link_sections: bool = False
+    link_iou: float = 0.3
 
     def validate(self) -> None:
         ConfigError.check([
@@ -127,6 +133,7 @@ class SegmentConfig:
             (0.0 < self.long_range_bias < 1.0, f"segment.long_range_bias must be in (0, 1), got {self.long_range_bias}"),
             (0.0 < self.seed_threshold < 1.0, f"segment.seed_threshold must be in (0, 1), got {self.seed_threshold}"),
             (self.min_size >= 0, f"segment.min_size must be >= 0 pixels, got {self.min_size}"),
+            (0.0 < self.link_iou <= 1.0, f"segment.link_iou must be in (0, 1], got {self.link_iou}"),
         ])
 
 

@@ -14,7 +14,8 @@ from .settings import _config, _resuming
 # flag (as argparse names it) -> the setting it overrides; --batch-size sets predict.batch_size
 INFERENCE_FLAGS = MappingProxyType({"tile": "predict.tile", "overlap": "predict.overlap", "batch_size": "predict.batch_size",
                                     "tta": "predict.tta", "smooth": "predict.smooth", "close_gaps": "predict.close_gaps",
-                                    "min_size": "segment.min_size", "pixel_size": "predict.pixel_size"})
+                                    "min_size": "segment.min_size", "link_sections": "segment.link_sections",
+                                    "pixel_size": "predict.pixel_size"})
 
 
 def _load_for_inference(args):
@@ -128,8 +129,9 @@ def _cells_address(args, output):
     from ..io.address import Address, parse_address
 
     if args.segment is None:
-        if args.min_size is not None:
-            raise UsageError("--min-size goes with --segment")
+        for flag in ("min_size", "link_sections"):
+            if getattr(args, flag, None) is not None:
+                raise UsageError(f"--{flag.replace('_', '-')} goes with --segment")
         return None
     if args.segment:
         return parse_address(args.segment, OUTPUT_FORMATS, "--segment output")

@@ -148,11 +148,15 @@ def _add_predict_command(sub) -> None:
                    "above 0.5), 0 = membrane, as the ISBI labels")
     p.add_argument("--overlays", type=_path_or_url, help="also write PNG overlays (membrane in red) into this folder")
     p.add_argument("--segment", nargs="?", const="", metavar="CELLS", type=str,
-                   help="also write the cells, an instance label image (uint32, each id one cell of its section; ids start at 1 on every section): the mutex watershed "
+                   help="also write the cells, an instance label image (uint32, each id one cell of its section; ids start at 1 on every section unless --link-sections): the mutex watershed "
                    "of an affinity model's affinities, or the seeded watershed of a membrane model's map. CELLS: a .tif "
                    "or an OME-Zarr (.zarr); a folder where -o is one; default: beside -o as NAME-cells.tif")
     p.add_argument("--min-size", type=int, metavar="PX", help="with --segment: merge cells smaller than this into "
                    "their neighbours (default: the run's segment.min_size, 50)")
+    p.add_argument("--link-sections", action="store_const", const=True,
+                   help="with --segment: cells in 3-D: join each section's cells to the next section's by overlap (each "
+                   "cell and its best match, IoU at least segment.link_iou, 0.3), so that one id is one object across "
+                   "sections (serial sections: ISBI, ssTEM)")
     p.add_argument("--overwrite", action="store_true", help="replace an HDF5 dataset of the same name, or an OME-Zarr "
                    "output made by another model, input or settings (without it these are refused)")
     volumes = p.add_argument_group("volumes larger than memory (-o OUT.ome.zarr: predicted block by block on Dask)")

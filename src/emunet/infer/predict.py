@@ -232,10 +232,15 @@ def segment_file(
     written = [f"{where}: {shape} float32 probabilities (1 = cell interior){', HDF5' if output.format == 'hdf5' else ''}"]
     if labels is not None:
         where = write_cells(cells, labels, volume, overwrite)
-        per_slice = labels.reshape(len(labels), -1).max(axis=1).mean()  # ids run 1..n in each slice
-        written.append(f"{where}: {shape} uint32 cells ({_cells_made_by(prediction)}), {per_slice:.0f} per slice")
+        written.append(f"{where}: {shape} uint32 cells ({_cells_made_by(prediction)}), {_cell_count(labels, segment)}")
     written += _write_pictures(volume, probs, masks, overlays)
     return SegmentedFile(len(volume), seconds, written)
+
+
+def _cell_count(labels: np.ndarray, segment: SegmentConfig) -> str:
+    if segment.link_sections:  # ids run 1..m over the stack
+        return f"{int(labels.max())} objects across sections"
+    return f"{labels.reshape(len(labels), -1).max(axis=1).mean():.0f} per slice, ids per slice"  # 1..n in each
 
 
 def _cells_made_by(prediction: Prediction) -> str:

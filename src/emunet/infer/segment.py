@@ -22,6 +22,7 @@ from skimage.segmentation import expand_labels, watershed
 
 from ..model.affinities import Offsets, nearest_channels, pair_slices
 from ..config import SegmentConfig
+from .link import link_sections
 
 __all__ = ["SegmentConfig", "mutex_watershed", "mutex_stack", "unsupported_wall_share", "seeded_watershed", "merge_small_segments",
            "segment_stack"]
@@ -137,7 +138,7 @@ def segment_stack(interior: np.ndarray, affinities: np.ndarray | None, offsets: 
                   cfg: SegmentConfig, warn: bool = True) -> np.ndarray:
     """Cells of every slice (N, H, W) uint32: the mutex watershed of the affinities where there
     are any (its long-range bias calibrated on the whole stack), else the seeded watershed of
-    the interior map."""
+    the interior map; ids per slice, or 3-D objects with ``cfg.link_sections``."""
     if len(interior) == 0:
         return np.zeros(interior.shape, np.uint32)
     if affinities is not None:
@@ -146,7 +147,7 @@ def segment_stack(interior: np.ndarray, affinities: np.ndarray | None, offsets: 
         out = np.stack([seeded_watershed(page, cfg.seed_threshold, cfg.min_size) for page in interior]).astype(np.uint32)
     if warn:
         _say_where_cells_failed(out, interior, affinities is not None, cfg)
-    return out
+    return link_sections(out, cfg.link_iou) if cfg.link_sections else out
 
 
 def _say_where_cells_failed(cells: np.ndarray, interior: np.ndarray, mutex: bool, cfg: SegmentConfig) -> None:
