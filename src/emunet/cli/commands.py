@@ -123,8 +123,8 @@ def cmd_predict(args) -> int:
 
 def _cells_address(args, output):
     """Where --segment writes the cells: as given; by default beside -o as NAME-cells.tif (a
-    folder NAME-cells for a folder of outputs, the dataset 'cells' of an HDF5 output); None
-    without --segment."""
+    folder NAME-cells for a folder of outputs, the dataset 'cells' of an HDF5 output, the labels
+    'cells' of an OME-Zarr output); None without --segment."""
     from ..errors import UsageError
     from ..io.address import Address, parse_address
 
@@ -133,6 +133,8 @@ def _cells_address(args, output):
             if getattr(args, flag, None) is not None:
                 raise UsageError(f"--{flag.replace('_', '-')} goes with --segment")
         return None
+    if output.format == "zarr" and not args.segment:  # a volume's cells go into its own NGFF labels
+        return Address(f"{output.given}/labels/cells", f"{output.location}/labels/cells", "", "zarr")
     if args.segment:
         return parse_address(args.segment, OUTPUT_FORMATS, "--segment output")
     if output.format == "hdf5":
@@ -149,19 +151,23 @@ def _predict_blockwise(args, predictor, output, cells) -> int:
 
     if args.masks or args.overlays or output.is_url:
         raise UsageError(f"{args.output}: an OME-Zarr output is written to a local folder, without --masks or --overlays")
-    if cells is not None or predictor.models[0].cfg.offsets:
-        raise UsageError(f"{args.output}: volumes predicted block by block give the membrane head's probabilities only; "
-                         "for cells (--segment, or an affinity model) write a .tif stack with -o and --segment CELLS.zarr")
+    if args.segment:
+        raise UsageError(f"--segment {args.segment}: a volume predicted block by block keeps its cells in its own "
+                         f"labels ({args.output}/labels/cells); give --segment without a path")
     result = predict_to_ome_zarr(predictor.paths, str(args.input), output.path, predictor.settings, predictor.precision,
                                  device=args.device, block=args.block, chunk=args.chunk, dtype=args.dtype,
                                  levels=args.levels, scheduler=args.scheduler, workers=args.workers,
                                  channel=predictor.channel, axes=args.axes, progress=not args.quiet,
-                                 overwrite=args.overwrite)
+                                 overwrite=args.overwrite, segment=predictor.segment if cells is not None else None)
     n, h, w = result.shape
     done = result.blocks - result.skipped
     speed = f", {n * h * w / 1e6 / max(result.seconds, 1e-9):.2f} MP/s" if done == result.blocks else ""
     print(f"wrote {args.output}: {n} x {h} x {w} {args.dtype} probabilities (1 = cell interior), OME-Zarr, "
           f"{done} of {result.blocks} blocks computed ({result.skipped} finished before), {result.seconds:.1f} s{speed}")
+    if result.cells is not None:
+        bias = f", long-range bias {result.long_range_bias:g}" if result.long_range_bias is not None else ""
+        kind = "objects across sections" if predictor.segment.link_sections else "cells, ids unique in the volume"
+        print(f"wrote {args.output}/labels/cells: {n} x {h} x {w} uint32, {result.cells} {kind}{bias}")
     return 0
 
 

@@ -14,6 +14,7 @@ undisturbed run. Memory per task depends on the block size, not on the volume's.
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import asdict
@@ -25,37 +26,15 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PredictConfig
+from ..config import PredictConfig, SegmentConfig
 from ..errors import DataError, UsageError
 from ..model.bundled import resolve_checkpoint
 from ..io.provenance import file_sha256, made_by_record, recorded_made_by, differences as _differences
+from ..model.affinities import interior_from_affinities
+from .blocks import Block, markers_folder, plan_blocks, run_blocks
 from .postprocess import CLOSE_GAPS_MARGIN, CLOSE_GAPS_WINDOW, smooth_in_place, wall_levels
 
-__all__ = ["Block", "plan_blocks", "predict_block", "predict_to_ome_zarr", "BlockwiseResult"]
-
-def markers_folder(output: Path) -> Path:
-    """Where the markers of finished blocks go: a hidden folder beside the output (inside it,
-    Zarr readers would warn about a member they do not know)."""
-    return output.parent / f".{output.name}.blocks"
-
-
-@dataclass(frozen=True)
-class Block:
-    z: int
-    y0: int
-    y1: int
-    x0: int
-    x1: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.z}.{self.y0}.{self.x0}"
-
-
-def plan_blocks(shape: tuple[int, int, int], block: int) -> list[Block]:
-    n, h, w = shape
-    return [Block(z, y, min(y + block, h), x, min(x + block, w))
-            for z in range(n) for y in range(0, h, block) for x in range(0, w, block)]
+__all__ = ["Block", "plan_blocks", "predict_block", "predict_affinities", "predict_to_ome_zarr", "BlockwiseResult"]
 
 
 def _halo(pcfg: PredictConfig) -> int:
@@ -75,19 +54,41 @@ def check_block_size(block: int, chunk: int, pcfg: PredictConfig) -> None:
 
 def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConfig, precision: str) -> np.ndarray:
     """The post-processed probabilities of one block (float32), equal to the same pixels of its
-    section predicted and post-processed whole."""
+    section predicted and post-processed whole (for an affinity model: the interior map of its
+    affinities)."""
     from .kernel import predict_section_region
 
+    offsets = models[0].cfg.offsets
+    if offsets:  # the map of a pixel reads its neighbours' affinities: one pixel of halo
+        area, affinities = predict_affinities(models, volume, block, 1, pcfg, precision)
+        return _inner(interior_from_affinities(affinities, offsets), area, block)
     n, h, w = volume.shape
-    halo = _halo(pcfg)
-    ry0, ry1, rx0, rx1 = max(0, block.y0 - halo), min(h, block.y1 + halo), max(0, block.x0 - halo), min(w, block.x1 + halo)
+    ry0, ry1, rx0, rx1 = block.area(_halo(pcfg), (h, w))
     raw = np.zeros((ry1 - ry0, rx1 - rx0), np.float32)
     predict_section_region(models, volume.read, n, block.z, (h, w), (ry0, ry1, rx0, rx1), pcfg, precision, out=raw)
     smooth_in_place(raw, pcfg.smooth)
-    inner = raw[block.y0 - ry0 : block.y1 - ry0, block.x0 - rx0 : block.x1 - rx0].copy()
+    inner = _inner(raw, (ry0, ry1, rx0, rx1), block).copy()
     if pcfg.close_gaps > 0:
         _close_gaps_of_block(raw, (ry0, rx0), inner, block, (h, w), pcfg.close_gaps)
     return inner
+
+
+def predict_affinities(models: Sequence[Any], volume, block: Block, halo: int, pcfg: PredictConfig,
+                       precision: str) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """An affinity model's affinities (C, h, w) of the block widened by ``halo`` (within its
+    section), and that area (y0, y1, x0, x1); equal to the same pixels of the whole section's."""
+    from .kernel import predict_section_region
+
+    n, h, w = volume.shape
+    area = block.area(halo, (h, w))
+    out = np.zeros((len(models[0].cfg.offsets), area[1] - area[0], area[3] - area[2]), np.float32)
+    predict_section_region(models, volume.read, n, block.z, (h, w), area, pcfg, precision, out=out)
+    return area, out
+
+
+def _inner(area_values: np.ndarray, area: tuple[int, int, int, int], block: Block) -> np.ndarray:
+    """The block's own pixels of values computed over ``area`` (the last two axes)."""
+    return area_values[..., block.y0 - area[0] : block.y1 - area[0], block.x0 - area[2] : block.x1 - area[2]]
 
 
 def _close_gaps_of_block(smoothed: np.ndarray, origin: tuple[int, int], inner: np.ndarray, block: Block,
@@ -130,19 +131,29 @@ def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], de
 
 
 def _run_block(job: dict, block: Block) -> str:
+    """Pass 1 (a task): the block's map, written, then its marker; for an affinity model asked for
+    cells, its cut too, from the same affinities (:func:`stitch.cut_affinities`)."""
     import zarr
 
     from ..io.storage import using
+    from .stitch import SEGMENT_HALO, cut_affinities
 
     with using(job["storage"]):  # the command's store settings, in this worker thread or process
         models, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"],
                                             job["axes"])
-    probs = predict_block(models, volume, block, job["predict"], job["precision"])
+    offsets, plan = models[0].cfg.offsets, job["cells"]
+    if offsets and plan is not None:
+        area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"])
+        probs = _inner(interior_from_affinities(affinities, offsets), area, block)
+    else:
+        probs = predict_block(models, volume, block, job["predict"], job["precision"])
     # every chunk stored, zeros too: a finished block's chunks are checked on a rerun
     target = zarr.open_array(str(Path(job["output"]) / "0"), mode="r+", zarr_format=2).with_config({"write_empty_chunks": True})
     target[block.z, block.y0 : block.y1, block.x0 : block.x1] = _encode(probs, job["dtype"])
     marker = markers_folder(Path(job["output"])) / block.name
     marker.write_bytes(b"")  # written after the chunks: a block without it is predicted again
+    if offsets and plan is not None:
+        cut_affinities(plan, block, area, affinities)
     return block.name
 
 
@@ -152,13 +163,15 @@ class BlockwiseResult:
     blocks: int
     skipped: int
     seconds: float
+    cells: int | None = None  # objects in the labels (None: no cells asked)
+    long_range_bias: float | None = None  # the mutex watershed's, as calibrated on the volume
 
 
 def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: Path, pcfg: PredictConfig,
                         precision: str, device: str = "auto", block: int = 4096, chunk: int = 1024,
                         dtype: str = "uint8", levels: int = 1, scheduler: str | None = None, workers: int = 1,
                         channel: int | None = None, axes: str | None = None, progress: bool = True,
-                        overwrite: bool = False) -> BlockwiseResult:
+                        overwrite: bool = False, segment: SegmentConfig | None = None) -> BlockwiseResult:
     """Predict the volume ``source`` block by block into the OME-Zarr image ``output``.
 
     Args:
@@ -171,6 +184,8 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
             the models once.
         overwrite: replace an existing output instead of continuing it (an output made by other
             checkpoints, input or settings is refused without it).
+        segment: also the cells, as these settings say, into the image's NGFF labels
+            (``output/labels/cells``, uint32; :mod:`.stitch`).
     """
     from ..io.storage import settings
     from ..io.volumes import open_volume, volume_file
@@ -189,15 +204,63 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     group, blocks, todo = _open_output(output, volume, made_by, chunk, dtype, levels, block, overwrite)
     job = {"checkpoints": tuple(str(c) for c in checkpoints), "hashes": hashes, "device": device, "source": str(source),
            "channel": channel, "axes": axes, "predict": pcfg, "precision": precision, "output": str(output), "dtype": dtype,
-           "storage": settings()}
+           "storage": settings(), "cells": None}
     start = time.perf_counter()
+    if segment is not None:
+        offsets = _models_and_volume(job["checkpoints"], hashes, device, str(source), channel, axes)[0][0].cfg.offsets
+        job["cells"] = _open_cells(output, volume, made_by, segment, offsets, block, chunk, overwrite)
+        if offsets:  # the affinities are predicted once, for the map and the cut together
+            pending = set(todo)
+            todo = [b for b in blocks if b in pending or not job["cells"].is_cut(b)]
     if todo:
-        _compute(job, todo, scheduler, workers, progress)
+        run_blocks(_run_block, job, todo, scheduler, workers, progress)
     if levels > 1 and todo:
         from ..io.volumes import write_pyramid
 
         write_pyramid(group)
-    return BlockwiseResult(volume.shape, len(blocks), len(blocks) - len(todo), time.perf_counter() - start)
+    result = BlockwiseResult(volume.shape, len(blocks), len(blocks) - len(todo), 0.0)
+    if job["cells"] is not None:
+        from .stitch import cut_map_block, stitch_cells
+
+        uncut = [b for b in blocks if not job["cells"].is_cut(b)]
+        if uncut:  # the membrane head's cells come from the map as written, halo and all
+            run_blocks(cut_map_block, job, uncut, scheduler, workers, progress, desc="cells")
+        made = stitch_cells(job["cells"], blocks, scheduler, workers, progress)
+        result.cells, result.long_range_bias = made["cells"], made["long_range_bias"]
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _open_cells(output: Path, volume, made_by: dict, segment: SegmentConfig, offsets, block: int, chunk: int,
+                overwrite: bool):
+    """The labels image ``output/labels/cells`` (NGFF 0.4) and the plan of its cells; labels made
+    with other settings are refused unless ``overwrite``, and a new one starts its cuts afresh."""
+    import zarr
+
+    from ..io.volumes import create_ome_zarr
+    from .stitch import SEGMENT_HALO, CellsPlan, create_scratch
+
+    labels = output / "labels" / "cells"
+    scratch = markers_folder(output) / "cells"
+    wanted = {**made_by, "settings": {**made_by["settings"], "segment": asdict(segment), "halo": SEGMENT_HALO}}
+    wanted = json.loads(json.dumps(wanted))
+    if (labels / ".zattrs").is_file():
+        differs = _differences(recorded_made_by(labels), wanted)
+        if differs and not overwrite:
+            raise UsageError(f"{labels}: these cells were made by {differs}; replace them with --overwrite "
+                             "or choose another -o")
+        if differs:
+            shutil.rmtree(labels)
+    if not (labels / ".zattrs").is_file():
+        shutil.rmtree(scratch, ignore_errors=True)
+        group = create_ome_zarr(labels, volume.shape, (1, chunk, chunk), "uint32", volume.calibration, "cells")
+        group.attrs["image-label"] = {"version": "0.4"}
+        group.attrs["emunet"] = {"made_by": wanted}
+        zarr.open_group(str(output / "labels"), mode="a", zarr_format=2).attrs["labels"] = ["cells"]
+    plan = CellsPlan(str(scratch), str(labels / "0"), tuple(volume.shape), block, segment,
+                     [tuple(o) for o in offsets] if offsets else None)
+    create_scratch(plan, chunk)
+    return plan
 
 
 def _open_output(output: Path, volume, made_by: dict, chunk: int, dtype: str, levels: int, block: int, overwrite: bool):
@@ -230,31 +293,3 @@ def _chunks_present(array_dir: Path, block: Block, chunk: int) -> bool:
     """Whether every output chunk of ``block`` is stored (Zarr v2 keys 'z.cy.cx')."""
     return all((array_dir / f"{block.z}.{cy}.{cx}").is_file()
                for cy in range(block.y0 // chunk, -(-block.y1 // chunk)) for cx in range(block.x0 // chunk, -(-block.x1 // chunk)))
-
-
-def _compute(job: dict, todo: list[Block], scheduler: str | None, workers: int, progress: bool) -> None:
-    import dask
-
-    from ..progress import progress_bar
-
-    tasks = [dask.delayed(_run_block, pure=False)(job, b, dask_key_name=f"block-{b.name}") for b in todo]
-    bar = progress_bar(len(todo), desc="blocks", unit="block", enabled=progress)
-    try:
-        if scheduler is None:
-            from dask.callbacks import Callback
-
-            with Callback(posttask=lambda key, *rest: bar.update(1) if str(key).startswith("block-") else None):
-                dask.compute(*tasks, scheduler="threads", num_workers=workers)
-        else:
-            from distributed import Client, as_completed
-
-            try:
-                client = Client(scheduler, timeout="20s")
-            except OSError as exc:
-                raise DataError(f"{scheduler}: cannot reach the Dask scheduler ({exc})") from None
-            with client:
-                for future in as_completed(client.compute(tasks)):
-                    future.result()  # a failed block raises here, naming its error
-                    bar.update(1)
-    finally:
-        bar.close()

@@ -24,7 +24,7 @@ from ..model.affinities import Offsets, nearest_channels, pair_slices
 from ..config import SegmentConfig
 from .link import link_sections
 
-__all__ = ["SegmentConfig", "mutex_watershed", "mutex_stack", "unsupported_wall_share", "seeded_watershed", "merge_small_segments",
+__all__ = ["SegmentConfig", "mutex_watershed", "mutex_stack", "unsupported_wall_share", "wall_counts", "long_range_biases", "supported", "seeded_watershed", "merge_small_segments",
            "segment_stack"]
 
 log = logging.getLogger("emunet")
@@ -55,10 +55,10 @@ def mutex_watershed(affinities: np.ndarray, offsets: Offsets, bias: float = 0.5,
     return merge_small_segments(_consecutive(labels), min_size)
 
 
-def unsupported_wall_share(cells: np.ndarray, affinities: np.ndarray, offsets: Offsets, bias: float) -> float:
-    """Of the walls between cells (pixel pairs of a stack (N, H, W) of cells whose ids differ,
-    4-connected), the share whose nearest-neighbour affinity is above ``bias``: walls that only
-    long-range edges put there, with no membrane between the two pixels."""
+def wall_counts(cells: np.ndarray, affinities: np.ndarray, offsets: Offsets, bias: float) -> tuple[int, int]:
+    """The walls between cells (pixel pairs of a stack (N, H, W) of cells whose ids differ,
+    4-connected), and how many of them have a nearest-neighbour affinity above ``bias``: walls
+    that only long-range edges put there, with no membrane between the two pixels."""
     walls = unsupported = 0
     h, w = cells.shape[-2:]
     for c in nearest_channels(offsets):
@@ -66,25 +66,45 @@ def unsupported_wall_share(cells: np.ndarray, affinities: np.ndarray, offsets: O
         wall = cells[:, py, px] != cells[:, qy, qx]
         walls += int(wall.sum())
         unsupported += int((affinities[:, c, py, px][wall] > bias).sum())
+    return walls, unsupported
+
+
+def unsupported_wall_share(cells: np.ndarray, affinities: np.ndarray, offsets: Offsets, bias: float) -> float:
+    """Of the walls between cells, the share that no membrane supports (:func:`wall_counts`)."""
+    walls, unsupported = wall_counts(cells, affinities, offsets, bias)
     return unsupported / walls if walls else 0.0
+
+
+def long_range_biases(cfg: SegmentConfig) -> list[float]:
+    """The long-range biases the calibration tries, in order: ``cfg.long_range_bias``, then lower
+    by :data:`BIAS_STEP` down to :data:`LOWEST_LONG_RANGE_BIAS` (only the first without
+    ``cfg.calibrate``)."""
+    biases = [cfg.long_range_bias]
+    lowest = min(cfg.long_range_bias, LOWEST_LONG_RANGE_BIAS)
+    while cfg.calibrate and biases[-1] - BIAS_STEP >= lowest - 1e-9:
+        biases.append(round(biases[-1] - BIAS_STEP, 4))
+    return biases
+
+
+def supported(share: float, bias: float, last: bool) -> bool:
+    """Whether the calibration stops at ``bias``, whose cells' walls are ``share`` unsupported."""
+    if share <= MOST_UNSUPPORTED_WALLS or last:
+        return True
+    log.info(f"cells: {share:.1%} of the walls at long-range bias {bias:g} have no membrane under them; taking a lower one")
+    return False
 
 
 def mutex_stack(affinities: np.ndarray, offsets: Offsets, cfg: SegmentConfig) -> tuple[np.ndarray, float]:
     """The mutex watershed of every section's affinities (N, C, H, W), and the long-range bias it
-    used: ``cfg.long_range_bias``, lowered for the whole stack while its cells' walls are more
-    than :data:`MOST_UNSUPPORTED_WALLS` unsupported (``cfg.calibrate``)."""
-    long_range = cfg.long_range_bias
-    lowest = min(cfg.long_range_bias, LOWEST_LONG_RANGE_BIAS)
-    while True:
+    used: the first of :func:`long_range_biases` at which the stack's cells' walls are at most
+    :data:`MOST_UNSUPPORTED_WALLS` unsupported (``cfg.calibrate``; the last one otherwise)."""
+    biases = long_range_biases(cfg)
+    for i, long_range in enumerate(biases):
         cells = np.stack([mutex_watershed(a, offsets, cfg.bias, long_range, cfg.min_size) for a in affinities])
-        if not cfg.calibrate or long_range - BIAS_STEP < lowest - 1e-9:
+        last = i == len(biases) - 1
+        if last or supported(unsupported_wall_share(cells, affinities, offsets, cfg.bias), long_range, last):
             return cells, long_range
-        share = unsupported_wall_share(cells, affinities, offsets, cfg.bias)
-        if share <= MOST_UNSUPPORTED_WALLS:
-            return cells, long_range
-        log.info(f"cells: {share:.1%} of the walls at long-range bias {long_range:g} have no membrane under them; "
-                 f"taking {long_range - BIAS_STEP:g}")
-        long_range = round(long_range - BIAS_STEP, 4)
+    raise AssertionError("unreachable: the last bias is always taken")
 
 
 def seeded_watershed(interior: np.ndarray, seed_threshold: float = 0.9, min_size: int = 0) -> np.ndarray:

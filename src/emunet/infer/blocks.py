@@ -1,0 +1,82 @@
+"""A volume's blocks and the running of one task per block on Dask (threads in this process, or a
+``dask.distributed`` cluster): what the map's prediction (:mod:`.blockwise`) and the cells'
+stitching (:mod:`.stitch`) share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
+
+__all__ = ["Block", "plan_blocks", "markers_folder", "run_blocks"]
+
+
+def markers_folder(output: Path) -> Path:
+    """Where the markers of finished blocks go: a hidden folder beside the output (inside it,
+    Zarr readers would warn about a member they do not know)."""
+    return output.parent / f".{output.name}.blocks"
+
+
+@dataclass(frozen=True)
+class Block:
+    z: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.z}.{self.y0}.{self.x0}"
+
+    def area(self, halo: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+        """(y0, y1, x0, x1): the block widened by ``halo`` on every side, within the section."""
+        h, w = shape
+        return max(0, self.y0 - halo), min(h, self.y1 + halo), max(0, self.x0 - halo), min(w, self.x1 + halo)
+
+
+def plan_blocks(shape: tuple[int, int, int], block: int) -> list[Block]:
+    n, h, w = shape
+    return [Block(z, y, min(y + block, h), x, min(x + block, w))
+            for z in range(n) for y in range(0, h, block) for x in range(0, w, block)]
+
+
+def run_blocks(task: Callable[[dict, Block], Any], job: dict, blocks: Sequence[Block], scheduler: str | None,
+               workers: int, progress: bool, desc: str = "blocks") -> list[Any]:
+    """``task(job, block)`` for every block, on the in-process scheduler with ``workers`` threads
+    or on the cluster at ``scheduler``; the results in the order of ``blocks``. ``job`` goes into
+    the graph once, however large (look-up tables of a whole volume's cells)."""
+    import dask
+
+    from ..progress import progress_bar
+
+    shared = dask.delayed(job, traverse=False)
+    tasks = [dask.delayed(task, pure=False)(shared, b, dask_key_name=f"{desc}-{b.name}") for b in blocks]
+    bar = progress_bar(len(blocks), desc=desc, unit="block", enabled=progress)
+    try:
+        if scheduler is None:
+            from dask.callbacks import Callback
+
+            with Callback(posttask=lambda key, *rest: bar.update(1) if str(key).startswith(f"{desc}-") else None):
+                return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+        from distributed import Client
+
+        try:
+            client = Client(scheduler, timeout="20s")
+        except OSError as exc:
+            raise DataError(f"{scheduler}: cannot reach the Dask scheduler ({exc})") from None
+        with client:
+            futures = client.compute(tasks)
+            index = {f.key: i for i, f in enumerate(futures)}
+            results: list[Any] = [None] * len(futures)
+            from distributed import as_completed
+
+            for future in as_completed(futures):
+                results[index[future.key]] = future.result()  # a failed block raises here, naming its error
+                bar.update(1)
+            return results
+    finally:
+        bar.close()

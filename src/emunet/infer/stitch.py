@@ -1,0 +1,254 @@
+"""Cells of a volume block by block: each block cut with a halo, ids made unique across the
+volume, the cells that a block seam cuts joined into one id, and (``segment.link_sections``)
+sections linked into 3-D objects; the same cells as each section segmented whole, but in memory
+bounded by the block size.
+
+The passes, each a task per block on Dask (the client holds only per-cell tables):
+
+1. cut: a block and ``SEGMENT_HALO`` pixels around it are segmented as a section would be (the
+   mutex watershed of the affinities at each long-range bias the calibration may choose, or the
+   seeded watershed of the map as written). The block's own pixels keep their cells, numbered
+   1..n, in a scratch array; the halo's pixels keep the block's ids of the cells that reach into
+   the block (the "ring"). A marker file per block makes a rerun skip the blocks already cut.
+2. the long-range bias: the first whose cells' walls are at most 5 % unsupported over the whole
+   volume (as :func:`segment.mutex_stack` does for a stack in memory).
+3. seams: in the halo of each block, its ring is compared with its neighbours' own cells there;
+   two cells are one where their intersection over union within the halo is above 0.5. Away
+   from the blocks' borders both segmentations are the whole section's, so a cell cut by a seam
+   is the same pixels on both sides (IoU 1); where they disagree, the cell stays split at the seam.
+4. links (optional): overlap counts and sizes of the cells of neighbouring sections, summed over
+   blocks, joined by :func:`link.matches` as :func:`link.link_sections` does in memory.
+5. the labels: each block's ids looked up in the volume's table and written (uint32).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import SegmentConfig
+from ..model.affinities import Offsets
+from .blocks import Block, run_blocks
+from .link import joined_ids, matches, overlaps_of
+from .segment import long_range_biases, mutex_watershed, seeded_watershed, supported, wall_counts
+
+__all__ = ["SEGMENT_HALO", "SEAM_MIN_IOU", "CellsPlan", "cut_affinities", "cut_map_block", "stitch_cells"]
+
+log = logging.getLogger("emunet")
+
+# The mutex watershed's long-range offsets reach 27 px and the seeded watershed floods from seeds
+# anywhere in a cell: 128 px of context makes a block's cells within the halo's inner half the
+# whole section's on ISBI and VNC (tests/test_volumes.py), at 1.6x the pixels of a 1024 block.
+SEGMENT_HALO = 128
+SEAM_MIN_IOU = 0.5
+
+
+@dataclass(frozen=True)
+class CellsPlan:
+    """Where a volume's cells are made: the scratch folder (per-block cuts), the labels array,
+    the blocks' grid and the segmentation's settings."""
+
+    scratch: str
+    labels: str
+    shape: tuple[int, int, int]
+    block: int
+    segment: SegmentConfig
+    offsets: Offsets | None
+
+    @property
+    def biases(self) -> list[float | None]:
+        """The long-range biases cut in pass 1 (one entry, None, for the seeded watershed)."""
+        return list(long_range_biases(self.segment)) if self.offsets else [None]
+
+    def index(self, z: int, y: int, x: int) -> int:
+        """The plan-order number of the block holding pixel (y, x) of section z."""
+        _, h, w = self.shape
+        across, down = -(-w // self.block), -(-h // self.block)
+        return (z * down + y // self.block) * across + x // self.block
+
+    def cut_file(self, block: Block) -> Path:
+        return Path(self.scratch) / f"{block.name}.npz"
+
+    def is_cut(self, block: Block) -> bool:
+        return self.cut_file(block).is_file()
+
+
+def _scratch_array(plan: CellsPlan, k: int, mode: str = "r+") -> Any:
+    import zarr
+
+    return zarr.open_array(str(Path(plan.scratch) / f"local{k}"), mode=mode, zarr_format=2)
+
+
+def create_scratch(plan: CellsPlan, chunk: int) -> None:
+    """The scratch arrays of the cut blocks' own ids, one per candidate bias (opened as they are
+    when a rerun continues)."""
+    import zarr
+
+    Path(plan.scratch).mkdir(parents=True, exist_ok=True)
+    for k in range(len(plan.biases)):
+        path = Path(plan.scratch) / f"local{k}"
+        if not (path / ".zarray").is_file():
+            zarr.create_array(str(path), shape=plan.shape, chunks=(1, chunk, chunk), dtype="uint32", fill_value=0,
+                              zarr_format=2)
+
+
+# --- pass 1: cut -------------------------------------------------------------------------------
+
+def _save_cut(plan: CellsPlan, block: Block, area: tuple[int, int, int, int], cuts: list[np.ndarray],
+              walls: list[tuple[int, int]]) -> None:
+    """Write each candidate's block ids into the scratch arrays, then the block's ring and counts
+    (its marker) atomically."""
+    y0, _, x0, _ = area
+    inner = (slice(block.y0 - y0, block.y1 - y0), slice(block.x0 - x0, block.x1 - x0))
+    record: dict[str, np.ndarray] = {"area": np.array(area), "walls": np.array(walls, np.int64).reshape(-1, 2)}
+    for k, region in enumerate(cuts):
+        ids = np.unique(region[inner])
+        ids = ids[ids > 0]
+        lookup = np.zeros(int(region.max()) + 1, np.uint32)
+        lookup[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
+        target = _scratch_array(plan, k).with_config({"write_empty_chunks": True})
+        target[block.z, block.y0 : block.y1, block.x0 : block.x1] = lookup[region[inner]]
+        ring = lookup[region]
+        ring[inner] = 0
+        record[f"ring{k}"], record[f"count{k}"] = ring, np.array(len(ids))
+    temporary = plan.cut_file(block).with_suffix(".tmp.npz")
+    np.savez_compressed(temporary, **record)
+    os.replace(temporary, plan.cut_file(block))
+
+
+def cut_affinities(plan: CellsPlan, block: Block, area: tuple[int, int, int, int], affinities: np.ndarray) -> None:
+    """Pass 1 for an affinity model: the mutex watershed of the area's affinities (C, h, w) at
+    each candidate long-range bias, with the walls of the block's cells counted for the choice."""
+    cfg = plan.segment
+    y0, _, x0, _ = area
+    inner = (slice(None), slice(block.y0 - y0, block.y1 - y0), slice(block.x0 - x0, block.x1 - x0))
+    cuts, walls = [], []
+    for bias in plan.biases:
+        region = mutex_watershed(affinities, plan.offsets, cfg.bias, bias, cfg.min_size)
+        cuts.append(region)
+        walls.append(wall_counts(region[None, inner[1], inner[2]], affinities[inner][None], plan.offsets, cfg.bias))
+    _save_cut(plan, block, area, cuts, walls)
+
+
+def cut_map_block(job: dict, block: Block) -> str:
+    """Pass 1 for a membrane model (a Dask task): the seeded watershed of the map as written
+    (read back with the halo; uint8 maps in their steps of 1/255)."""
+    import zarr
+
+    plan: CellsPlan = job["cells"]
+    area = block.area(SEGMENT_HALO, plan.shape[1:])
+    stored = zarr.open_array(str(Path(job["output"]) / "0"), mode="r", zarr_format=2)
+    page = stored[block.z, area[0] : area[1], area[2] : area[3]]
+    interior = page.astype(np.float32) / 255.0 if page.dtype == np.uint8 else page.astype(np.float32)
+    region = seeded_watershed(interior, plan.segment.seed_threshold, plan.segment.min_size)
+    _save_cut(plan, block, area, [region], [(0, 0)])
+    return block.name
+
+
+# --- passes 2-5, run by the client -------------------------------------------------------------
+
+def stitch_cells(plan: CellsPlan, blocks: list[Block], scheduler: str | None, workers: int, progress: bool) -> dict:
+    """Passes 2 to 5 over cut blocks: writes the labels; returns the cells' count and the bias."""
+    records = [np.load(plan.cut_file(b)) for b in blocks]  # lazy: the rings stay on disk
+    k = _chosen_bias(plan, [r["walls"] for r in records])
+    counts = np.array([int(r[f"count{k}"]) for r in records], np.int64)
+    job = {"plan": plan, "k": k, "offsets": np.concatenate([[0], np.cumsum(counts)[:-1]])}
+    pairs = run_blocks(_seam_pairs, job, blocks, scheduler, workers, progress, desc="seams")
+    lut = joined_ids(int(counts.sum()), np.concatenate([p for p in pairs] + [np.zeros((0, 2), np.int64)]))
+    if plan.segment.link_sections:
+        lut = _linked(plan, blocks, {**job, "lut": lut}, scheduler, workers, progress)[lut]
+    run_blocks(_write_labels, {**job, "lut": lut}, blocks, scheduler, workers, progress, desc="labels")
+    return {"cells": int(lut.max()), "long_range_bias": plan.biases[k]}
+
+
+def _chosen_bias(plan: CellsPlan, walls: list[np.ndarray]) -> int:
+    """The candidate whose cells the volume keeps: the first at most 5 % unsupported, pooled."""
+    totals = np.sum(walls, axis=0)  # (candidates, 2): walls, unsupported
+    for k, bias in enumerate(plan.biases):
+        last = k == len(plan.biases) - 1
+        if bias is None or supported(totals[k, 1] / max(totals[k, 0], 1), bias, last):
+            return k
+    return len(plan.biases) - 1
+
+
+def _own_ids(job: dict, block: Block) -> np.ndarray:
+    """The block's cells with their volume-wide ids before stitching (int64, 0 = none)."""
+    plan: CellsPlan = job["plan"]
+    local = _scratch_array(plan, job["k"], "r")[block.z, block.y0 : block.y1, block.x0 : block.x1].astype(np.int64)
+    return np.where(local > 0, local + job["offsets"][plan.index(block.z, block.y0, block.x0)], 0)
+
+
+def _ids_of_area(job: dict, z: int, area: tuple[int, int, int, int]) -> np.ndarray:
+    """The volume-wide ids before stitching of every pixel of ``area`` of section z, each from
+    the block that owns it."""
+    plan: CellsPlan = job["plan"]
+    y0, y1, x0, x1 = area
+    ids = _scratch_array(plan, job["k"], "r")[z, y0:y1, x0:x1].astype(np.int64)
+    b = plan.block
+    for top in range(y0 - y0 % b, y1, b):
+        for left in range(x0 - x0 % b, x1, b):
+            rows = slice(max(top, y0) - y0, min(top + b, y1) - y0)
+            cols = slice(max(left, x0) - x0, min(left + b, x1) - x0)
+            part = ids[rows, cols]
+            part[part > 0] += job["offsets"][plan.index(z, top, left)]
+    return ids
+
+
+def _seam_pairs(job: dict, block: Block) -> np.ndarray:
+    """Pass 3 (a task): the pairs (this block's cell, a neighbour's cell) that are one cell, by
+    their IoU within this block's halo."""
+    plan: CellsPlan = job["plan"]
+    record = np.load(plan.cut_file(block))
+    area = tuple(int(v) for v in record["area"])
+    ring = record[f"ring{job['k']}"].astype(np.int64)
+    zone = np.ones(ring.shape, bool)
+    zone[block.y0 - area[0] : block.y1 - area[0], block.x0 - area[2] : block.x1 - area[2]] = False
+    mine = np.where(ring > 0, ring + job["offsets"][plan.index(block.z, block.y0, block.x0)], 0)[zone]
+    theirs = _ids_of_area(job, block.z, area)[zone]
+    ids_mine, size_mine = np.unique(mine[mine > 0], return_counts=True)
+    ids_theirs, size_theirs = np.unique(theirs[theirs > 0], return_counts=True)
+    both = (mine > 0) & (theirs > 0)
+    if not both.any():
+        return np.zeros((0, 2), np.int64)
+    pairs, shared = np.unique(np.stack([mine[both], theirs[both]]), axis=1, return_counts=True)
+    union = size_mine[np.searchsorted(ids_mine, pairs[0])] + size_theirs[np.searchsorted(ids_theirs, pairs[1])] - shared
+    return pairs[:, shared / union > SEAM_MIN_IOU].T
+
+
+def _linked(plan: CellsPlan, blocks: list[Block], job: dict, scheduler, workers, progress) -> np.ndarray:
+    """Pass 4: the look-up table from stitched 2-D ids to 3-D objects."""
+    counted = run_blocks(_link_counts, job, blocks, scheduler, workers, progress, desc="links")
+    count = int(job["lut"].max())
+    sizes = np.zeros(count + 1, np.int64)
+    overlaps: dict[tuple[int, int], int] = {}
+    for (ids, size), pairs in counted:
+        np.add.at(sizes, ids, size)
+        for pair, n in pairs.items():
+            overlaps[pair] = overlaps.get(pair, 0) + n
+    return joined_ids(count, matches(overlaps, sizes, plan.segment.link_iou))
+
+
+def _link_counts(job: dict, block: Block) -> tuple[tuple[np.ndarray, np.ndarray], dict[tuple[int, int], int]]:
+    """Pass 4 (a task): the sizes of the block's stitched cells, and their overlaps with the
+    cells of the same pixels one section below."""
+    here = job["lut"][_own_ids(job, block)]
+    sizes = np.unique(here[here > 0], return_counts=True)
+    if block.z == 0:
+        return sizes, {}
+    below = job["lut"][_ids_of_area(job, block.z - 1, (block.y0, block.y1, block.x0, block.x1))]
+    return sizes, overlaps_of(below, here)
+
+
+def _write_labels(job: dict, block: Block) -> str:
+    """Pass 5 (a task): the block's final ids, written."""
+    import zarr
+
+    plan: CellsPlan = job["plan"]
+    target = zarr.open_array(plan.labels, mode="r+", zarr_format=2).with_config({"write_empty_chunks": True})
+    target[block.z, block.y0 : block.y1, block.x0 : block.x1] = job["lut"][_own_ids(job, block)]
+    return block.name

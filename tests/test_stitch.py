@@ -1,0 +1,89 @@
+"""Cells of volumes block by block: stitched across block seams and linked across sections, equal
+to each section segmented whole (emunet.infer.stitch)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from skimage.metrics import adapted_rand_error
+
+from emunet.cli import main
+from emunet.infer.blockwise import predict_to_ome_zarr
+from emunet.infer.predictor import Predictor
+
+
+@pytest.fixture(scope="module")
+def sections(isbi_dir, tmp_path_factory):
+    """Two ISBI sections (512 x 512) as a TIFF and as a Zarr volume of 128-pixel chunks."""
+    folder = tmp_path_factory.mktemp("sections")
+    stack = tifffile.imread(isbi_dir / "train-volume.tif")[:2]
+    tifffile.imwrite(folder / "two.tif", stack)
+    zarr.open_array(str(folder / "two.zarr"), mode="w", shape=stack.shape, chunks=(1, 128, 128), dtype=stack.dtype,
+                    zarr_format=2)[...] = stack
+    return folder
+
+
+def _whole_section_cells(model: str, sections, **segment):
+    predictor = Predictor.load(model, "cpu", "fp32", ["predict.close_gaps=0"] + [f"segment.{k}={v}" for k, v in segment.items()])
+    return predictor, predictor.cells_of(predictor.predict(predictor.read(sections / "two.tif")))
+
+
+def _error(expected: np.ndarray, got: np.ndarray) -> float:
+    """skimage's adapted Rand error (1 - F-score of the pairs of pixels in one cell)."""
+    return adapted_rand_error(expected.astype(np.uint64), got.astype(np.uint64))[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["isbi-membranes", "isbi-cells"])
+def test_blockwise_cells_equal_whole_section_cells(model, sections, tmp_path):
+    predictor, whole = _whole_section_cells(model, sections)
+    assert [int(page.max()) for page in whole] > [100, 100]
+    for block in (256, 128):
+        out = tmp_path / f"cells-{block}.ome.zarr"
+        result = predict_to_ome_zarr([model], str(sections / "two.zarr"), out, predictor.settings, "fp32", device="cpu",
+                                     block=block, chunk=128, dtype="float32", progress=False, segment=predictor.segment)
+        got = zarr.open_array(str(out / "labels" / "cells" / "0"), mode="r")[...]
+        assert got.dtype == np.uint32 and got.shape == whole.shape and result.cells == int(got.max())
+        assert not set(np.unique(got[0])) & set(np.unique(got[1])) - {0}  # ids unique in the volume
+        for z in range(2):
+            assert _error(whole[z], got[z]) < 0.005, (model, block, z)
+        # the cells a seam cut are one id again: as many cells as the whole sections have, to a few
+        assert abs(len(np.unique(got)) - 1 - sum(int(page.max()) for page in whole)) <= 0.02 * got.max()
+    attrs = zarr.open_group(str(out), mode="r")
+    assert attrs["labels"].attrs["labels"] == ["cells"] and attrs["labels/cells"].attrs["image-label"]["version"] == "0.4"
+
+
+@pytest.mark.slow
+def test_blockwise_linked_cells_equal_linked_whole_sections(sections, tmp_path):
+    predictor, whole = _whole_section_cells("isbi-cells", sections, link_sections=True)
+    out = tmp_path / "linked.ome.zarr"
+    predict_to_ome_zarr(["isbi-cells"], str(sections / "two.zarr"), out, predictor.settings, "fp32", device="cpu", block=256,
+                        chunk=128, dtype="float32", progress=False, segment=predictor.segment)
+    got = zarr.open_array(str(out / "labels" / "cells" / "0"), mode="r")[...]
+    assert _error(whole, got) < 0.005
+    shared = set(np.unique(got[0])) & set(np.unique(got[1])) - {0}
+    assert len(shared) > 0.5 * len(np.unique(got[1]))  # neighbouring ISBI sections share most cells
+
+
+@pytest.mark.slow
+def test_predict_a_volume_with_segment_writes_its_labels_and_continues(sections, tmp_path, capsys):
+    out = tmp_path / "p.ome.zarr"
+    args = ["predict", "isbi-membranes", str(sections / "two.zarr"), "-o", str(out), "--segment", "--block", "256",
+            "--chunk", "128", "--close-gaps", "0", "--precision", "fp32", "-q"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "labels/cells: 2 x 512 x 512 uint32" in printed and "ids unique in the volume" in printed
+    first = zarr.open_array(str(out / "labels" / "cells" / "0"), mode="r")[...]
+    _, whole = _whole_section_cells("isbi-membranes", sections)
+    for z in range(2):  # from the map as written, in steps of 1/255
+        assert _error(whole[z], first[z]) < 0.01
+    assert main(args) == 0  # a rerun skips every block and writes the same cells
+    assert "0 of 8 blocks computed" in capsys.readouterr().out
+    np.testing.assert_array_equal(zarr.open_array(str(out / "labels" / "cells" / "0"), mode="r")[...], first)
+    assert main(args[:-1] + ["--min-size", "200", "-q"]) == 2  # other settings: refused, nothing lost
+    assert "these cells were made by" in capsys.readouterr().err
+    np.testing.assert_array_equal(zarr.open_array(str(out / "labels" / "cells" / "0"), mode="r")[...], first)
+    with_a_path = [f"--segment={tmp_path / 'c.tif'}" if a == "--segment" else a for a in args]
+    assert main(with_a_path) == 2 and "give --segment without a path" in capsys.readouterr().err
