@@ -44,7 +44,7 @@ def unlinked(cells: np.ndarray) -> np.ndarray:
 
 def vi(truth: np.ndarray, cells: np.ndarray) -> dict[str, float]:
     inside = truth > 0
-    merge, split = variation_of_information(truth[inside], cells[inside])
+    split, merge = variation_of_information(truth[inside], cells[inside])  # H(cells | truth), H(truth | cells)
     return {"split": round(float(split), 4), "merge": round(float(merge), 4), "vi": round(float(split + merge), 4)}
 
 

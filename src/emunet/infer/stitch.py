@@ -183,25 +183,28 @@ def _own_ids(job: dict, block: Block) -> np.ndarray:
     return np.where(local > 0, local + job["offsets"][plan.index(block.z, block.y0, block.x0)], 0)
 
 
-def _ids_of_area(job: dict, z: int, area: tuple[int, int, int, int]) -> np.ndarray:
+def _ids_of_area(job: dict, z: int, area: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The volume-wide ids before stitching of every pixel of ``area`` of section z, each from
-    the block that owns it."""
+    the block that owns it, and the plan-order number of that block (both int64)."""
     plan: CellsPlan = job["plan"]
     y0, y1, x0, x1 = area
     ids = _scratch_array(plan, job["k"], "r")[z, y0:y1, x0:x1].astype(np.int64)
+    owner = np.empty(ids.shape, np.int64)
     b = plan.block
     for top in range(y0 - y0 % b, y1, b):
         for left in range(x0 - x0 % b, x1, b):
             rows = slice(max(top, y0) - y0, min(top + b, y1) - y0)
             cols = slice(max(left, x0) - x0, min(left + b, x1) - x0)
+            owner[rows, cols] = plan.index(z, top, left)
             part = ids[rows, cols]
-            part[part > 0] += job["offsets"][plan.index(z, top, left)]
-    return ids
+            part[part > 0] += job["offsets"][owner[rows, cols][0, 0]]
+    return ids, owner
 
 
 def _seam_pairs(job: dict, block: Block) -> np.ndarray:
-    """Pass 3 (a task): the pairs (this block's cell, a neighbour's cell) that are one cell, by
-    their IoU within this block's halo."""
+    """Pass 3 (a task): the pairs (this block's cell, a neighbour's cell) that are one cell: their
+    IoU above :data:`SEAM_MIN_IOU` within the part of this block's halo that the neighbour owns
+    (a cell that reaches into several neighbours is compared with each on its own part)."""
     plan: CellsPlan = job["plan"]
     record = np.load(plan.cut_file(block))
     area = tuple(int(v) for v in record["area"])
@@ -209,15 +212,24 @@ def _seam_pairs(job: dict, block: Block) -> np.ndarray:
     zone = np.ones(ring.shape, bool)
     zone[block.y0 - area[0] : block.y1 - area[0], block.x0 - area[2] : block.x1 - area[2]] = False
     mine = np.where(ring > 0, ring + job["offsets"][plan.index(block.z, block.y0, block.x0)], 0)[zone]
-    theirs = _ids_of_area(job, block.z, area)[zone]
-    ids_mine, size_mine = np.unique(mine[mine > 0], return_counts=True)
-    ids_theirs, size_theirs = np.unique(theirs[theirs > 0], return_counts=True)
+    theirs, owner = (values[zone] for values in _ids_of_area(job, block.z, area))
     both = (mine > 0) & (theirs > 0)
     if not both.any():
         return np.zeros((0, 2), np.int64)
-    pairs, shared = np.unique(np.stack([mine[both], theirs[both]]), axis=1, return_counts=True)
-    union = size_mine[np.searchsorted(ids_mine, pairs[0])] + size_theirs[np.searchsorted(ids_theirs, pairs[1])] - shared
-    return pairs[:, shared / union > SEAM_MIN_IOU].T
+    # my cells' sizes within each neighbour's part; a neighbour's cell lies in its part only
+    keys_mine, size_mine = np.unique(np.stack([mine[mine > 0], owner[mine > 0]]), axis=1, return_counts=True)
+    ids_theirs, size_theirs = np.unique(theirs[theirs > 0], return_counts=True)
+    triples, shared = np.unique(np.stack([mine[both], theirs[both], owner[both]]), axis=1, return_counts=True)
+    union = (size_mine[_column_index(keys_mine, triples[[0, 2]])]
+             + size_theirs[np.searchsorted(ids_theirs, triples[1])] - shared)
+    return triples[:2, shared / union > SEAM_MIN_IOU].T
+
+
+def _column_index(sorted_keys: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Positions of the columns of ``wanted`` (2, m) among the lexicographically sorted columns
+    of ``sorted_keys`` (2, n), which hold all of them."""
+    scale = int(max(sorted_keys[1].max(), wanted[1].max())) + 1
+    return np.searchsorted(sorted_keys[0] * scale + sorted_keys[1], wanted[0] * scale + wanted[1])
 
 
 def _linked(plan: CellsPlan, blocks: list[Block], job: dict, scheduler, workers, progress) -> np.ndarray:
@@ -240,7 +252,7 @@ def _link_counts(job: dict, block: Block) -> tuple[tuple[np.ndarray, np.ndarray]
     sizes = np.unique(here[here > 0], return_counts=True)
     if block.z == 0:
         return sizes, {}
-    below = job["lut"][_ids_of_area(job, block.z - 1, (block.y0, block.y1, block.x0, block.x1))]
+    below = job["lut"][_ids_of_area(job, block.z - 1, (block.y0, block.y1, block.x0, block.x1))[0]]
     return sizes, overlaps_of(below, here)
 
 
