@@ -88,3 +88,14 @@ def test_segment_stack_links_when_asked():
 def test_link_iou_outside_its_range_is_refused():
     with pytest.raises(Exception, match="segment.link_iou"):
         SegmentConfig(link_iou=0.0).validate()
+
+
+def test_tuple_counts_equal_numpys_unique_of_columns():
+    rng = np.random.default_rng(3)
+    columns = [rng.integers(0, n, 5000) * 7919 for n in (30, 5, 200)]
+    from emunet.infer.link import tuple_counts
+
+    got, counts = tuple_counts(*columns)
+    want, want_counts = np.unique(np.stack(columns), axis=1, return_counts=True)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(counts, want_counts)

@@ -20,7 +20,7 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["DEFAULT_MIN_IOU", "overlaps_of", "matches", "joined_ids", "link_sections"]
+__all__ = ["DEFAULT_MIN_IOU", "overlaps_of", "tuple_counts", "matches", "joined_ids", "link_sections"]
 
 # A neurite cut at 50 nm moves and changes shape between sections. On VNC's truth (its 2-D cells,
 # 20 sections) the mutual best matches of neighbouring sections have a median IoU of 0.58 (0.78
@@ -33,8 +33,26 @@ def overlaps_of(below: np.ndarray, above: np.ndarray) -> dict[tuple[int, int], i
     """Pixel counts of each pair (id in ``below``, id in ``above``) of two aligned label images
     (0 = no cell, not counted)."""
     both = (below > 0) & (above > 0)
-    pairs, counts = np.unique(np.stack([below[both], above[both]]).astype(np.uint64), axis=1, return_counts=True)
+    pairs, counts = tuple_counts(below[both], above[both])
     return {(int(a), int(b)): int(n) for (a, b), n in zip(pairs.T, counts)}
+
+
+def tuple_counts(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct tuples of aligned 1-D integer arrays, (len(columns), m) in lexicographic
+    order, and how often each occurs: ``np.unique(np.stack(columns), axis=1, return_counts=True)``
+    without its sort of whole rows, which is 30x slower on a million pixels."""
+    key = np.zeros(len(columns[0]), np.int64)
+    values = []
+    for column in columns:
+        distinct, code = np.unique(column, return_inverse=True)
+        key = key * len(distinct) + code.ravel()
+        values.append(distinct)
+    keys, counts = np.unique(key, return_counts=True)
+    out = np.empty((len(columns), len(keys)), np.int64)
+    for i in range(len(columns) - 1, -1, -1):
+        keys, code = np.divmod(keys, len(values[i]))
+        out[i] = values[i][code]
+    return out, counts
 
 
 def matches(overlaps: dict[tuple[int, int], int], sizes: np.ndarray, min_iou: float = DEFAULT_MIN_IOU) -> list[tuple[int, int]]:

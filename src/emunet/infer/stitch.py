@@ -34,7 +34,7 @@ import numpy as np
 from ..config import SegmentConfig
 from ..model.affinities import Offsets
 from .blocks import Block, run_blocks
-from .link import joined_ids, matches, overlaps_of
+from .link import joined_ids, matches, overlaps_of, tuple_counts
 from .segment import long_range_biases, mutex_watershed, seeded_watershed, supported, wall_counts
 
 __all__ = ["SEGMENT_HALO", "SEAM_MIN_IOU", "CellsPlan", "cut_affinities", "cut_map_block", "stitch_cells"]
@@ -217,9 +217,9 @@ def _seam_pairs(job: dict, block: Block) -> np.ndarray:
     if not both.any():
         return np.zeros((0, 2), np.int64)
     # my cells' sizes within each neighbour's part; a neighbour's cell lies in its part only
-    keys_mine, size_mine = np.unique(np.stack([mine[mine > 0], owner[mine > 0]]), axis=1, return_counts=True)
+    keys_mine, size_mine = tuple_counts(mine[mine > 0], owner[mine > 0])
     ids_theirs, size_theirs = np.unique(theirs[theirs > 0], return_counts=True)
-    triples, shared = np.unique(np.stack([mine[both], theirs[both], owner[both]]), axis=1, return_counts=True)
+    triples, shared = tuple_counts(mine[both], theirs[both], owner[both])
     union = (size_mine[_column_index(keys_mine, triples[[0, 2]])]
              + size_theirs[np.searchsorted(ids_theirs, triples[1])] - shared)
     return triples[:2, shared / union > SEAM_MIN_IOU].T
