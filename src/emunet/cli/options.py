@@ -150,7 +150,8 @@ def _add_predict_command(sub) -> None:
     p.add_argument("--segment", nargs="?", const="", metavar="CELLS", type=str,
                    help="also write the cells, an instance label image (uint32, each id one cell of its section; ids start at 1 on every section unless --link-sections): the mutex watershed "
                    "of an affinity model's affinities, or the seeded watershed of a membrane model's map. CELLS: a .tif "
-                   "or an OME-Zarr (.zarr); a folder where -o is one; default: beside -o as NAME-cells.tif")
+                   "or an OME-Zarr (.zarr); a folder where -o is one; default: beside -o as NAME-cells.tif, and for -o OUT.ome.zarr "
+                   "the volume's own labels OUT.ome.zarr/labels/cells, cut block by block and stitched at the seams (ids unique in the volume)")
     p.add_argument("--min-size", type=int, metavar="PX", help="with --segment: merge cells smaller than this into "
                    "their neighbours (default: the run's segment.min_size, 50)")
     p.add_argument("--link-sections", action="store_const", const=True,

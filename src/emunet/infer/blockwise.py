@@ -220,15 +220,22 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
         write_pyramid(group)
     result = BlockwiseResult(volume.shape, len(blocks), len(blocks) - len(todo), 0.0)
     if job["cells"] is not None:
-        from .stitch import cut_map_block, stitch_cells
-
-        uncut = [b for b in blocks if not job["cells"].is_cut(b)]
-        if uncut:  # the membrane head's cells come from the map as written, halo and all
-            run_blocks(cut_map_block, job, uncut, scheduler, workers, progress, desc="cells")
-        made = stitch_cells(job["cells"], blocks, scheduler, workers, progress)
-        result.cells, result.long_range_bias = made["cells"], made["long_range_bias"]
+        result.cells, result.long_range_bias = _cells_of_volume(job, blocks, scheduler, workers, progress)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _cells_of_volume(job: dict, blocks: list[Block], scheduler: str | None, workers: int,
+                     progress: bool) -> tuple[int, float | None]:
+    """The blocks not cut yet cut (a membrane model's from its map as written, halo and all;
+    an affinity model's were cut with its map), then stitched: the cells' count and the bias."""
+    from .stitch import cut_map_block, stitch_cells
+
+    uncut = [b for b in blocks if not job["cells"].is_cut(b)]
+    if uncut:
+        run_blocks(cut_map_block, job, uncut, scheduler, workers, progress, desc="cells")
+    made = stitch_cells(job["cells"], blocks, scheduler, workers, progress)
+    return made["cells"], made["long_range_bias"]
 
 
 def _open_cells(output: Path, volume, made_by: dict, segment: SegmentConfig, offsets, block: int, chunk: int,
