@@ -149,12 +149,13 @@ def _predict_blockwise(args, predictor, output, cells) -> int:
     from ..infer.blockwise import predict_to_ome_zarr
     from ..errors import UsageError
 
-    if args.masks or args.overlays or output.is_url:
-        raise UsageError(f"{args.output}: an OME-Zarr output is written to a local folder, without --masks or --overlays")
+    if args.masks or args.overlays:
+        raise UsageError(f"{args.output}: an OME-Zarr output is written without --masks or --overlays (view it whole "
+                         "in napari or neuroglancer)")
     if args.segment:
         raise UsageError(f"--segment {args.segment}: a volume predicted block by block keeps its cells in its own "
                          f"labels ({args.output}/labels/cells); give --segment without a path")
-    result = predict_to_ome_zarr(predictor.paths, str(args.input), output.path, predictor.settings, predictor.precision,
+    result = predict_to_ome_zarr(predictor.paths, str(args.input), output.location, predictor.settings, predictor.precision,
                                  device=args.device, block=args.block, chunk=args.chunk, dtype=args.dtype,
                                  levels=args.levels, scheduler=args.scheduler, workers=args.workers,
                                  channel=predictor.channel, axes=args.axes, progress=not args.quiet,

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..io.places import Place
 
 __all__ = ["Block", "plan_blocks", "markers_folder", "run_blocks"]
 
 
-def markers_folder(output: Path) -> Path:
-    """Where the markers of finished blocks go: a hidden folder beside the output (inside it,
-    Zarr readers would warn about a member they do not know)."""
+def markers_folder(output: Place) -> Place:
+    """Where the markers of finished blocks go: a hidden folder (or prefix) beside the output
+    (inside it, Zarr readers would warn about a member they do not know)."""
     return output.parent / f".{output.name}.blocks"
 
 
@@ -44,6 +44,14 @@ def plan_blocks(shape: tuple[int, int, int], block: int) -> list[Block]:
             for z in range(n) for y in range(0, h, block) for x in range(0, w, block)]
 
 
+def _with_storage(task: Callable[[dict, Block], Any], storage: Any, job: dict, block: Block) -> Any:
+    """``task(job, block)`` with the command's store settings in force (in a worker thread or process)."""
+    from ..io.storage import using
+
+    with using(storage):
+        return task(job, block)
+
+
 def run_blocks(task: Callable[[dict, Block], Any], job: dict, blocks: Sequence[Block], scheduler: str | None,
                workers: int, progress: bool, desc: str = "blocks") -> list[Any]:
     """``task(job, block)`` for every block, on the in-process scheduler with ``workers`` threads
@@ -53,8 +61,12 @@ def run_blocks(task: Callable[[dict, Block], Any], job: dict, blocks: Sequence[B
 
     from ..progress import progress_bar
 
+    from ..io.storage import settings
+
     shared = dask.delayed(job, traverse=False)
-    tasks = [dask.delayed(task, pure=False)(shared, b, dask_key_name=f"{desc}-{b.name}") for b in blocks]
+    storage = settings()  # the command's store settings, for the places each task opens
+    tasks = [dask.delayed(_with_storage, pure=False)(task, storage, shared, b, dask_key_name=f"{desc}-{b.name}")
+             for b in blocks]
     bar = progress_bar(len(blocks), desc=desc, unit="block", enabled=progress)
     try:
         if scheduler is None:

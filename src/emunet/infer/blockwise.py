@@ -15,7 +15,6 @@ undisturbed run. Memory per task depends on the block size, not on the volume's.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import asdict
 from functools import lru_cache
@@ -29,6 +28,7 @@ import numpy as np
 from ..config import PredictConfig, SegmentConfig
 from ..errors import DataError, UsageError
 from ..model.bundled import resolve_checkpoint
+from ..io.places import Place
 from ..io.provenance import file_sha256, made_by_record, recorded_made_by, differences as _differences
 from ..model.affinities import interior_from_affinities
 from .blocks import Block, markers_folder, plan_blocks, run_blocks
@@ -135,12 +135,10 @@ def _run_block(job: dict, block: Block) -> str:
     cells, its cut too, from the same affinities (:func:`stitch.cut_affinities`)."""
     import zarr
 
-    from ..io.storage import using
     from .stitch import SEGMENT_HALO, cut_affinities
 
-    with using(job["storage"]):  # the command's store settings, in this worker thread or process
-        models, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"],
-                                            job["axes"])
+    models, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"],
+                                        job["axes"])
     offsets, plan = models[0].cfg.offsets, job["cells"]
     if offsets and plan is not None:
         area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"])
@@ -148,10 +146,11 @@ def _run_block(job: dict, block: Block) -> str:
     else:
         probs = predict_block(models, volume, block, job["predict"], job["precision"])
     # every chunk stored, zeros too: a finished block's chunks are checked on a rerun
-    target = zarr.open_array(str(Path(job["output"]) / "0"), mode="r+", zarr_format=2).with_config({"write_empty_chunks": True})
+    output = Place(job["output"])
+    target = zarr.open_array((output / "0").zarr(), mode="r+", zarr_format=2).with_config({"write_empty_chunks": True})
     target[block.z, block.y0 : block.y1, block.x0 : block.x1] = _encode(probs, job["dtype"])
-    marker = markers_folder(Path(job["output"])) / block.name
-    marker.write_bytes(b"")  # written after the chunks: a block without it is predicted again
+    # written after the chunks: a block without it is predicted again
+    (markers_folder(output) / block.name).write_bytes(b"")
     if offsets and plan is not None:
         cut_affinities(plan, block, area, affinities)
     return block.name
@@ -167,12 +166,13 @@ class BlockwiseResult:
     long_range_bias: float | None = None  # the mutex watershed's, as calibrated on the volume
 
 
-def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: Path, pcfg: PredictConfig,
+def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: str | Path | Place, pcfg: PredictConfig,
                         precision: str, device: str = "auto", block: int = 4096, chunk: int = 1024,
                         dtype: str = "uint8", levels: int = 1, scheduler: str | None = None, workers: int = 1,
                         channel: int | None = None, axes: str | None = None, progress: bool = True,
                         overwrite: bool = False, segment: SegmentConfig | None = None) -> BlockwiseResult:
-    """Predict the volume ``source`` block by block into the OME-Zarr image ``output``.
+    """Predict the volume ``source`` block by block into the OME-Zarr image ``output`` (a local
+    folder or a store's URL; a Zarr ``source`` on a store is read chunk by chunk).
 
     Args:
         block: block side in pixels, a multiple of ``chunk`` (and of the closing's window).
@@ -187,14 +187,19 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
         segment: also the cells, as these settings say, into the image's NGFF labels
             (``output/labels/cells``, uint32; :mod:`.stitch`).
     """
-    from ..io.storage import settings
-    from ..io.volumes import open_volume, volume_file
+    from ..io.address import parse_address
+    from ..io.volumes import open_volume
 
     if dtype not in ("uint8", "float16", "float32"):
         raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
     check_block_size(block, chunk, pcfg)
-    store = volume_file(source).resolve()
-    if output.resolve() == store or store in output.resolve().parents or output.resolve() in store.parents:
+    output = Place(output)
+    if output.is_url:
+        from ..io.storage import check_store
+
+        check_store(output.location)  # a store that does not answer or lacks the bucket: now, before any work
+    store = Place(parse_address(source, what="input").location)
+    if output.contains(store) or store.contains(output):
         raise DataError(f"{output}: the output would write into the input {source}; choose another -o")
     volume = open_volume(source, channel, axes)
     hashes = tuple(file_sha256(resolve_checkpoint(c)) for c in checkpoints)  # a bundled name: its file
@@ -204,14 +209,15 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     group, blocks, todo = _open_output(output, volume, made_by, chunk, dtype, levels, block, overwrite)
     job = {"checkpoints": tuple(str(c) for c in checkpoints), "hashes": hashes, "device": device, "source": str(source),
            "channel": channel, "axes": axes, "predict": pcfg, "precision": precision, "output": str(output), "dtype": dtype,
-           "storage": settings(), "cells": None}
+           "cells": None}
     start = time.perf_counter()
     if segment is not None:
         offsets = _models_and_volume(job["checkpoints"], hashes, device, str(source), channel, axes)[0][0].cfg.offsets
         job["cells"] = _open_cells(output, volume, made_by, segment, offsets, block, chunk, overwrite)
         if offsets:  # the affinities are predicted once, for the map and the cut together
             pending = set(todo)
-            todo = [b for b in blocks if b in pending or not job["cells"].is_cut(b)]
+            cut = job["cells"].cut_blocks()
+            todo = [b for b in blocks if b in pending or b.name not in cut]
     if todo:
         run_blocks(_run_block, job, todo, scheduler, workers, progress)
     if levels > 1 and todo:
@@ -231,14 +237,15 @@ def _cells_of_volume(job: dict, blocks: list[Block], scheduler: str | None, work
     an affinity model's were cut with its map), then stitched: the cells' count and the bias."""
     from .stitch import cut_map_block, stitch_cells
 
-    uncut = [b for b in blocks if not job["cells"].is_cut(b)]
+    cut = job["cells"].cut_blocks()
+    uncut = [b for b in blocks if b.name not in cut]
     if uncut:
         run_blocks(cut_map_block, job, uncut, scheduler, workers, progress, desc="cells")
     made = stitch_cells(job["cells"], blocks, scheduler, workers, progress)
     return made["cells"], made["long_range_bias"]
 
 
-def _open_cells(output: Path, volume, made_by: dict, segment: SegmentConfig, offsets, block: int, chunk: int,
+def _open_cells(output: Place, volume, made_by: dict, segment: SegmentConfig, offsets, block: int, chunk: int,
                 overwrite: bool):
     """The labels image ``output/labels/cells`` (NGFF 0.4) and the plan of its cells; labels made
     with other settings are refused unless ``overwrite``, and a new one starts its cuts afresh."""
@@ -257,20 +264,20 @@ def _open_cells(output: Path, volume, made_by: dict, segment: SegmentConfig, off
             raise UsageError(f"{labels}: these cells were made by {differs}; replace them with --overwrite "
                              "or choose another -o")
         if differs:
-            shutil.rmtree(labels)
+            labels.remove()
     if not (labels / ".zattrs").is_file():
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.remove()
         group = create_ome_zarr(labels, volume.shape, (1, chunk, chunk), "uint32", volume.calibration, "cells")
         group.attrs["image-label"] = {"version": "0.4"}
         group.attrs["emunet"] = {"made_by": wanted}
-        zarr.open_group(str(output / "labels"), mode="a", zarr_format=2).attrs["labels"] = ["cells"]
+        zarr.open_group((output / "labels").zarr(), mode="a", zarr_format=2).attrs["labels"] = ["cells"]
     plan = CellsPlan(str(scratch), str(labels / "0"), tuple(volume.shape), block, segment,
                      [tuple(o) for o in offsets] if offsets else None)
     create_scratch(plan, chunk)
     return plan
 
 
-def _open_output(output: Path, volume, made_by: dict, chunk: int, dtype: str, levels: int, block: int, overwrite: bool):
+def _open_output(output: Place, volume, made_by: dict, chunk: int, dtype: str, levels: int, block: int, overwrite: bool):
     """The output group, all blocks and those still to predict. An output is continued only when
     the same checkpoints, input and settings made it, and a block counts as finished only with
     its marker and all its chunks present; anything else is refused unless ``overwrite``."""
@@ -283,20 +290,20 @@ def _open_output(output: Path, volume, made_by: dict, chunk: int, dtype: str, le
             raise UsageError(f"{output}: this OME-Zarr was made by {differs}; continuing it would mix two predictions. "
                              "Replace it with --overwrite or choose another -o")
         if overwrite:
-            shutil.rmtree(output)
+            output.remove()
     if not (output / ".zattrs").is_file():  # a new output: markers left from a removed one mean nothing
-        shutil.rmtree(done_dir, ignore_errors=True)
-    group = create_ome_zarr(output, volume.shape, (1, chunk, chunk), dtype, volume.calibration, Path(volume.source).name,
+        done_dir.remove()
+    group = create_ome_zarr(output, volume.shape, (1, chunk, chunk), dtype, volume.calibration, Place(volume.source).name,
                             levels)
     group.attrs["emunet"] = {"made_by": made_by}
-    done_dir.mkdir(exist_ok=True)
+    done_dir.make_folder()
     blocks = plan_blocks(volume.shape, block)
-    finished = {p.name for p in done_dir.iterdir()}
-    todo = [b for b in blocks if b.name not in finished or not _chunks_present(output / "0", b, chunk)]
+    finished, stored = done_dir.names(), (output / "0").names()  # one listing each, not a request per block
+    todo = [b for b in blocks if b.name not in finished or not _chunks_present(stored, b, chunk)]
     return group, blocks, todo
 
 
-def _chunks_present(array_dir: Path, block: Block, chunk: int) -> bool:
-    """Whether every output chunk of ``block`` is stored (Zarr v2 keys 'z.cy.cx')."""
-    return all((array_dir / f"{block.z}.{cy}.{cx}").is_file()
+def _chunks_present(stored: set[str], block: Block, chunk: int) -> bool:
+    """Whether every output chunk of ``block`` is among the ``stored`` keys (Zarr v2: 'z.cy.cx')."""
+    return all(f"{block.z}.{cy}.{cx}" in stored
                for cy in range(block.y0 // chunk, -(-block.y1 // chunk)) for cx in range(block.x0 // chunk, -(-block.x1 // chunk)))

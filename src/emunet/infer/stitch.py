@@ -23,15 +23,15 @@ The passes, each a task per block on Dask (the client holds only per-cell tables
 
 from __future__ import annotations
 
+import io
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..config import SegmentConfig
+from ..io.places import Place
 from ..model.affinities import Offsets
 from .blocks import Block, run_blocks
 from .link import joined_ids, matches, overlaps_of, tuple_counts
@@ -71,17 +71,19 @@ class CellsPlan:
         across, down = -(-w // self.block), -(-h // self.block)
         return (z * down + y // self.block) * across + x // self.block
 
-    def cut_file(self, block: Block) -> Path:
-        return Path(self.scratch) / f"{block.name}.npz"
+    def cut_file(self, block: Block) -> Place:
+        """The block's ring (the halo's ids) and its counts, written last: the block's marker."""
+        return Place(self.scratch) / f"{block.name}.npz"
 
-    def is_cut(self, block: Block) -> bool:
-        return self.cut_file(block).is_file()
+    def cut_blocks(self) -> set[str]:
+        """The names of the blocks cut (one listing of the scratch folder)."""
+        return {name[: -len(".npz")] for name in Place(self.scratch).names() if name.endswith(".npz")}
 
 
 def _scratch_array(plan: CellsPlan, k: int, mode: str = "r+") -> Any:
     import zarr
 
-    return zarr.open_array(str(Path(plan.scratch) / f"local{k}"), mode=mode, zarr_format=2)
+    return zarr.open_array((Place(plan.scratch) / f"local{k}").zarr(read_only=mode == "r"), mode=mode, zarr_format=2)
 
 
 def create_scratch(plan: CellsPlan, chunk: int) -> None:
@@ -89,12 +91,16 @@ def create_scratch(plan: CellsPlan, chunk: int) -> None:
     when a rerun continues)."""
     import zarr
 
-    Path(plan.scratch).mkdir(parents=True, exist_ok=True)
+    Place(plan.scratch).make_folder()
     for k in range(len(plan.biases)):
-        path = Path(plan.scratch) / f"local{k}"
-        if not (path / ".zarray").is_file():
-            zarr.create_array(str(path), shape=plan.shape, chunks=(1, chunk, chunk), dtype="uint32", fill_value=0,
+        place = Place(plan.scratch) / f"local{k}"
+        if not (place / ".zarray").is_file():
+            zarr.create_array(place.zarr(), shape=plan.shape, chunks=(1, chunk, chunk), dtype="uint32", fill_value=0,
                               zarr_format=2)
+
+
+def _load_cut(plan: CellsPlan, block: Block) -> Any:
+    return np.load(io.BytesIO(plan.cut_file(block).read_bytes()))
 
 
 # --- pass 1: cut -------------------------------------------------------------------------------
@@ -116,9 +122,9 @@ def _save_cut(plan: CellsPlan, block: Block, area: tuple[int, int, int, int], cu
         ring = lookup[region]
         ring[inner] = 0
         record[f"ring{k}"], record[f"count{k}"] = ring, np.array(len(ids))
-    temporary = plan.cut_file(block).with_suffix(".tmp.npz")
-    np.savez_compressed(temporary, **record)
-    os.replace(temporary, plan.cut_file(block))
+    packed = io.BytesIO()
+    np.savez_compressed(packed, **record)
+    plan.cut_file(block).write_bytes(packed.getvalue())  # whole or not at all
 
 
 def cut_affinities(plan: CellsPlan, block: Block, area: tuple[int, int, int, int], affinities: np.ndarray) -> None:
@@ -142,7 +148,7 @@ def cut_map_block(job: dict, block: Block) -> str:
 
     plan: CellsPlan = job["cells"]
     area = block.area(SEGMENT_HALO, plan.shape[1:])
-    stored = zarr.open_array(str(Path(job["output"]) / "0"), mode="r", zarr_format=2)
+    stored = zarr.open_array((Place(job["output"]) / "0").zarr(read_only=True), mode="r", zarr_format=2)
     page = stored[block.z, area[0] : area[1], area[2] : area[3]]
     interior = page.astype(np.float32) / 255.0 if page.dtype == np.uint8 else page.astype(np.float32)
     region = seeded_watershed(interior, plan.segment.seed_threshold, plan.segment.min_size)
@@ -154,9 +160,9 @@ def cut_map_block(job: dict, block: Block) -> str:
 
 def stitch_cells(plan: CellsPlan, blocks: list[Block], scheduler: str | None, workers: int, progress: bool) -> dict:
     """Passes 2 to 5 over cut blocks: writes the labels; returns the cells' count and the bias."""
-    records = [np.load(plan.cut_file(b)) for b in blocks]  # lazy: the rings stay on disk
-    k = _chosen_bias(plan, [r["walls"] for r in records])
-    counts = np.array([int(r[f"count{k}"]) for r in records], np.int64)
+    summaries = run_blocks(_cut_summary, {"plan": plan}, blocks, scheduler, workers, False, desc="counts")
+    k = _chosen_bias(plan, [walls for walls, _ in summaries])
+    counts = np.array([int(cells[k]) for _, cells in summaries], np.int64)
     job = {"plan": plan, "k": k, "offsets": np.concatenate([[0], np.cumsum(counts)[:-1]])}
     pairs = run_blocks(_seam_pairs, job, blocks, scheduler, workers, progress, desc="seams")
     lut = joined_ids(int(counts.sum()), np.concatenate([p for p in pairs] + [np.zeros((0, 2), np.int64)]))
@@ -164,6 +170,13 @@ def stitch_cells(plan: CellsPlan, blocks: list[Block], scheduler: str | None, wo
         lut = _linked(plan, blocks, {**job, "lut": lut}, scheduler, workers, progress)[lut]
     run_blocks(_write_labels, {**job, "lut": lut}, blocks, scheduler, workers, progress, desc="labels")
     return {"cells": int(lut.max()), "long_range_bias": plan.biases[k]}
+
+
+def _cut_summary(job: dict, block: Block) -> tuple[np.ndarray, list[int]]:
+    """A cut block's wall counts and its cells' count at each candidate bias (read where the
+    cuts are, so the rings never travel to the client)."""
+    record = _load_cut(job["plan"], block)
+    return record["walls"], [int(record[f"count{k}"]) for k in range(len(job["plan"].biases))]
 
 
 def _chosen_bias(plan: CellsPlan, walls: list[np.ndarray]) -> int:
@@ -206,7 +219,7 @@ def _seam_pairs(job: dict, block: Block) -> np.ndarray:
     IoU above :data:`SEAM_MIN_IOU` within the part of this block's halo that the neighbour owns
     (a cell that reaches into several neighbours is compared with each on its own part)."""
     plan: CellsPlan = job["plan"]
-    record = np.load(plan.cut_file(block))
+    record = _load_cut(plan, block)
     area = tuple(int(v) for v in record["area"])
     ring = record[f"ring{job['k']}"].astype(np.int64)
     zone = np.ones(ring.shape, bool)
@@ -261,6 +274,6 @@ def _write_labels(job: dict, block: Block) -> str:
     import zarr
 
     plan: CellsPlan = job["plan"]
-    target = zarr.open_array(plan.labels, mode="r+", zarr_format=2).with_config({"write_empty_chunks": True})
+    target = zarr.open_array(Place(plan.labels).zarr(), mode="r+", zarr_format=2).with_config({"write_empty_chunks": True})
     target[block.z, block.y0 : block.y1, block.x0 : block.x1] = job["lut"][_own_ids(job, block)]
     return block.name

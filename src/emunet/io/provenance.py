@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import StorageError
+from .places import Place
+
 __all__ = ["file_sha256", "made_by_record", "recorded_made_by", "differences", "volume_fingerprint"]
 
 _FINGERPRINT_SIDE = 256  # pixels per side of the window hashed in each fingerprinted section
@@ -48,11 +51,11 @@ def made_by_record(checkpoint_hashes: tuple[str, ...], source: str, volume: Any,
     return json.loads(json.dumps(record))
 
 
-def recorded_made_by(output: Path) -> dict | None:
+def recorded_made_by(output: Place) -> dict | None:
     """The record stored in an OME-Zarr's attributes (None for an output that has none)."""
     try:
-        attrs = json.loads((Path(output) / ".zattrs").read_text())
-    except (OSError, ValueError):
+        attrs = json.loads((output / ".zattrs").read_text())
+    except (OSError, ValueError, StorageError):
         return None
     return (attrs.get("emunet") or {}).get("made_by")
 

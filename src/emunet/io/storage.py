@@ -37,7 +37,7 @@ from .address import is_url
 log = logging.getLogger("emunet")
 
 __all__ = ["shown", "mirrored_run", "using", "use", "settings", "is_url", "local_copy", "exists", "local_folder", "staged_output", "RunMirror",
-           "download_run", "check_store"]
+           "download_run", "check_store", "filesystem", "zarr_store", "named"]
 
 # The package that gives fsspec each protocol, for the error when it is missing.
 PACKAGES = MappingProxyType({"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs",
@@ -104,7 +104,9 @@ def cache_root() -> Path:
     return Path(_SETTINGS.get().cache or os.environ.get("EMUNET_CACHE") or Path.home() / ".cache" / "emunet").expanduser()
 
 
-def _filesystem(url: str):
+def _options(url: str, retries: int = 2) -> tuple[type, dict[str, Any]]:
+    """The fsspec filesystem class of ``url``'s protocol and the options this command's store
+    settings give it (endpoint, region, timeouts)."""
     import fsspec
 
     protocol = url.split("://", 1)[0].lower()
@@ -122,8 +124,30 @@ def _filesystem(url: str):
             client["region_name"] = _SETTINGS.get().region
         # fail fast on a store that does not answer; the uploader has its own retries
         options = {"client_kwargs": client, "skip_instance_cache": True,
-                   "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 2}}}
+                   "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": retries}}}
+    return cls, options
+
+
+def _filesystem(url: str):
+    cls, options = _options(url)
     return cls(**options)
+
+
+def filesystem(url: str, retries: int = 2):
+    """The fsspec filesystem of ``url`` with this command's store settings."""
+    cls, options = _options(url, retries)
+    return cls(**options)
+
+
+def zarr_store(url: str, read_only: bool):
+    """A Zarr store of the group or array at ``url`` on an object store, with this command's
+    store settings; chunks are read and written one request each, never copied down whole.
+    Blocks written by many workers retry a failed request a few times before their task fails."""
+    from zarr.storage import FsspecStore
+
+    _, options = _options(url, retries=5)
+    with named(url):
+        return FsspecStore.from_url(url.rstrip("/"), storage_options=options, read_only=read_only)
 
 
 def _where() -> str:
@@ -131,7 +155,7 @@ def _where() -> str:
 
 
 @contextmanager
-def _named(url: str) -> Iterator[None]:
+def named(url: str) -> Iterator[None]:
     """Store errors as one line naming the URL and what to check."""
     try:
         yield
@@ -167,7 +191,7 @@ def local_copy(path: str | os.PathLike) -> Path:
     # under its own name, so that slices are named as the files on the store are
     target = cache_root() / "inputs" / _key(url) / url.rsplit("/", 1)[-1]
     manifest_path = target.parent / "manifest.json"
-    with _named(url):
+    with named(url):
         info = fs.info(url)
         if info["type"] == "directory":
             files = {p: i for p, i in fs.find(url, detail=True).items() if i["type"] == "file"}
@@ -193,7 +217,7 @@ def exists(path: str | os.PathLike) -> bool:
     if not is_url(path):
         return Path(path).exists()
     url = str(path).rstrip("/")
-    with _named(url):
+    with named(url):
         return _filesystem(url).exists(url)
 
 
@@ -202,7 +226,7 @@ def check_store(url: str) -> None:
     credentials or lacks the bucket."""
     fs = _filesystem(url)
     bucket = fs._strip_protocol(url).split("/", 1)[0]
-    with _named(url):
+    with named(url):
         fs.ls(bucket, refresh=True)
 
 
@@ -229,7 +253,7 @@ def staged_output(target: str | os.PathLike | None, start_from_store: bool = Fal
         shutil.copyfile(local_copy(url), local)
     yield local
     fs = _filesystem(url)
-    with _named(url):
+    with named(url):
         if local.is_dir():
             for file in sorted(p for p in local.rglob("*") if p.is_file()):
                 _put(fs, file, f"{url}/{file.relative_to(local).as_posix()}")
@@ -276,7 +300,7 @@ def mirrored_run(out_dir: str, resume: bool, overwrite: bool, run_files: tuple[s
     check_store(url)
     local = local_folder(url)
     fs = _filesystem(url)
-    with _named(url):
+    with named(url):
         root = fs._strip_protocol(url)
         remote = sorted(Path(p).relative_to(root).as_posix() for p in fs.find(root))
     copied: list[str] = []
@@ -291,7 +315,7 @@ def mirrored_run(out_dir: str, resume: bool, overwrite: bool, run_files: tuple[s
             raise UsageError(f"{url}: the output prefix is not empty ({shown}); continue its run with --resume, replace "
                              "it with --overwrite, or choose another --out")
         shutil.rmtree(local, ignore_errors=True)
-        with _named(url):
+        with named(url):
             for rel in remote:
                 if rel.split("/", 1)[0] in run_files:
                     fs.rm_file(f"{url}/{rel}")
@@ -319,7 +343,7 @@ def download_run(url: str, local: Path) -> list[str]:
     fs = _filesystem(url)
     root = fs._strip_protocol(url.rstrip("/"))
     copied = []
-    with _named(url):
+    with named(url):
         for path, info in fs.find(root, detail=True).items():
             rel = Path(path).relative_to(root)
             target = local / rel
@@ -411,7 +435,7 @@ class RunMirror:
         pause = 1.0
         while True:
             try:
-                with _named(self.url):
+                with named(self.url):
                     self.sync()
                 return
             except StorageError as exc:

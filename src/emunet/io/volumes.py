@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from .pixels import Calibration, Intensity, choose_intensity, read_calibration
-from ..errors import DataError, UsageError
+from ..errors import DataError, StorageError, UsageError
+from .places import Place
 from .address import parse_address, Address
 from .axes import samples_to_grey, tiff_roles
 
@@ -148,7 +149,9 @@ def _open_zarr(address: Address) -> tuple[Any, str | None, Calibration | None]:
 
     path = str(address)
     try:
-        node = zarr.open(path, mode="r")
+        node = zarr.open(Place(path).zarr(read_only=True), mode="r")  # a URL: chunks read from the store as needed
+    except StorageError:
+        raise
     except Exception as exc:  # a missing path, a store of another kind
         raise DataError(f"{path}: not a readable Zarr array or group ({type(exc).__name__}: {exc})") from None
     if isinstance(node, zarr.Array):
@@ -215,6 +218,9 @@ def open_volume(path: str | Path, channel: int | None = None, axes: str | None =
         address = parse_address(text, ("zarr", "hdf5", "tiff"), what="volume")
     except UsageError:
         raise DataError(f"{text}: not a volume (a .zarr, an .h5 dataset or a .tif stack)") from None
+    if address.is_url and address.format != "zarr":
+        raise DataError(f"{text}: an {address.format.upper()} volume on a store cannot be read block by block; "
+                        "store it as Zarr or OME-Zarr there (or copy it to a local disk)")
     if address.format == "zarr":
         array, found_axes, calibration = _open_zarr(address)
     elif address.format == "hdf5":
@@ -241,25 +247,26 @@ def ngff_unit(unit: str) -> str:
     return _NGFF_UNITS.get(unit.strip().lower(), unit)
 
 
-def create_ome_zarr(path: Path, shape: tuple[int, int, int], chunks: tuple[int, int, int], dtype: str,
+def create_ome_zarr(place: Place, shape: tuple[int, int, int], chunks: tuple[int, int, int], dtype: str,
                     calibration: Calibration | None, name: str, levels: int = 1) -> Any:
-    """An empty OME-Zarr image (NGFF 0.4, Zarr v2: what napari-ome-zarr and neuroglancer read):
-    axes z, y, x, the input's scale, compressed chunks, ``levels`` resolutions each half the
-    last in y and x. Returns the group; level ``i`` is ``group[str(i)]``. An existing one of the
-    same shape, chunks and type is opened as it is (a restarted prediction continues it)."""
+    """An empty OME-Zarr image (NGFF 0.4, Zarr v2: what napari-ome-zarr and neuroglancer read)
+    at ``place`` (a folder or a store's prefix): axes z, y, x, the input's scale, compressed
+    chunks, ``levels`` resolutions each half the last in y and x. Returns the group; level ``i``
+    is ``group[str(i)]``. An existing one of the same shape, chunks and type is opened as it is
+    (a restarted prediction continues it)."""
     import zarr
     from numcodecs import Blosc
 
-    if (path / ".zattrs").is_file():
-        group = zarr.open_group(str(path), mode="r+", zarr_format=2)
+    if (place / ".zattrs").is_file():
+        group = zarr.open_group(place.zarr(), mode="r+", zarr_format=2)
         level0 = group["0"]
         if tuple(level0.shape) == shape and tuple(level0.chunks) == chunks and str(level0.dtype) == dtype:
             return group
-        raise DataError(f"{path}: holds an image of shape {tuple(level0.shape)}, chunks {tuple(level0.chunks)}, "
+        raise DataError(f"{place}: holds an image of shape {tuple(level0.shape)}, chunks {tuple(level0.chunks)}, "
                         f"{level0.dtype}; this prediction is {shape}, {chunks}, {dtype}: choose another -o or remove it")
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        raise DataError(f"{path}: exists and is not an OME-Zarr image this command wrote; choose another -o or remove it")
-    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    if not place.is_free():
+        raise DataError(f"{place}: exists and is not an OME-Zarr image this command wrote; choose another -o or remove it")
+    group = zarr.open_group(place.zarr(), mode="w", zarr_format=2)
     dx, dy = calibration.pixel_size if calibration else (1.0, 1.0)
     dz = (calibration.spacing if calibration and calibration.spacing else 1.0)
     unit = ngff_unit(calibration.unit) if calibration and calibration.unit not in (None, "", "pixel") else None

@@ -86,6 +86,7 @@ def _write_hdf5(address: Address, data: np.ndarray, volume: Volume | None, overw
 
 def _write_zarr_labels(path: Path, cells: np.ndarray, volume: Volume | None) -> None:
     """An OME-Zarr label image (NGFF 0.4, ``image-label``) written beside and renamed into place."""
+    from .places import Place
     from .volumes import create_ome_zarr
 
     if path.exists():
@@ -94,7 +95,7 @@ def _write_zarr_labels(path: Path, cells: np.ndarray, volume: Volume | None) -> 
     shutil.rmtree(staging, ignore_errors=True)
     chunks = (1, min(1024, cells.shape[1]), min(1024, cells.shape[2]))
     calibration = volume.calibration if volume is not None else None
-    group = create_ome_zarr(staging, cells.shape, chunks, "uint32", calibration, name=path.name)
+    group = create_ome_zarr(Place(staging), cells.shape, chunks, "uint32", calibration, name=path.name)
     group["0"][...] = cells
     group.attrs["image-label"] = {"version": "0.4"}
     staging.rename(path)
