@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -252,3 +253,64 @@ def test_an_hdf5_output_on_a_store_keeps_the_files_other_datasets(store, tiny_ru
     with h5py.File(tmp_path / "back.h5", "r") as f:
         assert set(f) == {"keep", "prob", "cells"} and np.array_equal(f["keep/me"][...], np.arange(3))
         assert f["prob"].shape == (2, 200, 300) and f["cells"].dtype == np.uint32
+
+
+def _markers(fs, prefix: str) -> int:
+    try:
+        return len(fs.ls(prefix, refresh=True))
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.mark.slow
+def test_a_volume_on_a_store_is_segmented_into_the_store_by_a_cluster_that_loses_a_worker_and_its_client(
+        store, isbi_dir, tmp_path):
+    """A Zarr volume on the store, read chunk by chunk; map and cells written back as OME-Zarr by
+    two worker processes; a worker killed, then the client killed and run again: the output is
+    the one a local, undisturbed run writes."""
+    import os
+    import signal
+
+    import zarr
+    from distributed import Client, LocalCluster
+
+    fs, bucket = store
+    stack = tifffile.imread(isbi_dir / "train-volume.tif")[:2]
+    local_in = tmp_path / "two.zarr"
+    zarr.open_array(str(local_in), mode="w", shape=stack.shape, chunks=(1, 128, 128), dtype=stack.dtype,
+                    zarr_format=2)[...] = stack
+    fs.put(str(local_in), f"{bucket}/in/two.zarr", recursive=True)
+    common = ["--segment", "--block", "128", "--chunk", "128", "--close-gaps", "0", "--precision", "fp32", "-q"]
+    url = f"s3://{bucket}/out/cells.ome.zarr"
+    reference = tmp_path / "local.ome.zarr"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        predict = [sys.executable, "-m", "emunet", "predict", "isbi-membranes", "--scheduler", cluster.scheduler_address]
+        # undisturbed, from and to local files, on the same workers (the same threads: the same sums)
+        subprocess.run([*predict, str(local_in), "-o", str(reference), *common], check=True)
+        command = [*predict, f"s3://{bucket}/in/two.zarr", "-o", url, *common]
+        run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+        markers = f"{bucket}/out/.cells.ome.zarr.blocks"
+        deadline = time.monotonic() + 300
+        killed_worker = False
+        while _markers(fs, markers) < 16:  # of 32 blocks' markers (and the cells' scratch folder)
+            assert run.poll() is None, run.stderr.read()
+            assert time.monotonic() < deadline
+            if not killed_worker and _markers(fs, markers) >= 3:
+                os.kill(next(iter(client.run(os.getpid).values())), signal.SIGKILL)  # its nanny starts another
+                killed_worker = True
+            time.sleep(0.1)
+        run.kill()  # the client too, anywhere in a block
+        run.wait()
+        again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "Unclosed" not in again.stderr, again.stderr  # every connection to the store closed in order
+    finished = int(re.search(r"\((\d+) finished before\)", again.stdout).group(1))
+    assert 0 < finished < 32
+    fs.get(f"{bucket}/out/cells.ome.zarr", str(tmp_path / "fetched.ome.zarr"), recursive=True)
+    for array in ("0", "labels/cells/0"):
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "fetched.ome.zarr" / array), mode="r")[...],
+                                      zarr.open_array(str(reference / array), mode="r")[...], err_msg=array)
+    attrs = json.loads(fs.cat_file(f"{bucket}/out/cells.ome.zarr/.zattrs"))
+    assert attrs["emunet"]["made_by"]["input"]["path"] == f"s3://{bucket}/in/two.zarr"
+    assert attrs["multiscales"][0]["axes"][0]["name"] == "z"

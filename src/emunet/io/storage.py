@@ -15,6 +15,7 @@ config, log or report.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -133,10 +135,37 @@ def _filesystem(url: str):
     return cls(**options)
 
 
-def filesystem(url: str, retries: int = 2):
-    """The fsspec filesystem of ``url`` with this command's store settings."""
+def filesystem(url: str, retries: int = 2, asynchronous: bool = False):
+    """The fsspec filesystem of ``url`` with this command's store settings, one per process for
+    each set of settings and credentials (blockwise tasks open many places; each its own client
+    would leave its connections to be closed by the garbage collector)."""
     cls, options = _options(url, retries)
-    return cls(**options)
+    credentials = tuple(os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                                    "AWS_PROFILE"))
+    return _shared_filesystem(cls, json.dumps(options, sort_keys=True), asynchronous, hash(credentials))
+
+
+@lru_cache(maxsize=8)
+def _shared_filesystem(cls: type, options: str, asynchronous: bool, credentials: int):
+    if not asynchronous:
+        return cls(**json.loads(options))  # closes its own connections when collected
+    fs = cls(**json.loads(options), asynchronous=True)
+    atexit.register(_close_zarr_session, fs)
+    return fs
+
+
+def _close_zarr_session(fs) -> None:
+    """Close an asynchronous filesystem's connections on Zarr's event loop, where Zarr opened
+    them (at exit, before that loop stops; else each would be reported as unclosed)."""
+    creator = getattr(fs, "_s3creator", None)
+    if creator is None:
+        return
+    from zarr.core.sync import sync
+
+    try:
+        sync(creator.__aexit__(None, None, None), timeout=5)
+    except Exception:  # the loop already gone: nothing left to close in order
+        pass
 
 
 def zarr_store(url: str, read_only: bool):
@@ -145,9 +174,8 @@ def zarr_store(url: str, read_only: bool):
     Blocks written by many workers retry a failed request a few times before their task fails."""
     from zarr.storage import FsspecStore
 
-    _, options = _options(url, retries=5)
-    with named(url):
-        return FsspecStore.from_url(url.rstrip("/"), storage_options=options, read_only=read_only)
+    fs = filesystem(url, retries=5, asynchronous=True)
+    return FsspecStore(fs, path=fs._strip_protocol(url.rstrip("/")), read_only=read_only)
 
 
 def _where() -> str:
