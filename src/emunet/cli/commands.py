@@ -8,7 +8,7 @@ import sys
 from pathlib import PurePosixPath
 from types import MappingProxyType
 
-from .options import BLOCKWISE_DEFAULTS, OUTPUT_FORMATS
+from .options import BLOCKWISE_DEFAULTS, OUTPUT_FORMATS, SEGMENT_BLOCK
 from .settings import _config, _resuming
 
 # flag (as argparse names it) -> the setting it overrides; --batch-size sets predict.batch_size
@@ -78,6 +78,8 @@ def _predict_outputs(args):
     if output.format != "zarr" and given:
         raise UsageError(f"{', '.join(given)}: for an OME-Zarr output only (-o NAME.ome.zarr); {args.output} is "
                          f"{'a folder' if output.is_folder else output.format.upper()}")
+    if args.block is None and args.segment is not None:
+        args.block = SEGMENT_BLOCK
     for key, default in BLOCKWISE_DEFAULTS.items():
         setattr(args, key, default if getattr(args, key) is None else getattr(args, key))
     cells = _cells_address(args, output)

@@ -15,6 +15,9 @@ Sections: data, model, augment, train, predict, segment, storage (see configs/*.
 
 # Options of an OME-Zarr output only, and their defaults (given with another output they are refused).
 BLOCKWISE_DEFAULTS = MappingProxyType({"block": 4096, "chunk": 1024, "dtype": "uint8", "levels": 1, "scheduler": None, "workers": 1})
+# With --segment a block's cut (and its halo) is held a few times over by the watersheds: the
+# mutex watershed of a 2048 block takes about 3.7 GB, of a 4096 block several times that.
+SEGMENT_BLOCK = 2048
 OUTPUT_FORMATS = ("tiff", "hdf5", "zarr", "folder")
 QUIET_MEANS_SILENT = ("score", "import-mindspore", "export", "presets", "models")  # commands with no progress to hide
 
@@ -139,11 +142,12 @@ def _add_predict_command(sub) -> None:
                    "model's name (unet models); "
                    "several: write the mean of their probabilities (an ensemble; settings from the first)")
     p.add_argument("input", help="a (multi-page) TIFF or PNG, or a folder of them, or a volume: data.zarr (Zarr, "
-                   "OME-Zarr), data.h5:/path/in/file; any of them may be an s3:// URL except volumes")
+                   "OME-Zarr), data.h5:/path/in/file; any of them may be an s3:// URL (a Zarr volume there is read chunk by "
+                   "chunk; an HDF5 or TIFF volume must be local)")
     p.add_argument("-o", "--output", type=_path_or_url, required=True,
                    help="a .tif: one probability stack for images of one size; a folder: one TIFF per image, any sizes; "
                    "file.h5[:/dataset]: an HDF5 dataset; a .zarr (e.g. out.ome.zarr): an OME-Zarr image, predicted "
-                   "block by block (options below)")
+                   "block by block (options below), locally or to an s3:// URL")
     p.add_argument("--masks", type=_path_or_url, help="also write PNG masks into this folder: 255 = cell interior (probability "
                    "above 0.5), 0 = membrane, as the ISBI labels")
     p.add_argument("--overlays", type=_path_or_url, help="also write PNG overlays (membrane in red) into this folder")
@@ -161,7 +165,8 @@ def _add_predict_command(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an HDF5 dataset of the same name, or an OME-Zarr "
                    "output made by another model, input or settings (without it these are refused)")
     volumes = p.add_argument_group("volumes larger than memory (-o OUT.ome.zarr: predicted block by block on Dask)")
-    volumes.add_argument("--block", type=int, help=f"block side in pixels, whole chunks; larger blocks recompute less of their border (default: {BLOCKWISE_DEFAULTS['block']})")
+    volumes.add_argument("--block", type=int, help=f"block side in pixels, whole chunks; larger blocks recompute less of their border, smaller ones "
+                         f"take less memory (default: {BLOCKWISE_DEFAULTS['block']}, with --segment {SEGMENT_BLOCK})")
     volumes.add_argument("--chunk", type=int, help=f"output chunk side; chunks are 1 x N x N (default: {BLOCKWISE_DEFAULTS['chunk']})")
     volumes.add_argument("--dtype", choices=["uint8", "float16", "float32"],
                          help="probabilities as uint8 (x 255, the default), float16 or float32")

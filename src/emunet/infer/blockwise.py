@@ -152,7 +152,19 @@ def _run_block(job: dict, block: Block) -> str:
     # written after the chunks: a block without it is predicted again
     (markers_folder(output) / block.name).write_bytes(b"")
     if offsets and plan is not None:
-        cut_affinities(plan, block, area, affinities)
+        cut_affinities(plan, block, 0, area, affinities)
+    return block.name
+
+
+def _cut_block_again(job: dict, block: Block) -> str:
+    """Pass 1 again at another long-range bias (a task): the block's affinities predicted again
+    with the halo, cut at candidate ``job["k"]``."""
+    from .stitch import SEGMENT_HALO, cut_affinities
+
+    models, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"],
+                                        job["axes"])
+    area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"])
+    cut_affinities(job["cells"], block, job["k"], area, affinities)
     return block.name
 
 
@@ -216,7 +228,7 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
         job["cells"] = _open_cells(output, volume, made_by, segment, offsets, block, chunk, overwrite)
         if offsets:  # the affinities are predicted once, for the map and the cut together
             pending = set(todo)
-            cut = job["cells"].cut_blocks()
+            cut = job["cells"].cut_blocks(0)
             todo = [b for b in blocks if b in pending or b.name not in cut]
     if todo:
         run_blocks(_run_block, job, todo, scheduler, workers, progress)
@@ -234,14 +246,21 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
 def _cells_of_volume(job: dict, blocks: list[Block], scheduler: str | None, workers: int,
                      progress: bool) -> tuple[int, float | None]:
     """The blocks not cut yet cut (a membrane model's from its map as written, halo and all;
-    an affinity model's were cut with its map), then stitched: the cells' count and the bias."""
-    from .stitch import cut_map_block, stitch_cells
+    an affinity model's were cut at the first candidate bias with its map, and are cut again at
+    the next while the volume's walls ask for it), then stitched: the cells' count and the bias."""
+    from .stitch import cut_map_block, cut_summaries, stitch_cells
 
-    cut = job["cells"].cut_blocks()
-    uncut = [b for b in blocks if b.name not in cut]
-    if uncut:
-        run_blocks(cut_map_block, job, uncut, scheduler, workers, progress, desc="cells")
-    made = stitch_cells(job["cells"], blocks, scheduler, workers, progress)
+    plan = job["cells"]
+    for k, bias in enumerate(plan.biases):
+        cut = plan.cut_blocks(k)
+        uncut = [b for b in blocks if b.name not in cut]
+        if uncut:
+            task, desc = (cut_map_block, "cells") if bias is None else (_cut_block_again, f"cells at {bias:g}")
+            run_blocks(task, {**job, "k": k}, uncut, scheduler, workers, progress, desc=desc)
+        counts, kept = cut_summaries(plan, blocks, k, scheduler, workers)
+        if kept:
+            break
+    made = stitch_cells(plan, blocks, k, counts, scheduler, workers, progress)
     return made["cells"], made["long_range_bias"]
 
 

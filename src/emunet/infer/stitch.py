@@ -6,12 +6,15 @@ bounded by the block size.
 The passes, each a task per block on Dask (the client holds only per-cell tables):
 
 1. cut: a block and ``SEGMENT_HALO`` pixels around it are segmented as a section would be (the
-   mutex watershed of the affinities at each long-range bias the calibration may choose, or the
+   mutex watershed of the affinities at the first long-range bias the calibration tries, or the
    seeded watershed of the map as written). The block's own pixels keep their cells, numbered
    1..n, in a scratch array; the halo's pixels keep the block's ids of the cells that reach into
-   the block (the "ring"). A marker file per block makes a rerun skip the blocks already cut.
-2. the long-range bias: the first whose cells' walls are at most 5 % unsupported over the whole
-   volume (as :func:`segment.mutex_stack` does for a stack in memory).
+   the block (the "ring"). A marker file per block and candidate makes a rerun skip the blocks
+   already cut.
+2. the long-range bias: the candidate is kept where its cells' walls are at most 5 % unsupported
+   over the whole volume (as :func:`segment.mutex_stack` does for a stack in memory); else every
+   block is cut again at the next one (its affinities predicted again: cheaper than the mutex
+   watershed at every candidate up front, which most volumes do not need).
 3. seams: in the halo of each block, its ring is compared with its neighbours' own cells there;
    two cells are one where their intersection over union within the halo is above 0.5. Away
    from the blocks' borders both segmentations are the whole section's, so a cell cut by a seam
@@ -62,7 +65,7 @@ class CellsPlan:
 
     @property
     def biases(self) -> list[float | None]:
-        """The long-range biases cut in pass 1 (one entry, None, for the seeded watershed)."""
+        """The candidate long-range biases, in the order tried (one entry, None, for the seeded watershed)."""
         return list(long_range_biases(self.segment)) if self.offsets else [None]
 
     def index(self, z: int, y: int, x: int) -> int:
@@ -71,13 +74,15 @@ class CellsPlan:
         across, down = -(-w // self.block), -(-h // self.block)
         return (z * down + y // self.block) * across + x // self.block
 
-    def cut_file(self, block: Block) -> Place:
-        """The block's ring (the halo's ids) and its counts, written last: the block's marker."""
-        return Place(self.scratch) / f"{block.name}.npz"
+    def cut_file(self, block: Block, k: int) -> Place:
+        """The block's ring (the halo's ids) and its counts at candidate ``k``, written last: the
+        marker of the block's cut."""
+        return Place(self.scratch) / f"{block.name}.k{k}.npz"
 
-    def cut_blocks(self) -> set[str]:
-        """The names of the blocks cut (one listing of the scratch folder)."""
-        return {name[: -len(".npz")] for name in Place(self.scratch).names() if name.endswith(".npz")}
+    def cut_blocks(self, k: int) -> set[str]:
+        """The names of the blocks cut at candidate ``k`` (one listing of the scratch folder)."""
+        end = f".k{k}.npz"
+        return {name[: -len(end)] for name in Place(self.scratch).names() if name.endswith(end)}
 
 
 def _scratch_array(plan: CellsPlan, k: int, mode: str = "r+") -> Any:
@@ -99,46 +104,40 @@ def create_scratch(plan: CellsPlan, chunk: int) -> None:
                               zarr_format=2)
 
 
-def _load_cut(plan: CellsPlan, block: Block) -> Any:
-    return np.load(io.BytesIO(plan.cut_file(block).read_bytes()))
+def _load_cut(plan: CellsPlan, block: Block, k: int) -> Any:
+    return np.load(io.BytesIO(plan.cut_file(block, k).read_bytes()))
 
 
 # --- pass 1: cut -------------------------------------------------------------------------------
 
-def _save_cut(plan: CellsPlan, block: Block, area: tuple[int, int, int, int], cuts: list[np.ndarray],
-              walls: list[tuple[int, int]]) -> None:
-    """Write each candidate's block ids into the scratch arrays, then the block's ring and counts
-    (its marker) atomically."""
+def _save_cut(plan: CellsPlan, block: Block, k: int, area: tuple[int, int, int, int], region: np.ndarray,
+              walls: tuple[int, int]) -> None:
+    """Write the block's ids at candidate ``k`` into its scratch array, then the block's ring and
+    counts (its marker) whole."""
     y0, _, x0, _ = area
     inner = (slice(block.y0 - y0, block.y1 - y0), slice(block.x0 - x0, block.x1 - x0))
-    record: dict[str, np.ndarray] = {"area": np.array(area), "walls": np.array(walls, np.int64).reshape(-1, 2)}
-    for k, region in enumerate(cuts):
-        ids = np.unique(region[inner])
-        ids = ids[ids > 0]
-        lookup = np.zeros(int(region.max()) + 1, np.uint32)
-        lookup[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
-        target = _scratch_array(plan, k).with_config({"write_empty_chunks": True})
-        target[block.z, block.y0 : block.y1, block.x0 : block.x1] = lookup[region[inner]]
-        ring = lookup[region]
-        ring[inner] = 0
-        record[f"ring{k}"], record[f"count{k}"] = ring, np.array(len(ids))
+    ids = np.unique(region[inner])
+    ids = ids[ids > 0]
+    lookup = np.zeros(int(region.max()) + 1, np.uint32)
+    lookup[ids] = np.arange(1, len(ids) + 1, dtype=np.uint32)
+    target = _scratch_array(plan, k).with_config({"write_empty_chunks": True})
+    target[block.z, block.y0 : block.y1, block.x0 : block.x1] = lookup[region[inner]]
+    ring = lookup[region]
+    ring[inner] = 0
     packed = io.BytesIO()
-    np.savez_compressed(packed, **record)
-    plan.cut_file(block).write_bytes(packed.getvalue())  # whole or not at all
+    np.savez_compressed(packed, area=np.array(area), walls=np.array(walls, np.int64), ring=ring, count=np.array(len(ids)))
+    plan.cut_file(block, k).write_bytes(packed.getvalue())  # whole or not at all
 
 
-def cut_affinities(plan: CellsPlan, block: Block, area: tuple[int, int, int, int], affinities: np.ndarray) -> None:
+def cut_affinities(plan: CellsPlan, block: Block, k: int, area: tuple[int, int, int, int], affinities: np.ndarray) -> None:
     """Pass 1 for an affinity model: the mutex watershed of the area's affinities (C, h, w) at
-    each candidate long-range bias, with the walls of the block's cells counted for the choice."""
+    candidate ``k``'s long-range bias, with the walls of the block's cells counted for the choice."""
     cfg = plan.segment
     y0, _, x0, _ = area
     inner = (slice(None), slice(block.y0 - y0, block.y1 - y0), slice(block.x0 - x0, block.x1 - x0))
-    cuts, walls = [], []
-    for bias in plan.biases:
-        region = mutex_watershed(affinities, plan.offsets, cfg.bias, bias, cfg.min_size)
-        cuts.append(region)
-        walls.append(wall_counts(region[None, inner[1], inner[2]], affinities[inner][None], plan.offsets, cfg.bias))
-    _save_cut(plan, block, area, cuts, walls)
+    region = mutex_watershed(affinities, plan.offsets, cfg.bias, plan.biases[k], cfg.min_size)
+    walls = wall_counts(region[None, inner[1], inner[2]], affinities[inner][None], plan.offsets, cfg.bias)
+    _save_cut(plan, block, k, area, region, walls)
 
 
 def cut_map_block(job: dict, block: Block) -> str:
@@ -152,17 +151,28 @@ def cut_map_block(job: dict, block: Block) -> str:
     page = stored[block.z, area[0] : area[1], area[2] : area[3]]
     interior = page.astype(np.float32) / 255.0 if page.dtype == np.uint8 else page.astype(np.float32)
     region = seeded_watershed(interior, plan.segment.seed_threshold, plan.segment.min_size)
-    _save_cut(plan, block, area, [region], [(0, 0)])
+    _save_cut(plan, block, 0, area, region, (0, 0))
     return block.name
 
 
 # --- passes 2-5, run by the client -------------------------------------------------------------
 
-def stitch_cells(plan: CellsPlan, blocks: list[Block], scheduler: str | None, workers: int, progress: bool) -> dict:
-    """Passes 2 to 5 over cut blocks: writes the labels; returns the cells' count and the bias."""
-    summaries = run_blocks(_cut_summary, {"plan": plan}, blocks, scheduler, workers, False, desc="counts")
-    k = _chosen_bias(plan, [walls for walls, _ in summaries])
-    counts = np.array([int(cells[k]) for _, cells in summaries], np.int64)
+def cut_summaries(plan: CellsPlan, blocks: list[Block], k: int, scheduler: str | None,
+                  workers: int) -> tuple[np.ndarray, bool]:
+    """Pass 2 for candidate ``k``: each block's cells' count, and whether the volume keeps this
+    candidate: its cells' walls, pooled over the volume, at most 5 % unsupported (or it is the
+    last; a membrane model's one candidate always)."""
+    summaries = run_blocks(_cut_summary, {"plan": plan, "k": k}, blocks, scheduler, workers, False, desc="counts")
+    counts = np.array([count for _, count in summaries], np.int64)
+    walls, unsupported = np.sum([w for w, _ in summaries], axis=0)
+    bias, last = plan.biases[k], k == len(plan.biases) - 1
+    return counts, bias is None or supported(unsupported / max(walls, 1), bias, last)
+
+
+def stitch_cells(plan: CellsPlan, blocks: list[Block], k: int, counts: np.ndarray, scheduler: str | None, workers: int,
+                 progress: bool) -> dict:
+    """Passes 3 to 5 over the blocks cut at candidate ``k``, whose cells' counts are ``counts``:
+    writes the labels; returns the cells' count and the bias."""
     job = {"plan": plan, "k": k, "offsets": np.concatenate([[0], np.cumsum(counts)[:-1]])}
     pairs = run_blocks(_seam_pairs, job, blocks, scheduler, workers, progress, desc="seams")
     lut = joined_ids(int(counts.sum()), np.concatenate([p for p in pairs] + [np.zeros((0, 2), np.int64)]))
@@ -172,21 +182,11 @@ def stitch_cells(plan: CellsPlan, blocks: list[Block], scheduler: str | None, wo
     return {"cells": int(lut.max()), "long_range_bias": plan.biases[k]}
 
 
-def _cut_summary(job: dict, block: Block) -> tuple[np.ndarray, list[int]]:
-    """A cut block's wall counts and its cells' count at each candidate bias (read where the
-    cuts are, so the rings never travel to the client)."""
-    record = _load_cut(job["plan"], block)
-    return record["walls"], [int(record[f"count{k}"]) for k in range(len(job["plan"].biases))]
-
-
-def _chosen_bias(plan: CellsPlan, walls: list[np.ndarray]) -> int:
-    """The candidate whose cells the volume keeps: the first at most 5 % unsupported, pooled."""
-    totals = np.sum(walls, axis=0)  # (candidates, 2): walls, unsupported
-    for k, bias in enumerate(plan.biases):
-        last = k == len(plan.biases) - 1
-        if bias is None or supported(totals[k, 1] / max(totals[k, 0], 1), bias, last):
-            return k
-    return len(plan.biases) - 1
+def _cut_summary(job: dict, block: Block) -> tuple[np.ndarray, int]:
+    """A cut block's wall counts (walls, unsupported) and its cells' count (read where the cuts
+    are, so the rings never travel to the client)."""
+    record = _load_cut(job["plan"], block, job["k"])
+    return record["walls"], int(record["count"])
 
 
 def _own_ids(job: dict, block: Block) -> np.ndarray:
@@ -219,9 +219,9 @@ def _seam_pairs(job: dict, block: Block) -> np.ndarray:
     IoU above :data:`SEAM_MIN_IOU` within the part of this block's halo that the neighbour owns
     (a cell that reaches into several neighbours is compared with each on its own part)."""
     plan: CellsPlan = job["plan"]
-    record = _load_cut(plan, block)
+    record = _load_cut(plan, block, job["k"])
     area = tuple(int(v) for v in record["area"])
-    ring = record[f"ring{job['k']}"].astype(np.int64)
+    ring = record["ring"].astype(np.int64)
     zone = np.ones(ring.shape, bool)
     zone[block.y0 - area[0] : block.y1 - area[0], block.x0 - area[2] : block.x1 - area[2]] = False
     mine = np.where(ring > 0, ring + job["offsets"][plan.index(block.z, block.y0, block.x0)], 0)[zone]
