@@ -199,20 +199,12 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
         segment: also the cells, as these settings say, into the image's NGFF labels
             (``output/labels/cells``, uint32; :mod:`.stitch`).
     """
-    from ..io.address import parse_address
     from ..io.volumes import open_volume
 
     if dtype not in ("uint8", "float16", "float32"):
         raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
     check_block_size(block, chunk, pcfg)
-    output = Place(output)
-    if output.is_url:
-        from ..io.storage import check_store
-
-        check_store(output.location)  # a store that does not answer or lacks the bucket: now, before any work
-    store = Place(parse_address(source, what="input").location)
-    if output.contains(store) or store.contains(output):
-        raise DataError(f"{output}: the output would write into the input {source}; choose another -o")
+    output = _checked_output(output, source)
     volume = open_volume(source, channel, axes)
     hashes = tuple(file_sha256(resolve_checkpoint(c)) for c in checkpoints)  # a bundled name: its file
     made_by = made_by_record(hashes, source, volume, {"predict": asdict(pcfg), "precision": precision, "dtype": dtype,
@@ -241,6 +233,22 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
         result.cells, result.long_range_bias = _cells_of_volume(job, blocks, scheduler, workers, progress)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _checked_output(output: str | Path | Place, source: str) -> Place:
+    """The output's place, refused where it lies in the input (or holds it); a store that does
+    not answer or lacks the bucket fails now, before any work."""
+    from ..io.address import parse_address
+
+    output = Place(output)
+    if output.is_url:
+        from ..io.storage import check_store
+
+        check_store(output.location)
+    store = Place(parse_address(source, what="input").location)
+    if output.contains(store) or store.contains(output):
+        raise DataError(f"{output}: the output would write into the input {source}; choose another -o")
+    return output
 
 
 def _cells_of_volume(job: dict, blocks: list[Block], scheduler: str | None, workers: int,
