@@ -326,3 +326,16 @@ def test_the_long_range_bias_is_lowered_only_where_walls_stand_on_no_membrane():
     cells, bias = mutex_stack(wall, offsets, SegmentConfig(min_size=0))
     assert (cells.max(), bias) == (2, 0.5)
     assert (np.unique(cells[0][:, :16]).size, np.unique(cells[0][:, 16:]).size) == (1, 1)
+
+
+def test_ids_are_renumbered_as_their_sorted_values_rank():
+    """The oracle: np.unique's inverse (ranks among the sorted ids), 0 kept where present."""
+    from emunet.infer.segment import _consecutive
+
+    rng = np.random.default_rng(3)
+    for labels in (rng.integers(0, 40, (17, 23)), rng.integers(5, 9, (8, 8)), rng.integers(0, 2**40, (6, 7)),
+                   np.array([[7]]), np.zeros((3, 3), np.int64), rng.integers(-3, 4, (5, 5)), rng.integers(1, 1000, (4, 4))):
+        _, inverse = np.unique(labels, return_inverse=True)
+        expected = inverse.reshape(labels.shape) + (0 if (labels == 0).any() else 1)
+        got = _consecutive(labels)
+        assert got.dtype == np.uint32 and np.array_equal(got, expected), labels

@@ -149,9 +149,18 @@ def merge_small_segments(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 def _consecutive(labels: np.ndarray) -> np.ndarray:
     """Ids renumbered 1..n in the order of their values, as uint32 (0 stays 0 where present)."""
-    _, inverse = np.unique(labels, return_inverse=True)
-    first = 0 if (labels == 0).any() else 1
-    return (inverse.reshape(labels.shape) + first).astype(np.uint32)
+    flat = labels.ravel()
+    top = int(flat.max()) if flat.size else 0
+    if flat.size and (int(flat.min()) < 0 or top > 4 * flat.size):  # sparse ids: sorting is cheaper
+        _, inverse = np.unique(labels, return_inverse=True)
+        first = 0 if (labels == 0).any() else 1
+        return (inverse.reshape(labels.shape) + first).astype(np.uint32)
+    # each id's rank among the ids present, by a table over the id range: linear, where
+    # np.unique sorts every pixel (a tenth of a block's cells' time)
+    present = np.zeros(top + 1, bool)
+    present[flat] = True
+    lookup = (np.cumsum(present) - present[0]).astype(np.uint32)
+    return lookup[labels]
 
 
 def segment_stack(interior: np.ndarray, affinities: np.ndarray | None, offsets: Offsets | None,

@@ -252,7 +252,9 @@ def exists(path: str | os.PathLike) -> bool:
 def check_store(url: str) -> None:
     """Fail now, before any work, if the store at ``url`` cannot be reached, refuses the
     credentials or lacks the bucket."""
-    fs = _filesystem(url)
+    # the process's shared instance: a throwaway one would be closed by the garbage collector in
+    # whichever thread it runs, an event loop's too, where closing it fails
+    fs = filesystem(url)
     bucket = fs._strip_protocol(url).split("/", 1)[0]
     with named(url):
         fs.ls(bucket, refresh=True)
