@@ -16,6 +16,7 @@ import zarr
 from emunet.cli import main
 from emunet.errors import DataError
 from emunet.io.volumes import open_volume
+from skimage.metrics import adapted_rand_error
 
 
 @pytest.fixture(scope="module")
@@ -399,3 +400,24 @@ def test_a_2_5d_model_sees_the_same_neighbours_blockwise_as_in_memory(tmp_path):
     last = predict_image(model, [grey[j] for j in (1, 2, 3, 3, 2)], **settings)
     np.testing.assert_allclose(in_memory[0], first, rtol=0, atol=1e-6)
     np.testing.assert_allclose(in_memory[3], last, rtol=0, atol=1e-6)
+
+
+def test_threads_sharing_one_model_give_the_output_of_one_thread(isbi_dir, tmp_path):
+    """--workers 4 with --segment: the blocks' threads share the model the command loaded first
+    (its weights rewritten by one thread while another predicted with them crashed the process
+    at once); map and cells are one thread's."""
+    import subprocess
+
+    stack = tifffile.imread(isbi_dir / "train-volume.tif")[:2, :256, :256]
+    zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=stack.shape, chunks=(1, 128, 128), dtype=stack.dtype,
+                    zarr_format=2)[...] = stack
+    outputs = []
+    for workers in ("4", "1"):
+        out = tmp_path / f"w{workers}.ome.zarr"
+        run = subprocess.run([sys.executable, "-m", "emunet", "predict", "isbi-cells", str(tmp_path / "in.zarr"), "-o",
+                              str(out), "--block", "128", "--chunk", "128", "--close-gaps", "0", "--precision", "fp32",
+                              "--dtype", "float32", "--workers", workers, "--segment", "-q"], capture_output=True, text=True)
+        assert run.returncode == 0, (workers, run.returncode, run.stderr[-2000:])
+        outputs.append([zarr.open_array(str(out / a), mode="r")[...] for a in ("0", "labels/cells/0")])
+    np.testing.assert_allclose(outputs[0][0], outputs[1][0], atol=1e-5)
+    assert adapted_rand_error(outputs[1][1].astype(np.uint64), outputs[0][1].astype(np.uint64))[0] < 0.005

@@ -124,7 +124,11 @@ def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], de
     from ..io.volumes import open_volume
     from .predictor import Predictor
 
+    from .tiling import inference_layout
+
     predictor = Predictor.load(list(checkpoints), device)
+    for model in predictor.models:  # before any task predicts with it: the tasks' threads share it
+        inference_layout(model)
     volume = open_volume(source, channel, axes)
     volume.choose_scaling(predictor.intensity)
     return predictor.models, volume

@@ -107,8 +107,13 @@ def inference_layout(model: UNet) -> None:
     a plain-layout net on channels-last tiles predicts 2.4 times slower (2.0 against 0.82 s for
     the six validation slices of the CPU preset). Every prediction passes here, so validation,
     ``evaluate``, ``predict`` and blockwise prediction of the same weights agree to the last bit."""
-    if next(model.parameters()).device.type == "cpu":
-        model.to(memory_format=torch.channels_last)
+    if next(model.parameters()).device.type != "cpu":
+        return
+    # already so: left alone, since rewriting weights that another thread is predicting with
+    # crashes the process (blockwise --workers N share one model per process)
+    if all(p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters() if p.dim() == 4):
+        return
+    model.to(memory_format=torch.channels_last)
 
 
 def _tiles_reaching(plan, shape: tuple[int, int], region: tuple[int, int, int, int]):
