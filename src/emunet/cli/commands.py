@@ -159,7 +159,8 @@ def _predict_blockwise(args, predictor, output, cells) -> int:
                          f"labels ({args.output}/labels/cells); give --segment without a path")
     result = predict_to_ome_zarr(predictor.paths, str(args.input), output.location, predictor.settings, predictor.precision,
                                  device=args.device, block=args.block, chunk=args.chunk, dtype=args.dtype,
-                                 levels=args.levels, scheduler=args.scheduler, workers=args.workers,
+                                 levels=args.levels, scheduler=args.scheduler,
+                                 workers=args.workers or _default_threads(predictor, cells is not None),
                                  channel=predictor.channel, axes=args.axes, progress=not args.quiet,
                                  overwrite=args.overwrite, segment=predictor.segment if cells is not None else None)
     n, h, w = result.shape
@@ -172,6 +173,16 @@ def _predict_blockwise(args, predictor, output, cells) -> int:
         kind = "objects across sections" if predictor.segment.link_sections else "cells, ids unique in the volume"
         print(f"wrote {args.output}/labels/cells: {n} x {h} x {w} uint32, {result.cells} {kind}{bias}")
     return 0
+
+
+def _default_threads(predictor, segment: bool) -> int:
+    """Threads of a blockwise run's in-process scheduler: two where there are the cores, since a
+    block's watersheds run on one core while the network uses all (a membrane model's map and
+    cells 1.55x faster on 2 cores, docs/volumes.md); one for an affinity model's cells, whose
+    mutex watershed holds GBs per block."""
+    if segment and predictor.models[0].cfg.offsets:
+        return 1
+    return min(2, os.cpu_count() or 1)
 
 
 def _slice_list(spec: str) -> list[int]:

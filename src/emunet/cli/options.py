@@ -14,7 +14,7 @@ Sections: data, model, augment, train, predict, segment, storage (see configs/*.
 
 
 # Options of an OME-Zarr output only, and their defaults (given with another output they are refused).
-BLOCKWISE_DEFAULTS = MappingProxyType({"block": 4096, "chunk": 1024, "dtype": "uint8", "levels": 1, "scheduler": None, "workers": 1})
+BLOCKWISE_DEFAULTS = MappingProxyType({"block": 4096, "chunk": 1024, "dtype": "uint8", "levels": 1, "scheduler": None, "workers": None})
 # With --segment a block's cut (and its halo) is held a few times over by the watersheds: the
 # mutex watershed of a 2048 block takes about 3.7 GB, of a 4096 block several times that.
 SEGMENT_BLOCK = 2048
@@ -174,7 +174,9 @@ def _add_predict_command(sub) -> None:
                          "levels for viewers (default: 1)")
     volumes.add_argument("--scheduler", metavar="ADDRESS", help="a dask.distributed scheduler (tcp://host:8786) to run "
                          "the blocks on; default: in this process")
-    volumes.add_argument("--workers", type=int, help="threads of the in-process scheduler (default: 1)")
+    volumes.add_argument("--workers", type=int, help="threads of the in-process scheduler (default: 2 where the machine "
+                         "has 2 cores or more: one predicts while another runs a block's watersheds; 1 for an affinity "
+                         "model's cells, whose mutex watershed takes GBs per block)")
     volumes.add_argument("--axes", help="the input's axes where its metadata has none, e.g. zyx or czyx")
     _add_inference(p)
 
