@@ -172,6 +172,8 @@ def main() -> int:
         for p in reversed(procs):
             p.terminate()
             p.wait()
+        if server is not None and sys.exc_info()[0] is not None:
+            server.stop()  # a failed run leaves no server behind
     after = one_slice_mp_per_s(args.checkpoint, args.data)  # the machine's speed drifts: measured on both sides
     reference = (before + after) / 2
     print(f"in-memory predict of one 512 x 512 slice: {after:.2f} MP/s (after)")

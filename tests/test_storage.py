@@ -320,3 +320,20 @@ def test_a_volume_on_a_store_is_segmented_into_the_store_by_a_cluster_that_loses
     attrs = json.loads(fs.cat_file(f"{bucket}/out/cells.ome.zarr/.zattrs"))
     assert attrs["emunet"]["made_by"]["input"]["path"] == f"s3://{bucket}/in/two.zarr"
     assert attrs["multiscales"][0]["axes"][0]["name"] == "z"
+
+
+def test_a_place_on_the_store_writes_lists_and_removes_as_a_folder_does(store):
+    """The same operations as tests/test_places.py's on a disk, on the server; a removed output
+    is free again although the server keeps its empty folders."""
+    from emunet.io.places import Place
+
+    fs, bucket = store
+    out = Place(f"s3://{bucket}/run/out.ome.zarr")
+    assert out.is_free() and out.names() == set() and not (out / ".zattrs").is_file()
+    (out / "0" / "0.0.0").write_bytes(b"chunk")
+    (out / ".zattrs").write_bytes(b"{}")
+    assert not out.is_free() and out.names() == {"0", ".zattrs"} and (out / "0").names() == {"0.0.0"}
+    assert (out / "0" / "0.0.0").read_bytes() == b"chunk" and fs.cat_file(f"{bucket}/run/out.ome.zarr/.zattrs") == b"{}"
+    out.remove()
+    assert out.is_free() and not (out / ".zattrs").is_file()
+    out.remove()

@@ -117,7 +117,13 @@ class Place:
         if not self.is_url:
             path = Path(self.location)
             return not path.exists() or (path.is_dir() and not any(path.iterdir()))
-        return not self.is_file() and not self.names()
+        with self._errors():
+            try:
+                found = self._fs.find(self._key(), detail=True)
+            except FileNotFoundError:
+                return True
+        # objects only: some stores (SeaweedFS, MinIO) keep a removed output's folders, empty
+        return not any(info.get("type") == "file" for info in found.values())
 
     def read_bytes(self) -> bytes:
         if not self.is_url:
