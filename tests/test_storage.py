@@ -171,6 +171,11 @@ def test_errors_name_the_url_and_what_to_check(store, small_isbi, server, monkey
     assert f"s3://{bucket}/nothing/best.safetensors: no such object" in capsys.readouterr().err
     assert main(["predict", "gs://bucket/best.safetensors", str(small_isbi["test"]), "-o", "x.tif"]) == 2
     assert "gs://bucket/best.safetensors: gs:// needs gcsfs: pip install gcsfs" in capsys.readouterr().err
+    assert main(["predict", "isbi-membranes", f"s3://{bucket}/data/train-volume.tif", "-o", "v.ome.zarr", "-q"]) == 2
+    assert "a TIFF volume on a store cannot be read block by block; store it as Zarr" in capsys.readouterr().err
+    assert main(["predict", "isbi-membranes", "s3://no-such-bucket-here/v.zarr", "-o", "v.ome.zarr", "-q"]) == 2
+    assert "s3://no-such-bucket-here/v.zarr: no such bucket" in capsys.readouterr().err
+    assert not (Path.cwd() / "v.ome.zarr").exists()
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     assert main([*args, *data, "--out", f"s3://{bucket}/r2"]) == 2

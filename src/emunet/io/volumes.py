@@ -148,6 +148,10 @@ def _open_zarr(address: Address) -> tuple[Any, str | None, Calibration | None]:
     import zarr
 
     path = str(address)
+    if address.is_url:
+        from .storage import check_store
+
+        check_store(address.location)  # an unreachable store, missing credentials or bucket: said as such
     try:
         node = zarr.open(Place(path).zarr(read_only=True), mode="r")  # a URL: chunks read from the store as needed
     except StorageError:
@@ -219,7 +223,8 @@ def open_volume(path: str | Path, channel: int | None = None, axes: str | None =
     except UsageError:
         raise DataError(f"{text}: not a volume (a .zarr, an .h5 dataset or a .tif stack)") from None
     if address.is_url and address.format != "zarr":
-        raise DataError(f"{text}: an {address.format.upper()} volume on a store cannot be read block by block; "
+        kind = {"hdf5": "an HDF5", "tiff": "a TIFF"}[address.format]
+        raise DataError(f"{text}: {kind} volume on a store cannot be read block by block; "
                         "store it as Zarr or OME-Zarr there (or copy it to a local disk)")
     if address.format == "zarr":
         array, found_axes, calibration = _open_zarr(address)
