@@ -197,3 +197,45 @@ def test_a_volume_too_large_for_the_memory_limit_is_segmented_block_by_block(isb
     assert labels.shape == volume.shape and labels[3, 4000:, 4000:].max() > 0
     in_memory = predict(str(tmp_path / "big.tif"), str(tmp_path / "out.tif"))
     assert in_memory.returncode != 0 and "memory" in in_memory.stderr.lower()
+
+
+@pytest.mark.slow
+def test_an_affinity_models_cells_of_a_section_too_large_for_the_memory_limit(isbi_dir, tmp_path):
+    """The affinity head's path (isbi-cells': affinities, the mutex watershed) under the same
+    1000 MB data limit: a 1536 x 1536 section cut block by block (blocks of 512; about 850 MB
+    resident without the limit), while the same section in memory (about 1.6 GB) is refused."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    import torch
+
+    from emunet.model.checkpoint import save_weights
+    from emunet.model.unet import create_model
+
+    torch.manual_seed(0)
+    offsets = [[-1, 0], [0, -1], [-9, 0], [0, -9], [-27, 0], [0, -27]]  # isbi-cells' reach
+    model = create_model("unet_cpu", width=4, depth=2, head="affinities", offsets=offsets).eval()
+    save_weights(tmp_path / "tiny.safetensors", model, model.cfg,
+                 {"step": 0, "config": {"intensity": {"low": 0.0, "high": 255.0, "dtype": "uint8", "how": "8-bit"},
+                                        "predict": {"tile": 512, "overlap": 0.25, "margin": 16, "close_gaps": 0.0},
+                                        "segment": {"calibrate": False}}})
+    section = np.tile(tifffile.imread(isbi_dir / "train-volume.tif")[0], (3, 3))[None]
+    zarr.open_array(str(tmp_path / "big.zarr"), mode="w", shape=section.shape, chunks=(1, 512, 512), dtype=np.uint8,
+                    zarr_format=2)[...] = section
+    tifffile.imwrite(tmp_path / "big.tif", section, photometric="minisblack")
+    limit = 1000 * 2**20
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
+
+    def predict(source: str, output: str, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "emunet", "predict", str(tmp_path / "tiny.safetensors"), source,
+                               "-o", output, "--segment", "--precision", "fp32", "-q", *extra], capture_output=True, text=True,
+                              env=env, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_DATA, (limit, limit)))
+
+    blockwise = predict(str(tmp_path / "big.zarr"), str(tmp_path / "out.ome.zarr"), "--block", "512", "--chunk", "512")
+    assert blockwise.returncode == 0, blockwise.stderr[-2000:]
+    labels = zarr.open_array(str(tmp_path / "out.ome.zarr" / "labels" / "cells" / "0"), mode="r")
+    assert labels.shape == section.shape and labels[0, 1400:, 1400:].max() > 0
+    in_memory = predict(str(tmp_path / "big.tif"), str(tmp_path / "out.tif"))
+    assert in_memory.returncode != 0 and "memory" in in_memory.stderr.lower(), in_memory.stderr[-2000:]
