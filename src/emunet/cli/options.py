@@ -143,7 +143,7 @@ def _add_predict_command(sub) -> None:
                    "several: write the mean of their probabilities (an ensemble; settings from the first)")
     p.add_argument("input", help="a (multi-page) TIFF or PNG, or a folder of them, or a volume: data.zarr (Zarr, "
                    "OME-Zarr), data.h5:/path/in/file; any of them may be an s3:// URL (a Zarr volume there is read chunk by "
-                   "chunk; an HDF5 or TIFF volume must be local)")
+                   "chunk; predicted into OME-Zarr, an HDF5 or TIFF volume must be local)")
     p.add_argument("-o", "--output", type=_path_or_url, required=True,
                    help="a .tif: one probability stack for images of one size; a folder: one TIFF per image, any sizes; "
                    "file.h5[:/dataset]: an HDF5 dataset; a .zarr (e.g. out.ome.zarr): an OME-Zarr image, predicted "
