@@ -8,7 +8,8 @@ import sys
 from pathlib import PurePosixPath
 from types import MappingProxyType
 
-from .options import BLOCKWISE_DEFAULTS, OUTPUT_FORMATS, SEGMENT_BLOCK
+from ..infer.blocks import default_threads
+from .options import BLOCKWISE_DEFAULTS, OUTPUT_FORMATS
 from .settings import _config, _resuming
 
 # flag (as argparse names it) -> the setting it overrides; --batch-size sets predict.batch_size
@@ -78,8 +79,6 @@ def _predict_outputs(args):
     if output.format != "zarr" and given:
         raise UsageError(f"{', '.join(given)}: for an OME-Zarr output only (-o NAME.ome.zarr); {args.output} is "
                          f"{'a folder' if output.is_folder else output.format.upper()}")
-    if args.block is None and args.segment is not None:
-        args.block = SEGMENT_BLOCK
     for key, default in BLOCKWISE_DEFAULTS.items():
         setattr(args, key, default if getattr(args, key) is None else getattr(args, key))
     cells = _cells_address(args, output)
@@ -160,7 +159,7 @@ def _predict_blockwise(args, predictor, output, cells) -> int:
     result = predict_to_ome_zarr(predictor.paths, str(args.input), output.location, predictor.settings, predictor.precision,
                                  device=args.device, block=args.block, chunk=args.chunk, dtype=args.dtype,
                                  levels=args.levels, scheduler=args.scheduler,
-                                 workers=args.workers or _default_threads(predictor, cells is not None),
+                                 workers=args.workers or default_threads(cells is not None and bool(predictor.models[0].cfg.offsets)),
                                  channel=predictor.channel, axes=args.axes, progress=not args.quiet,
                                  overwrite=args.overwrite, segment=predictor.segment if cells is not None else None)
     n, h, w = result.shape
@@ -173,16 +172,6 @@ def _predict_blockwise(args, predictor, output, cells) -> int:
         kind = "objects across sections" if predictor.segment.link_sections else "cells, ids unique in the volume"
         print(f"wrote {args.output}/labels/cells: {n} x {h} x {w} uint32, {result.cells} {kind}{bias}")
     return 0
-
-
-def _default_threads(predictor, segment: bool) -> int:
-    """Threads of a blockwise run's in-process scheduler: two where there are the cores, since a
-    block's watersheds run on one core while the network uses all (a membrane model's map and
-    cells 1.55x faster on 2 cores, docs/volumes.md); one for an affinity model's cells, whose
-    mutex watershed holds GBs per block."""
-    if segment and predictor.models[0].cfg.offsets:
-        return 1
-    return min(2, os.cpu_count() or 1)
 
 
 def _slice_list(spec: str) -> list[int]:

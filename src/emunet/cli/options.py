@@ -7,6 +7,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from .. import __version__
+from ..infer.blocks import BLOCK, SEGMENT_BLOCK
 
 EPILOG = """Settings come from a YAML file (-c) and KEY=VALUE overrides, e.g.
   unet train -c configs/isbi-cpu.yaml train.steps=200 out_dir=runs/try
@@ -14,10 +15,8 @@ Sections: data, model, augment, train, predict, segment, storage (see configs/*.
 
 
 # Options of an OME-Zarr output only, and their defaults (given with another output they are refused).
-BLOCKWISE_DEFAULTS = MappingProxyType({"block": 4096, "chunk": 1024, "dtype": "uint8", "levels": 1, "scheduler": None, "workers": None})
-# With --segment a block's cut (and its halo) is held a few times over by the watersheds: the
-# mutex watershed of a 2048 block takes about 3.7 GB, of a 4096 block several times that.
-SEGMENT_BLOCK = 2048
+# block and workers: None, chosen by the blockwise prediction (infer/blocks.py)
+BLOCKWISE_DEFAULTS = MappingProxyType({"block": None, "chunk": 1024, "dtype": "uint8", "levels": 1, "scheduler": None, "workers": None})
 OUTPUT_FORMATS = ("tiff", "hdf5", "zarr", "folder")
 QUIET_MEANS_SILENT = ("score", "import-mindspore", "export", "presets", "models")  # commands with no progress to hide
 
@@ -166,7 +165,7 @@ def _add_predict_command(sub) -> None:
                    "output made by another model, input or settings (without it these are refused)")
     volumes = p.add_argument_group("volumes larger than memory (-o OUT.ome.zarr: predicted block by block on Dask)")
     volumes.add_argument("--block", type=int, help=f"block side in pixels, whole chunks; larger blocks recompute less of their border, smaller ones "
-                         f"take less memory (default: {BLOCKWISE_DEFAULTS['block']}, with --segment {SEGMENT_BLOCK})")
+                         f"take less memory (default: {BLOCK}, with --segment {SEGMENT_BLOCK})")
     volumes.add_argument("--chunk", type=int, help=f"output chunk side; chunks are 1 x N x N (default: {BLOCKWISE_DEFAULTS['chunk']})")
     volumes.add_argument("--dtype", choices=["uint8", "float16", "float32"],
                          help="probabilities as uint8 (x 255, the default), float16 or float32")

@@ -11,7 +11,22 @@ from typing import Any
 from ..errors import DataError
 from ..io.places import Place
 
-__all__ = ["Block", "plan_blocks", "markers_folder", "run_blocks"]
+__all__ = ["Block", "plan_blocks", "markers_folder", "run_blocks", "BLOCK", "SEGMENT_BLOCK", "default_threads"]
+
+BLOCK = 4096  # pixels per block side: a block recomputes 13 % of its border for its neighbours' context
+# With cells a block's cut (and its halo) is held a few times over by the watersheds: the mutex
+# watershed of a 2048 block takes about 3.7 GB, of a 4096 block several times that.
+SEGMENT_BLOCK = 2048
+
+
+def default_threads(affinity_cells: bool) -> int:
+    """Threads of the in-process scheduler: two where there are the cores, since a block's
+    watersheds run on one core while the network uses all (a membrane model's map and cells
+    1.55x faster on 2 cores, docs/volumes.md); one for an affinity model's cells, whose mutex
+    watershed holds GBs per block."""
+    import os
+
+    return 1 if affinity_cells else min(2, os.cpu_count() or 1)
 
 
 def markers_folder(output: Place) -> Place:

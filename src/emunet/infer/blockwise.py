@@ -31,7 +31,7 @@ from ..model.bundled import resolve_checkpoint
 from ..io.places import Place
 from ..io.provenance import file_sha256, made_by_record, recorded_made_by, differences as _differences
 from ..model.affinities import interior_from_affinities
-from .blocks import Block, markers_folder, plan_blocks, run_blocks
+from .blocks import BLOCK, SEGMENT_BLOCK, Block, markers_folder, plan_blocks, run_blocks
 from .postprocess import CLOSE_GAPS_MARGIN, CLOSE_GAPS_WINDOW, smooth_in_place, wall_levels
 
 __all__ = ["Block", "plan_blocks", "predict_block", "predict_affinities", "predict_to_ome_zarr", "BlockwiseResult"]
@@ -183,7 +183,7 @@ class BlockwiseResult:
 
 
 def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: str | Path | Place, pcfg: PredictConfig,
-                        precision: str, device: str = "auto", block: int = 4096, chunk: int = 1024,
+                        precision: str, device: str = "auto", block: int | None = None, chunk: int = 1024,
                         dtype: str = "uint8", levels: int = 1, scheduler: str | None = None, workers: int = 1,
                         channel: int | None = None, axes: str | None = None, progress: bool = True,
                         overwrite: bool = False, segment: SegmentConfig | None = None) -> BlockwiseResult:
@@ -191,11 +191,13 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     folder or a store's URL; a Zarr ``source`` on a store is read chunk by chunk).
 
     Args:
-        block: block side in pixels, a multiple of ``chunk`` (and of the closing's window).
+        block: block side in pixels, a multiple of ``chunk`` (and of the closing's window);
+            None: :data:`.blocks.BLOCK`, with ``segment`` :data:`.blocks.SEGMENT_BLOCK`.
         chunk: output chunk side (chunks are 1 x chunk x chunk).
         dtype: 'uint8' (probability x 255), 'float16' or 'float32'.
         levels: resolutions written (1 = full resolution only; more add 2x-downsampled levels).
-        scheduler: None for an in-process Dask scheduler with ``workers`` threads, or the address
+        scheduler: None for an in-process Dask scheduler with ``workers`` threads (the command
+            line's default: :func:`.blocks.default_threads`), or the address
             of a ``dask.distributed`` scheduler (``tcp://host:8786``), whose workers each load
             the models once.
         overwrite: replace an existing output instead of continuing it (an output made by other
@@ -207,6 +209,7 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
 
     if dtype not in ("uint8", "float16", "float32"):
         raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
+    block = block or (SEGMENT_BLOCK if segment is not None else BLOCK)
     check_block_size(block, chunk, pcfg)
     output = _checked_output(output, source)
     volume = open_volume(source, channel, axes)
@@ -242,14 +245,14 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
 def _checked_output(output: str | Path | Place, source: str) -> Place:
     """The output's place, refused where it lies in the input (or holds it); a store that does
     not answer or lacks the bucket fails now, before any work."""
-    from ..io.address import parse_address
+    from ..io.volumes import volume_file
 
     output = Place(output)
     if output.is_url:
         from ..io.storage import check_store
 
         check_store(output.location)
-    store = Place(parse_address(source, what="input").location)
+    store = volume_file(source)
     if output.contains(store) or store.contains(output):
         raise DataError(f"{output}: the output would write into the input {source}; choose another -o")
     return output

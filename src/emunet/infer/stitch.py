@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,8 +106,11 @@ def create_scratch(plan: CellsPlan, chunk: int) -> None:
                               zarr_format=2)
 
 
-def _load_cut(plan: CellsPlan, block: Block, k: int) -> Any:
-    return np.load(io.BytesIO(plan.cut_file(block, k).read_bytes()))
+@contextmanager
+def _cut(plan: CellsPlan, block: Block, k: int) -> Iterator[Any]:
+    """A block's cut record, its members read only as they are asked for."""
+    with plan.cut_file(block, k).open() as file, np.load(file) as record:
+        yield record
 
 
 # --- pass 1: cut -------------------------------------------------------------------------------
@@ -185,8 +190,8 @@ def stitch_cells(plan: CellsPlan, blocks: list[Block], k: int, counts: np.ndarra
 def _cut_summary(job: dict, block: Block) -> tuple[np.ndarray, int]:
     """A cut block's wall counts (walls, unsupported) and its cells' count (read where the cuts
     are, so the rings never travel to the client)."""
-    record = _load_cut(job["plan"], block, job["k"])
-    return record["walls"], int(record["count"])
+    with _cut(job["plan"], block, job["k"]) as record:  # not the ring: the largest member
+        return record["walls"], int(record["count"])
 
 
 def _own_ids(job: dict, block: Block) -> np.ndarray:
@@ -219,9 +224,9 @@ def _seam_pairs(job: dict, block: Block) -> np.ndarray:
     IoU above :data:`SEAM_MIN_IOU` within the part of this block's halo that the neighbour owns
     (a cell that reaches into several neighbours is compared with each on its own part)."""
     plan: CellsPlan = job["plan"]
-    record = _load_cut(plan, block, job["k"])
-    area = tuple(int(v) for v in record["area"])
-    ring = record["ring"].astype(np.int64)
+    with _cut(plan, block, job["k"]) as record:
+        area = tuple(int(v) for v in record["area"])
+        ring = record["ring"].astype(np.int64)
     zone = np.ones(ring.shape, bool)
     zone[block.y0 - area[0] : block.y1 - area[0], block.x0 - area[2] : block.x1 - area[2]] = False
     mine = np.where(ring > 0, ring + job["offsets"][plan.index(block.z, block.y0, block.x0)], 0)[zone]

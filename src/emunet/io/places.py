@@ -131,6 +131,14 @@ class Place:
         with self._errors():
             return self._fs.cat_file(self._key())
 
+    def open(self) -> Any:
+        """The file for reading, to be closed by the caller (a store's object read by ranges as
+        it is read, not fetched whole)."""
+        if not self.is_url:
+            return open(self.location, "rb")
+        with self._errors():
+            return self._fs.open(self._key(), "rb")
+
     def read_text(self) -> str:
         return self.read_bytes().decode()
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import StorageError
 from .places import Place
 
 __all__ = ["file_sha256", "made_by_record", "recorded_made_by", "differences", "volume_fingerprint"]
@@ -55,7 +54,7 @@ def recorded_made_by(output: Place) -> dict | None:
     """The record stored in an OME-Zarr's attributes (None for an output that has none)."""
     try:
         attrs = json.loads((output / ".zattrs").read_text())
-    except (OSError, ValueError, StorageError):
+    except (OSError, ValueError):
         return None
     return (attrs.get("emunet") or {}).get("made_by")
 

@@ -147,9 +147,12 @@ def filesystem(url: str, retries: int = 2, asynchronous: bool = False):
 
 @lru_cache(maxsize=8)
 def _shared_filesystem(cls: type, options: str, asynchronous: bool, credentials: int):
+    # no listings cache: the instance lives as long as the process while other workers write, and
+    # a cached listing would answer "no such object" for what they wrote since
+    kwargs = {**json.loads(options), "use_listings_cache": False}
     if not asynchronous:
-        return cls(**json.loads(options))  # closes its own connections when collected
-    fs = cls(**json.loads(options), asynchronous=True)
+        return cls(**kwargs)  # closes its own connections when collected
+    fs = cls(**kwargs, asynchronous=True)
     atexit.register(_close_zarr_session, fs)
     return fs
 

@@ -43,9 +43,9 @@ def volume_stem(path: str | Path) -> str:
     return (location.with_suffix("") if location.suffix.lower() == ".zarr" else location).stem
 
 
-def volume_file(path: str | Path) -> Path:
-    """The file or Zarr store that holds the volume ``path`` names."""
-    return parse_address(path, what="input").path
+def volume_file(path: str | Path) -> Place:
+    """The file or Zarr store that holds the volume ``path`` names (on a disk or a store)."""
+    return Place(parse_address(path, what="input").location)
 
 
 def is_volume_path(path: str | Path) -> bool:
