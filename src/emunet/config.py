@@ -357,6 +357,8 @@ class PredictConfig:
         metadata (ImageJ or OME TIFF), where they have one. Where it differs from the model's
         (``data.pixel_size`` of its run) by more than 1 %, images are predicted at the model's
         pixel size and the results resized back (cells: segmented there, then resized).
+    adapt_norm: re-estimate the model's batch-norm statistics on the images predicted, weights
+        untouched (``--adapt-norm``; test-time adaptation to another microscope, infer/adapt.py).
     """
 
     tile: int = 388
@@ -368,6 +370,7 @@ class PredictConfig:
     smooth: float = 0.0
     close_gaps: float = 0.0
     pixel_size: float | None = None
+    adapt_norm: bool = False
 
     def tiling(self, precision: str) -> dict:
         """The keyword arguments of ``tiling.predict_region`` (and the TTA variants) these settings give."""

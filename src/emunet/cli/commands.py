@@ -16,7 +16,7 @@ from .settings import _config, _resuming
 INFERENCE_FLAGS = MappingProxyType({"tile": "predict.tile", "overlap": "predict.overlap", "batch_size": "predict.batch_size",
                                     "tta": "predict.tta", "smooth": "predict.smooth", "close_gaps": "predict.close_gaps",
                                     "min_size": "segment.min_size", "link_sections": "segment.link_sections",
-                                    "pixel_size": "predict.pixel_size"})
+                                    "pixel_size": "predict.pixel_size", "adapt_norm": "predict.adapt_norm"})
 
 
 def _load_for_inference(args):

@@ -53,6 +53,10 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pixel-size", type=float, metavar="NM",
                    help="the images' pixel size in nm (default: from their metadata); images whose pixel size differs "
                    "from the model's are predicted at the model's and resized back")
+    p.add_argument("--adapt-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-estimate the model's batch-norm statistics on these images first (weights untouched): "
+                        "for a stack of another microscope than the model's; a few seconds (default: the run's "
+                        "predict.adapt_norm, off)")
 
 
 def _add_out(p: argparse.ArgumentParser) -> None:

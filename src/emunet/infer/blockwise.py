@@ -209,6 +209,9 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
 
     if dtype not in ("uint8", "float16", "float32"):
         raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
+    if pcfg.adapt_norm:  # each block would adapt to itself: seams and results that depend on the block size
+        raise UsageError(f"{source}: --adapt-norm is for stacks predicted in memory, not volumes predicted block by "
+                         "block; predict without it")
     block = block or (SEGMENT_BLOCK if segment is not None else BLOCK)
     check_block_size(block, chunk, pcfg)
     output = _checked_output(output, source)

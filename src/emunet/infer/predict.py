@@ -31,6 +31,7 @@ from .segment import SegmentConfig, segment_stack
 from ..io.storage import is_url
 from .rescale import resized, scale_factor, to_model_scale
 from .kernel import model_context, predict_section_region
+from .adapt import adapted_to
 
 __all__ = [
     "model_context",
@@ -157,12 +158,16 @@ def predict_stack(
     independently trained models disagree on the ambiguous membranes, and their average is
     steadier than any one of them), then :func:`postprocess_volume`; an affinity model's
     affinities as they are, with the interior map made from them. Images whose pixel size is not
-    ``model_pixel_size`` (nm) are predicted at it and the map resized back."""
+    ``model_pixel_size`` (nm) are predicted at it and the map resized back. ``pcfg.adapt_norm``:
+    the models' batch-norm statistics re-estimated on these images first (infer/adapt.py)."""
     offsets = (models if isinstance(models, UNet) else models[0]).cfg.offsets
     factor = scale_factor(volume, pcfg.pixel_size, model_pixel_size)
+    at_model_scale = volume if factor == 1.0 else to_model_scale(volume, factor)
+    if pcfg.adapt_norm:
+        models = adapted_to(models, at_model_scale)
+    there = prediction_from_raw(predict_raw(models, at_model_scale, pcfg, precision, progress), offsets, pcfg)
     if factor == 1.0:
-        return prediction_from_raw(predict_raw(models, volume, pcfg, precision, progress), offsets, pcfg)
-    there = prediction_from_raw(predict_raw(models, to_model_scale(volume, factor), pcfg, precision, progress), offsets, pcfg)
+        return there
     return Prediction(resized(there.probs, volume.images.shape[-2:], order=1), None, offsets, there)
 
 
