@@ -421,3 +421,17 @@ def test_threads_sharing_one_model_give_the_output_of_one_thread(isbi_dir, tmp_p
         outputs.append([zarr.open_array(str(out / a), mode="r")[...] for a in ("0", "labels/cells/0")])
     np.testing.assert_allclose(outputs[0][0], outputs[1][0], atol=1e-5)
     assert adapted_rand_error(outputs[1][1].astype(np.uint64), outputs[0][1].astype(np.uint64))[0] < 0.005
+
+
+def test_adapt_norm_changes_an_in_memory_prediction_and_is_refused_block_by_block(tiny_model, stack, tmp_path, capsys):
+    tifffile.imwrite(tmp_path / "s.tif", stack[:2])
+    for flag, out in (("--no-adapt-norm", "kept.tif"), ("--adapt-norm", "adapted.tif")):
+        assert main(["predict", str(tiny_model), str(tmp_path / "s.tif"), "-o", str(tmp_path / out), flag, "-q"]) == 0
+    kept, adapted = tifffile.imread(tmp_path / "kept.tif"), tifffile.imread(tmp_path / "adapted.tif")
+    assert kept.shape == adapted.shape == stack[:2].shape and np.abs(kept - adapted).max() > 1e-3
+    _write_formats(tmp_path, stack)
+    assert main(["predict", str(tiny_model), str(tmp_path / "v2.zarr"), "-o", str(tmp_path / "p.ome.zarr"),
+                 "--adapt-norm", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--adapt-norm is for stacks predicted in memory" in err[0] and "v2.zarr" in err[0]
+    assert not (tmp_path / "p.ome.zarr").exists()

@@ -34,15 +34,14 @@ def _batch_norms(model: UNet) -> list[torch.nn.modules.batchnorm._BatchNorm]:
 
 def _tile_side(model: UNet, height: int, width: int, source: str) -> int:
     """The largest side up to 256 that fits the images and that the network takes."""
-    step = 2 ** model.cfg.depth
-    for side in range(min(_TILE, height, width) // step * step, 0, -step):
+    for side in range(min(_TILE, height, width), 0, -1):
         try:
             model.output_size(side)
             return side
         except ValueError:
             continue
     raise DataError(f"{source}: images of {height} x {width} are too small to re-estimate the batch-norm statistics "
-                    f"on (--adapt-norm needs at least {2 * step} x {2 * step} pixels); predict without it")
+                    "on (--adapt-norm); predict without it")
 
 
 def _tiles(volume: Volume, side: int, context: int, count: int, rng: np.random.Generator) -> np.ndarray:
