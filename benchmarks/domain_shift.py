@@ -5,6 +5,7 @@ scores them (V_rand of the map, best threshold, and of the cells), against the c
     python benchmarks/domain_shift.py runs/isbi-cpu/best.safetensors
     python benchmarks/domain_shift.py runs/robust/last.safetensors --json runs/robust/shift.json
     python benchmarks/domain_shift.py runs/robust-s{1,2,3}/last.safetensors --tta   # seeds, and their mean
+    python benchmarks/domain_shift.py runs/f1/last.safetensors --adapt-norm         # statistics of each shifted stack
 
 The shifts: gamma 0.6 and 1.6 (grey values to that power), Gaussian blur of std 1.5 px,
 Poisson noise of 20 electrons per pixel, and pixel sizes 0.85x and 1.2x the model's (the slices
@@ -52,8 +53,9 @@ def shifted(images: np.ndarray, masks: np.ndarray, gamma: float = 1.0, blur: flo
     return np.clip(grey * 255, 0, 255).round().astype(np.uint8), masks
 
 
-def measure(checkpoint: str, fold: int, pixel_nm: float, tta: bool = False) -> list[dict]:
-    overrides = [f"data.pixel_size={pixel_nm}"] + (["predict.tta=true"] if tta else [])
+def measure(checkpoint: str, fold: int, pixel_nm: float, tta: bool = False, adapt_norm: bool = False) -> list[dict]:
+    overrides = ([f"data.pixel_size={pixel_nm}"] + (["predict.tta=true"] if tta else [])
+                 + (["predict.adapt_norm=true"] if adapt_norm else []))
     base = Predictor.load(checkpoint, "auto", overrides=overrides)  # loaded once
     cfg = base.config
     import tifffile
@@ -89,22 +91,24 @@ def main() -> int:
     parser.add_argument("--fold", type=int, default=1)
     parser.add_argument("--pixel-size", type=float, default=4.0, help="the data set's pixel size, nm (ISBI: 4)")
     parser.add_argument("--tta", action="store_true", help="predict with the 8 flips and turns (predict.tta)")
+    parser.add_argument("--adapt-norm", action="store_true",
+                        help="re-estimate the batch-norm statistics on each shifted stack (predict.adapt_norm)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     runs = []
     for checkpoint in args.checkpoints:
-        rows = measure(checkpoint, args.fold, args.pixel_size, args.tta)
+        rows = measure(checkpoint, args.fold, args.pixel_size, args.tta, args.adapt_norm)
         for r in rows:
             r["drop"] = rows[0]["v_rand"] - r["v_rand"]
             r["cells_drop"] = rows[0]["cells_v_rand"] - r["cells_v_rand"]
-        _print_table(f"{checkpoint}, fold {args.fold}{', tta' if args.tta else ''}", rows)
+        _print_table(f"{checkpoint}, fold {args.fold}{', tta' if args.tta else ''}{', adapt-norm' if args.adapt_norm else ''}", rows)
         runs.append({"checkpoint": checkpoint, "rows": rows})
     if len(runs) > 1:  # paired drops, averaged over the models
         mean = [{key: (row["shift"] if key == "shift" else float(np.mean([run["rows"][i][key] for run in runs])))
                  for key in row} for i, row in enumerate(runs[0]["rows"])]
         _print_table(f"mean of {len(runs)} models", mean)
     if args.json:
-        args.json.write_text(json.dumps({"fold": args.fold, "tta": args.tta, "runs": runs}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"fold": args.fold, "tta": args.tta, "adapt_norm": args.adapt_norm, "runs": runs}, indent=2) + "\n")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,21 @@ def test_a_model_without_batch_norm_or_images_too_small_are_refused_in_one_line(
         adapted_to(_net(norm="none"), _volume(_stack(rng)))
     with pytest.raises(DataError, match=r"stack.tif: images of 8 x 8 are too small"):
         adapted_to(_net(norm="batch"), _volume(_stack(rng, side=8)))
+
+
+def test_napari_slices_share_one_adaptation_that_equals_the_stacks(rng):
+    # The widget predicts slice by slice; with adaptation it must still predict what
+    # ``unet predict --adapt-norm`` predicts for the stack (its statistics from all its slices).
+    from emunet.config import SegmentConfig
+    from emunet.infer.predictor import Predictor
+    from emunet.io.pixels import Intensity
+    from emunet.napari_plugin.tasks import segment_slices
+
+    raw = (_stack(rng, n=3) * 255).astype(np.uint8)
+    predictor = Predictor([_net(norm="batch")], PredictConfig(tile=64, batch_size=4, adapt_norm=True), SegmentConfig(),
+                          "fp32", Intensity(0.0, 255.0, "uint8", "8-bit"))
+    done = segment_slices(predictor, raw, range(3), membranes=True, cells=False)
+    whole = predictor.predict(predictor.read(raw)).probs
+    np.testing.assert_allclose(done.probabilities, whole, atol=1e-5)
+    kept = segment_slices(replace(predictor, settings=PredictConfig(tile=64, batch_size=4)), raw, range(3), cells=False)
+    assert np.abs(kept.probabilities - whole).max() > 1e-3

@@ -7,7 +7,7 @@ test prediction of ``run`` and ``cv``, the blockwise volume workers and the Pyth
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,9 @@ from ..errors import DataError
 from ..io.address import Address
 from ..io.data import Intensity, Volume, read_images, volume_of_arrays
 from ..model.unet import UNet
+from .adapt import adapted_to
 from .predict import Prediction, SegmentedFile, load_models, predict_stack, segment_file
+from .rescale import scale_factor, to_model_scale
 
 __all__ = ["Predictor", "Segmenter"]
 
@@ -91,6 +93,15 @@ class Predictor:
             raise DataError(f"an array of shape {raw.shape} looks like an {'RGB' if raw.shape[-1] == 3 else 'RGBA'} image; "
                             "give one grey channel (e.g. image[..., 0] or image.mean(axis=-1)), or slices as (N, H, W)")
         return volume_of_arrays(stack, self.intensity)
+
+    def adapted(self, volume: Volume) -> Predictor:
+        """This predictor with its models' batch-norm statistics re-estimated on ``volume`` (at the
+        models' pixel size), once, for predictions made piece by piece (napari's slices) that
+        should share one adaptation; ``predict.adapt_norm`` is then off (it is done)."""
+        factor = scale_factor(volume, self.settings.pixel_size, self.model_pixel_size)
+        at_model_scale = volume if factor == 1.0 else to_model_scale(volume, factor)
+        return replace(self, models=adapted_to(self.models, at_model_scale),
+                       settings=replace(self.settings, adapt_norm=False))
 
     def predict(self, volume: Volume, progress: bool = False) -> Prediction:
         """The post-processed map of every slice (and an affinity model's affinities)."""

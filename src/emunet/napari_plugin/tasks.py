@@ -16,6 +16,8 @@ from ..errors import EmunetError
 from ..infer.predict import model_context
 from ..infer.predictor import Predictor
 
+ADAPT_SLICES = 8  # slices of a layer the batch-norm statistics are re-estimated on
+
 __all__ = ["LayerError", "stack_of", "Segmented", "segment_slices", "training_masks", "fine_tune"]
 
 
@@ -54,6 +56,8 @@ def segment_slices(predictor: Predictor, data, slices: range, membranes: bool = 
     if any(model_context(m) for m in predictor.models):
         raise LayerError("This model reads neighbouring sections (2.5-D input); predict its stack with unet predict.")
     height, width = data.shape[-2:]
+    if predictor.settings.adapt_norm:  # one adaptation for all the slices, as unet predict adapts to its stack
+        predictor = predictor.adapted(predictor.read(_adaptation_sample(data, slices)))
     probs = np.zeros((len(slices), height, width), np.float32) if membranes else None
     labels = np.zeros((len(slices), height, width), np.uint32) if cells else None
     for i, z in enumerate(slices):
@@ -68,6 +72,15 @@ def segment_slices(predictor: Predictor, data, slices: range, membranes: bool = 
         if on_slice is not None:
             on_slice(i + 1, len(slices))
     return Segmented(probs, labels)
+
+
+def _adaptation_sample(data, slices: range, most: int = ADAPT_SLICES) -> np.ndarray:
+    """Up to ``most`` of the slices, evenly spaced, read for the adaptation (a lazy layer is
+    not read whole)."""
+    if data.ndim == 2:
+        return np.asarray(data)[None]
+    chosen = sorted({slices[int(k)] for k in np.linspace(0, len(slices) - 1, min(most, len(slices)))})
+    return np.stack([np.asarray(data[z]) for z in chosen])
 
 
 def training_masks(labels: np.ndarray, meaning: str) -> np.ndarray:

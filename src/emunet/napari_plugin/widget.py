@@ -45,6 +45,9 @@ class EmunetWidget(Container):
         self.tta = CheckBox(text="flips and turns (8x slower)", value=False,
                             tooltip="average each slice over its 8 flips and 90-degree turns: smoother walls, "
                             "higher V_rand (docs/results.md)")
+        self.adapt = CheckBox(text="adapt to this stack", value=False,
+                              tooltip="re-estimate the model's batch-norm statistics on these slices first (weights "
+                              "untouched): for images of another microscope than the model's (docs/transfer.md)")
         self.segment_button = PushButton(text="Segment")
         self.labels_layer = ComboBox(label="labels", choices=lambda _: self._layers(Labels))
         self.meaning = ComboBox(label="labels are", choices=["cells", "membranes painted"], value="cells",
@@ -56,7 +59,7 @@ class EmunetWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
         super().__init__(widgets=[self.model, self.checkpoint, Label(value="<b>Segment</b>"), self.image, self.outputs,
-                                  self.slices, self.pixel_size, self.tta, self.segment_button, Label(value="<b>Fine-tune</b>"), self.labels_layer,
+                                  self.slices, self.pixel_size, self.tta, self.adapt, self.segment_button, Label(value="<b>Fine-tune</b>"), self.labels_layer,
                                   self.meaning, self.steps, self.save_to, self.fine_tune_button, self.progress,
                                   self.cancel_button, self.status])
         self._cancel = threading.Event()
@@ -100,13 +103,14 @@ class EmunetWidget(Container):
         membranes, cells = self.outputs.value != "cells", self.outputs.value != "membranes"
         place = _placement(layer, data.ndim, first, corner)
         self._run(self._segment, self._show_segmented, len(which), self.model.value, data, which, membranes, cells,
-                  (layer.name, data.ndim, place), self.pixel_size.value or None, self.tta.value)
+                  (layer.name, data.ndim, place), self.pixel_size.value or None, self.tta.value, self.adapt.value)
 
     def _segment(self, model: str, data, which: range, membranes: bool, cells: bool, where, pixel_size: float | None = None,
-                 tta: bool = False):
+                 tta: bool = False, adapt: bool = False):
         from ..infer.predictor import Predictor
 
-        overrides = ([f"predict.pixel_size={pixel_size}"] if pixel_size else []) + (["predict.tta=true"] if tta else [])
+        overrides = (([f"predict.pixel_size={pixel_size}"] if pixel_size else []) + (["predict.tta=true"] if tta else [])
+                     + (["predict.adapt_norm=true"] if adapt else []))
         predictor = Predictor.load(model, overrides=overrides)
         done = tasks.segment_slices(predictor, data, which, membranes, cells, lambda i, n: self._show_progress(i),
                                     self._cancel)
