@@ -207,11 +207,7 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     """
     from ..io.volumes import open_volume
 
-    if dtype not in ("uint8", "float16", "float32"):
-        raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
-    if pcfg.adapt_norm:  # each block would adapt to itself: seams and results that depend on the block size
-        raise UsageError(f"{source}: --adapt-norm is for stacks predicted in memory, not volumes predicted block by "
-                         "block; predict without it")
+    _check_settings(source, dtype, pcfg)
     block = block or (SEGMENT_BLOCK if segment is not None else BLOCK)
     check_block_size(block, chunk, pcfg)
     output = _checked_output(output, source)
@@ -243,6 +239,14 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
         result.cells, result.long_range_bias = _cells_of_volume(job, blocks, scheduler, workers, progress)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _check_settings(source: str, dtype: str, pcfg: PredictConfig) -> None:
+    if dtype not in ("uint8", "float16", "float32"):
+        raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
+    if pcfg.adapt_norm:  # each block would adapt to itself: seams and results that depend on the block size
+        raise UsageError(f"{source}: --adapt-norm is for stacks predicted in memory, not volumes predicted block by "
+                         "block; predict without it")
 
 
 def _checked_output(output: str | Path | Place, source: str) -> Place:
