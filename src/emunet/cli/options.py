@@ -55,8 +55,8 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
                    "from the model's are predicted at the model's and resized back")
     p.add_argument("--adapt-norm", action=argparse.BooleanOptionalAction, default=None,
                    help="re-estimate the model's batch-norm statistics on these images first (weights untouched): "
-                        "for a stack of another microscope than the model's; a few seconds (default: the run's "
-                        "predict.adapt_norm, off)")
+                        "for a stack of another microscope than the model's; a few seconds; a volume block by block is "
+                        "adapted once, to windows of up to 8 of its sections (default: the run's predict.adapt_norm, off)")
 
 
 def _add_out(p: argparse.ArgumentParser) -> None:

@@ -11,7 +11,7 @@ VNC stack 1, and a VNC model on ISBI, both gain; on its own stack it costs a lit
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from ..io.data import Volume, mirror_index
 from ..model.unet import UNet, to_network_input
 from .kernel import model_context
 
-__all__ = ["ADAPT_TILES", "adapted_to"]
+__all__ = ["ADAPT_TILES", "adapted_to", "adapted_to_lazy", "norm_statistics", "with_norm_statistics"]
 
 ADAPT_TILES = 128  # 256 x 256 tiles (8 megapixels): the estimate moves by < 1 % beyond this
 _TILE = 256
@@ -44,32 +44,36 @@ def _tile_side(model: UNet, height: int, width: int, source: str) -> int:
                     "on (--adapt-norm); predict without it")
 
 
-def _tiles(volume: Volume, side: int, context: int, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` random (2 * context + 1, side, side) windows of the volume's sections (the
-    neighbouring sections as a 2.5-D model reads them)."""
-    depth, (height, width) = len(volume.stack), volume.images.shape[-2:]
+Read = Callable[[int, int, int, int], np.ndarray]  # (z, top, left, side) -> (side, side) scaled pixels
+
+
+def _windows(read: Read, depth: int, sections: Sequence[int], shape: tuple[int, int], side: int, context: int,
+             count: int) -> np.ndarray:
+    """``count`` random (2 * context + 1, side, side) windows of the ``sections`` (indices into a
+    stack of ``depth`` sections of ``shape``; the neighbouring sections as a 2.5-D model reads
+    them), the same every run."""
+    rng = np.random.default_rng(0)
+    height, width = shape
     out = np.empty((count, 2 * context + 1, side, side), np.float32)
     for k in range(count):
-        i = int(rng.integers(len(volume)))
+        z = sections[int(rng.integers(len(sections)))]
         top, left = int(rng.integers(0, height - side + 1)), int(rng.integers(0, width - side + 1))
-        for c, z in enumerate(mirror_index(volume.z[i] - context, 2 * context + 1, depth)):
-            out[k, c] = volume.stack[z][top : top + side, left : left + side]
+        for c, near in enumerate(mirror_index(z - context, 2 * context + 1, depth)):
+            out[k, c] = read(int(near), top, left, side)
     return out
 
 
-def _adapt_one(model: UNet, volume: Volume, tiles: int) -> UNet:
-    norms = _batch_norms(model)
-    if not norms:
+def _adapt_one(model: UNet, read: Read, depth: int, sections: Sequence[int], shape: tuple[int, int], source: str,
+               tiles: int) -> UNet:
+    if not _batch_norms(model):
         raise CheckpointError("--adapt-norm: the model has no batch-norm layers to re-estimate "
                               f"(its norm is {model.cfg.norm!r}); predict without it")
-    height, width = volume.images.shape[-2:]
-    side = _tile_side(model, height, width, str(volume.source))
+    side = _tile_side(model, *shape, source)
+    windows = _windows(read, depth, sections, shape, side, model_context(model), tiles)
     adapted = copy.deepcopy(model)
     for norm in _batch_norms(adapted):
         norm.reset_running_stats()
         norm.momentum = None  # a plain average over the batches below, not a moving one
-    rng = np.random.default_rng(0)  # the same tiles every run: the same predictions
-    windows = _tiles(volume, side, model_context(model), tiles, rng)
     parameter = next(adapted.parameters())
     adapted.train()
     with torch.no_grad():
@@ -89,4 +93,34 @@ def adapted_to(models: UNet | Sequence[UNet], volume: Volume, tiles: int = ADAPT
     pixel size the models predict them at), from ``tiles`` random windows; the weights and the
     given models are untouched."""
     models = [models] if isinstance(models, UNet) else list(models)
-    return [_adapt_one(m, volume, tiles) for m in models]
+    read = lambda z, top, left, side: volume.stack[z][top : top + side, left : left + side]  # noqa: E731
+    return [_adapt_one(m, read, len(volume.stack), volume.z, volume.images.shape[-2:], str(volume.source), tiles)
+            for m in models]
+
+
+def adapted_to_lazy(models: Sequence[UNet], volume, tiles: int = ADAPT_TILES, most_sections: int = 8) -> list[UNet]:
+    """:func:`adapted_to` for a volume read on demand (:class:`..io.volumes.LazyVolume`): windows
+    of up to ``most_sections`` evenly spaced sections, read window by window, never whole."""
+    depth, height, width = volume.shape
+    sections = sorted({int(z) for z in np.linspace(0, depth - 1, min(most_sections, depth))})
+    read = lambda z, top, left, side: volume.read(z, slice(top, top + side), slice(left, left + side))  # noqa: E731
+    return [_adapt_one(m, read, depth, sections, (height, width), str(volume.source), tiles) for m in models]
+
+
+def norm_statistics(models: Sequence[UNet]) -> dict[str, torch.Tensor]:
+    """The batch-norm statistics of ``models`` by name (``{i}.{layer}.running_mean``, ...), to store."""
+    return {f"{i}.{name}": buffer.detach().cpu().clone() for i, model in enumerate(models)
+            for name, buffer in model.named_buffers() if name.endswith(("running_mean", "running_var"))}
+
+
+def with_norm_statistics(models: Sequence[UNet], stats: dict[str, torch.Tensor]) -> list[UNet]:
+    """Copies of ``models`` carrying the stored :func:`norm_statistics`."""
+    out = []
+    for i, model in enumerate(models):
+        adapted = copy.deepcopy(model)
+        buffers = dict(adapted.named_buffers())
+        for name, buffer in buffers.items():
+            if name.endswith(("running_mean", "running_var")):
+                buffer.copy_(stats[f"{i}.{name}"])
+        out.append(adapted.eval())
+    return out

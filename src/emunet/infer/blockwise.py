@@ -113,20 +113,29 @@ def _encode(probs: np.ndarray, dtype: str) -> np.ndarray:
     return probs.astype(dtype)
 
 
+NORM_STATISTICS = "adapted-norm.safetensors"  # in the output: --adapt-norm's statistics, estimated once
+
 # --- the tasks: one per block, each loading the models once per process ---------------------
 
 @lru_cache(maxsize=2)
 def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], device: str, source: str, channel: int | None,
-                       axes: str | None):
+                       axes: str | None, norm: str | None = None):
     """The models and the opened input, scaled as they were trained: loaded once per worker
     process (Dask runs many blocks in each), and again when a checkpoint's contents change
-    (``hashes``, part of the cache key)."""
+    (``hashes``, part of the cache key). ``norm``: the stored batch-norm statistics of
+    ``--adapt-norm`` (:func:`_adapted_statistics`), a file's place."""
     from ..io.volumes import open_volume
     from .predictor import Predictor
 
     from .tiling import inference_layout
 
     predictor = Predictor.load(list(checkpoints), device)
+    if norm is not None:
+        from safetensors.torch import load
+
+        from .adapt import with_norm_statistics
+
+        predictor.models = with_norm_statistics(predictor.models, load(Place(norm).read_bytes()))
     for model in predictor.models:  # before any task predicts with it: the tasks' threads share it
         inference_layout(model)
     volume = open_volume(source, channel, axes)
@@ -142,7 +151,7 @@ def _run_block(job: dict, block: Block) -> str:
     from .stitch import SEGMENT_HALO, cut_affinities
 
     models, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"],
-                                        job["axes"])
+                                        job["axes"], job["norm"])
     offsets, plan = models[0].cfg.offsets, job["cells"]
     if offsets and plan is not None:
         area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"])
@@ -166,7 +175,7 @@ def _cut_block_again(job: dict, block: Block) -> str:
     from .stitch import SEGMENT_HALO, cut_affinities
 
     models, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"],
-                                        job["axes"])
+                                        job["axes"], job["norm"])
     area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"])
     cut_affinities(job["cells"], block, job["k"], area, affinities)
     return block.name
@@ -219,8 +228,10 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     group, blocks, todo = _open_output(output, volume, made_by, chunk, dtype, levels, block, overwrite)
     job = {"checkpoints": tuple(str(c) for c in checkpoints), "hashes": hashes, "device": device, "source": str(source),
            "channel": channel, "axes": axes, "predict": pcfg, "precision": precision, "output": str(output), "dtype": dtype,
-           "cells": None}
+           "cells": None, "norm": None}
     start = time.perf_counter()
+    if pcfg.adapt_norm:
+        job["norm"] = _adapted_statistics(job, output)
     if segment is not None:
         offsets = _models_and_volume(job["checkpoints"], hashes, device, str(source), channel, axes)[0][0].cfg.offsets
         job["cells"] = _open_cells(output, volume, made_by, segment, offsets, block, chunk, overwrite)
@@ -244,9 +255,22 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
 def _check_settings(source: str, dtype: str, pcfg: PredictConfig) -> None:
     if dtype not in ("uint8", "float16", "float32"):
         raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
-    if pcfg.adapt_norm:  # each block would adapt to itself: seams and results that depend on the block size
-        raise UsageError(f"{source}: --adapt-norm is for stacks predicted in memory, not volumes predicted block by "
-                         "block; predict without it")
+
+
+def _adapted_statistics(job: dict, output: Place) -> str:
+    """``--adapt-norm`` for a volume: the batch-norm statistics estimated once, in this process,
+    from windows of the whole volume (not per block, which would give each block its own), and
+    stored in the output, so that every worker and a rerun after a kill use the very same."""
+    from safetensors.torch import save
+
+    from .adapt import adapted_to_lazy, norm_statistics
+
+    stored = output / NORM_STATISTICS
+    if not stored.is_file():
+        models, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"],
+                                            job["channel"], job["axes"])
+        stored.write_bytes(save(norm_statistics(adapted_to_lazy(models, volume))))
+    return str(stored)
 
 
 def _checked_output(output: str | Path | Place, source: str) -> Place:
@@ -332,8 +356,9 @@ def _open_output(output: Place, volume, made_by: dict, chunk: int, dtype: str, l
                              "Replace it with --overwrite or choose another -o")
         if overwrite:
             output.remove()
-    if not (output / ".zattrs").is_file():  # a new output: markers left from a removed one mean nothing
+    if not (output / ".zattrs").is_file():  # a new output: markers (and statistics) left from a removed one mean nothing
         done_dir.remove()
+        (output / NORM_STATISTICS).remove()
     group = create_ome_zarr(output, volume.shape, (1, chunk, chunk), dtype, volume.calibration, Place(volume.source).name,
                             levels)
     group.attrs["emunet"] = {"made_by": made_by}
