@@ -112,3 +112,21 @@ def test_on_another_labs_stack_the_told_pixel_size_scores_at_least_as_well(isbi_
     (told_map, told_cells), (asis_map, asis_cells) = scores["told"], scores["as-is"]
     assert told_map["v_rand"] >= asis_map["v_rand"] and told_cells["v_rand"] >= asis_cells["v_rand"], scores
     assert told_cells["v_rand"] >= told_map["v_rand"] - 0.01, scores
+
+
+def test_a_volume_block_by_block_is_not_resized_and_says_so(isbi_dir, tmp_path, capsys, caplog):
+    """Blocks are predicted at the volume's own pixels: a --pixel-size that would resize is
+    refused in one line naming the file and what to do, and a calibration other than the model's
+    is said once (before: both went unsaid, and --pixel-size was silently ignored)."""
+    images = tifffile.imread(isbi_dir / "train-volume.tif")[:2, :256, :256]
+    tifffile.imwrite(tmp_path / "v.tif", images, imagej=True, resolution=(1 / 4.6, 1 / 4.6),
+                     metadata={"unit": "nm", "axes": "ZYX"})
+    out = tmp_path / "o.ome.zarr"
+    assert main(["predict", "isbi-membranes", str(tmp_path / "v.tif"), "-o", str(out), "--pixel-size", "8", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "v.tif: --pixel-size 8 nm" in err[0] and "resample it to 4 nm" in err[0], err
+    assert not out.exists()
+    with caplog.at_level("WARNING", logger="emunet"):
+        assert main(["predict", "isbi-membranes", str(tmp_path / "v.tif"), "-o", str(out), "-q"]) == 0
+    said = [r.getMessage() for r in caplog.records if "predicted at its own pixels" in r.getMessage()]
+    assert len(said) == 1 and "4.6 nm" in said[0], said

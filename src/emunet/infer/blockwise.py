@@ -29,6 +29,7 @@ from ..config import PredictConfig, SegmentConfig
 from ..errors import DataError, UsageError
 from ..model.bundled import resolve_checkpoint
 from ..io.places import Place
+from ..io.pixels import is_microscope_pixel
 from ..io.provenance import file_sha256, made_by_record, recorded_made_by, differences as _differences
 from ..model.affinities import interior_from_affinities
 from .blocks import BLOCK, SEGMENT_BLOCK, Block, markers_folder, plan_blocks, run_blocks
@@ -221,6 +222,7 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     check_block_size(block, chunk, pcfg)
     output = _checked_output(output, source)
     volume = open_volume(source, channel, axes)
+    _check_pixel_size(volume, pcfg, checkpoints)
     hashes = tuple(file_sha256(resolve_checkpoint(c)) for c in checkpoints)  # a bundled name: its file
     made_by = made_by_record(hashes, source, volume, {"predict": asdict(pcfg), "precision": precision, "dtype": dtype,
                                                       "block": block, "chunk": chunk, "levels": levels, "channel": channel,
@@ -255,6 +257,29 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
 def _check_settings(source: str, dtype: str, pcfg: PredictConfig) -> None:
     if dtype not in ("uint8", "float16", "float32"):
         raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
+
+
+def _check_pixel_size(volume, pcfg: PredictConfig, checkpoints: Sequence[str | Path]) -> None:
+    """A volume block by block is predicted at its own pixels (its blocks are not resized): a
+    --pixel-size that asks for resizing is refused, and a calibration other than the model's said."""
+    import logging
+
+    from .predictor import Predictor
+    from .rescale import TOLERANCE
+
+    model_nm = Predictor.load(list(checkpoints), "cpu").model_pixel_size
+    if not model_nm:
+        return
+    given = pcfg.pixel_size
+    if given and abs(given / model_nm - 1.0) > TOLERANCE:
+        raise UsageError(f"{volume.source}: --pixel-size {given:g} nm: a volume predicted block by block is predicted "
+                         f"at its own pixels, not resized to the model's {model_nm:g} nm; resample it to {model_nm:g} nm "
+                         "first, or write a TIFF (-o out.tif): a stack in memory is resized")
+    nm = volume.calibration.pixel_size_nm() if volume.calibration and not given else None
+    if nm and is_microscope_pixel(nm) and abs(nm / model_nm - 1.0) > TOLERANCE:
+        logging.getLogger("emunet").warning(
+            f"{volume.source}: its pixels are {nm:g} nm and the model's {model_nm:g} nm; a volume block by block is "
+            f"predicted at its own pixels, not resized (resample it to {model_nm:g} nm for the model's scale)")
 
 
 def _adapted_statistics(job: dict, output: Place) -> str:
