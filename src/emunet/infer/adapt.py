@@ -23,7 +23,7 @@ from .kernel import model_context
 
 __all__ = ["ADAPT_TILES", "adapted_to", "adapted_to_lazy", "norm_statistics", "with_norm_statistics"]
 
-ADAPT_TILES = 128  # 256 x 256 tiles (8 megapixels): the estimate moves by < 1 % beyond this
+ADAPT_TILES = 128  # windows of 256 x 256: 8 megapixels, a few seconds on a 2-core CPU (docs/transfer.md)
 _TILE = 256
 _BATCH = 8
 
