@@ -21,9 +21,10 @@ from ..io.data import Volume, mirror_index
 from ..model.unet import UNet, to_network_input
 from .kernel import model_context
 
-__all__ = ["ADAPT_TILES", "adapted_to", "adapted_to_lazy", "norm_statistics", "with_norm_statistics"]
+__all__ = ["ADAPT_TILES", "ADAPT_SECTIONS", "evenly_spaced", "adapted_to", "adapted_to_lazy", "norm_statistics", "with_norm_statistics"]
 
 ADAPT_TILES = 128  # windows of 256 x 256: 8 megapixels, a few seconds on a 2-core CPU (docs/transfer.md)
+ADAPT_SECTIONS = 8  # sections of a volume (or a napari layer) the windows are drawn from, evenly spaced
 _TILE = 256
 _BATCH = 8
 
@@ -98,11 +99,16 @@ def adapted_to(models: UNet | Sequence[UNet], volume: Volume, tiles: int = ADAPT
             for m in models]
 
 
-def adapted_to_lazy(models: Sequence[UNet], volume, tiles: int = ADAPT_TILES, most_sections: int = 8) -> list[UNet]:
+def evenly_spaced(count: int, most: int = ADAPT_SECTIONS) -> list[int]:
+    """Up to ``most`` of the indices 0 .. count - 1, evenly spaced, the first and last among them."""
+    return sorted({int(i) for i in np.linspace(0, count - 1, min(most, count))})
+
+
+def adapted_to_lazy(models: Sequence[UNet], volume, tiles: int = ADAPT_TILES) -> list[UNet]:
     """:func:`adapted_to` for a volume read on demand (:class:`..io.volumes.LazyVolume`): windows
-    of up to ``most_sections`` evenly spaced sections, read window by window, never whole."""
+    of :func:`evenly_spaced` sections, read window by window, never whole."""
     depth, height, width = volume.shape
-    sections = sorted({int(z) for z in np.linspace(0, depth - 1, min(most_sections, depth))})
+    sections = evenly_spaced(depth)
     read = lambda z, top, left, side: volume.read(z, slice(top, top + side), slice(left, left + side))  # noqa: E731
     return [_adapt_one(m, read, depth, sections, (height, width), str(volume.source), tiles) for m in models]
 

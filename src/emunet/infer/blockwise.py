@@ -121,8 +121,9 @@ NORM_STATISTICS = "adapted-norm.safetensors"  # in the output: --adapt-norm's st
 @lru_cache(maxsize=2)
 def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], device: str, source: str, channel: int | None,
                        axes: str | None, norm: str | None = None):
-    """The models and the opened input, scaled as they were trained: loaded once per worker
-    process (Dask runs many blocks in each), and again when a checkpoint's contents change
+    """The predictor (the models and their run's settings) and the opened input, scaled as the
+    models were trained: loaded once per process (the client's checks, and Dask's many blocks in
+    each worker), and again when a checkpoint's contents change
     (``hashes``, part of the cache key). ``norm``: the stored batch-norm statistics of
     ``--adapt-norm`` (:func:`_adapted_statistics`), a file's place."""
     from ..io.volumes import open_volume
@@ -141,7 +142,7 @@ def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], de
         inference_layout(model)
     volume = open_volume(source, channel, axes)
     volume.choose_scaling(predictor.intensity)
-    return predictor.models, volume
+    return predictor, volume
 
 
 def _run_block(job: dict, block: Block) -> str:
@@ -151,8 +152,9 @@ def _run_block(job: dict, block: Block) -> str:
 
     from .stitch import SEGMENT_HALO, cut_affinities
 
-    models, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"],
+    predictor, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"],
                                         job["axes"], job["norm"])
+    models = predictor.models
     offsets, plan = models[0].cfg.offsets, job["cells"]
     if offsets and plan is not None:
         area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"])
@@ -175,8 +177,9 @@ def _cut_block_again(job: dict, block: Block) -> str:
     with the halo, cut at candidate ``job["k"]``."""
     from .stitch import SEGMENT_HALO, cut_affinities
 
-    models, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"],
+    predictor, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"],
                                         job["axes"], job["norm"])
+    models = predictor.models
     area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"])
     cut_affinities(job["cells"], block, job["k"], area, affinities)
     return block.name
@@ -217,13 +220,12 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     """
     from ..io.volumes import open_volume
 
-    _check_settings(source, dtype, pcfg)
-    block = block or (SEGMENT_BLOCK if segment is not None else BLOCK)
-    check_block_size(block, chunk, pcfg)
+    block = _checked_block(block, chunk, dtype, pcfg, segment is not None)
     output = _checked_output(output, source)
     volume = open_volume(source, channel, axes)
-    _check_pixel_size(volume, pcfg, checkpoints)
     hashes = tuple(file_sha256(resolve_checkpoint(c)) for c in checkpoints)  # a bundled name: its file
+    loaded = _models_and_volume(tuple(str(c) for c in checkpoints), hashes, device, str(source), channel, axes)
+    _check_pixel_size(volume, pcfg, loaded[0].model_pixel_size)
     made_by = made_by_record(hashes, source, volume, {"predict": asdict(pcfg), "precision": precision, "dtype": dtype,
                                                       "block": block, "chunk": chunk, "levels": levels, "channel": channel,
                                                       "axes": axes})
@@ -233,9 +235,9 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
            "cells": None, "norm": None}
     start = time.perf_counter()
     if pcfg.adapt_norm:
-        job["norm"] = _adapted_statistics(job, output)
+        job["norm"] = _adapted_statistics(loaded, output)
     if segment is not None:
-        offsets = _models_and_volume(job["checkpoints"], hashes, device, str(source), channel, axes)[0][0].cfg.offsets
+        offsets = loaded[0].models[0].cfg.offsets
         job["cells"] = _open_cells(output, volume, made_by, segment, offsets, block, chunk, overwrite)
         if offsets:  # the affinities are predicted once, for the map and the cut together
             pending = set(todo)
@@ -254,20 +256,22 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     return result
 
 
-def _check_settings(source: str, dtype: str, pcfg: PredictConfig) -> None:
+def _checked_block(block: int | None, chunk: int, dtype: str, pcfg: PredictConfig, cells: bool) -> int:
+    """The block side (given, or the default for a map or for cells), checked with the dtype."""
     if dtype not in ("uint8", "float16", "float32"):
         raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
+    block = block or (SEGMENT_BLOCK if cells else BLOCK)
+    check_block_size(block, chunk, pcfg)
+    return block
 
 
-def _check_pixel_size(volume, pcfg: PredictConfig, checkpoints: Sequence[str | Path]) -> None:
+def _check_pixel_size(volume, pcfg: PredictConfig, model_nm: float | None) -> None:
     """A volume block by block is predicted at its own pixels (its blocks are not resized): a
     --pixel-size that asks for resizing is refused, and a calibration other than the model's said."""
     import logging
 
-    from .predictor import Predictor
     from .rescale import TOLERANCE
 
-    model_nm = Predictor.load(list(checkpoints), "cpu").model_pixel_size
     if not model_nm:
         return
     given = pcfg.pixel_size
@@ -282,7 +286,7 @@ def _check_pixel_size(volume, pcfg: PredictConfig, checkpoints: Sequence[str | P
             f"predicted at its own pixels, not resized (resample it to {model_nm:g} nm for the model's scale)")
 
 
-def _adapted_statistics(job: dict, output: Place) -> str:
+def _adapted_statistics(loaded: tuple, output: Place) -> str:
     """``--adapt-norm`` for a volume: the batch-norm statistics estimated once, in this process,
     from windows of the whole volume (not per block, which would give each block its own), and
     stored in the output, so that every worker and a rerun after a kill use the very same."""
@@ -292,9 +296,8 @@ def _adapted_statistics(job: dict, output: Place) -> str:
 
     stored = output / NORM_STATISTICS
     if not stored.is_file():
-        models, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"],
-                                            job["channel"], job["axes"])
-        stored.write_bytes(save(norm_statistics(adapted_to_lazy(models, volume))))
+        predictor, volume = loaded
+        stored.write_bytes(save(norm_statistics(adapted_to_lazy(predictor.models, volume))))
     return str(stored)
 
 

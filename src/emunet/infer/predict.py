@@ -40,6 +40,7 @@ __all__ = [
     "predict_raw",
     "Prediction",
     "predict_stack",
+    "at_model_pixel_size",
     "prediction_from_raw",
     "postprocess_volume",
     "predict_volume",
@@ -150,6 +151,13 @@ class Prediction:
         return resized(there.cells(cfg, warn), self.probs.shape[-2:], order=0)
 
 
+def at_model_pixel_size(volume: Volume, pcfg: PredictConfig, model_pixel_size: float | None) -> tuple[float, Volume]:
+    """How much larger the images' pixels are than the model's, and the images resized to the
+    model's pixel size (the volume itself where they are the same)."""
+    factor = scale_factor(volume, pcfg.pixel_size, model_pixel_size)
+    return factor, (volume if factor == 1.0 else to_model_scale(volume, factor))
+
+
 def predict_stack(
     models: UNet | Sequence[UNet], volume: Volume, pcfg: PredictConfig, precision: str = "fp32", progress: bool = False,
     model_pixel_size: float | None = None,
@@ -161,8 +169,7 @@ def predict_stack(
     ``model_pixel_size`` (nm) are predicted at it and the map resized back. ``pcfg.adapt_norm``:
     the models' batch-norm statistics re-estimated on these images first (infer/adapt.py)."""
     offsets = (models if isinstance(models, UNet) else models[0]).cfg.offsets
-    factor = scale_factor(volume, pcfg.pixel_size, model_pixel_size)
-    at_model_scale = volume if factor == 1.0 else to_model_scale(volume, factor)
+    factor, at_model_scale = at_model_pixel_size(volume, pcfg, model_pixel_size)
     if pcfg.adapt_norm:
         models = adapted_to(models, at_model_scale)
     there = prediction_from_raw(predict_raw(models, at_model_scale, pcfg, precision, progress), offsets, pcfg)

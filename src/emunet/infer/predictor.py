@@ -20,8 +20,7 @@ from ..io.address import Address
 from ..io.data import Intensity, Volume, read_images, volume_of_arrays
 from ..model.unet import UNet
 from .adapt import adapted_to
-from .predict import Prediction, SegmentedFile, load_models, predict_stack, segment_file
-from .rescale import scale_factor, to_model_scale
+from .predict import Prediction, SegmentedFile, at_model_pixel_size, load_models, predict_stack, segment_file
 
 __all__ = ["Predictor", "Segmenter"]
 
@@ -98,8 +97,7 @@ class Predictor:
         """This predictor with its models' batch-norm statistics re-estimated on ``volume`` (at the
         models' pixel size), once, for predictions made piece by piece (napari's slices) that
         should share one adaptation; ``predict.adapt_norm`` is then off (it is done)."""
-        factor = scale_factor(volume, self.settings.pixel_size, self.model_pixel_size)
-        at_model_scale = volume if factor == 1.0 else to_model_scale(volume, factor)
+        at_model_scale = at_model_pixel_size(volume, self.settings, self.model_pixel_size)[1]
         return replace(self, models=adapted_to(self.models, at_model_scale),
                        settings=replace(self.settings, adapt_norm=False))
 

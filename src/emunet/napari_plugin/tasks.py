@@ -16,8 +16,6 @@ from ..errors import EmunetError
 from ..infer.predict import model_context
 from ..infer.predictor import Predictor
 
-ADAPT_SLICES = 8  # slices of a layer the batch-norm statistics are re-estimated on
-
 __all__ = ["LayerError", "stack_of", "Segmented", "segment_slices", "training_masks", "fine_tune"]
 
 
@@ -74,13 +72,14 @@ def segment_slices(predictor: Predictor, data, slices: range, membranes: bool = 
     return Segmented(probs, labels)
 
 
-def _adaptation_sample(data, slices: range, most: int = ADAPT_SLICES) -> np.ndarray:
-    """Up to ``most`` of the slices, evenly spaced, read for the adaptation (a lazy layer is
-    not read whole)."""
+def _adaptation_sample(data, slices: range) -> np.ndarray:
+    """The slices the adaptation reads: :func:`..infer.adapt.evenly_spaced` ones of those asked
+    (a lazy layer is not read whole)."""
+    from ..infer.adapt import evenly_spaced
+
     if data.ndim == 2:
         return np.asarray(data)[None]
-    chosen = sorted({slices[int(k)] for k in np.linspace(0, len(slices) - 1, min(most, len(slices)))})
-    return np.stack([np.asarray(data[z]) for z in chosen])
+    return np.stack([np.asarray(data[slices[i]]) for i in evenly_spaced(len(slices))])
 
 
 def training_masks(labels: np.ndarray, meaning: str) -> np.ndarray:
