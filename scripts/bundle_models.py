@@ -27,7 +27,23 @@ from emunet.model.checkpoint import load
 ISBI_TERMS = ("ISBI 2012 challenge data (Cardona et al. 2010, PLoS Biol 8:e1000502; Arganda-Carreras et al. 2015): "
               "free for non-commercial image-segmentation work, cite both when you publish")
 ISBI = "ISBI 2012 training volume, all 30 labelled slices (ssTEM of a Drosophila L1 ventral nerve cord, 4 x 4 x 50 nm)"
+VNC_TERMS = ("VNC stack 1 (Gerhard et al. 2013, doi:10.6084/m9.figshare.856713): CC BY-NC-SA 3.0, non-commercial, "
+             "cite it when you publish; a model trained on it, and its fine-tunes, carry these terms")
+TWO_STACKS = ("two labs' ssTEM of Drosophila larva ventral nerve cords: ISBI 2012, 24 of its 30 labelled slices (L1, 4 x 4 x 50 "
+              "nm), and VNC stack 1, 14 of its 20 labelled sections (L3, another lab and microscope, 4.6 nm resampled to 4); "
+              "ISBI's fold-1 slices 4, 6, 7, 9, 18, 19 and VNC's sections 0, 3, 11, 12, 15, 16 held out for its scores")
+# the order of `unet models` and of napari's model list (its first is the widget's default):
+# the models trained on two stacks first, as the ones to start from on a stack of your own
 DESCRIPTIONS = {
+    "sstem-cells": dict(head="affinities", trained_on=TWO_STACKS, pixel_size_nm=4.0, data_terms=f"{ISBI_TERMS}; {VNC_TERMS}",
+                        summary="affinities; cells by the mutex watershed (start here for a stack of your own)",
+                        recipe="python scripts/two_stacks.py runs/two-stacks --isbi-copies 3 --hold-out; "
+                               "unet train -c configs/models/sstem-cells.yaml (1600 steps)"),
+    "sstem-membranes": dict(head="membrane", trained_on=TWO_STACKS, pixel_size_nm=4.0,
+                            data_terms=f"{ISBI_TERMS}; {VNC_TERMS}",
+                            summary="membrane probabilities (1 = cell interior); cells by seeded watershed",
+                            recipe="python scripts/two_stacks.py runs/two-stacks --isbi-copies 3 --hold-out; "
+                                   "unet train -c configs/models/sstem-membranes.yaml (1200 steps)"),
     "isbi-membranes": dict(head="membrane", trained_on=ISBI, pixel_size_nm=4.0, data_terms=ISBI_TERMS,
                            summary="membrane probabilities (1 = cell interior); cells by seeded watershed",
                            recipe="unet train -c configs/models/isbi-membranes.yaml (the main job's recipe, 600 steps)"),
@@ -94,7 +110,8 @@ def main() -> None:
     entries = [e for e in before if e["name"] != args.name]
     entries.append({"name": args.name, "file": f"{args.name}.safetensors", **DESCRIPTIONS[args.name],
                     "scores": scores(args.scores) if args.scores else kept})  # no --scores: the figures it had
-    write_json(index, sorted(entries, key=lambda e: e["name"]))
+    order = list(DESCRIPTIONS)
+    write_json(index, sorted(entries, key=lambda e: order.index(e["name"]) if e["name"] in order else len(order)))
     print(f"{args.name}: {len(data) / 2**20:.1f} MiB")
 
 

@@ -1,19 +1,29 @@
 """Write the training set of the bundled models: every labelled section of ISBI 2012 and of VNC
 stack 1 as one folder of 512 x 512 images and one of masks (the folder interface of ``unet train``).
 
-    python scripts/two_stacks.py runs/two-stacks --isbi-copies 3
+    python scripts/two_stacks.py runs/two-stacks --isbi-copies 3 --membrane-nm 26
     unet train -c configs/models/isbi-membranes.yaml data.images=runs/two-stacks/images \
         data.labels=runs/two-stacks/masks --out runs/two-stacks-model
+    python scripts/two_stacks.py runs/two-stacks-held-out --hold-out ...   # the recipe's held-out check
 
-The runs made with it, and why the bundled models are not (yet) trained on both stacks:
-docs/transfer.md#both-stacks-in-one-model-tried-not-shipped-2026-12-03.
+The runs made with it, and what they decided: docs/transfer.md#both-stacks-in-one-model.
 
-ISBI's 30 slices are 512 x 512 already; each of VNC's 20 labelled 1024 x 1024 sections is cut into
-its four 512 x 512 quarters, at its own 4.6 nm pixels (the recipes' scale jitter of 0.8-1.25
-spans the two stacks' 4 and 4.6 nm). Tiles are drawn per image, so about 27 % of them come from
-ISBI (30 of 110 images) and 73 % from VNC, as their pixel counts are; ``--isbi-copies 3`` writes
-each ISBI slice three times (90 of 170). Masks are 0 / 255
-(255 = cell interior) in both. The data's terms are in each stack's README.
+- **One pixel size.** VNC's 4.6 nm sections are resampled to ISBI's 4 nm (1024 -> 1178 px), the
+  pixel size the models are trained and predict at, and each is cut into the four 512 x 512
+  windows at its corners (they overlap in the middle).
+- **One membrane.** VNC's labelled membranes are drawn thicker than ISBI's (about 41 nm against
+  26 nm, measured on their centre lines): trained together, the two teach two widths, and the thin
+  faint ISBI membranes lose. ``--membrane-nm W`` keeps of each VNC membrane only the pixels within
+  W / 2 of its centre line (the centre line itself always stays, so no membrane is broken).
+  Scores are always against the labels as they are.
+- **Balance.** Tiles are drawn per image; ``--isbi-copies N`` writes each ISBI slice N times so
+  that both stacks are drawn about as often (3: 90 ISBI images beside VNC's 80).
+- ``--hold-out`` leaves out ISBI's fold-1 validation slices (4, 6, 7, 9, 18, 19) and the six VNC
+  sections that ``benchmarks/fine_tune_vnc.py`` scores, and writes them to ``held-out/`` as
+  stacks to score with ``unet evaluate`` (VNC's calibrated at its 4.6 nm, as the file is).
+
+Masks are 0 / 255 (255 = cell interior) in both. The data's terms are in each stack's README: a
+model trained on VNC carries its CC BY-NC-SA 3.0.
 """
 
 from __future__ import annotations
@@ -23,32 +33,67 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from scipy import ndimage
+from skimage.morphology import skeletonize
+from skimage.transform import resize
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-ISBI = (SHARED / "isbi2012" / "train-volume.tif", SHARED / "isbi2012" / "train-labels.tif")
-VNC = (SHARED / "vnc-stack1" / "stack1-volume.tif", SHARED / "vnc-stack1" / "stack1-labels.tif")
+ISBI = (SHARED / "isbi2012" / "train-volume.tif", SHARED / "isbi2012" / "train-labels.tif", 4.0)
+VNC = (SHARED / "vnc-stack1" / "stack1-volume.tif", SHARED / "vnc-stack1" / "stack1-labels.tif", 4.6)
+MODEL_NM = 4.0
 SIDE = 512
+ISBI_HELD_OUT = [4, 6, 7, 9, 18, 19]  # fold_split(30, 1): the main job's validation slices
+VNC_HELD_OUT = [16, 11, 3, 0, 15, 12]  # fold_split(20, 0, 0.7): benchmarks/fine_tune_vnc.py's scored six
 
 
-def quarters(section: np.ndarray) -> list[np.ndarray]:
-    """The 512 x 512 tiles that cover a section whose sides are multiples of 512."""
-    rows, cols = section.shape[0] // SIDE, section.shape[1] // SIDE
-    return [section[r * SIDE:(r + 1) * SIDE, c * SIDE:(c + 1) * SIDE] for r in range(rows) for c in range(cols)]
+def corner_windows(section: np.ndarray) -> list[np.ndarray]:
+    """The SIDE x SIDE windows at the four corners of a section at least SIDE on a side (one
+    window where it is exactly SIDE)."""
+    h, w = section.shape
+    tops, lefts = sorted({0, h - SIDE}), sorted({0, w - SIDE})
+    return [section[t:t + SIDE, l:l + SIDE] for t in tops for l in lefts]
 
 
-def pairs(isbi_copies: int = 1) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, image, mask) for every 512 x 512 training image of the two stacks, ISBI's slices
-    ``isbi_copies`` times."""
-    out = []
-    for stack, (images, labels) in (("isbi", ISBI), ("vnc", VNC)):
+def at_model_size(image: np.ndarray, mask: np.ndarray, pixel_nm: float) -> tuple[np.ndarray, np.ndarray]:
+    """A section and its mask resampled from ``pixel_nm`` to the models' 4 nm."""
+    if pixel_nm == MODEL_NM:
+        return image, mask
+    shape = tuple(round(s * pixel_nm / MODEL_NM) for s in image.shape)
+    image = resize(image, shape, order=1, preserve_range=True, anti_aliasing=pixel_nm < MODEL_NM)
+    interior = resize(mask > 0, shape, order=0, anti_aliasing=False)
+    return image.round().clip(0, 255).astype(np.uint8), np.where(interior, 255, 0).astype(np.uint8)
+
+
+def thin_membranes(mask: np.ndarray, width_px: float) -> np.ndarray:
+    """The mask with its membrane (0) kept only within ``width_px`` / 2 of the membrane's centre
+    line; the centre line (a topological skeleton) always stays, so no membrane opens."""
+    membrane = mask == 0
+    centre = skeletonize(membrane)
+    near = ndimage.distance_transform_edt(~centre) <= width_px / 2
+    return np.where(membrane & near, 0, 255).astype(np.uint8)
+
+
+def pairs(isbi_copies: int = 1, membrane_nm: float = 0.0, hold_out: bool = False):
+    """(name, image, mask) for every 512 x 512 training image of the two stacks, and the held-out
+    sections {stack: (images, labels)} (empty unless ``hold_out``)."""
+    out, held = [], {}
+    for stack, (images, labels, pixel_nm) in (("isbi", ISBI), ("vnc", VNC)):
         volume, masks = tifffile.imread(images), tifffile.imread(labels)
         if volume.shape != masks.shape or volume.dtype != np.uint8 or set(np.unique(masks)) != {0, 255}:
             raise SystemExit(f"{images}: expected uint8 sections with 0/255 masks of the same shape")
+        left_out = (ISBI_HELD_OUT if stack == "isbi" else VNC_HELD_OUT) if hold_out else []
+        if left_out:
+            held[stack] = (volume[left_out], masks[left_out], pixel_nm)
         for z, (image, mask) in enumerate(zip(volume, masks)):
+            if z in left_out:
+                continue
+            image, mask = at_model_size(image, mask, pixel_nm)
+            if stack == "vnc" and membrane_nm:
+                mask = thin_membranes(mask, membrane_nm / MODEL_NM)
             copies = isbi_copies if stack == "isbi" else 1
-            for q, (tile, tile_mask) in enumerate(zip(quarters(image), quarters(mask))):
+            for q, (tile, tile_mask) in enumerate(zip(corner_windows(image), corner_windows(mask))):
                 out += [(f"{stack}_{z:02d}_{q}" + (f"_copy{c}" if c else ""), tile, tile_mask) for c in range(copies)]
-    return out
+    return out, held
 
 
 def main() -> None:
@@ -56,14 +101,24 @@ def main() -> None:
     parser.add_argument("out", type=Path, help="folder to write images/ and masks/ into")
     parser.add_argument("--isbi-copies", type=int, default=1, help="write each ISBI slice this many times, so that "
                         "tiles are drawn from the two stacks about as often (3: 90 ISBI images beside VNC's 80)")
+    parser.add_argument("--membrane-nm", type=float, default=0.0, help="keep VNC's labelled membranes only within "
+                        "this width (nm) around their centre lines, as thick as ISBI's (26); 0: as labelled")
+    parser.add_argument("--hold-out", action="store_true", help="leave out ISBI's fold-1 six and VNC's scored six, "
+                        "written to OUT/held-out/ to score the recipe on")
     args = parser.parse_args()
+    written, held = pairs(args.isbi_copies, args.membrane_nm, args.hold_out)
     for sub in ("images", "masks"):
         (args.out / sub).mkdir(parents=True, exist_ok=True)
-    written = pairs(args.isbi_copies)
     for name, image, mask in written:
         tifffile.imwrite(args.out / "images" / f"{name}.tif", image)
         tifffile.imwrite(args.out / "masks" / f"{name}.tif", mask)
-    print(f"{len(written)} images and masks in {args.out}/images and {args.out}/masks")
+    for stack, (images, labels, pixel_nm) in held.items():
+        (args.out / "held-out").mkdir(exist_ok=True)
+        tifffile.imwrite(args.out / "held-out" / f"{stack}.tif", images, imagej=True, resolution=(1 / pixel_nm,) * 2,
+                         metadata={"unit": "nm", "axes": "ZYX"})
+        tifffile.imwrite(args.out / "held-out" / f"{stack}-labels.tif", labels, photometric="minisblack")
+    print(f"{len(written)} images and masks in {args.out}/images and {args.out}/masks"
+          + (f"; held out: {', '.join(held)} in {args.out}/held-out" if held else ""))
 
 
 if __name__ == "__main__":

@@ -158,17 +158,45 @@ def test_the_bundled_cells_on_isbi_slices_score_as_their_recipes_fold_figures(is
     """Fold 1's six slices, which the bundled models trained on (all 30 did): their cells score
     at least their recipe's held-out fold-1 figure less one standard deviation over seeds
     (docs/models.md: isbi-cells 0.9628 +- 0.0036, isbi-membranes 0.9599 +- 0.0098), a check that
-    the shipped weights are the trained ones, not a held-out score."""
+    the shipped weights are the trained ones, not a held-out score. The two-stack models did not
+    train on them: theirs is a held-out score, at least the one measured when they were made."""
     from emunet.train.sampling import fold_split
 
     six = fold_split(30, 1)[1]
     tifffile.imwrite(tmp_path / "im.tif", tifffile.imread(isbi_dir / "train-volume.tif")[six], photometric="minisblack")
     tifffile.imwrite(tmp_path / "lab.tif", tifffile.imread(isbi_dir / "train-labels.tif")[six], photometric="minisblack")
-    for name, floor in (("isbi-cells", 0.9628 - 0.0036), ("isbi-membranes", 0.9599 - 0.0098)):
+    # the two-stack models held these six out: their held-out figures (docs/transfer.md) less 0.01
+    floors = (("isbi-cells", 0.9628 - 0.0036), ("isbi-membranes", 0.9599 - 0.0098), ("sstem-cells", 0.9701 - 0.01),
+              ("sstem-membranes", 0.9671 - 0.01))
+    for name, floor in floors:
         json_path = tmp_path / f"{name}.json"
         assert main(["evaluate", name, "--images", str(tmp_path / "im.tif"), "--labels", str(tmp_path / "lab.tif"),
                      "--json", str(json_path), "-q"]) == 0
         assert json.loads(json_path.read_text())["mean"]["cells_v_rand"] >= floor, name
+
+
+@pytest.mark.slow
+def test_the_two_stack_cells_on_held_out_vnc_sections_are_as_good_as_their_map(isbi_dir, tmp_path):
+    """Two VNC sections that sstem-cells did not train on (4.6 nm in the file, as the stack's):
+    its cells, where no label chooses anything, score at least its map at the threshold the
+    labels choose, less 0.01 (measured on the six held out: cells 0.9906, map 0.9842)."""
+    vnc = isbi_dir.parent / "vnc-stack1"
+    held_out = [16, 11]  # of the six that scripts/two_stacks.py --hold-out leaves out
+    tifffile.imwrite(tmp_path / "im.tif", tifffile.imread(vnc / "stack1-volume.tif")[held_out], imagej=True,
+                     resolution=(1 / 4.6, 1 / 4.6), metadata={"unit": "nm", "axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "lab.tif", tifffile.imread(vnc / "stack1-labels.tif")[held_out], photometric="minisblack")
+    assert main(["evaluate", "sstem-cells", "--images", str(tmp_path / "im.tif"), "--labels", str(tmp_path / "lab.tif"),
+                 "--json", str(tmp_path / "e.json"), "-q"]) == 0
+    scores = json.loads((tmp_path / "e.json").read_text())
+    cells, best_map = scores["mean"]["cells_v_rand"], scores["challenge"]["v_rand"]
+    assert cells >= best_map - 0.01 and cells > 0.975, (cells, best_map)
+
+
+def test_every_model_trained_on_a_stack_carries_its_terms():
+    for name, model in bundled_models().items():
+        if "VNC stack 1" in model.trained_on:
+            assert "CC BY-NC-SA 3.0" in model.data_terms and "Gerhard" in model.data_terms, name
+        assert "ISBI" in model.trained_on and "Cardona" in model.data_terms, name
 
 
 def test_evaluate_from_python_takes_a_name_and_says_paths_not_arrays(isbi_dir, tmp_path):
