@@ -6,6 +6,8 @@ scores them (V_rand of the map, best threshold, and of the cells), against the c
     python benchmarks/domain_shift.py runs/robust/last.safetensors --json runs/robust/shift.json
     python benchmarks/domain_shift.py runs/robust-s{1,2,3}/last.safetensors --tta   # seeds, and their mean
     python benchmarks/domain_shift.py runs/f1/last.safetensors --adapt-norm         # statistics of each shifted stack
+    python benchmarks/domain_shift.py sstem-cells --images ../shared/data/isbi2012/train-volume.tif \
+        --labels ../shared/data/isbi2012/train-labels.tif                          # a bundled model; fold 1 held out
 
 The shifts: gamma 0.6 and 1.6 (grey values to that power), Gaussian blur of std 1.5 px,
 Poisson noise of 20 electrons per pixel, and pixel sizes 0.85x and 1.2x the model's (the slices
@@ -53,17 +55,19 @@ def shifted(images: np.ndarray, masks: np.ndarray, gamma: float = 1.0, blur: flo
     return np.clip(grey * 255, 0, 255).round().astype(np.uint8), masks
 
 
-def measure(checkpoint: str, fold: int, pixel_nm: float, tta: bool = False, adapt_norm: bool = False) -> list[dict]:
+def measure(checkpoint: str, fold: int, pixel_nm: float, tta: bool = False, adapt_norm: bool = False,
+            stack: tuple[str, str] | None = None) -> list[dict]:
     overrides = ([f"data.pixel_size={pixel_nm}"] + (["predict.tta=true"] if tta else [])
                  + (["predict.adapt_norm=true"] if adapt_norm else []))
     base = Predictor.load(checkpoint, "auto", overrides=overrides)  # loaded once
     cfg = base.config
     import tifffile
 
-    images = tifffile.imread(cfg.data.images)
+    images_path, labels_path = stack or (cfg.data.images, cfg.data.labels)
+    images = tifffile.imread(images_path)
     order = fold_split(len(images), fold)[1]  # the lab's split (a model trained on every slice: fold 1 all the same)
     images = images[order]
-    masks, _ = read_labels(cfg.data.labels, cfg.data.foreground)
+    masks, _ = read_labels(labels_path, cfg.data.foreground)
     masks = masks[order]
     rows = []
     for name, shift in SHIFTS:
@@ -93,11 +97,15 @@ def main() -> int:
     parser.add_argument("--tta", action="store_true", help="predict with the 8 flips and turns (predict.tta)")
     parser.add_argument("--adapt-norm", action="store_true",
                         help="re-estimate the batch-norm statistics on each shifted stack (predict.adapt_norm)")
+    parser.add_argument("--images", help="a stack to split instead of the run's data.images (a model trained on a folder: "
+                        "the ISBI training volume, whose fold-1 slices the two-stack models held out)")
+    parser.add_argument("--labels", help="its masks (with --images)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     runs = []
     for checkpoint in args.checkpoints:
-        rows = measure(checkpoint, args.fold, args.pixel_size, args.tta, args.adapt_norm)
+        stack = (args.images, args.labels) if args.images else None
+        rows = measure(checkpoint, args.fold, args.pixel_size, args.tta, args.adapt_norm, stack)
         for r in rows:
             r["drop"] = rows[0]["v_rand"] - r["v_rand"]
             r["cells_drop"] = rows[0]["cells_v_rand"] - r["cells_v_rand"]
