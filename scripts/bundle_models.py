@@ -5,6 +5,7 @@
 
     python scripts/bundle_models.py isbi-membranes src/emunet/model/bundled/isbi-membranes.safetensors \
         --segment seed_threshold=0.5      # a shipped model's cell settings, weights unchanged
+    python scripts/bundle_models.py sstem-membranes runs/sstem-membranes --segment seed_dynamics=0.2 --scores ...
 
 Each run folder's last.safetensors is copied with its run settings, and models.json
 gets the model's description and the recipe's held-out scores, read from the eval.json or
@@ -14,12 +15,14 @@ cv.json files given (each labelled with how it was measured).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import save
 
+from emunet.config import SegmentConfig
 from emunet.io.files import atomic_write_bytes, write_json
 from emunet.model.bundled import BUNDLED_DIR
 from emunet.model.checkpoint import load
@@ -64,11 +67,13 @@ def bundled_weights(run: Path, name: str, segment: list[str] = ()) -> bytes:
     metadata["bundled"] = json.dumps(name)
     if segment:
         config = json.loads(metadata["config"])
+        known = {f.name: f.type for f in dataclasses.fields(SegmentConfig)}  # newer than the run's, too
         for item in segment:
             key, _, value = item.partition("=")
-            if key not in config["segment"]:
-                raise SystemExit(f"--segment {item}: no such setting; known: {', '.join(config['segment'])}")
-            config["segment"][key] = type(config["segment"][key])(float(value))
+            if key not in known:
+                raise SystemExit(f"--segment {item}: no such setting; known: {', '.join(known)}")
+            default = getattr(SegmentConfig(), key)
+            config["segment"][key] = type(default)(float(value))
         metadata["config"] = json.dumps(config)
     return save(tensors, metadata=metadata)
 

@@ -287,6 +287,23 @@ def test_the_default_cells_of_an_unsure_map_are_whole():
 
 
 
+def test_seeds_at_the_maps_dynamics_part_cells_whose_wall_is_faint_on_any_scale():
+    """A model whose walls are faint on a stack: interiors at 0.95, walls dipping only to 0.7,
+    never below the seed threshold. Seeds at a level merge every cell into one; seeds at the
+    map's h-maxima of height 0.2 part them wherever the dip is, and keep a cell with a shallow
+    organelle (a dip of 0.1) whole. The same on the map shifted down by 0.2: no level is set."""
+    cells = _grid_of_cells()
+    prob = np.where(cells > 0, 0.95, 0.7).astype(np.float32)
+    prob[cells == 1] = 0.93  # interiors need not peak alike
+    prob[5:9, 5:9][cells[5:9, 5:9] > 0] -= 0.1  # an organelle's shallow dip inside a cell
+    assert len(np.unique(seeded_watershed(prob, 0.5, 50))) == 1  # one merged segment
+    for shift in (0.0, 0.2):
+        seg = seeded_watershed(prob - shift, 0.5, 50, seed_dynamics=0.2)
+        assert _each_cell_whole(seg, cells), shift
+    with pytest.raises(ConfigError, match="seed_dynamics"):
+        SegmentConfig(seed_dynamics=1.0).validate()
+    assert (seeded_watershed(np.full((20, 20), 0.3, np.float32), 0.5, 0, seed_dynamics=0.2) == 1).all()  # no interior
+
 def _halves(nearest_across: float, long_across: float) -> np.ndarray:
     """Affinities (4, 32, 32) of one 32 x 32 image seen as two halves, columns 0-15 and 16-31:
     pixel pairs within a half sure (0.95), pairs across the middle as given."""

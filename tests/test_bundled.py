@@ -167,7 +167,7 @@ def test_the_bundled_cells_on_isbi_slices_score_as_their_recipes_fold_figures(is
     tifffile.imwrite(tmp_path / "lab.tif", tifffile.imread(isbi_dir / "train-labels.tif")[six], photometric="minisblack")
     # the two-stack models held these six out: their held-out figures (docs/transfer.md) less 0.01
     floors = (("isbi-cells", 0.9628 - 0.0036), ("isbi-membranes", 0.9599 - 0.0098), ("sstem-cells", 0.9701 - 0.01),
-              ("sstem-membranes", 0.9671 - 0.01))
+              ("sstem-membranes", 0.9623 - 0.01))
     for name, floor in floors:
         json_path = tmp_path / f"{name}.json"
         assert main(["evaluate", name, "--images", str(tmp_path / "im.tif"), "--labels", str(tmp_path / "lab.tif"),

@@ -100,6 +100,11 @@ class SegmentConfig:
         long_range_bias: the same for the longer-range edges; above ``bias`` it favours
             splitting (a long-range edge is trusted to join two pixels only when sure).
         seed_threshold: the membrane head's seeds: connected regions of the interior map above it.
+        seed_dynamics: when above 0, the membrane head's seeds are instead the map's maxima that
+            stand at least this much above the map around them (h-maxima), where the map says
+            interior (above 0.5): a faint wall that never falls below ``seed_threshold`` still
+            parts two seeds if it dips this much (a model whose walls are all faint on a stack);
+            0 = off.
         min_size: segments of fewer pixels are merged into their neighbours (0 = keep all).
         calibrate: the mutex watershed's long-range bias taken from the stack's own affinities:
             lowered from ``long_range_bias`` by 0.05 at a time (to 0.4 at the lowest) while more
@@ -122,6 +127,7 @@ class SegmentConfig:
     bias: float = 0.5
     long_range_bias: float = 0.5
     seed_threshold: float = 0.5
+    seed_dynamics: float = 0.0
     min_size: int = 50
     calibrate: bool = True
     link_sections: bool = False
@@ -132,6 +138,7 @@ class SegmentConfig:
             (0.0 < self.bias < 1.0, f"segment.bias must be in (0, 1), got {self.bias}"),
             (0.0 < self.long_range_bias < 1.0, f"segment.long_range_bias must be in (0, 1), got {self.long_range_bias}"),
             (0.0 < self.seed_threshold < 1.0, f"segment.seed_threshold must be in (0, 1), got {self.seed_threshold}"),
+            (0.0 <= self.seed_dynamics < 1.0, f"segment.seed_dynamics must be in [0, 1), got {self.seed_dynamics}"),
             (self.min_size >= 0, f"segment.min_size must be >= 0 pixels, got {self.min_size}"),
             (0.0 < self.link_iou <= 1.0, f"segment.link_iou must be in (0, 1], got {self.link_iou}"),
         ])

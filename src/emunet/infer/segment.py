@@ -18,13 +18,14 @@ import logging
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import h_maxima
 from skimage.segmentation import expand_labels, watershed
 
 from ..model.affinities import Offsets, nearest_channels, pair_slices
 from ..config import SegmentConfig
 from .link import link_sections
 
-__all__ = ["SegmentConfig", "mutex_watershed", "mutex_stack", "unsupported_wall_share", "wall_counts", "long_range_biases", "supported", "seeded_watershed", "merge_small_segments",
+__all__ = ["SegmentConfig", "mutex_watershed", "mutex_stack", "unsupported_wall_share", "wall_counts", "long_range_biases", "supported", "seeded_watershed", "dynamic_seeds", "merge_small_segments",
            "segment_stack"]
 
 log = logging.getLogger("emunet")
@@ -107,18 +108,33 @@ def mutex_stack(affinities: np.ndarray, offsets: Offsets, cfg: SegmentConfig) ->
     raise AssertionError("unreachable: the last bias is always taken")
 
 
-def seeded_watershed(interior: np.ndarray, seed_threshold: float = 0.9, min_size: int = 0) -> np.ndarray:
+def seeded_watershed(interior: np.ndarray, seed_threshold: float = 0.9, min_size: int = 0,
+                     seed_dynamics: float = 0.0) -> np.ndarray:
     """Cells of one slice's interior probability map (H, W): the 4-connected regions above
-    ``seed_threshold`` flooded over the membrane probability (1 - map), uint32 ids 1, 2, ..."""
+    ``seed_threshold`` (or, with ``seed_dynamics``, the map's maxima that stand that much above
+    their surroundings where it is above 0.5) flooded over the membrane probability (1 - map),
+    uint32 ids 1, 2, ..."""
     interior = np.asarray(interior, np.float32)
-    level = seed_level(interior, seed_threshold)
-    if level is None:  # nothing is interior anywhere: one segment, which is what the map says
-        return np.ones(interior.shape, np.uint32)
-    seeds, count = ndimage.label(interior > level, structure=_FOUR_CONNECTED)
+    if seed_dynamics > 0:
+        seeds, count = dynamic_seeds(interior, seed_dynamics)
+    else:
+        level = seed_level(interior, seed_threshold)
+        if level is None:  # nothing is interior anywhere: one segment, which is what the map says
+            return np.ones(interior.shape, np.uint32)
+        seeds, count = ndimage.label(interior > level, structure=_FOUR_CONNECTED)
     if count == 0:
         return np.ones(interior.shape, np.uint32)
     labels = watershed(1.0 - interior, seeds, connectivity=1)
     return merge_small_segments(_consecutive(labels), min_size)
+
+
+def dynamic_seeds(interior: np.ndarray, dynamics: float) -> tuple[np.ndarray, int]:
+    """Seeds (labelled, and their count) at the map's h-maxima of height ``dynamics`` where the
+    map is above 0.5: two interiors are two seeds if the wall between them dips at least
+    ``dynamics`` below the lower one's peak, whether or not the dip reaches a fixed level; their
+    offset-free form is what holds when a model's walls are fainter on one stack than another."""
+    peaks = h_maxima(interior.astype(np.float64), dynamics).astype(bool) & (interior > 0.5)
+    return ndimage.label(peaks, structure=_FOUR_CONNECTED)
 
 
 def seed_level(interior: np.ndarray, seed_threshold: float) -> float | None:
@@ -173,7 +189,8 @@ def segment_stack(interior: np.ndarray, affinities: np.ndarray | None, offsets: 
     if affinities is not None:
         out = mutex_stack(affinities, offsets, cfg)[0]
     else:
-        out = np.stack([seeded_watershed(page, cfg.seed_threshold, cfg.min_size) for page in interior]).astype(np.uint32)
+        out = np.stack([seeded_watershed(page, cfg.seed_threshold, cfg.min_size, cfg.seed_dynamics)
+                        for page in interior]).astype(np.uint32)
     if warn:
         _say_where_cells_failed(out, interior, affinities is not None, cfg)
     return link_sections(out, cfg.link_iou) if cfg.link_sections else out
@@ -183,7 +200,7 @@ def _say_where_cells_failed(cells: np.ndarray, interior: np.ndarray, mutex: bool
     """One warning for the slices that came out as one or two segments, and for maps whose seeds
     had to adapt, naming the setting to change."""
     few = [i for i in range(len(cells)) if int(cells[i].max()) <= 2]
-    if not mutex:
+    if not mutex and not cfg.seed_dynamics:  # h-maxima seeds need no level
         tops = [float(interior[i].max()) for i in range(len(interior))]
         low = [i for i, top in enumerate(tops) if top <= cfg.seed_threshold]
         if low:

@@ -155,7 +155,7 @@ def cut_map_block(job: dict, block: Block) -> str:
     stored = zarr.open_array((Place(job["output"]) / "0").zarr(read_only=True), mode="r", zarr_format=2)
     page = stored[block.z, area[0] : area[1], area[2] : area[3]]
     interior = page.astype(np.float32) / 255.0 if page.dtype == np.uint8 else page.astype(np.float32)
-    region = seeded_watershed(interior, plan.segment.seed_threshold, plan.segment.min_size)
+    region = seeded_watershed(interior, plan.segment.seed_threshold, plan.segment.min_size, plan.segment.seed_dynamics)
     _save_cut(plan, block, 0, area, region, (0, 0))
     return block.name
 
