@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from safetensors import safe_open
-from safetensors.torch import save
+from safetensors.torch import load as load_bytes, save
 
 from emunet.config import SegmentConfig
 from emunet.io.files import atomic_write_bytes, write_json
@@ -64,7 +64,7 @@ def bundled_weights(run: Path, name: str, segment: list[str] = ()) -> bytes:
     source = run if run.suffix == ".safetensors" else run / "last.safetensors"
     with safe_open(str(source), framework="pt") as f:
         metadata = dict(f.metadata())
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        tensors = {k: f.get_tensor(k) for k in sorted(f.keys())}
     metadata["bundled"] = json.dumps(name)
     if segment:
         config = json.loads(metadata["config"])
@@ -77,6 +77,19 @@ def bundled_weights(run: Path, name: str, segment: list[str] = ()) -> bytes:
             config["segment"][key] = type(default)(float(value))
         metadata["config"] = json.dumps(config)
     return save(tensors, metadata=metadata)
+
+
+def same_content(old: bytes, new: bytes) -> bool:
+    """Whether two safetensors files hold the same tensors and metadata (a rewrite of the same
+    model would only churn the repository)."""
+    a, b = load_bytes(old), load_bytes(new)
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and a[k].equal(b[k]) for k in a) \
+        and _metadata(old) == _metadata(new)
+
+
+def _metadata(data: bytes) -> dict:
+    header = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + header]).get("__metadata__", {})
 
 
 def scores(given: list[str]) -> dict:
@@ -108,7 +121,9 @@ def main() -> None:
     args = parser.parse_args()
     data = bundled_weights(args.run, args.name, args.segment)
     BUNDLED_DIR.mkdir(exist_ok=True)
-    atomic_write_bytes(BUNDLED_DIR / f"{args.name}.safetensors", data)
+    target = BUNDLED_DIR / f"{args.name}.safetensors"
+    if not (target.exists() and same_content(target.read_bytes(), data)):  # safetensors orders its header anew each time
+        atomic_write_bytes(target, data)
     load(BUNDLED_DIR / f"{args.name}.safetensors")  # it loads
     index = BUNDLED_DIR / "models.json"
     before = json.loads(index.read_text()) if index.exists() else []
