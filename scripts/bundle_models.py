@@ -38,7 +38,7 @@ TWO_STACKS = ("two labs' ssTEM of Drosophila larva ventral nerve cords: ISBI 201
 # the order of `unet models` and of napari's model list (its first is the widget's default):
 # the models trained on two stacks first, as the ones to start from on a stack of your own, the
 # membrane model first: its cells hold best under shot noise, the likeliest look of another
-# microscope, and it predicts three times as fast (docs/transfer.md)
+# microscope, and it predicts twice as fast (docs/transfer.md)
 DESCRIPTIONS = {
     "sstem-membranes": dict(head="membrane", trained_on=TWO_STACKS, pixel_size_nm=4.0,
                             data_terms=f"{ISBI_TERMS}; {VNC_TERMS}",
@@ -46,7 +46,7 @@ DESCRIPTIONS = {
                             recipe="python scripts/two_stacks.py runs/two-stacks --isbi-copies 3 --hold-out; "
                                    "unet train -c configs/models/sstem-membranes.yaml (1200 steps)"),
     "sstem-cells": dict(head="affinities", trained_on=TWO_STACKS, pixel_size_nm=4.0, data_terms=f"{ISBI_TERMS}; {VNC_TERMS}",
-                        summary="affinities; cells by the mutex watershed (the better cells on ssTEM; a third of the speed)",
+                        summary="affinities; cells by the mutex watershed (the better cells on ssTEM; half the speed)",
                         recipe="python scripts/two_stacks.py runs/two-stacks --isbi-copies 3 --hold-out; "
                                "unet train -c configs/models/sstem-cells.yaml (1600 steps)"),
     "isbi-membranes": dict(head="membrane", trained_on=ISBI, pixel_size_nm=4.0, data_terms=ISBI_TERMS,
