@@ -36,10 +36,11 @@ def _error(expected: np.ndarray, got: np.ndarray) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, blocks", [("isbi-membranes", (256, 128)), ("isbi-cells", (256,))])
+@pytest.mark.parametrize("model, blocks", [("isbi-membranes", (256, 128)), ("isbi-cells", (256,)), ("sstem-membranes", (256,))])
 def test_blockwise_cells_equal_whole_section_cells(model, blocks, sections, tmp_path):
-    """Both heads; at 128 the halo reaches past the next block (on this machine the partitions
-    are identical: docs/volumes.md)."""
+    """Both heads, and the membrane head's seeds at a level and at the map's h-maxima
+    (sstem-membranes); at 128 the halo reaches past the next block (on this machine the
+    partitions are identical: docs/volumes.md)."""
     predictor, whole = _whole_section_cells(model, sections)
     assert [int(page.max()) for page in whole] > [100, 100]
     for block in blocks:
