@@ -69,7 +69,7 @@ def bundled_weights(run: Path, name: str, segment: list[str] = ()) -> bytes:
     metadata["bundled"] = json.dumps(name)
     if segment:
         config = json.loads(metadata["config"])
-        known = {f.name: f.type for f in dataclasses.fields(SegmentConfig)}  # newer than the run's, too
+        known = [f.name for f in dataclasses.fields(SegmentConfig)]  # newer settings than the run's, too
         for item in segment:
             key, _, value = item.partition("=")
             if key not in known:

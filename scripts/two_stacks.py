@@ -1,10 +1,8 @@
 """Write the training set of the bundled models: every labelled section of ISBI 2012 and of VNC
 stack 1 as one folder of 512 x 512 images and one of masks (the folder interface of ``unet train``).
 
-    python scripts/two_stacks.py runs/two-stacks --isbi-copies 3 --membrane-nm 26
-    unet train -c configs/models/isbi-membranes.yaml data.images=runs/two-stacks/images \
-        data.labels=runs/two-stacks/masks --out runs/two-stacks-model
-    python scripts/two_stacks.py runs/two-stacks-held-out --hold-out ...   # the recipe's held-out check
+    python scripts/two_stacks.py runs/two-stacks --isbi-copies 3 --hold-out     # the sstem models' set
+    unet train -c configs/models/sstem-membranes.yaml --out runs/sstem-membranes
 
 The runs made with it, and what they decided: docs/transfer.md#both-stacks-in-one-model.
 
@@ -35,7 +33,8 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 from skimage.morphology import skeletonize
-from skimage.transform import resize
+
+from emunet.infer.rescale import resized
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ISBI = (SHARED / "isbi2012" / "train-volume.tif", SHARED / "isbi2012" / "train-labels.tif", 4.0)
@@ -55,12 +54,13 @@ def corner_windows(section: np.ndarray) -> list[np.ndarray]:
 
 
 def at_model_size(image: np.ndarray, mask: np.ndarray, pixel_nm: float) -> tuple[np.ndarray, np.ndarray]:
-    """A section and its mask resampled from ``pixel_nm`` to the models' 4 nm."""
+    """A section and its mask resampled from ``pixel_nm`` to the models' 4 nm, as prediction
+    resamples such a section (:func:`emunet.infer.rescale.resized`)."""
     if pixel_nm == MODEL_NM:
         return image, mask
     shape = tuple(round(s * pixel_nm / MODEL_NM) for s in image.shape)
-    image = resize(image, shape, order=1, preserve_range=True, anti_aliasing=pixel_nm < MODEL_NM)
-    interior = resize(mask > 0, shape, order=0, anti_aliasing=False)
+    image = resized(image[None].astype(np.float32), shape, order=1)[0]
+    interior = resized((mask > 0)[None].astype(np.float32), shape, order=0)[0] > 0.5
     return image.round().clip(0, 255).astype(np.uint8), np.where(interior, 255, 0).astype(np.uint8)
 
 
