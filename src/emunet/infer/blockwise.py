@@ -15,6 +15,7 @@ undisturbed run. Memory per task depends on the block size, not on the volume's.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import asdict
 from functools import lru_cache
@@ -36,6 +37,12 @@ from .blocks import BLOCK, SEGMENT_BLOCK, Block, markers_folder, plan_blocks, ru
 from .postprocess import CLOSE_GAPS_MARGIN, CLOSE_GAPS_WINDOW, smooth_in_place, wall_levels
 
 __all__ = ["Block", "plan_blocks", "predict_block", "predict_affinities", "predict_to_ome_zarr", "BlockwiseResult"]
+
+# One network pass at a time in a process: the network already uses every core, while a block's
+# watersheds and gap closing run on one; two passes side by side would only double the memory
+# (a 1024 block: two passes went past a 1000 MB limit when the cores were busy, one stays at
+# about 630 MB) without being faster. The other threads read, post-process and write meanwhile.
+_NETWORK_PASS = threading.Lock()
 
 
 def _halo(pcfg: PredictConfig) -> int:
@@ -66,7 +73,8 @@ def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConf
     n, h, w = volume.shape
     ry0, ry1, rx0, rx1 = block.area(_halo(pcfg), (h, w))
     raw = np.zeros((ry1 - ry0, rx1 - rx0), np.float32)
-    predict_section_region(models, volume.read, n, block.z, (h, w), (ry0, ry1, rx0, rx1), pcfg, precision, out=raw)
+    with _NETWORK_PASS:
+        predict_section_region(models, volume.read, n, block.z, (h, w), (ry0, ry1, rx0, rx1), pcfg, precision, out=raw)
     smooth_in_place(raw, pcfg.smooth)
     inner = _inner(raw, (ry0, ry1, rx0, rx1), block).copy()
     if pcfg.close_gaps > 0:
@@ -83,7 +91,8 @@ def predict_affinities(models: Sequence[Any], volume, block: Block, halo: int, p
     n, h, w = volume.shape
     area = block.area(halo, (h, w))
     out = np.zeros((len(models[0].cfg.offsets), area[1] - area[0], area[3] - area[2]), np.float32)
-    predict_section_region(models, volume.read, n, block.z, (h, w), area, pcfg, precision, out=out)
+    with _NETWORK_PASS:
+        predict_section_region(models, volume.read, n, block.z, (h, w), area, pcfg, precision, out=out)
     return area, out
 
 
