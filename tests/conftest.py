@@ -56,6 +56,7 @@ def tiny_run(small_isbi, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("tiny_run") / "run"
     args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
-            f"data.test_images={small_isbi['test']}", *TINY, "train.steps=4", "train.val_every=2"]
+            f"data.test_images={small_isbi['test']}", *TINY, "train.steps=4", "train.val_every=2",
+            "predict.tta=false"]  # the preset's test-time turns: test_train's own test (8x every later prediction)
     assert main(["run", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(out), "-q", *args]) == 0
     return out

@@ -147,7 +147,8 @@ TINY_AFFINITIES = ["model.width=4", "model.depth=2", "model.head=affinities", "m
 def test_cli_affinity_run_predict_segment_and_score(small_isbi, tmp_path, capsys):
     out = tmp_path / "run"
     args = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
-            f"data.test_images={small_isbi['test']}", *TINY_AFFINITIES, "train.steps=4", "train.val_every=2"]
+            f"data.test_images={small_isbi['test']}", *TINY_AFFINITIES, "train.steps=4", "train.val_every=2",
+            "predict.tta=false"]  # plain by default, so that --tta below is the turned one
     assert main(["run", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(out), "-q", *args]) == 0
     report = json.loads((out / "eval.json").read_text())
     assert 0 <= report["mean"]["cells_v_rand"] <= 1 and report["cells"]["v_rand"] == report["mean"]["cells_v_rand"]

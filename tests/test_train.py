@@ -369,3 +369,22 @@ def test_checkpoints_record_how_the_training_images_were_scaled(small_isbi, tmp_
     assert "images: 12-bit (uint16), scaled from 0..4095 to 0..1" in capsys.readouterr().out
     loaded = load_models([out / "last.safetensors"], torch.device("cpu"))
     assert loaded.intensity.how == "12-bit" and loaded.intensity.high == 4095
+
+
+def test_a_run_with_turns_validates_without_them_and_scores_its_weights_with_them(small_isbi, tmp_path, capsys):
+    """predict.tta (the main job's preset): the validations along the way predict plainly, and the
+    weights the run keeps are scored with the turns, as `unet evaluate --tta` scores them."""
+    out = tmp_path / "run"
+    assert main(["run", "--out", str(out), "-q", f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}",
+                 "data.test_images=null", *TINY, "train.steps=4", "train.val_every=2", "predict.tta=true"]) == 0
+    assert "(without test-time turns)" in capsys.readouterr().out
+    last = json.loads((out / "validation.jsonl").read_text().splitlines()[-1])
+    report = json.loads((out / "eval.json").read_text())
+    assert report["step"] == 4
+    for flag, name in (("--tta", "turned.json"), ("--no-tta", "plain.json")):
+        assert main(["evaluate", str(out / "best.safetensors"), flag, "--json", str(tmp_path / name), "-q"]) == 0
+    turned, plain = (json.loads((tmp_path / n).read_text())["mean"] for n in ("turned.json", "plain.json"))
+    assert report["mean"]["lab_dice"] == pytest.approx(turned["lab_dice"], abs=1e-6)
+    assert report["mean"]["v_rand"] == pytest.approx(turned["v_rand"], abs=1e-6)
+    assert last["step"] == 4 and last["mean"]["lab_dice"] == pytest.approx(plain["lab_dice"], abs=1e-6)
+    assert abs(turned["lab_dice"] - plain["lab_dice"]) > 1e-6  # the two differ: the test tells them apart

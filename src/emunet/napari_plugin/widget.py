@@ -109,7 +109,8 @@ class EmunetWidget(Container):
                  tta: bool = False, adapt: bool = False):
         from ..infer.predictor import Predictor
 
-        overrides = (([f"predict.pixel_size={pixel_size}"] if pixel_size else []) + (["predict.tta=true"] if tta else [])
+        # the box decides either way: a model whose run predicts with turns (the main job's) runs without them here
+        overrides = (([f"predict.pixel_size={pixel_size}"] if pixel_size else []) + [f"predict.tta={str(tta).lower()}"]
                      + (["predict.adapt_norm=true"] if adapt else []))
         predictor = Predictor.load(model, overrides=overrides)
         done = tasks.segment_slices(predictor, data, which, membranes, cells, lambda i, n: self._show_progress(i),

@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -333,7 +333,9 @@ def _prepare(cfg: Config, ctx: distributed.DistContext, device: torch.device, re
         atomic_write_bytes(out / "config.yaml", dump_config(cfg).encode())
     ahead = t.prefetch if t.prefetch is not None else (2 if device.type == "cuda" else 0)
     state.batches = BatchStream(next_batch, state.sample_gen, ahead, device)
-    scorer = None if val_vol is None else FoldScorer(val_vol, cfg.predict, cfg.segment, precision,
+    # Validation along the way predicts without test-time turns (8x cheaper); the weights the run
+    # keeps are scored again with them at the end (_finish), as they will predict.
+    scorer = None if val_vol is None else FoldScorer(val_vol, replace(cfg.predict, tta=False), cfg.segment, precision,
                                                       _scores_in_background(t.background_scoring, ctx))
     return _Run(out, precision, state, net, state.batches, val_vol, scorer, RunLog(out, ctx.is_main, state.step), start,
                 scored=scored_vol)
@@ -373,7 +375,8 @@ def _record_scores(run: _Run, cfg: Config, bar, wait: bool) -> None:
         mean = done.report.mean
         bar.write(f"step {done.step}: val lab dice {mean['lab_dice']:.4f}  V_rand {mean['v_rand']:.4f}  "
                   f"V_info {mean['v_info']:.4f}  pixel error (0.5) {mean['pixel_error_05']:.4f}  cells: "
-                  f"V_rand {mean['cells_v_rand']:.4f}  V_info {mean['cells_v_info']:.4f}")
+                  f"V_rand {mean['cells_v_rand']:.4f}  V_info {mean['cells_v_info']:.4f}"
+                  + ("  (without test-time turns)" if cfg.predict.tta else ""))
         score = float(done.step) if select_by == "last" else mean[select_by]  # 'last': the slices choose nothing
         if score > state.best["score"]:
             state.best.update(score=score, step=done.step)
@@ -466,7 +469,8 @@ def _finish(run: _Run, cfg: Config, ctx: distributed.DistContext, device: torch.
     best_path = run.out / "best.safetensors"
     best_model = load(best_path, device).network
     volume = run.val if run.scored is None else run.scored
-    if run.best_validation is None or run.scored is not None:  # resumed after the best step, or scored apart
+    # resumed after the best step, scored apart, or to be scored with the test-time turns it predicts with
+    if run.best_validation is None or run.scored is not None or cfg.predict.tta:
         scorer = FoldScorer(volume, cfg.predict, cfg.segment, run.precision, background=False)
         scorer.submit(int(run.state.best["step"]), best_model)
         done = scorer.finished()[0]
