@@ -54,7 +54,10 @@ class S3Server:
                    f"-master.port={master}", f"-master.port.grpc={grpc[0]}", f"-volume.port={volume}",
                    f"-volume.port.grpc={grpc[1]}", f"-filer.port={filer}", f"-filer.port.grpc={grpc[2]}",
                    "-s3", f"-s3.port={s3}", f"-s3.port.grpc={grpc[3]}", f"-s3.config={self.folder / 's3.json'}",
-                   "-volume.max=0", "-master.volumeSizeLimitMB=64"]
+                   "-volume.max=0", "-master.volumeSizeLimitMB=64",
+                   # the gateway's Iceberg and Lance listeners take fixed ports (8181, 9101): off, so that
+                   # two servers (the suite's two worker processes) can run at once
+                   "-s3.port.iceberg=0", "-s3.port.lance=0"]
         log = open(self.folder / "weed.log", "ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout

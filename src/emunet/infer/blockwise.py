@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from functools import lru_cache
 from collections.abc import Sequence
@@ -38,12 +39,6 @@ from .postprocess import CLOSE_GAPS_MARGIN, CLOSE_GAPS_WINDOW, smooth_in_place, 
 
 __all__ = ["Block", "plan_blocks", "predict_block", "predict_affinities", "predict_to_ome_zarr", "BlockwiseResult"]
 
-# One network pass at a time in a process: the network already uses every core, while a block's
-# watersheds and gap closing run on one; two passes side by side would only double the memory
-# (a 1024 block: two passes went past a 1000 MB limit when the cores were busy, one stays at
-# about 630 MB) without being faster. The other threads read, post-process and write meanwhile.
-_NETWORK_PASS = threading.Lock()
-
 
 def _halo(pcfg: PredictConfig) -> int:
     """Pixels of context a block's post-processing needs around it: the blur's kernel radius
@@ -60,20 +55,22 @@ def check_block_size(block: int, chunk: int, pcfg: PredictConfig) -> None:
                          f"{CLOSE_GAPS_WINDOW} px (e.g. --block 2048), or turn it off with --close-gaps 0")
 
 
-def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConfig, precision: str) -> np.ndarray:
+def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConfig, precision: str,
+                  network_pass: AbstractContextManager | None = None) -> np.ndarray:
     """The post-processed probabilities of one block (float32), equal to the same pixels of its
     section predicted and post-processed whole (for an affinity model: the interior map of its
-    affinities)."""
+    affinities). ``network_pass``: held while the network runs (the lock of threads that share
+    the models, :func:`_models_and_volume`)."""
     from .kernel import predict_section_region
 
     offsets = models[0].cfg.offsets
     if offsets:  # the map of a pixel reads its neighbours' affinities: one pixel of halo
-        area, affinities = predict_affinities(models, volume, block, 1, pcfg, precision)
+        area, affinities = predict_affinities(models, volume, block, 1, pcfg, precision, network_pass)
         return _inner(interior_from_affinities(affinities, offsets), area, block)
     n, h, w = volume.shape
     ry0, ry1, rx0, rx1 = block.area(_halo(pcfg), (h, w))
     raw = np.zeros((ry1 - ry0, rx1 - rx0), np.float32)
-    with _NETWORK_PASS:
+    with network_pass or nullcontext():
         predict_section_region(models, volume.read, n, block.z, (h, w), (ry0, ry1, rx0, rx1), pcfg, precision, out=raw)
     smooth_in_place(raw, pcfg.smooth)
     inner = _inner(raw, (ry0, ry1, rx0, rx1), block).copy()
@@ -82,8 +79,8 @@ def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConf
     return inner
 
 
-def predict_affinities(models: Sequence[Any], volume, block: Block, halo: int, pcfg: PredictConfig,
-                       precision: str) -> tuple[tuple[int, int, int, int], np.ndarray]:
+def predict_affinities(models: Sequence[Any], volume, block: Block, halo: int, pcfg: PredictConfig, precision: str,
+                       network_pass: AbstractContextManager | None = None) -> tuple[tuple[int, int, int, int], np.ndarray]:
     """An affinity model's affinities (C, h, w) of the block widened by ``halo`` (within its
     section), and that area (y0, y1, x0, x1); equal to the same pixels of the whole section's."""
     from .kernel import predict_section_region
@@ -91,7 +88,7 @@ def predict_affinities(models: Sequence[Any], volume, block: Block, halo: int, p
     n, h, w = volume.shape
     area = block.area(halo, (h, w))
     out = np.zeros((len(models[0].cfg.offsets), area[1] - area[0], area[3] - area[2]), np.float32)
-    with _NETWORK_PASS:
+    with network_pass or nullcontext():
         predict_section_region(models, volume.read, n, block.z, (h, w), area, pcfg, precision, out=out)
     return area, out
 
@@ -134,7 +131,11 @@ def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], de
     models were trained: loaded once per process (the client's checks, and Dask's many blocks in
     each worker), and again when a checkpoint's contents change
     (``hashes``, part of the cache key). ``norm``: the stored batch-norm statistics of
-    ``--adapt-norm`` (:func:`_adapted_statistics`), a file's place."""
+    ``--adapt-norm`` (:func:`_adapted_statistics`), a file's place.
+
+    Also a lock that the tasks' threads hold while the shared models predict: one network pass at
+    a time, as the network already uses every core while a block's watersheds and gap closing run
+    on one. Two passes side by side would only double the memory without being faster."""
     from ..io.volumes import open_volume
     from .predictor import Predictor
 
@@ -151,7 +152,7 @@ def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], de
         inference_layout(model)
     volume = open_volume(source, channel, axes)
     volume.choose_scaling(predictor.intensity)
-    return predictor, volume
+    return predictor, volume, threading.Lock()
 
 
 def _run_block(job: dict, block: Block) -> str:
@@ -161,15 +162,16 @@ def _run_block(job: dict, block: Block) -> str:
 
     from .stitch import SEGMENT_HALO, cut_affinities
 
-    predictor, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"],
-                                        job["axes"], job["norm"])
+    predictor, volume, network_pass = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"],
+                                                         job["channel"], job["axes"], job["norm"])
     models = predictor.models
     offsets, plan = models[0].cfg.offsets, job["cells"]
     if offsets and plan is not None:
-        area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"])
+        area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"],
+                                              network_pass)
         probs = _inner(interior_from_affinities(affinities, offsets), area, block)
     else:
-        probs = predict_block(models, volume, block, job["predict"], job["precision"])
+        probs = predict_block(models, volume, block, job["predict"], job["precision"], network_pass)
     # every chunk stored, zeros too: a finished block's chunks are checked on a rerun
     output = Place(job["output"])
     target = zarr.open_array((output / "0").zarr(), mode="r+", zarr_format=2).with_config({"write_empty_chunks": True})
@@ -186,10 +188,11 @@ def _cut_block_again(job: dict, block: Block) -> str:
     with the halo, cut at candidate ``job["k"]``."""
     from .stitch import SEGMENT_HALO, cut_affinities
 
-    predictor, volume = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"],
-                                        job["axes"], job["norm"])
+    predictor, volume, network_pass = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"],
+                                                         job["channel"], job["axes"], job["norm"])
     models = predictor.models
-    area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"])
+    area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"],
+                                          network_pass)
     cut_affinities(job["cells"], block, job["k"], area, affinities)
     return block.name
 
@@ -305,7 +308,7 @@ def _adapted_statistics(loaded: tuple, output: Place) -> str:
 
     stored = output / NORM_STATISTICS
     if not stored.is_file():
-        predictor, volume = loaded
+        predictor, volume, _ = loaded
         stored.write_bytes(save(norm_statistics(adapted_to_lazy(predictor.models, volume))))
     return str(stored)
 
