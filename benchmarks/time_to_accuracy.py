@@ -96,8 +96,8 @@ def scored(kept, cfg) -> dict:
 
 def spread(runs: list[dict]) -> dict:
     """Mean, sample standard deviation, min and max over seeds of the headline figures."""
-    keys = ("scored_v_rand", "scored_cells_v_rand", "scored_lab_dice", "final_v_rand", "best_v_rand", "final_cells_v_rand", "final_cells_v_info", "best_cells_v_rand", "final_lab_dice",
-            "final_train_s", "train_s_to_lab_dice")
+    keys = ("scored_v_rand", "scored_cells_v_rand", "scored_lab_dice", "final_v_rand", "best_v_rand", "final_cells_v_rand",
+            "final_cells_v_info", "best_cells_v_rand", "final_lab_dice", "final_train_s", "train_s_to_lab_dice")
     out: dict = {"seeds": [r["seed"] for r in runs]}
     for k in keys:
         values = [r[k] for r in runs if r.get(k) is not None]
