@@ -155,6 +155,13 @@ def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], de
     return predictor, volume, threading.Lock()
 
 
+def _loaded(job: dict) -> tuple:
+    """The tasks' :func:`_models_and_volume`: what one process loads once for all its blocks (the
+    command's own checks ask with the same key, so that without ``--adapt-norm`` it loads once)."""
+    return _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"], job["channel"], job["axes"],
+                              job["norm"])
+
+
 def _run_block(job: dict, block: Block) -> str:
     """Pass 1 (a task): the block's map, written, then its marker; for an affinity model asked for
     cells, its cut too, from the same affinities (:func:`stitch.cut_affinities`)."""
@@ -162,8 +169,7 @@ def _run_block(job: dict, block: Block) -> str:
 
     from .stitch import SEGMENT_HALO, cut_affinities
 
-    predictor, volume, network_pass = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"],
-                                                         job["channel"], job["axes"], job["norm"])
+    predictor, volume, network_pass = _loaded(job)
     models = predictor.models
     offsets, plan = models[0].cfg.offsets, job["cells"]
     if offsets and plan is not None:
@@ -188,8 +194,7 @@ def _cut_block_again(job: dict, block: Block) -> str:
     with the halo, cut at candidate ``job["k"]``."""
     from .stitch import SEGMENT_HALO, cut_affinities
 
-    predictor, volume, network_pass = _models_and_volume(job["checkpoints"], job["hashes"], job["device"], job["source"],
-                                                         job["channel"], job["axes"], job["norm"])
+    predictor, volume, network_pass = _loaded(job)
     models = predictor.models
     area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"],
                                           network_pass)
@@ -236,7 +241,7 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     output = _checked_output(output, source)
     volume = open_volume(source, channel, axes)
     hashes = tuple(file_sha256(resolve_checkpoint(c)) for c in checkpoints)  # a bundled name: its file
-    loaded = _models_and_volume(tuple(str(c) for c in checkpoints), hashes, device, str(source), channel, axes)
+    loaded = _models_and_volume(tuple(str(c) for c in checkpoints), hashes, device, str(source), channel, axes, None)
     _check_pixel_size(volume, pcfg, loaded[0].model_pixel_size)
     made_by = made_by_record(hashes, source, volume, {"predict": asdict(pcfg), "precision": precision, "dtype": dtype,
                                                       "block": block, "chunk": chunk, "levels": levels, "channel": channel,
@@ -248,6 +253,7 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     start = time.perf_counter()
     if pcfg.adapt_norm:
         job["norm"] = _adapted_statistics(loaded, output)
+    _loaded(job)  # before any task: threads asking the cache at once would each load, each with its own lock
     if segment is not None:
         offsets = loaded[0].models[0].cfg.offsets
         job["cells"] = _open_cells(output, volume, made_by, segment, offsets, block, chunk, overwrite)
