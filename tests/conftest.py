@@ -60,3 +60,10 @@ def tiny_run(small_isbi, tmp_path_factory) -> Path:
             "predict.tta=false"]  # the preset's test-time turns: test_train's own test (8x every later prediction)
     assert main(["run", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(out), "-q", *args]) == 0
     return out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, each group in its own order: with two worker processes (`-n 2`) the
+    long ones then start early, and the run ends on short tests instead of one worker finishing a
+    long one while the other waits."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
