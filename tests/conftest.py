@@ -60,10 +60,3 @@ def tiny_run(small_isbi, tmp_path_factory) -> Path:
             "predict.tta=false"]  # the preset's test-time turns: test_train's own test (8x every later prediction)
     assert main(["run", "-c", str(CONFIGS / "isbi-cpu.yaml"), "--out", str(out), "-q", *args]) == 0
     return out
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first, each group in its own order, so that with two worker processes (`-n 2`)
-    most long ones start early. pytest still keeps the tests that share a module-scoped fixture
-    together (the S3 server's), so some long ones still run late: measured, it changed little."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
