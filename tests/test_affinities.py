@@ -97,6 +97,24 @@ def test_mutex_watershed_keeps_cells_apart_across_a_gap_in_the_wall():
     assert ndimage.label(interior > 0.5)[1] == 1
 
 
+def test_long_range_edges_are_drawn_only_on_the_stride_grid():
+    """One cell's pixels all joined, and one sure long-range edge that says two of its pixels are
+    apart: it splits the cell where its pixels lie on the stride's grid (for the edge from (y, x)
+    to (y - 3, x): y - 3 and x multiples of the stride, as the library anchors it to the array's
+    first row and column, so a block cut at a multiple of the stride draws the section's edges),
+    and is not drawn off it."""
+    offsets = ((-1, 0), (0, -1), (-3, 0), (0, -3))
+    affs = np.full((4, 16, 16), 0.9, np.float32)  # every edge joins ...
+    cases = [((9, 8), 2, 2), ((8, 8), 2, 1), ((9, 9), 2, 1), ((8, 8), 1, 2), ((11, 8), 4, 2), ((9, 8), 4, 1), ((11, 6), 4, 1)]
+    for start, stride, pieces in cases:
+        apart = affs.copy()
+        apart[2][start] = 0.0  # ... but the one from `start` to 3 rows above it
+        seg = mutex_watershed(apart, offsets, long_range_stride=stride)
+        assert len(np.unique(seg)) == pieces, (start, stride)
+        if pieces == 2:
+            assert seg[start] != seg[start[0] - 3, start[1]]
+
+
 def test_interior_map_from_affinities():
     cells = _two_cells()
     interior = interior_from_affinities(_targets(cells, SHORT)[0], SHORT)

@@ -40,6 +40,9 @@ from .postprocess import CLOSE_GAPS_MARGIN, CLOSE_GAPS_WINDOW, smooth_in_place, 
 __all__ = ["Block", "plan_blocks", "predict_block", "predict_affinities", "predict_to_ome_zarr", "BlockwiseResult"]
 
 
+CELLS_BLOCK_STEP = 8  # the largest segment.long_range_stride, which SEGMENT_HALO is a multiple of too
+
+
 def _halo(pcfg: PredictConfig) -> int:
     """Pixels of context a block's post-processing needs around it: the blur's kernel radius
     (scipy truncates at 4 std), plus the closing's margin, which must itself be blurred right."""
@@ -280,6 +283,10 @@ def _checked_block(block: int | None, chunk: int, dtype: str, pcfg: PredictConfi
         raise UsageError(f"--dtype must be uint8, float16 or float32, got {dtype!r}")
     block = block or (SEGMENT_BLOCK if cells else BLOCK)
     check_block_size(block, chunk, pcfg)
+    if cells and block % CELLS_BLOCK_STEP:
+        # the mutex watershed's long-range edges start on a grid of its stride: a block that
+        # starts off that grid would draw other edges than the whole section
+        raise UsageError(f"--block {block}: cells are cut in blocks of a multiple of {CELLS_BLOCK_STEP} px (e.g. --block 1024)")
     return block
 
 

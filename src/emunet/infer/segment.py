@@ -42,8 +42,10 @@ BIAS_STEP, LOWEST_LONG_RANGE_BIAS = 0.05, 0.4
 
 
 def mutex_watershed(affinities: np.ndarray, offsets: Offsets, bias: float = 0.5, long_range_bias: float = 0.5,
-                    min_size: int = 0) -> np.ndarray:
-    """Cells of one slice's affinities (C, H, W) in [0, 1]: uint32 ids 1, 2, ..."""
+                    min_size: int = 0, long_range_stride: int = 1) -> np.ndarray:
+    """Cells of one slice's affinities (C, H, W) in [0, 1]: uint32 ids 1, 2, ... With
+    ``long_range_stride`` s, the long-range edges are drawn only on a grid of every s-th row and
+    column, anchored to the array's first row and column (the nearest-neighbour edges everywhere)."""
     import mwatershed
 
     affinities = np.asarray(affinities)
@@ -52,7 +54,10 @@ def mutex_watershed(affinities: np.ndarray, offsets: Offsets, bias: float = 0.5,
     biases = np.array([bias if abs(dy) + abs(dx) == 1 else long_range_bias for dy, dx in offsets])
     # mwatershed takes signed weights: > 0 joins, < 0 keeps apart, in order of magnitude.
     signed = affinities.astype(np.float64) - biases[:, None, None]
-    labels = mwatershed.agglom(signed, [list(o) for o in offsets])
+    strides = None
+    if long_range_stride > 1:
+        strides = [[1, 1] if abs(dy) + abs(dx) == 1 else [long_range_stride] * 2 for dy, dx in offsets]
+    labels = mwatershed.agglom(signed, [list(o) for o in offsets], strides=strides)
     return merge_small_segments(_consecutive(labels), min_size)
 
 
@@ -101,7 +106,8 @@ def mutex_stack(affinities: np.ndarray, offsets: Offsets, cfg: SegmentConfig) ->
     :data:`MOST_UNSUPPORTED_WALLS` unsupported (``cfg.calibrate``; the last one otherwise)."""
     biases = long_range_biases(cfg)
     for i, long_range in enumerate(biases):
-        cells = np.stack([mutex_watershed(a, offsets, cfg.bias, long_range, cfg.min_size) for a in affinities])
+        cells = np.stack([mutex_watershed(a, offsets, cfg.bias, long_range, cfg.min_size, cfg.long_range_stride)
+                          for a in affinities])
         last = i == len(biases) - 1
         if last or supported(unsupported_wall_share(cells, affinities, offsets, cfg.bias), long_range, last):
             return cells, long_range

@@ -140,7 +140,7 @@ def cut_affinities(plan: CellsPlan, block: Block, k: int, area: tuple[int, int, 
     cfg = plan.segment
     y0, _, x0, _ = area
     inner = (slice(None), slice(block.y0 - y0, block.y1 - y0), slice(block.x0 - x0, block.x1 - x0))
-    region = mutex_watershed(affinities, plan.offsets, cfg.bias, plan.biases[k], cfg.min_size)
+    region = mutex_watershed(affinities, plan.offsets, cfg.bias, plan.biases[k], cfg.min_size, cfg.long_range_stride)
     walls = wall_counts(region[None, inner[1], inner[2]], affinities[inner][None], plan.offsets, cfg.bias)
     _save_cut(plan, block, k, area, region, walls)
 
