@@ -364,6 +364,29 @@ def test_the_long_range_bias_is_lowered_only_where_walls_stand_on_no_membrane():
     assert (np.unique(cells[0][:, :16]).size, np.unique(cells[0][:, 16:]).size) == (1, 1)
 
 
+def test_a_large_stack_is_calibrated_on_its_windows_and_cut_once_at_their_bias():
+    """12 small sections are more than the 8 calibration windows, which take sections 0, 2, 3, 5,
+    6, 8, 9 and 11 (evenly through the stack, each whole). Where those hold the real walls, the
+    bias stays 0.5 (the whole stack's walls would be a third unsupported) and the other sections'
+    unsure cells split; where those hold the unsure cells, the bias falls to 0.45 for every section."""
+    from emunet.infer.segment import calibration_windows, mutex_stack
+
+    offsets = ((-1, 0), (0, -1), (-9, 0), (0, -9))
+    unsure = _halves(nearest_across=0.52, long_across=0.47)
+    wall = _halves(nearest_across=0.05, long_across=0.1)
+    windows = [0, 2, 3, 5, 6, 8, 9, 11]
+    assert calibration_windows((12, 32, 32)) == [(z, 0, 32, 0, 32) for z in windows]
+    for calibrated_on, elsewhere, bias in ((wall, unsure, 0.5), (unsure, wall, 0.45)):
+        stack = np.stack([calibrated_on if z in windows else elsewhere for z in range(12)])
+        cells, chosen = mutex_stack(stack, offsets, SegmentConfig(min_size=0))
+        assert chosen == bias
+        for z in range(12):  # unsure cells are one only at 0.45; real walls always part two
+            is_wall = (z in windows) == (calibrated_on is wall)
+            assert cells[z].max() == (2 if is_wall or bias == 0.5 else 1), z
+    assert calibration_windows((1, 2048, 1100))[:3] == [(0, 0, 512, 0, 512), (0, 0, 512, 512, 1024), (0, 512, 1024, 0, 512)]
+    assert len(calibration_windows((1, 2048, 1100))) == 8  # 4 x 2 squares of 512 (the last 76 columns in none)
+
+
 def test_ids_are_renumbered_as_their_sorted_values_rank():
     """The oracle: np.unique's inverse (ranks among the sorted ids), 0 kept where present."""
     from emunet.infer.segment import _consecutive

@@ -188,7 +188,7 @@ def _run_block(job: dict, block: Block) -> str:
     # written after the chunks: a block without it is predicted again
     (markers_folder(output) / block.name).write_bytes(b"")
     if offsets and plan is not None:
-        cut_affinities(plan, block, 0, area, affinities)
+        cut_affinities(plan, block, job["k"], area, affinities)
     return block.name
 
 
@@ -252,7 +252,7 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     group, blocks, todo = _open_output(output, volume, made_by, chunk, dtype, levels, block, overwrite)
     job = {"checkpoints": tuple(str(c) for c in checkpoints), "hashes": hashes, "device": device, "source": str(source),
            "channel": channel, "axes": axes, "predict": pcfg, "precision": precision, "output": str(output), "dtype": dtype,
-           "cells": None, "norm": None}
+           "cells": None, "norm": None, "k": 0}
     start = time.perf_counter()
     if pcfg.adapt_norm:
         job["norm"] = _adapted_statistics(loaded, output)
@@ -261,8 +261,9 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
         offsets = loaded[0].models[0].cfg.offsets
         job["cells"] = _open_cells(output, volume, made_by, segment, offsets, block, chunk, overwrite)
         if offsets:  # the affinities are predicted once, for the map and the cut together
+            job["k"] = _calibrated_candidate(job)
             pending = set(todo)
-            cut = job["cells"].cut_blocks(0)
+            cut = job["cells"].cut_blocks(job["k"])
             todo = [b for b in blocks if b in pending or b.name not in cut]
     if todo:
         run_blocks(_run_block, job, todo, scheduler, workers, progress)
@@ -342,23 +343,36 @@ def _checked_output(output: str | Path | Place, source: str) -> Place:
     return output
 
 
-def _cells_of_volume(job: dict, blocks: list[Block], scheduler: str | None, workers: int,
-                     progress: bool) -> tuple[int, float | None]:
-    """The blocks not cut yet cut (a membrane model's from its map as written, halo and all;
-    an affinity model's were cut at the first candidate bias with its map, and are cut again at
-    the next while the volume's walls ask for it), then stitched: the cells' count and the bias."""
-    from .stitch import cut_map_block, cut_summaries, stitch_cells
+def _calibrated_candidate(job: dict) -> int:
+    """An affinity model's long-range bias (its index among the plan's candidates), calibrated
+    before any block on the volume's :func:`segment.calibration_windows`, their affinities
+    predicted here: the windows and the choice a stack in memory makes (2 MP at most)."""
+    from .segment import calibrated_bias, calibration_windows
 
     plan = job["cells"]
-    for k, bias in enumerate(plan.biases):
-        cut = plan.cut_blocks(k)
-        uncut = [b for b in blocks if b.name not in cut]
-        if uncut:
-            task, desc = (cut_map_block, "cells") if bias is None else (_cut_block_again, f"cells at {bias:g}")
-            run_blocks(task, {**job, "k": k}, uncut, scheduler, workers, progress, desc=desc)
-        counts, kept = cut_summaries(plan, blocks, k, scheduler, workers)
-        if kept:
-            break
+    if len(plan.biases) == 1:
+        return 0
+    predictor, volume, network_pass = _loaded(job)
+    windows = [predict_affinities(predictor.models, volume, Block(*window), 0, job["predict"], job["precision"],
+                                  network_pass)[1] for window in calibration_windows(tuple(volume.shape))]
+    return plan.biases.index(calibrated_bias(windows, plan.offsets, plan.segment))
+
+
+def _cells_of_volume(job: dict, blocks: list[Block], scheduler: str | None, workers: int,
+                     progress: bool) -> tuple[int, float | None]:
+    """The blocks not cut yet cut (a membrane model's from its map as written, halo and all; an
+    affinity model's were cut with its map at the calibrated bias, and are cut here if a rerun
+    calibrated another), then stitched: the cells' count and the bias."""
+    from .stitch import cut_counts, cut_map_block, stitch_cells
+
+    plan, k = job["cells"], job["k"]
+    cut = plan.cut_blocks(k)
+    uncut = [b for b in blocks if b.name not in cut]
+    if uncut:
+        bias = plan.biases[k]
+        task, desc = (cut_map_block, "cells") if bias is None else (_cut_block_again, f"cells at {bias:g}")
+        run_blocks(task, job, uncut, scheduler, workers, progress, desc=desc)
+    counts = cut_counts(plan, blocks, k, scheduler, workers)
     made = stitch_cells(plan, blocks, k, counts, scheduler, workers, progress)
     return made["cells"], made["long_range_bias"]
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -25,7 +26,7 @@ from ..model.affinities import Offsets, nearest_channels, pair_slices
 from ..config import SegmentConfig
 from .link import link_sections
 
-__all__ = ["SegmentConfig", "mutex_watershed", "mutex_stack", "unsupported_wall_share", "wall_counts", "long_range_biases", "supported", "seeded_watershed", "dynamic_seeds", "merge_small_segments",
+__all__ = ["SegmentConfig", "mutex_watershed", "mutex_stack", "calibration_windows", "calibrated_bias", "unsupported_wall_share", "wall_counts", "long_range_biases", "supported", "seeded_watershed", "dynamic_seeds", "merge_small_segments",
            "segment_stack"]
 
 log = logging.getLogger("emunet")
@@ -39,6 +40,10 @@ _FOUR_CONNECTED.flags.writeable = False  # shared by every call: nobody may chan
 # model is unsure of; 5 % lies between (docs/transfer.md#cells-as-good-as-their-map).
 MOST_UNSUPPORTED_WALLS = 0.05
 BIAS_STEP, LOWEST_LONG_RANGE_BIAS = 0.05, 0.4
+# A stack larger than this many windows of this side is calibrated on that many windows spread
+# through it (2 MP), then cut once: each candidate bias on the whole of a large stack was 85 % of
+# an affinity model's cells' time (docs/volumes.md).
+CALIBRATION_SIDE, CALIBRATION_WINDOWS = 512, 8
 
 
 def mutex_watershed(affinities: np.ndarray, offsets: Offsets, bias: float = 0.5, long_range_bias: float = 0.5,
@@ -100,11 +105,51 @@ def supported(share: float, bias: float, last: bool) -> bool:
     return False
 
 
+Window = tuple[int, int, int, int, int]  # (z, y0, y1, x0, x1)
+
+
+def calibration_windows(shape: tuple[int, int, int]) -> list[Window]:
+    """Where a stack (N, H, W) is calibrated: squares of :data:`CALIBRATION_SIDE` px (a whole
+    section where it is smaller) on a grid over every section, at most :data:`CALIBRATION_WINDOWS`
+    of them, taken evenly through the stack; a function of the shape alone, so that a stack in
+    memory and the same volume block by block are calibrated on the very same pixels."""
+    n, h, w = shape
+    sy, sx = min(CALIBRATION_SIDE, h), min(CALIBRATION_SIDE, w)
+    every = [(z, y, y + sy, x, x + sx) for z in range(n) for y in range(0, h - sy + 1, sy) for x in range(0, w - sx + 1, sx)]
+    if len(every) <= CALIBRATION_WINDOWS:
+        return every
+    return [every[i] for i in np.linspace(0, len(every) - 1, CALIBRATION_WINDOWS).round().astype(int)]
+
+
+def calibrated_bias(windows: Sequence[np.ndarray], offsets: Offsets, cfg: SegmentConfig) -> float:
+    """The first of :func:`long_range_biases` at which the cells of the windows' affinities
+    (each (C, h, w)), cut on their own, have walls at most :data:`MOST_UNSUPPORTED_WALLS`
+    unsupported, pooled over the windows (the last candidate otherwise)."""
+    biases = long_range_biases(cfg)
+    for i, long_range in enumerate(biases):
+        walls = unsupported = 0
+        for window in windows:
+            cells = mutex_watershed(window, offsets, cfg.bias, long_range, cfg.min_size, cfg.long_range_stride)
+            counted = wall_counts(cells[None], window[None], offsets, cfg.bias)
+            walls, unsupported = walls + counted[0], unsupported + counted[1]
+        last = i == len(biases) - 1
+        if last or supported(unsupported / walls if walls else 0.0, long_range, last):
+            return long_range
+    raise AssertionError("unreachable: the last bias is always taken")
+
+
 def mutex_stack(affinities: np.ndarray, offsets: Offsets, cfg: SegmentConfig) -> tuple[np.ndarray, float]:
     """The mutex watershed of every section's affinities (N, C, H, W), and the long-range bias it
-    used: the first of :func:`long_range_biases` at which the stack's cells' walls are at most
-    :data:`MOST_UNSUPPORTED_WALLS` unsupported (``cfg.calibrate``; the last one otherwise)."""
+    used: the first of :func:`long_range_biases` at which the cells' walls are at most
+    :data:`MOST_UNSUPPORTED_WALLS` unsupported (``cfg.calibrate``; the last one otherwise).
+    The walls are counted on :func:`calibration_windows`: the whole stack where it is at most
+    that many sections of at most that side, so that a small stack is cut once per candidate;
+    else each candidate cuts only the windows, and the stack is cut once, at the bias chosen."""
     biases = long_range_biases(cfg)
+    n, _, h, w = affinities.shape
+    windows = calibration_windows((n, h, w))
+    if len(biases) > 1 and not (len(windows) == n and all(y1 - y0 == h and x1 - x0 == w for _, y0, y1, x0, x1 in windows)):
+        biases = [calibrated_bias([affinities[z, :, y0:y1, x0:x1] for z, y0, y1, x0, x1 in windows], offsets, cfg)]
     for i, long_range in enumerate(biases):
         cells = np.stack([mutex_watershed(a, offsets, cfg.bias, long_range, cfg.min_size, cfg.long_range_stride)
                           for a in affinities])

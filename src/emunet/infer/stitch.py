@@ -6,15 +6,13 @@ bounded by the block size.
 The passes, each a task per block on Dask (the client holds only per-cell tables):
 
 1. cut: a block and ``SEGMENT_HALO`` pixels around it are segmented as a section would be (the
-   mutex watershed of the affinities at the first long-range bias the calibration tries, or the
-   seeded watershed of the map as written). The block's own pixels keep their cells, numbered
-   1..n, in a scratch array; the halo's pixels keep the block's ids of the cells that reach into
-   the block (the "ring"). A marker file per block and candidate makes a rerun skip the blocks
-   already cut.
-2. the long-range bias: the candidate is kept where its cells' walls are at most 5 % unsupported
-   over the whole volume (as :func:`segment.mutex_stack` does for a stack in memory); else every
-   block is cut again at the next one (its affinities predicted again: cheaper than the mutex
-   watershed at every candidate up front, which most volumes do not need).
+   mutex watershed of the affinities at the long-range bias calibrated on the volume's
+   :func:`segment.calibration_windows` before any block, as a stack in memory is; or the seeded
+   watershed of the map as written). The block's own pixels keep their cells, numbered 1..n, in
+   a scratch array; the halo's pixels keep the block's ids of the cells that reach into the block
+   (the "ring"). A marker file per block and candidate bias makes a rerun skip the blocks already
+   cut.
+2. counts: each block's cells' count, for ids unique across the volume.
 3. seams: in the halo of each block, its ring is compared with its neighbours' own cells there;
    two cells are one where their intersection over union within the halo is above 0.5. Away
    from the blocks' borders both segmentations are the whole section's, so a cell cut by a seam
@@ -40,9 +38,9 @@ from ..io.places import Place
 from ..model.affinities import Offsets
 from .blocks import Block, run_blocks
 from .link import joined_ids, matches, overlaps_of, tuple_counts
-from .segment import long_range_biases, mutex_watershed, seeded_watershed, supported, wall_counts
+from .segment import long_range_biases, mutex_watershed, seeded_watershed
 
-__all__ = ["SEGMENT_HALO", "SEAM_MIN_IOU", "CellsPlan", "cut_affinities", "cut_map_block", "stitch_cells"]
+__all__ = ["SEGMENT_HALO", "SEAM_MIN_IOU", "CellsPlan", "cut_affinities", "cut_map_block", "cut_counts", "stitch_cells"]
 
 log = logging.getLogger("emunet")
 
@@ -115,8 +113,7 @@ def _cut(plan: CellsPlan, block: Block, k: int) -> Iterator[Any]:
 
 # --- pass 1: cut -------------------------------------------------------------------------------
 
-def _save_cut(plan: CellsPlan, block: Block, k: int, area: tuple[int, int, int, int], region: np.ndarray,
-              walls: tuple[int, int]) -> None:
+def _save_cut(plan: CellsPlan, block: Block, k: int, area: tuple[int, int, int, int], region: np.ndarray) -> None:
     """Write the block's ids at candidate ``k`` into its scratch array, then the block's ring and
     counts (its marker) whole."""
     y0, _, x0, _ = area
@@ -130,19 +127,16 @@ def _save_cut(plan: CellsPlan, block: Block, k: int, area: tuple[int, int, int, 
     ring = lookup[region]
     ring[inner] = 0
     packed = io.BytesIO()
-    np.savez_compressed(packed, area=np.array(area), walls=np.array(walls, np.int64), ring=ring, count=np.array(len(ids)))
+    np.savez_compressed(packed, area=np.array(area), ring=ring, count=np.array(len(ids)))
     plan.cut_file(block, k).write_bytes(packed.getvalue())  # whole or not at all
 
 
 def cut_affinities(plan: CellsPlan, block: Block, k: int, area: tuple[int, int, int, int], affinities: np.ndarray) -> None:
     """Pass 1 for an affinity model: the mutex watershed of the area's affinities (C, h, w) at
-    candidate ``k``'s long-range bias, with the walls of the block's cells counted for the choice."""
+    candidate ``k``'s long-range bias."""
     cfg = plan.segment
-    y0, _, x0, _ = area
-    inner = (slice(None), slice(block.y0 - y0, block.y1 - y0), slice(block.x0 - x0, block.x1 - x0))
     region = mutex_watershed(affinities, plan.offsets, cfg.bias, plan.biases[k], cfg.min_size, cfg.long_range_stride)
-    walls = wall_counts(region[None, inner[1], inner[2]], affinities[inner][None], plan.offsets, cfg.bias)
-    _save_cut(plan, block, k, area, region, walls)
+    _save_cut(plan, block, k, area, region)
 
 
 def cut_map_block(job: dict, block: Block) -> str:
@@ -156,22 +150,15 @@ def cut_map_block(job: dict, block: Block) -> str:
     page = stored[block.z, area[0] : area[1], area[2] : area[3]]
     interior = page.astype(np.float32) / 255.0 if page.dtype == np.uint8 else page.astype(np.float32)
     region = seeded_watershed(interior, plan.segment.seed_threshold, plan.segment.min_size, plan.segment.seed_dynamics)
-    _save_cut(plan, block, 0, area, region, (0, 0))
+    _save_cut(plan, block, 0, area, region)
     return block.name
 
 
 # --- passes 2-5, run by the client -------------------------------------------------------------
 
-def cut_summaries(plan: CellsPlan, blocks: list[Block], k: int, scheduler: str | None,
-                  workers: int) -> tuple[np.ndarray, bool]:
-    """Pass 2 for candidate ``k``: each block's cells' count, and whether the volume keeps this
-    candidate: its cells' walls, pooled over the volume, at most 5 % unsupported (or it is the
-    last; a membrane model's one candidate always)."""
-    summaries = run_blocks(_cut_summary, {"plan": plan, "k": k}, blocks, scheduler, workers, False, desc="counts")
-    counts = np.array([count for _, count in summaries], np.int64)
-    walls, unsupported = np.sum([w for w, _ in summaries], axis=0)
-    bias, last = plan.biases[k], k == len(plan.biases) - 1
-    return counts, bias is None or supported(unsupported / max(walls, 1), bias, last)
+def cut_counts(plan: CellsPlan, blocks: list[Block], k: int, scheduler: str | None, workers: int) -> np.ndarray:
+    """Pass 2 for candidate ``k``: each block's cells' count."""
+    return np.array(run_blocks(_cut_count, {"plan": plan, "k": k}, blocks, scheduler, workers, False, desc="counts"), np.int64)
 
 
 def stitch_cells(plan: CellsPlan, blocks: list[Block], k: int, counts: np.ndarray, scheduler: str | None, workers: int,
@@ -187,11 +174,10 @@ def stitch_cells(plan: CellsPlan, blocks: list[Block], k: int, counts: np.ndarra
     return {"cells": int(lut.max()), "long_range_bias": plan.biases[k]}
 
 
-def _cut_summary(job: dict, block: Block) -> tuple[np.ndarray, int]:
-    """A cut block's wall counts (walls, unsupported) and its cells' count (read where the cuts
-    are, so the rings never travel to the client)."""
+def _cut_count(job: dict, block: Block) -> int:
+    """A cut block's cells' count (read where the cuts are, so the rings never travel to the client)."""
     with _cut(job["plan"], block, job["k"]) as record:  # not the ring: the largest member
-        return record["walls"], int(record["count"])
+        return int(record["count"])
 
 
 def _own_ids(job: dict, block: Block) -> np.ndarray:
