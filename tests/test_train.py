@@ -382,7 +382,9 @@ def test_a_run_with_turns_validates_without_them_and_scores_its_weights_with_the
     report = json.loads((out / "eval.json").read_text())
     assert report["step"] == 4
     for flag, name in (("--tta", "turned.json"), ("--no-tta", "plain.json")):
-        assert main(["evaluate", str(out / "best.safetensors"), flag, "--json", str(tmp_path / name), "-q"]) == 0
+        # fp32 as the run trained and scored (evaluate's auto takes bf16 where the CPU has it)
+        assert main(["evaluate", str(out / "best.safetensors"), flag, "--precision", "fp32", "--json",
+                     str(tmp_path / name), "-q"]) == 0
     turned, plain = (json.loads((tmp_path / n).read_text())["mean"] for n in ("turned.json", "plain.json"))
     assert report["mean"]["lab_dice"] == pytest.approx(turned["lab_dice"], abs=1e-6)
     assert report["mean"]["v_rand"] == pytest.approx(turned["v_rand"], abs=1e-6)

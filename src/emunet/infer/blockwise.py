@@ -252,19 +252,13 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     group, blocks, todo = _open_output(output, volume, made_by, chunk, dtype, levels, block, overwrite)
     job = {"checkpoints": tuple(str(c) for c in checkpoints), "hashes": hashes, "device": device, "source": str(source),
            "channel": channel, "axes": axes, "predict": pcfg, "precision": precision, "output": str(output), "dtype": dtype,
-           "cells": None, "norm": None, "k": 0}
+           "cells": None, "norm": None, "k": 0, "block": block, "chunk": chunk}
     start = time.perf_counter()
     if pcfg.adapt_norm:
         job["norm"] = _adapted_statistics(loaded, output)
     _loaded(job)  # before any task: threads asking the cache at once would each load, each with its own lock
     if segment is not None:
-        offsets = loaded[0].models[0].cfg.offsets
-        job["cells"] = _open_cells(output, volume, made_by, segment, offsets, block, chunk, overwrite)
-        if offsets:  # the affinities are predicted once, for the map and the cut together
-            job["k"] = _calibrated_candidate(job)
-            pending = set(todo)
-            cut = job["cells"].cut_blocks(job["k"])
-            todo = [b for b in blocks if b in pending or b.name not in cut]
+        todo = _plan_cells(job, loaded, output, volume, made_by, segment, blocks, todo, overwrite)
     if todo:
         run_blocks(_run_block, job, todo, scheduler, workers, progress)
     if levels > 1 and todo:
@@ -341,6 +335,20 @@ def _checked_output(output: str | Path | Place, source: str) -> Place:
     if output.contains(store) or store.contains(output):
         raise DataError(f"{output}: the output would write into the input {source}; choose another -o")
     return output
+
+
+def _plan_cells(job: dict, loaded: tuple, output: Place, volume, made_by: dict, segment: SegmentConfig,
+                blocks: list[Block], todo: list[Block], overwrite: bool) -> list[Block]:
+    """The cells' plan into ``job``; for an affinity model the bias calibrated and the blocks to
+    predict widened by those not cut at it (its affinities are predicted once, for the map and
+    the cut together)."""
+    offsets = loaded[0].models[0].cfg.offsets
+    plan = job["cells"] = _open_cells(output, volume, made_by, segment, offsets, job["block"], job["chunk"], overwrite)
+    if not offsets:
+        return todo
+    job["k"] = _calibrated_candidate(job)
+    pending, cut = set(todo), plan.cut_blocks(job["k"])
+    return [b for b in blocks if b in pending or b.name not in cut]
 
 
 def _calibrated_candidate(job: dict) -> int:
