@@ -197,9 +197,7 @@ def test_errors_name_the_url_and_what_to_check(store, small_isbi, server, monkey
 def test_a_store_that_goes_away_during_training_loses_nothing(store, server, small_isbi, tmp_path):
     fs, bucket = store
     data = _upload_data(fs, bucket, small_isbi)
-    # the plug is pulled after step 50's upload and the store is back after the next upload fails: 300 steps
-    # leave the run training through both on any machine (and a run that finished waits for its uploads)
-    settings = [*data, *TINY, "train.steps=300", "train.val_every=50", "train.keep=20", "storage.retry_s=120"]
+    settings = [*data, *TINY, "train.steps=600", "train.val_every=50", "train.keep=20", "storage.retry_s=120"]
     out = f"s3://{bucket}/flaky"
     env = {**__import__("os").environ}
     run = subprocess.Popen([sys.executable, "-m", "emunet", "train", "--out", out, "-q", *settings],
@@ -225,7 +223,7 @@ def test_a_store_that_goes_away_during_training_loses_nothing(store, server, sma
     whole = tmp_path / "whole"
     local = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}"]
     # in a fresh process as the run above: earlier tests' thread settings in this one would change the sums
-    subprocess.run([sys.executable, "-m", "emunet", "train", "--out", str(whole), "-q", *local, *TINY, "train.steps=300",
+    subprocess.run([sys.executable, "-m", "emunet", "train", "--out", str(whole), "-q", *local, *TINY, "train.steps=600",
                     "train.val_every=50", "train.keep=20"], check=True, env=env)
     fs.invalidate_cache()
     listed = sorted(p.rsplit("/", 1)[1] for p in fs.find(f"{bucket}/flaky/checkpoints"))
