@@ -169,7 +169,7 @@ def _add_predict_command(sub) -> None:
                    "output made by another model, input or settings (without it these are refused)")
     volumes = p.add_argument_group("volumes larger than memory (-o OUT.ome.zarr: predicted block by block on Dask)")
     volumes.add_argument("--block", type=int, help=f"block side in pixels, whole chunks; larger blocks recompute less of their border, smaller ones "
-                         f"take less memory (default: {BLOCK}, with --segment {SEGMENT_BLOCK})")
+                         f"take less memory (default: {BLOCK}, with --segment {SEGMENT_BLOCK}, a multiple of 8)")
     volumes.add_argument("--chunk", type=int, help=f"output chunk side; chunks are 1 x N x N (default: {BLOCKWISE_DEFAULTS['chunk']})")
     volumes.add_argument("--dtype", choices=["uint8", "float16", "float32"],
                          help="probabilities as uint8 (x 255, the default), float16 or float32")
