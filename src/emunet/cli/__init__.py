@@ -49,6 +49,21 @@ COMMANDS = MappingProxyType({"train": cmd_train, "evaluate": cmd_evaluate, "pred
                              "presets": cmd_presets, "models": cmd_models})
 
 
+_TRAINING_ADVICE = "lower train.batch_size or train.tile"
+_MEMORY_ADVICE = MappingProxyType({
+    "predict": "an OME-Zarr output (-o NAME.ome.zarr) is predicted and segmented block by block in bounded memory "
+               "(--block 1024 on a small machine); or predict fewer sections at a time",
+    "evaluate": "score fewer sections at a time, or lower --batch-size",
+    "train": _TRAINING_ADVICE, "run": _TRAINING_ADVICE, "cv": _TRAINING_ADVICE})
+
+
+def _out_of_memory(command: str, exc: Exception) -> int:
+    cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    print(f"unet {command}: error: out of memory ({cause}); {_MEMORY_ADVICE.get(command, _MEMORY_ADVICE['predict'])}",
+          file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     import contextvars
 
@@ -72,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         print(f"unet {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:  # numpy's, where an array does not fit: what to change, not a traceback
+        return _out_of_memory(args.command, exc)
+    except RuntimeError as exc:  # PyTorch's allocators (CPU, and CUDA's OutOfMemoryError) say it in words
+        if "can't allocate memory" not in str(exc) and "out of memory" not in str(exc).lower():
+            raise
+        return _out_of_memory(args.command, exc)
     except KeyboardInterrupt as exc:  # TrainingInterrupted says which checkpoint holds the last whole step
         print(f"unet {args.command}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
