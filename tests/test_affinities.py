@@ -226,6 +226,36 @@ def test_cli_affinity_run_predict_segment_and_score(small_isbi, tmp_path, capsys
     assert 0 < np.abs(turned - plain).mean() < 0.1
 
 
+def test_flooding_from_seeds_equals_the_plain_watershed_where_heights_are_distinct():
+    """The oracle: scikit-image's watershed given every seed pixel. On smooth random maps (many
+    seeds, some touching the image's edges) and one-row images, pixel for pixel; on maps in eight
+    steps (ties everywhere) both are watersheds of the seeds that differ only where heights tie:
+    every seed keeps its pixels, every pixel gets a seed, and few pixels differ."""
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    from emunet.infer.segment import flood_from_seeds
+
+    rng = np.random.default_rng(5)
+    four = ndimage.generate_binary_structure(2, 1)
+    smooth = [ndimage.gaussian_filter(rng.random((120, 97)), sigma) for sigma in (1.0, 2.5, 4.0)]
+    for interior in smooth + [rng.random((1, 40)), rng.random((40, 1))]:
+        interior = (interior - interior.min()) / np.ptp(interior)
+        assert len(np.unique(interior)) == interior.size
+        for level in (0.3, 0.6, 0.9):
+            seeds, _ = ndimage.label(interior >= level, structure=four)
+            plain = watershed(1.0 - interior, seeds, connectivity=1)
+            np.testing.assert_array_equal(flood_from_seeds(1.0 - interior, seeds), plain, err_msg=f"{interior.shape} {level}")
+    for interior in smooth:
+        stepped = np.round((interior - interior.min()) / np.ptp(interior) * 8) / 8
+        seeds, n = ndimage.label(stepped >= 0.6, structure=four)
+        got, plain = flood_from_seeds(1.0 - stepped, seeds), watershed(1.0 - stepped, seeds, connectivity=1)
+        assert (got[seeds > 0] == seeds[seeds > 0]).all() and set(np.unique(got)) == set(range(1, n + 1))
+        assert (got != plain).mean() < 0.05
+    whole = np.full((9, 9), 0.7)  # one seed that is the whole image
+    assert (flood_from_seeds(1.0 - whole, np.ones((9, 9), np.int32)) == 1).all()
+
+
 def test_membrane_model_segments_by_seeded_watershed(tiny_run, small_isbi, tmp_path, capsys):
     out = tiny_run
     assert "cells_v_rand" in json.loads((out / "eval.json").read_text())["mean"]

@@ -26,7 +26,7 @@ from ..model.affinities import Offsets, nearest_channels, pair_slices
 from ..config import SegmentConfig
 from .link import link_sections
 
-__all__ = ["SegmentConfig", "mutex_watershed", "mutex_stack", "calibration_windows", "calibrated_bias", "unsupported_wall_share", "wall_counts", "long_range_biases", "supported", "seeded_watershed", "dynamic_seeds", "merge_small_segments",
+__all__ = ["SegmentConfig", "mutex_watershed", "mutex_stack", "calibration_windows", "calibrated_bias", "unsupported_wall_share", "wall_counts", "long_range_biases", "supported", "seeded_watershed", "flood_from_seeds", "dynamic_seeds", "merge_small_segments",
            "segment_stack"]
 
 log = logging.getLogger("emunet")
@@ -175,8 +175,21 @@ def seeded_watershed(interior: np.ndarray, seed_threshold: float = 0.9, min_size
         seeds, count = ndimage.label(interior > level, structure=_FOUR_CONNECTED)
     if count == 0:
         return np.ones(interior.shape, np.uint32)
-    labels = watershed(1.0 - interior, seeds, connectivity=1)
+    labels = flood_from_seeds(1.0 - interior, seeds)
     return merge_small_segments(_consecutive(labels), min_size)
+
+
+def flood_from_seeds(height: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """scikit-image's 4-connected watershed of ``height`` from ``seeds`` (4-connected regions,
+    labelled), several times faster: a seed's pixels whose 4-neighbours all lie in the seed flood
+    nothing, so they stay out of the queue (masked) and keep their seed's id. Where the heights
+    are distinct the labels are the plain call's, pixel for pixel; where two seed pixels' heights
+    tie, the queue may take them in another order (a map in steps of 1/255: 0.002 % of pixels
+    differ; tests/test_affinities.py)."""
+    inside = ndimage.binary_erosion(seeds > 0, structure=_FOUR_CONNECTED, border_value=1)
+    labels = watershed(height, np.where(inside, 0, seeds), connectivity=1, mask=~inside)
+    labels[inside] = seeds[inside]
+    return labels
 
 
 def dynamic_seeds(interior: np.ndarray, dynamics: float) -> tuple[np.ndarray, int]:
