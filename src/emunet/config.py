@@ -106,8 +106,8 @@ class SegmentConfig:
             parts two seeds if it dips this much (a model whose walls are all faint on a stack);
             0 = off.
         min_size: segments of fewer pixels are merged into their neighbours (0 = keep all).
-        long_range_stride: the mutex watershed's long-range edges start from every this-many-th
-            pixel in each direction (the nearest-neighbour edges from every pixel), as the field's
+        long_range_stride: the mutex watershed's long-range edges are drawn only on every
+            this-many-th row and column (the nearest-neighbour edges everywhere), as the field's
             mutex watersheds subsample them: 2 gave cells as good or better on ISBI and on another
             lab's stack, in half the time (docs/volumes.md); 1 = every pixel, as before.
         calibrate: the mutex watershed's long-range bias taken from the stack's own affinities:
