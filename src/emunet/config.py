@@ -24,7 +24,8 @@ from .model.checkpoint import Checkpoint
 from .model.unet import PRESETS, UNetConfig
 
 __all__ = ["ConfigError", "DataConfig", "ModelConfig", "TrainConfig", "PredictConfig", "Config", "load_config", "with_overrides",
-           "dump_config", "with_absolute_paths", "run_settings", "data_url_overrides", "AugmentConfig", "SegmentConfig"]
+           "dump_config", "with_absolute_paths", "run_settings", "data_url_overrides", "AugmentConfig", "SegmentConfig",
+           "LONG_RANGE_STRIDES"]
 
 
 @dataclass
@@ -89,6 +90,9 @@ class AugmentConfig:
         ])
 
 
+LONG_RANGE_STRIDES = (1, 2, 4, 8)  # segment.long_range_stride's choices
+
+
 @dataclass
 class SegmentConfig:
     """How predictions become cells (``unet predict --segment``, and the segmentation scores of
@@ -145,7 +149,7 @@ class SegmentConfig:
             (0.0 < self.seed_threshold < 1.0, f"segment.seed_threshold must be in (0, 1), got {self.seed_threshold}"),
             (0.0 <= self.seed_dynamics < 1.0, f"segment.seed_dynamics must be in [0, 1), got {self.seed_dynamics}"),
             (self.min_size >= 0, f"segment.min_size must be >= 0 pixels, got {self.min_size}"),
-            (self.long_range_stride in (1, 2, 4, 8),
+            (self.long_range_stride in LONG_RANGE_STRIDES,
              f"segment.long_range_stride must be 1, 2, 4 or 8 pixels, got {self.long_range_stride}"),
             (0.0 < self.link_iou <= 1.0, f"segment.link_iou must be in (0, 1], got {self.link_iou}"),
         ])

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import PredictConfig, SegmentConfig
+from ..config import LONG_RANGE_STRIDES, PredictConfig, SegmentConfig
 from ..errors import DataError, UsageError
 from ..model.bundled import resolve_checkpoint
 from ..io.places import Place
@@ -40,7 +40,8 @@ from .postprocess import CLOSE_GAPS_MARGIN, CLOSE_GAPS_WINDOW, smooth_in_place, 
 __all__ = ["Block", "plan_blocks", "predict_block", "predict_affinities", "predict_to_ome_zarr", "BlockwiseResult"]
 
 
-CELLS_BLOCK_STEP = 8  # the largest segment.long_range_stride, which SEGMENT_HALO is a multiple of too
+# the mutex watershed's long-range grid: a block of cells starts on it whatever the stride (SEGMENT_HALO is a multiple too)
+CELLS_BLOCK_STEP = max(LONG_RANGE_STRIDES)
 
 
 def _halo(pcfg: PredictConfig) -> int:
@@ -252,13 +253,13 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     group, blocks, todo = _open_output(output, volume, made_by, chunk, dtype, levels, block, overwrite)
     job = {"checkpoints": tuple(str(c) for c in checkpoints), "hashes": hashes, "device": device, "source": str(source),
            "channel": channel, "axes": axes, "predict": pcfg, "precision": precision, "output": str(output), "dtype": dtype,
-           "cells": None, "norm": None, "k": 0, "block": block, "chunk": chunk}
+           "cells": None, "norm": None, "k": 0}
     start = time.perf_counter()
     if pcfg.adapt_norm:
         job["norm"] = _adapted_statistics(loaded, output)
     _loaded(job)  # before any task: threads asking the cache at once would each load, each with its own lock
     if segment is not None:
-        todo = _plan_cells(job, loaded, output, volume, made_by, segment, blocks, todo, overwrite)
+        todo = _plan_cells(job, loaded, output, volume, made_by, segment, (block, chunk), blocks, todo, overwrite)
     if todo:
         run_blocks(_run_block, job, todo, scheduler, workers, progress)
     if levels > 1 and todo:
@@ -338,12 +339,12 @@ def _checked_output(output: str | Path | Place, source: str) -> Place:
 
 
 def _plan_cells(job: dict, loaded: tuple, output: Place, volume, made_by: dict, segment: SegmentConfig,
-                blocks: list[Block], todo: list[Block], overwrite: bool) -> list[Block]:
+                block_and_chunk: tuple[int, int], blocks: list[Block], todo: list[Block], overwrite: bool) -> list[Block]:
     """The cells' plan into ``job``; for an affinity model the bias calibrated and the blocks to
     predict widened by those not cut at it (its affinities are predicted once, for the map and
     the cut together)."""
     offsets = loaded[0].models[0].cfg.offsets
-    plan = job["cells"] = _open_cells(output, volume, made_by, segment, offsets, job["block"], job["chunk"], overwrite)
+    plan = job["cells"] = _open_cells(output, volume, made_by, segment, offsets, *block_and_chunk, overwrite)
     if not offsets:
         return todo
     job["k"] = _calibrated_candidate(job)
@@ -363,7 +364,7 @@ def _calibrated_candidate(job: dict) -> int:
     predictor, volume, network_pass = _loaded(job)
     windows = [predict_affinities(predictor.models, volume, Block(*window), 0, job["predict"], job["precision"],
                                   network_pass)[1] for window in calibration_windows(tuple(volume.shape))]
-    return plan.biases.index(calibrated_bias(windows, plan.offsets, plan.segment))
+    return plan.biases.index(calibrated_bias(windows, plan.offsets, plan.segment)[0])
 
 
 def _cells_of_volume(job: dict, blocks: list[Block], scheduler: str | None, workers: int,

@@ -121,20 +121,19 @@ def calibration_windows(shape: tuple[int, int, int]) -> list[Window]:
     return [every[i] for i in np.linspace(0, len(every) - 1, CALIBRATION_WINDOWS).round().astype(int)]
 
 
-def calibrated_bias(windows: Sequence[np.ndarray], offsets: Offsets, cfg: SegmentConfig) -> float:
+def calibrated_bias(windows: Sequence[np.ndarray], offsets: Offsets, cfg: SegmentConfig) -> tuple[float, list[np.ndarray]]:
     """The first of :func:`long_range_biases` at which the cells of the windows' affinities
     (each (C, h, w)), cut on their own, have walls at most :data:`MOST_UNSUPPORTED_WALLS`
-    unsupported, pooled over the windows (the last candidate otherwise)."""
+    unsupported, pooled over the windows (the last candidate otherwise); and the windows' cells
+    at it."""
     biases = long_range_biases(cfg)
     for i, long_range in enumerate(biases):
-        walls = unsupported = 0
-        for window in windows:
-            cells = mutex_watershed(window, offsets, cfg.bias, long_range, cfg.min_size, cfg.long_range_stride)
-            counted = wall_counts(cells[None], window[None], offsets, cfg.bias)
-            walls, unsupported = walls + counted[0], unsupported + counted[1]
+        cuts = [mutex_watershed(w, offsets, cfg.bias, long_range, cfg.min_size, cfg.long_range_stride) for w in windows]
+        counted = [wall_counts(cells[None], window[None], offsets, cfg.bias) for cells, window in zip(cuts, windows)]
+        walls, unsupported = (sum(c[j] for c in counted) for j in (0, 1))
         last = i == len(biases) - 1
         if last or supported(unsupported / walls if walls else 0.0, long_range, last):
-            return long_range
+            return long_range, cuts
     raise AssertionError("unreachable: the last bias is always taken")
 
 
@@ -143,20 +142,17 @@ def mutex_stack(affinities: np.ndarray, offsets: Offsets, cfg: SegmentConfig) ->
     used: the first of :func:`long_range_biases` at which the cells' walls are at most
     :data:`MOST_UNSUPPORTED_WALLS` unsupported (``cfg.calibrate``; the last one otherwise).
     The walls are counted on :func:`calibration_windows`: the whole stack where it is at most
-    that many sections of at most that side, so that a small stack is cut once per candidate;
-    else each candidate cuts only the windows, and the stack is cut once, at the bias chosen."""
-    biases = long_range_biases(cfg)
+    that many sections of at most that side (whose cuts are then the cells); else each candidate
+    cuts only the windows, and the stack is cut once, at the bias chosen."""
     n, _, h, w = affinities.shape
     windows = calibration_windows((n, h, w))
-    if len(biases) > 1 and not (len(windows) == n and all(y1 - y0 == h and x1 - x0 == w for _, y0, y1, x0, x1 in windows)):
-        biases = [calibrated_bias([affinities[z, :, y0:y1, x0:x1] for z, y0, y1, x0, x1 in windows], offsets, cfg)]
-    for i, long_range in enumerate(biases):
-        cells = np.stack([mutex_watershed(a, offsets, cfg.bias, long_range, cfg.min_size, cfg.long_range_stride)
-                          for a in affinities])
-        last = i == len(biases) - 1
-        if last or supported(unsupported_wall_share(cells, affinities, offsets, cfg.bias), long_range, last):
-            return cells, long_range
-    raise AssertionError("unreachable: the last bias is always taken")
+    if len(windows) == n and all(y1 - y0 == h and x1 - x0 == w for _, y0, y1, x0, x1 in windows):
+        bias, cuts = calibrated_bias(list(affinities), offsets, cfg)
+        return np.stack(cuts), bias
+    bias = cfg.long_range_bias  # the one candidate without cfg.calibrate: no windows to cut
+    if len(long_range_biases(cfg)) > 1:
+        bias = calibrated_bias([affinities[z, :, y0:y1, x0:x1] for z, y0, y1, x0, x1 in windows], offsets, cfg)[0]
+    return np.stack([mutex_watershed(a, offsets, cfg.bias, bias, cfg.min_size, cfg.long_range_stride) for a in affinities]), bias
 
 
 def seeded_watershed(interior: np.ndarray, seed_threshold: float = 0.9, min_size: int = 0,
