@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 import pytest
 import tifffile
 import torch
@@ -16,7 +17,7 @@ from emunet.score.challenge import score_segmentation_stack
 from emunet.cli import main
 from emunet.errors import ConfigError
 from emunet.model.unet import create_model
-from emunet.infer.segment import SegmentConfig, merge_small_segments, mutex_watershed, seeded_watershed
+from emunet.infer.segment import SegmentConfig, fill_from_nearest, merge_small_segments, mutex_watershed, seeded_watershed
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHORT = ((-1, 0), (0, -1), (0, -3))
@@ -134,6 +135,19 @@ def test_seeded_watershed_and_small_segments():
     speck[4, 2] = 3
     cleaned = merge_small_segments(speck, min_size=2)
     assert sorted(np.unique(cleaned)) == [1, 2] and cleaned[4, 2] == cleaned[0, 0]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_holes_filled_from_the_nearest_kept_pixel_as_scikit_image_expands_labels(seed):
+    from skimage.segmentation import expand_labels
+
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(20, 160, 2)
+    kept = rng.integers(1, 6, (h // 4 + 1, w // 4 + 1)).repeat(4, 0).repeat(4, 1)[:h, :w].astype(np.uint32)
+    holes = ndimage.binary_dilation(rng.random((h, w)) < rng.uniform(0.02, 0.3), iterations=int(rng.integers(0, 4)))
+    kept[holes] = 0
+    kept[0, 0] = 7  # never all holes
+    np.testing.assert_array_equal(fill_from_nearest(kept), expand_labels(kept, distance=h + w))
 
 
 def test_offsets_are_checked():

@@ -57,7 +57,9 @@ def test_tile_plan_covers_the_image_with_strides_on_the_pooling_grid():
     assert len(origins) == plan.ny * plan.nx == 4
 
 
-def test_batches_bound_the_tiles_in_flight(valid_net, rng, monkeypatch):
+def test_a_cpu_takes_one_tile_per_pass_and_a_gpu_the_batch(valid_net, rng, monkeypatch):
+    from emunet.infer.tiling import _per_pass
+
     seen = []
     forward = valid_net.forward
 
@@ -66,8 +68,12 @@ def test_batches_bound_the_tiles_in_flight(valid_net, rng, monkeypatch):
         return forward(x)
 
     monkeypatch.setattr(valid_net, "forward", spy)
-    predict_image(valid_net, rng.random((200, 200), dtype=np.float32), tile=60, batch_size=5)
-    assert max(seen) == 5 and sum(seen) > 5
+    image = rng.random((200, 200), dtype=np.float32)
+    one_by_one = predict_image(valid_net, image, tile=60, batch_size=5)
+    assert set(seen) == {1} and len(seen) > 5
+    monkeypatch.setattr(valid_net, "forward", forward)
+    np.testing.assert_allclose(one_by_one, _whole_image(valid_net, image), atol=1e-5)
+    assert _per_pass(torch.device("cuda"), 5) == 5 and _per_pass(torch.device("cpu"), 5) == 1
 
 
 def test_test_time_augmentation_is_equivariant(valid_net, rng):

@@ -363,7 +363,7 @@ class PredictConfig:
     """Args:
     tile: output side of a prediction tile.
     overlap: share of a tile its neighbour overlaps.
-    batch_size: tiles per forward pass.
+    batch_size: tiles per forward pass on a GPU (a CPU takes one at a time: faster, same values).
     blend: 'gaussian' or 'uniform'.
     margin: mirrored context dropped around tiles of same-padded nets.
     tta: average over the 8 flips and 90-degree turns (8x the time; smoother boundaries); an

@@ -53,7 +53,7 @@ _TRAINING_ADVICE = "lower train.batch_size or train.tile"
 _MEMORY_ADVICE = MappingProxyType({
     "predict": "an OME-Zarr output (-o NAME.ome.zarr) is predicted and segmented block by block in bounded memory "
                "(--block 1024 on a small machine); or predict fewer sections at a time",
-    "evaluate": "score fewer sections at a time, or lower --batch-size",
+    "evaluate": "score fewer sections at a time (on a GPU, also a lower --batch-size)",
     "train": _TRAINING_ADVICE, "run": _TRAINING_ADVICE, "cv": _TRAINING_ADVICE})
 
 

@@ -40,7 +40,7 @@ def _add_inference(p: argparse.ArgumentParser) -> None:
                         "else fp32 (default: auto)")
     p.add_argument("--tile", type=int, help="output tile side for overlap-tile prediction (default: the run's predict.tile)")
     p.add_argument("--overlap", type=float, help="share of a tile its neighbour overlaps, in [0, 1) (default: the run's)")
-    p.add_argument("--batch-size", type=int, help="tiles per forward pass; bounds memory (default: the run's)")
+    p.add_argument("--batch-size", type=int, help="tiles per forward pass on a GPU; bounds memory (default: the run's; a CPU takes one at a time)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over the 8 flips/turns of each image (8x slower; default: the run's predict.tta)")
     p.add_argument("--smooth", type=float, metavar="SIGMA",
