@@ -23,11 +23,13 @@ def _load_for_inference(args):
     """The checkpoints as a Predictor with the run's settings and --tile, --overlap, --min-size,
     ... applied as overrides, checked the same way as KEY=VALUE (a command without a flag leaves
     its setting alone); --channel likewise."""
-    from ..device import choose_precision, resolve_device
+    from ..device import choose_precision, keep_freed_memory, resolve_device
     from ..infer.predictor import Predictor
 
     device = resolve_device(args.device)
     precision = choose_precision(args.precision, device)
+    if device.type == "cpu":  # the command owns its process: keep the tiles' freed memory (see keep_freed_memory)
+        keep_freed_memory()
     if not args.quiet:
         print(f"{device.type}, {precision}", file=sys.stderr, flush=True)
     flags = [f"{key}={getattr(args, flag)}" for flag, key in INFERENCE_FLAGS.items() if getattr(args, flag, None) is not None]

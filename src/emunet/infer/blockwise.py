@@ -143,9 +143,12 @@ def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], de
     from ..io.volumes import open_volume
     from .predictor import Predictor
 
+    from ..device import keep_freed_memory
     from .tiling import inference_layout
 
     predictor = Predictor.load(list(checkpoints), device)
+    if next(predictor.models[0].parameters()).device.type == "cpu":  # a worker's process is the blocks': keep their freed memory
+        keep_freed_memory()
     if norm is not None:
         from safetensors.torch import load
 
