@@ -55,6 +55,9 @@ class S3Server:
                    f"-volume.port.grpc={grpc[1]}", f"-filer.port={filer}", f"-filer.port.grpc={grpc[2]}",
                    "-s3", f"-s3.port={s3}", f"-s3.port.grpc={grpc[3]}", f"-s3.config={self.folder / 's3.json'}",
                    "-volume.max=0", "-master.volumeSizeLimitMB=64",
+                   # a restarted master waits out one election timeout before it leads again (10 s by
+                   # default, 15 s in all): one server alone has no one to wait for
+                   "-master.electionTimeout=1s",
                    # the gateway's Iceberg and Lance listeners take fixed ports (8181, 9101): off, so that
                    # two servers (the suite's two worker processes) can run at once
                    "-s3.port.iceberg=0", "-s3.port.lance=0"]

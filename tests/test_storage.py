@@ -197,7 +197,8 @@ def test_errors_name_the_url_and_what_to_check(store, small_isbi, server, monkey
 def test_a_store_that_goes_away_during_training_loses_nothing(store, server, small_isbi, tmp_path):
     fs, bucket = store
     data = _upload_data(fs, bucket, small_isbi)
-    settings = [*data, *TINY, "train.steps=600", "train.val_every=50", "train.keep=20", "storage.retry_s=120"]
+    # one thread: as fast for this tiny net alone, and it does not fight the suite's other worker for the cores
+    settings = [*data, *TINY, "train.steps=600", "train.val_every=50", "train.keep=20", "train.threads=1", "storage.retry_s=120"]
     out = f"s3://{bucket}/flaky"
     env = {**__import__("os").environ}
     run = subprocess.Popen([sys.executable, "-m", "emunet", "train", "--out", out, "-q", *settings],
@@ -224,7 +225,7 @@ def test_a_store_that_goes_away_during_training_loses_nothing(store, server, sma
     local = [f"data.images={small_isbi['images']}", f"data.labels={small_isbi['labels']}"]
     # in a fresh process as the run above: earlier tests' thread settings in this one would change the sums
     subprocess.run([sys.executable, "-m", "emunet", "train", "--out", str(whole), "-q", *local, *TINY, "train.steps=600",
-                    "train.val_every=50", "train.keep=20"], check=True, env=env)
+                    "train.val_every=50", "train.keep=20", "train.threads=1"], check=True, env=env)
     fs.invalidate_cache()
     listed = sorted(p.rsplit("/", 1)[1] for p in fs.find(f"{bucket}/flaky/checkpoints"))
     assert listed == sorted(p.name for p in (whole / "checkpoints").iterdir())
