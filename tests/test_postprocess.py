@@ -96,9 +96,33 @@ def test_windows_give_the_same_map_as_one_pass():
     for window, margin in ((25, 40), (33, 64), (50, 30)):  # the first two margins exceed the window: clipped to it
         pieces = close_gaps_in_place(prob.copy(), 0.5, window=window, margin=margin)
         np.testing.assert_array_equal(pieces, whole)
+        # a row's windows on several threads at once: each reads only the original values
+        np.testing.assert_array_equal(close_gaps_in_place(prob.copy(), 0.5, window=window, margin=margin, workers=3), whole)
 
 
 @pytest.mark.parametrize("bad", ["-0.1", "1", "nan"])
 def test_bad_close_gaps_setting_is_refused(bad):
     with pytest.raises(ConfigError, match="predict.close_gaps"):
         load_config(None, [f"predict.close_gaps={bad}"])
+
+
+def test_a_stacks_sections_side_by_side_give_each_sections_own_map_and_cells():
+    from emunet.config import PredictConfig, SegmentConfig
+    from emunet.infer.predict import postprocess_volume
+    from emunet.infer.segment import seeded_watershed, segment_stack
+
+    rng = np.random.default_rng(5)
+    stack = np.stack([_cells(3, 4, side=20, rng=rng) for _ in range(5)])
+    for page in stack:
+        y, x = 20 * rng.integers(1, 3), rng.integers(2, 70)
+        page[y - 2 : y + 2, x : x + 4] = 0.95
+    pcfg, cfg = PredictConfig(smooth=1.0, close_gaps=0.5), SegmentConfig(min_size=20)
+    alone = []
+    for page in stack:
+        one = page[None].copy()
+        alone.append(postprocess_volume(one, pcfg)[0])
+    together = postprocess_volume(stack.copy(), pcfg)
+    np.testing.assert_array_equal(together, np.stack(alone))
+    cells = segment_stack(together, None, None, cfg, warn=False)
+    for page, own in zip(together, cells):
+        np.testing.assert_array_equal(own, seeded_watershed(page, cfg.seed_threshold, cfg.min_size, cfg.seed_dynamics))

@@ -3,6 +3,8 @@ closing the gaps in cell walls (both per slice and in place; huge images in band
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 from scipy import ndimage
 
@@ -38,7 +40,7 @@ def smooth_in_place(prob: np.ndarray, sigma: float, chunk: int = 1024) -> np.nda
 
 
 def close_gaps_in_place(prob: np.ndarray, threshold: float, seed_distance: int = 10, window: int = CLOSE_GAPS_WINDOW,
-                        margin: int = CLOSE_GAPS_MARGIN) -> np.ndarray:
+                        margin: int = CLOSE_GAPS_MARGIN, workers: int = 1) -> np.ndarray:
     """Close the gaps in cell walls that are visible along most of their length, in place.
 
     Why: at any threshold, one short gap in the wall between two cells (a faint, oblique
@@ -59,7 +61,10 @@ def close_gaps_in_place(prob: np.ndarray, threshold: float, seed_distance: int =
     ``threshold`` 0 turns it off; how it was chosen and what it changes: docs/results.md. Images larger than ``window`` run in
     windows of that side with ``margin`` pixels of context around each (read from the original
     values), so memory and the watershed's per-pixel cost stay bounded; where cells are smaller
-    than the margin the result equals one pass over the whole image.
+    than the margin the result equals one pass over the whole image. Each window reads only the
+    original values, so a row of windows runs on ``workers`` threads at once (the watersheds and
+    distance transforms let go of the interpreter lock: 1.6 -> 0.9 s for a 2048 px section on 2
+    cores), with the same result.
     """
     if threshold <= 0:
         return prob
@@ -68,18 +73,21 @@ def close_gaps_in_place(prob: np.ndarray, threshold: float, seed_distance: int =
     h, w = prob.shape
     margin = min(margin, window)
     above = None  # original values of the margin rows above the current band (already lowered in prob)
-    for top in range(0, h, window):
-        lo, hi = max(0, top - margin), min(h, top + window + margin)
-        band = prob[lo:hi].copy()
-        if above is not None:
-            band[: top - lo] = above
-        end = min(h, top + window)
-        above = band[end - margin - lo : end - lo].copy() if end < h else None
-        for left in range(0, w, window):
-            first, last, right = max(0, left - margin), min(w, left + window + margin), min(w, left + window)
-            walls = wall_levels(np.ascontiguousarray(band[:, first:last]), threshold, seed_distance)
-            inner = prob[top:end, left:right]
-            np.minimum(inner, walls[top - lo : end - lo, left - first : right - first], out=inner)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for top in range(0, h, window):
+            lo, hi = max(0, top - margin), min(h, top + window + margin)
+            band = prob[lo:hi].copy()
+            if above is not None:
+                band[: top - lo] = above
+            end = min(h, top + window)
+            above = band[end - margin - lo : end - lo].copy() if end < h else None
+            columns = [(max(0, left - margin), min(w, left + window + margin), left, min(w, left + window))
+                       for left in range(0, w, window)]
+            found = pool.map(lambda c: wall_levels(np.ascontiguousarray(band[:, c[0] : c[1]]), threshold, seed_distance),
+                             columns)
+            for (first, _, left, right), walls in zip(columns, found):
+                inner = prob[top:end, left:right]
+                np.minimum(inner, walls[top - lo : end - lo, left - first : right - first], out=inner)
     return prob
 
 

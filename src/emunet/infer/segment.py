@@ -13,9 +13,10 @@ Segments smaller than ``min_size`` pixels (specks on membranes) are given to the
 
 from __future__ import annotations
 
-
 import logging
+import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
@@ -271,8 +272,10 @@ def segment_stack(interior: np.ndarray, affinities: np.ndarray | None, offsets: 
     if affinities is not None:
         out = mutex_stack(affinities, offsets, cfg)[0]
     else:
-        out = np.stack([seeded_watershed(page, cfg.seed_threshold, cfg.min_size, cfg.seed_dynamics)
-                        for page in interior]).astype(np.uint32)
+        # sections on several threads at once (the flooding lets go of the interpreter lock); each alone
+        with ThreadPoolExecutor(max(1, min(len(interior), os.cpu_count() or 1))) as pool:
+            out = np.stack(list(pool.map(lambda page: seeded_watershed(page, cfg.seed_threshold, cfg.min_size,
+                                                                       cfg.seed_dynamics), interior))).astype(np.uint32)
     if warn:
         _say_where_cells_failed(out, interior, affinities is not None, cfg)
     return link_sections(out, cfg.link_iou) if cfg.link_sections else out
