@@ -140,10 +140,9 @@ def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], de
     Also a lock that the tasks' threads hold while the shared models predict: one network pass at
     a time, as the network already uses every core while a block's watersheds and gap closing run
     on one. Two passes side by side would only double the memory without being faster."""
+    from ..device import keep_freed_memory
     from ..io.volumes import open_volume
     from .predictor import Predictor
-
-    from ..device import keep_freed_memory
     from .tiling import inference_layout
 
     predictor = Predictor.load(list(checkpoints), device)
