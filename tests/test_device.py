@@ -2,6 +2,8 @@
 
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -143,3 +145,11 @@ def test_batches_pin_memory_only_for_cuda(small_isbi):
     sampler = TileSampler(vol, 48, 48, torch.Generator().manual_seed(0))
     images, _ = make_batch_fn(sampler, AugmentConfig(), 2, slice(None), 48, torch.device("cpu"), torch.channels_last)()
     assert not images.is_pinned() and images.shape == (2, 1, 48, 48)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_threads_count_the_cores_this_process_may_use_not_the_machines():
+    code = "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); from emunet.device import usable_cores; print(usable_cores())"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert shown == "1"
+    assert dev.usable_cores() == len(os.sched_getaffinity(0))

@@ -20,7 +20,7 @@ from .errors import ConfigError
 
 log = logging.getLogger("emunet")
 
-__all__ = ["keep_freed_memory", "resolve_device", "resolve_precision", "choose_precision", "PrecisionChoice", "cpu_has_native_bf16",
+__all__ = ["keep_freed_memory", "usable_cores", "resolve_device", "resolve_precision", "choose_precision", "PrecisionChoice", "cpu_has_native_bf16",
            "autocast_for", "mps_available"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -58,6 +58,17 @@ def keep_freed_memory() -> bool:
         return False
     settings = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
     return all(mallopt(ctypes.c_int(name), ctypes.c_int(value)) == 1 for name, value in settings)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the system tells it (a batch
+    scheduler's share of a node), else every core of the machine."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS and Windows have no affinity call
+        return os.cpu_count() or 1
 
 
 def mps_available() -> bool:

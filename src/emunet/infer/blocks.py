@@ -24,9 +24,9 @@ def default_threads(affinity_cells: bool) -> int:
     watersheds run on one core while the network uses all (a membrane model's map and cells
     1.55x faster on 2 cores, docs/volumes.md); one for an affinity model's cells, whose mutex
     watershed holds GBs per block."""
-    import os
+    from ..device import usable_cores
 
-    return 1 if affinity_cells else min(2, os.cpu_count() or 1)
+    return 1 if affinity_cells else min(2, usable_cores())
 
 
 def markers_folder(output: Place) -> Place:

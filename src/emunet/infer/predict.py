@@ -8,7 +8,6 @@ the image) are optional, for people who would rather look than read.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from ..model.affinities import Offsets, interior_from_affinities
 from ..model.bundled import is_model_name
 from ..model.checkpoint import Checkpoint, load
 from ..config import Config, PredictConfig, run_settings
+from ..device import usable_cores
 from ..io.data import Intensity, Volume, read_each, read_images
 from ..errors import CheckpointError, DataError, ImageSizesDiffer
 from ..io.address import Address, parse_address
@@ -121,7 +121,7 @@ def postprocess_volume(probs: np.ndarray, pcfg: PredictConfig) -> np.ndarray:
     """Blur each slice by ``pcfg.smooth``, then close wall gaps by ``pcfg.close_gaps``, in place:
     the gap closing reads the blurred map, whose walls are smoother. Sections (or one section's
     closing windows) run side by side on the cores, each as it would alone: the same result."""
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
 
     def one_page(page: np.ndarray, workers: int) -> None:
         smooth_in_place(page, pcfg.smooth)

@@ -14,7 +14,6 @@ Segments smaller than ``min_size`` pixels (specks on membranes) are given to the
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +22,7 @@ from scipy import ndimage
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
 
+from ..device import usable_cores
 from ..model.affinities import Offsets, nearest_channels, pair_slices
 from ..config import SegmentConfig
 from .link import link_sections
@@ -273,7 +273,7 @@ def segment_stack(interior: np.ndarray, affinities: np.ndarray | None, offsets: 
         out = mutex_stack(affinities, offsets, cfg)[0]
     else:
         # sections on several threads at once (the flooding lets go of the interpreter lock); each alone
-        with ThreadPoolExecutor(max(1, min(len(interior), os.cpu_count() or 1))) as pool:
+        with ThreadPoolExecutor(max(1, min(len(interior), usable_cores()))) as pool:
             out = np.stack(list(pool.map(lambda page: seeded_watershed(page, cfg.seed_threshold, cfg.min_size,
                                                                        cfg.seed_dynamics), interior))).astype(np.uint32)
     if warn:
