@@ -8,6 +8,7 @@ no-op and training runs in one process.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -86,4 +87,8 @@ def setup(device_name: str, timeout_s: float) -> tuple[DistContext, torch.device
 
 def teardown(ctx: DistContext) -> None:
     if ctx.enabled and dist.is_initialized():
+        # the DistributedDataParallel wrapper holds the process group; collected only at exit, its
+        # gloo threads would be torn down with the interpreter (a guess at a rare abort of a rank,
+        # "terminate called without an active exception", seen once in CI and not reproduced)
+        gc.collect()
         dist.destroy_process_group()
