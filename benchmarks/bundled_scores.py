@@ -30,15 +30,21 @@ CASES = {"sstem-membranes": [(ISBI, ISBI_HELD_OUT), (VNC, VNC_HELD_OUT)],
          "isbi-cells": [(VNC, None)]}
 
 
+def case_volume(predictor, files: tuple[str, str], sections: list[int] | None, data: Path):
+    """A case's labelled sections, read as ``predictor``'s models read images (also mutex_stride.py's)."""
+    from emunet.io.data import load_labelled
+
+    volume = load_labelled(data / files[0], data / files[1], 255, mask_threshold=predictor.config.data.mask_threshold,
+                           channel=predictor.channel, intensity=predictor.intensity)
+    return volume.subset(sections) if sections else volume
+
+
 def score_case(name: str, files: tuple[str, str], sections: list[int] | None, overrides: list[str], data: Path) -> str:
     from emunet.infer.predictor import Predictor
-    from emunet.io.data import load_labelled
     from emunet.score.evaluate import score_prediction
 
     predictor = Predictor.load(name, "cpu", overrides=overrides)
-    volume = load_labelled(data / files[0], data / files[1], 255, mask_threshold=predictor.config.data.mask_threshold,
-                           channel=predictor.channel, intensity=predictor.intensity)
-    volume = volume.subset(sections) if sections else volume
+    volume = case_volume(predictor, files, sections, data)
     start = time.perf_counter()
     prediction = predictor.predict(volume, progress=False)
     report, _ = score_prediction(prediction, volume, predictor.segment, warn=False)

@@ -20,10 +20,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CASES = [("sstem-cells", "isbi2012/train-volume.tif", "isbi2012/train-labels.tif", [4, 6, 7, 9, 18, 19]),
-         ("sstem-cells", "vnc-stack1/stack1-volume.tif", "vnc-stack1/stack1-labels.tif", [0, 3, 11, 12, 15, 16]),
-         ("isbi-cells", "vnc-stack1/stack1-volume.tif", "vnc-stack1/stack1-labels.tif", None)]
+from bundled_scores import CASES as BUNDLED_CASES, SHARED, case_volume  # this folder's: the same held-out sections
+
+CASES = [(name, files, sections) for name in ("sstem-cells", "isbi-cells") for files, sections in BUNDLED_CASES[name]]
 
 
 def main() -> int:
@@ -34,15 +33,11 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the calibration says which bias it takes
 
     from emunet.infer.predictor import Predictor
-    from emunet.io.data import load_labelled
     from emunet.score.challenge import score_segmentation_stack
 
-    for name, images, labels, held_out in CASES:
+    for name, files, held_out in CASES:
         predictor = Predictor.load(name, "cpu")
-        volume = load_labelled(args.data / images, args.data / labels, 255, mask_threshold=predictor.config.data.mask_threshold,
-                               channel=predictor.channel,
-                               intensity=predictor.intensity)
-        volume = volume.subset(held_out) if held_out else volume
+        volume = case_volume(predictor, files, held_out, args.data)
         prediction = predictor.predict(volume, progress=False)
         for stride in (int(s) for s in args.strides.split(",")):
             start = time.perf_counter()
@@ -50,7 +45,7 @@ def main() -> int:
             seconds = time.perf_counter() - start
             scores = score_segmentation_stack(cells, volume.labels)
             per_section = cells.reshape(len(cells), -1).max(axis=1).mean()
-            print(f"{name} on {images.split('/')[0]} ({'held out: ' + str(held_out) if held_out else 'all'}), "
+            print(f"{name} on {files[0].split('/')[0]} ({'held out: ' + str(held_out) if held_out else 'all'}), "
                   f"stride {stride}: cells V_rand {scores['v_rand']:.4f}, V_info {scores['v_info']:.4f}, "
                   f"{seconds:.1f} s, {per_section:.0f} cells per section", flush=True)
     return 0

@@ -122,17 +122,14 @@ def postprocess_volume(probs: np.ndarray, pcfg: PredictConfig) -> np.ndarray:
     the gap closing reads the blurred map, whose walls are smoother. Sections (or one section's
     closing windows) run side by side on the cores, each as it would alone: the same result."""
     cores = usable_cores()
+    windows = cores if len(probs) == 1 else 1  # one section: its closing windows side by side; several: the sections
 
-    def one_page(page: np.ndarray, workers: int) -> None:
+    def one_page(page: np.ndarray) -> None:
         smooth_in_place(page, pcfg.smooth)
-        close_gaps_in_place(page, pcfg.close_gaps, workers=workers)
+        close_gaps_in_place(page, pcfg.close_gaps, workers=windows)
 
-    if len(probs) <= 1:  # one section: its closing windows side by side
-        for page in probs:
-            one_page(page, cores)
-        return probs
-    with ThreadPoolExecutor(min(len(probs), cores)) as pool:  # several: whole sections side by side
-        list(pool.map(lambda page: one_page(page, 1), probs))
+    with ThreadPoolExecutor(max(1, min(len(probs), cores))) as pool:
+        list(pool.map(one_page, probs))
     return probs
 
 
