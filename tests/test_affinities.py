@@ -242,7 +242,8 @@ def test_cli_affinity_run_predict_segment_and_score(small_isbi, tmp_path, capsys
 
 def test_flooding_from_seeds_equals_the_plain_watershed_where_heights_are_distinct():
     """The oracle: scikit-image's watershed given every seed pixel. On smooth random maps (many
-    seeds, some touching the image's edges) and one-row images, pixel for pixel; on maps in eight
+    seeds, some touching the image's edges; distinct heights on the flood's steps) and one-row
+    images, pixel for pixel; on maps in eight
     steps (ties everywhere) both are watersheds of the seeds that differ only where heights tie:
     every seed keeps its pixels, every pixel gets a seed, and few pixels differ."""
     from scipy import ndimage
@@ -254,7 +255,9 @@ def test_flooding_from_seeds_equals_the_plain_watershed_where_heights_are_distin
     four = ndimage.generate_binary_structure(2, 1)
     smooth = [ndimage.gaussian_filter(rng.random((120, 97)), sigma) for sigma in (1.0, 2.5, 4.0)]
     for interior in smooth + [rng.random((1, 40)), rng.random((40, 1))]:
-        interior = (interior - interior.min()) / np.ptp(interior)
+        # distinct heights on the flood's 1/65535 steps, spread over [0, 1] in the map's order
+        rank = np.argsort(np.argsort(interior, axis=None)).reshape(interior.shape)
+        interior = rank * (65535 // (interior.size - 1)) / 65535
         assert len(np.unique(interior)) == interior.size
         for level in (0.3, 0.6, 0.9):
             seeds, _ = ndimage.label(interior >= level, structure=four)

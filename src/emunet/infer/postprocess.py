@@ -8,6 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 
+from .flood import flood
+
 __all__ = ["smooth_in_place", "close_gaps_in_place", "wall_levels", "CLOSE_GAPS_WINDOW", "CLOSE_GAPS_MARGIN"]
 
 # The closing runs over windows of this side, each with this much context around it: memory and
@@ -95,7 +97,6 @@ def wall_levels(prob: np.ndarray, threshold: float, seed_distance: int = 10) -> 
     """1 everywhere except on the basin borders that are walls, where it is 1 - the border's
     mean membrane probability (see :func:`close_gaps_in_place`)."""
     from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
 
     levels = np.ones(prob.shape, np.float32)
     interior = prob > 0.5
@@ -106,7 +107,7 @@ def wall_levels(prob: np.ndarray, threshold: float, seed_distance: int = 10) -> 
     markers = np.zeros(prob.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     membrane = 1.0 - prob
-    basins = watershed(membrane, markers=markers, connectivity=1)
+    basins = flood(membrane, markers)
     # Every 4-neighbour pair of pixels in different basins, down then across; the first pixel of
     # each pair carries the border, which leaves a line no 4-connected path crosses.
     n = np.int64(len(peaks) + 1)

@@ -20,11 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy import ndimage
 from skimage.morphology import h_maxima
-from skimage.segmentation import watershed
 
 from ..device import usable_cores
 from ..model.affinities import Offsets, nearest_channels, pair_slices
 from ..config import SegmentConfig
+from .flood import flood
 from .link import link_sections
 
 __all__ = ["SegmentConfig", "mutex_watershed", "mutex_stack", "calibration_windows", "calibrated_bias", "unsupported_wall_share", "wall_counts", "long_range_biases", "supported", "seeded_watershed", "flood_from_seeds", "dynamic_seeds", "merge_small_segments", "fill_from_nearest",
@@ -177,14 +177,14 @@ def seeded_watershed(interior: np.ndarray, seed_threshold: float = 0.9, min_size
 
 
 def flood_from_seeds(height: np.ndarray, seeds: np.ndarray) -> np.ndarray:
-    """scikit-image's 4-connected watershed of ``height`` from ``seeds`` (4-connected regions,
-    labelled), several times faster: a seed's pixels whose 4-neighbours all lie in the seed flood
-    nothing, so they stay out of the queue (masked) and keep their seed's id. Where the heights
-    are distinct the labels are the plain call's, pixel for pixel; where two seed pixels' heights
-    tie, the queue may take them in another order (a map in steps of 1/255: 0.002 % of pixels
-    differ; tests/test_affinities.py)."""
+    """The 4-connected watershed (:func:`.flood.flood`, scikit-image's on 1/65535 steps) of
+    ``height`` from ``seeds`` (4-connected regions, labelled), with a seed's inner pixels left out:
+    those whose 4-neighbours all lie in the seed flood nothing, so they stay out of the queue
+    (masked) and keep their seed's id. Where the heights are distinct steps the labels are the
+    plain call's with every seed pixel, pixel for pixel; where two seed pixels' heights tie, the
+    queue may take them in another order (tests/test_affinities.py)."""
     inside = ndimage.binary_erosion(seeds > 0, structure=_FOUR_CONNECTED, border_value=1)
-    labels = watershed(height, np.where(inside, 0, seeds), connectivity=1, mask=~inside)
+    labels = flood(height, np.where(inside, 0, seeds), mask=~inside)
     labels[inside] = seeds[inside]
     return labels
 
