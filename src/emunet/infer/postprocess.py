@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import edt
 import numpy as np
 from scipy import ndimage
 
 from .flood import flood
+from .peaks import peaks_by_label
 
 __all__ = ["smooth_in_place", "close_gaps_in_place", "wall_levels", "CLOSE_GAPS_WINDOW", "CLOSE_GAPS_MARGIN"]
 
@@ -96,12 +98,10 @@ def close_gaps_in_place(prob: np.ndarray, threshold: float, seed_distance: int =
 def wall_levels(prob: np.ndarray, threshold: float, seed_distance: int = 10) -> np.ndarray:
     """1 everywhere except on the basin borders that are walls, where it is 1 - the border's
     mean membrane probability (see :func:`close_gaps_in_place`)."""
-    from skimage.feature import peak_local_max
-
     levels = np.ones(prob.shape, np.float32)
     interior = prob > 0.5
-    distance = ndimage.gaussian_filter(ndimage.distance_transform_edt(interior), 1.0)
-    peaks = peak_local_max(distance, min_distance=seed_distance, labels=ndimage.label(interior)[0], exclude_border=False)
+    distance = ndimage.gaussian_filter(_distance_to_membrane(interior), 1.0)
+    peaks = peaks_by_label(distance, ndimage.label(interior)[0], seed_distance)
     if len(peaks) < 2:
         return levels
     markers = np.zeros(prob.shape, np.int32)
@@ -127,3 +127,12 @@ def wall_levels(prob: np.ndarray, threshold: float, seed_distance: int = 10) -> 
     across = levels[:, :-1]
     across[firsts[1]] = np.minimum(across[firsts[1]], level[border[down:]])
     return levels
+
+
+def _distance_to_membrane(interior: np.ndarray) -> np.ndarray:
+    """scipy's ``distance_transform_edt(interior)``, bit for bit, in half its time: edt's squared
+    distances are whole numbers, exact in its float32 up to 4096 px, and so are their float64
+    roots. Without any membrane pixel edt's distances are infinite; scipy's are kept."""
+    if max(interior.shape) > 4096 or interior.all():
+        return ndimage.distance_transform_edt(interior)
+    return np.sqrt(edt.edtsq(interior, parallel=1).astype(np.float64))
