@@ -84,3 +84,9 @@ def test_flood_leaves_the_unreachable_and_the_masked_at_zero():
 def test_flood_refuses_heights_outside_zero_to_one(bad):
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         flood(bad, np.array([[1, 0]], np.int32))
+
+
+def test_flood_refuses_negative_marker_ids():
+    """Ids below 0 mark walls inside the flood: a caller's negative id would silently start nothing."""
+    with pytest.raises(ValueError, match="positive"):
+        flood(np.zeros((2, 2), np.uint8), np.array([[1, 0], [0, -2]], np.int32))
