@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 from skimage.feature import peak_local_max
 
-from emunet.infer.peaks import peaks_by_label
+from emunet.infer.peaks import h_maxima, peaks_by_label
 from emunet.infer.postprocess import _distance_to_membrane
 
 
@@ -60,3 +60,29 @@ def test_distance_to_membrane_is_scipys_bit_for_bit(fraction):
     for h, w in [(1, 9), (9, 1), (64, 80), (257, 300)]:
         interior = rng.random((h, w)) < fraction
         np.testing.assert_array_equal(_distance_to_membrane(interior), ndimage.distance_transform_edt(interior))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-6, 1e9])
+def test_h_maxima_are_scikit_images(scale):
+    """Plateaus and ties (quarters), smooth domes, and scales where scikit-image's rounding
+    allowance (relative to each value) decides: the same pixels."""
+    from skimage.morphology import h_maxima as oracle
+
+    rng = np.random.default_rng(int(np.log10(scale)) + 20)
+    for case in range(150):
+        h, w = (int(n) for n in rng.integers(1, 30, 2))
+        image = (rng.integers(0, 5, (h, w)) / 4 if case % 2 else ndimage.gaussian_filter(rng.random((h, w)), 1.5)) * scale
+        dynamics = [0.1, 0.25, 0.5, 0.03, 0.75][case % 5] * scale
+        np.testing.assert_array_equal(h_maxima(image, dynamics), oracle(image, dynamics), err_msg=f"case {case}, {h} x {w}")
+
+
+def test_h_maxima_of_a_probability_map_are_scikit_images():
+    """The cells' own input: a smooth map with flat, saturated cell interiors."""
+    from skimage.morphology import h_maxima as oracle
+
+    rng = np.random.default_rng(3)
+    prob = 1.0 / (1.0 + np.exp(-12 * (ndimage.gaussian_filter(rng.random((200, 240)), 4) - 0.5) / 0.03))
+    prob = prob.astype(np.float32).astype(np.float64)
+    found = h_maxima(prob, 0.2)
+    assert found.sum() > 3
+    np.testing.assert_array_equal(found, oracle(prob, 0.2))

@@ -19,12 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy import ndimage
-from skimage.morphology import h_maxima
 
 from ..device import usable_cores
 from ..model.affinities import Offsets, nearest_channels, pair_slices
 from ..config import SegmentConfig
 from .flood import flood
+from .peaks import h_maxima
 from .link import link_sections
 
 __all__ = ["SegmentConfig", "mutex_watershed", "mutex_stack", "calibration_windows", "calibrated_bias", "unsupported_wall_share", "wall_counts", "long_range_biases", "supported", "seeded_watershed", "flood_from_seeds", "dynamic_seeds", "merge_small_segments", "fill_from_nearest",
