@@ -442,32 +442,32 @@ def test_adapt_norm_block_by_block_predicts_what_it_predicts_in_memory(tiny_mode
     assert (out / "adapted-norm.safetensors").is_file()
 
 
-def test_threads_of_one_process_use_the_network_one_pass_at_a_time(tiny_model, stack, tmp_path, monkeypatch):
-    """Blocks predicted by two threads: their network passes never overlap (two at once only
-    double the memory), while the rest of each block's work runs beside the other's pass."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_task_threads_predict_on_their_share_of_the_cores(tiny_model, stack, tmp_path, monkeypatch, workers):
+    """Blocks predicted by two threads: each pass runs with PyTorch's threads set to that
+    thread's share of the cores; by one: in the calling thread, on all of them. PyTorch's thread
+    count is the caller's again afterwards."""
     import threading
 
+    import torch
+
     from emunet.config import PredictConfig
+    from emunet.device import usable_cores
     from emunet.infer import kernel
     from emunet.infer.blockwise import predict_to_ome_zarr
 
     zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=stack.shape, chunks=(1, 128, 128), dtype=stack.dtype,
                     zarr_format=2)[...] = stack
-    inside, most, guard = [0], [0], threading.Lock()
-    network = kernel.predict_section_region
+    seen, network = set(), kernel.predict_section_region
 
-    def counted(*args, **kwargs):
-        with guard:
-            inside[0] += 1
-            most[0] = max(most[0], inside[0])
-        try:
-            return network(*args, **kwargs)
-        finally:
-            with guard:
-                inside[0] -= 1
+    def recorded(*args, **kwargs):
+        seen.add((threading.current_thread() is threading.main_thread(), torch.get_num_threads()))
+        return network(*args, **kwargs)
 
-    monkeypatch.setattr(kernel, "predict_section_region", counted)
+    monkeypatch.setattr(kernel, "predict_section_region", recorded)
+    before = torch.get_num_threads()
     pcfg = PredictConfig(tile=128, overlap=0.25, margin=16)
     done = predict_to_ome_zarr([str(tiny_model)], str(tmp_path / "in.zarr"), tmp_path / "out.ome.zarr", pcfg, "fp32",
-                               block=128, chunk=128, dtype="float32", workers=2, progress=False)
-    assert done.blocks == 3 * 3 * 3 and most[0] == 1
+                               block=128, chunk=128, dtype="float32", workers=workers, progress=False)
+    assert done.blocks == 3 * 3 * 3 and torch.get_num_threads() == before
+    assert seen == ({(True, usable_cores())} if workers == 1 else {(False, max(1, usable_cores() // 2))})

@@ -71,7 +71,12 @@ def run_blocks(task: Callable[[dict, Block], Any], job: dict, blocks: Sequence[B
                workers: int, progress: bool, desc: str = "blocks") -> list[Any]:
     """``task(job, block)`` for every block, on the in-process scheduler with ``workers`` threads
     or on the cluster at ``scheduler``; the results in the order of ``blocks``. ``job`` goes into
-    the graph once, however large (look-up tables of a whole volume's cells)."""
+    the graph once, however large (look-up tables of a whole volume's cells).
+
+    One worker runs the tasks in the calling thread: PyTorch's threads then wait for work as they
+    do in the main thread, where a second thread's team of them would not (libgomp throttles
+    their spinning when a process holds more of them than cores; docs/volumes.md). Tasks may set
+    PyTorch's thread count (their share of the cores); it is restored afterwards."""
     import dask
 
     from ..progress import progress_bar
@@ -85,10 +90,17 @@ def run_blocks(task: Callable[[dict, Block], Any], job: dict, blocks: Sequence[B
     bar = progress_bar(len(blocks), desc=desc, unit="block", enabled=progress)
     try:
         if scheduler is None:
+            import torch
             from dask.callbacks import Callback
 
-            with Callback(posttask=lambda key, *rest: bar.update(1) if str(key).startswith(f"{desc}-") else None):
-                return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+            threads = torch.get_num_threads()
+            try:
+                with Callback(posttask=lambda key, *rest: bar.update(1) if str(key).startswith(f"{desc}-") else None):
+                    if workers <= 1:
+                        return list(dask.compute(*tasks, scheduler="sync"))
+                    return list(dask.compute(*tasks, scheduler="threads", num_workers=workers))
+            finally:
+                torch.set_num_threads(threads)
         from distributed import Client
 
         try:

@@ -15,9 +15,7 @@ undisturbed run. Memory per task depends on the block size, not on the volume's.
 from __future__ import annotations
 
 import json
-import threading
 import time
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict
 from functools import lru_cache
 from collections.abc import Sequence
@@ -59,23 +57,20 @@ def check_block_size(block: int, chunk: int, pcfg: PredictConfig) -> None:
                          f"{CLOSE_GAPS_WINDOW} px (e.g. --block 2048), or turn it off with --close-gaps 0")
 
 
-def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConfig, precision: str,
-                  network_pass: AbstractContextManager | None = None) -> np.ndarray:
+def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConfig, precision: str) -> np.ndarray:
     """The post-processed probabilities of one block (float32), equal to the same pixels of its
     section predicted and post-processed whole (for an affinity model: the interior map of its
-    affinities). ``network_pass``: held while the network runs (the lock of threads that share
-    the models, :func:`_models_and_volume`)."""
+    affinities)."""
     from .kernel import predict_section_region
 
     offsets = models[0].cfg.offsets
     if offsets:  # the map of a pixel reads its neighbours' affinities: one pixel of halo
-        area, affinities = predict_affinities(models, volume, block, 1, pcfg, precision, network_pass)
+        area, affinities = predict_affinities(models, volume, block, 1, pcfg, precision)
         return _inner(interior_from_affinities(affinities, offsets), area, block)
     n, h, w = volume.shape
     ry0, ry1, rx0, rx1 = block.area(_halo(pcfg), (h, w))
     raw = np.zeros((ry1 - ry0, rx1 - rx0), np.float32)
-    with network_pass or nullcontext():
-        predict_section_region(models, volume.read, n, block.z, (h, w), (ry0, ry1, rx0, rx1), pcfg, precision, out=raw)
+    predict_section_region(models, volume.read, n, block.z, (h, w), (ry0, ry1, rx0, rx1), pcfg, precision, out=raw)
     smooth_in_place(raw, pcfg.smooth)
     inner = _inner(raw, (ry0, ry1, rx0, rx1), block).copy()
     if pcfg.close_gaps > 0:
@@ -83,8 +78,8 @@ def predict_block(models: Sequence[Any], volume, block: Block, pcfg: PredictConf
     return inner
 
 
-def predict_affinities(models: Sequence[Any], volume, block: Block, halo: int, pcfg: PredictConfig, precision: str,
-                       network_pass: AbstractContextManager | None = None) -> tuple[tuple[int, int, int, int], np.ndarray]:
+def predict_affinities(models: Sequence[Any], volume, block: Block, halo: int, pcfg: PredictConfig,
+                       precision: str) -> tuple[tuple[int, int, int, int], np.ndarray]:
     """An affinity model's affinities (C, h, w) of the block widened by ``halo`` (within its
     section), and that area (y0, y1, x0, x1); equal to the same pixels of the whole section's."""
     from .kernel import predict_section_region
@@ -92,8 +87,7 @@ def predict_affinities(models: Sequence[Any], volume, block: Block, halo: int, p
     n, h, w = volume.shape
     area = block.area(halo, (h, w))
     out = np.zeros((len(models[0].cfg.offsets), area[1] - area[0], area[3] - area[2]), np.float32)
-    with network_pass or nullcontext():
-        predict_section_region(models, volume.read, n, block.z, (h, w), area, pcfg, precision, out=out)
+    predict_section_region(models, volume.read, n, block.z, (h, w), area, pcfg, precision, out=out)
     return area, out
 
 
@@ -137,9 +131,8 @@ def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], de
     (``hashes``, part of the cache key). ``norm``: the stored batch-norm statistics of
     ``--adapt-norm`` (:func:`_adapted_statistics`), a file's place.
 
-    Also a lock that the tasks' threads hold while the shared models predict: one network pass at
-    a time, as the network already uses every core while a block's watersheds and gap closing run
-    on one. Two passes side by side would only double the memory without being faster."""
+    The tasks' threads share the models, each predicting on its share of the cores
+    (:func:`_task_loaded`)."""
     from ..device import keep_freed_memory
     from ..io.volumes import open_volume
     from .predictor import Predictor
@@ -158,7 +151,7 @@ def _models_and_volume(checkpoints: tuple[str, ...], hashes: tuple[str, ...], de
         inference_layout(model)
     volume = open_volume(source, channel, axes)
     volume.choose_scaling(predictor.intensity)
-    return predictor, volume, threading.Lock()
+    return predictor, volume
 
 
 def _loaded(job: dict) -> tuple:
@@ -168,6 +161,28 @@ def _loaded(job: dict) -> tuple:
                               job["norm"])
 
 
+def _task_loaded(job: dict) -> tuple:
+    """:func:`_loaded` for a task, with PyTorch's threads set to this thread's share of the
+    process's cores: its task threads predict side by side, each on its share, where they used to
+    take turns on all cores. A pass on all cores from a task thread ran 1.5x slower than from the
+    main thread (libgomp stops its threads' waiting spin once a process holds more of them than
+    cores: each task thread's team and the main thread's), and one block's watersheds took a core
+    from the other's network anyway (docs/volumes.md)."""
+    import torch
+
+    from ..device import usable_cores
+
+    threads = job.get("task_threads")
+    if threads is None:  # a dask.distributed worker: its threads share its cores
+        from distributed import get_worker
+
+        threads = get_worker().state.nthreads
+    share = max(1, usable_cores() // max(1, threads))
+    if torch.get_num_threads() != share:
+        torch.set_num_threads(share)
+    return _loaded(job)
+
+
 def _run_block(job: dict, block: Block) -> str:
     """Pass 1 (a task): the block's map, written, then its marker; for an affinity model asked for
     cells, its cut too, from the same affinities (:func:`stitch.cut_affinities`)."""
@@ -175,15 +190,14 @@ def _run_block(job: dict, block: Block) -> str:
 
     from .stitch import SEGMENT_HALO, cut_affinities
 
-    predictor, volume, network_pass = _loaded(job)
+    predictor, volume = _task_loaded(job)
     models = predictor.models
     offsets, plan = models[0].cfg.offsets, job["cells"]
     if offsets and plan is not None:
-        area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"],
-                                              network_pass)
+        area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"])
         probs = _inner(interior_from_affinities(affinities, offsets), area, block)
     else:
-        probs = predict_block(models, volume, block, job["predict"], job["precision"], network_pass)
+        probs = predict_block(models, volume, block, job["predict"], job["precision"])
     # every chunk stored, zeros too: a finished block's chunks are checked on a rerun
     output = Place(job["output"])
     target = zarr.open_array((output / "0").zarr(), mode="r+", zarr_format=2).with_config({"write_empty_chunks": True})
@@ -200,10 +214,9 @@ def _cut_block_again(job: dict, block: Block) -> str:
     with the halo, cut at candidate ``job["k"]``."""
     from .stitch import SEGMENT_HALO, cut_affinities
 
-    predictor, volume, network_pass = _loaded(job)
+    predictor, volume = _task_loaded(job)
     models = predictor.models
-    area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"],
-                                          network_pass)
+    area, affinities = predict_affinities(models, volume, block, SEGMENT_HALO, job["predict"], job["precision"])
     cut_affinities(job["cells"], block, job["k"], area, affinities)
     return block.name
 
@@ -255,11 +268,11 @@ def predict_to_ome_zarr(checkpoints: Sequence[str | Path], source: str, output: 
     group, blocks, todo = _open_output(output, volume, made_by, chunk, dtype, levels, block, overwrite)
     job = {"checkpoints": tuple(str(c) for c in checkpoints), "hashes": hashes, "device": device, "source": str(source),
            "channel": channel, "axes": axes, "predict": pcfg, "precision": precision, "output": str(output), "dtype": dtype,
-           "cells": None, "norm": None, "k": 0}
+           "cells": None, "norm": None, "k": 0, "task_threads": workers if scheduler is None else None}
     start = time.perf_counter()
     if pcfg.adapt_norm:
         job["norm"] = _adapted_statistics(loaded, output)
-    _loaded(job)  # before any task: threads asking the cache at once would each load, each with its own lock
+    _loaded(job)  # before any task: threads asking the cache at once would each load
     if segment is not None:
         todo = _plan_cells(job, loaded, output, volume, made_by, segment, (block, chunk), blocks, todo, overwrite)
     if todo:
@@ -319,7 +332,7 @@ def _adapted_statistics(loaded: tuple, output: Place) -> str:
 
     stored = output / NORM_STATISTICS
     if not stored.is_file():
-        predictor, volume, _ = loaded
+        predictor, volume = loaded
         stored.write_bytes(save(norm_statistics(adapted_to_lazy(predictor.models, volume))))
     return str(stored)
 
@@ -363,9 +376,9 @@ def _calibrated_candidate(job: dict) -> int:
     plan = job["cells"]
     if len(plan.biases) == 1:
         return 0
-    predictor, volume, network_pass = _loaded(job)
-    windows = [predict_affinities(predictor.models, volume, Block(*window), 0, job["predict"], job["precision"],
-                                  network_pass)[1] for window in calibration_windows(tuple(volume.shape))]
+    predictor, volume = _loaded(job)
+    windows = [predict_affinities(predictor.models, volume, Block(*window), 0, job["predict"], job["precision"])[1]
+               for window in calibration_windows(tuple(volume.shape))]
     return plan.biases.index(calibrated_bias(windows, plan.offsets, plan.segment)[0])
 
 
