@@ -163,23 +163,22 @@ def _loaded(job: dict) -> tuple:
 
 def _task_loaded(job: dict) -> tuple:
     """:func:`_loaded` for a task, with PyTorch's threads set to this thread's share of the
-    process's cores: its task threads predict side by side, each on its share, where they used to
-    take turns on all cores. A pass on all cores from a task thread ran 1.5x slower than from the
-    main thread (libgomp stops its threads' waiting spin once a process holds more of them than
-    cores: each task thread's team and the main thread's), and one block's watersheds took a core
-    from the other's network anyway (docs/volumes.md)."""
-    import torch
-
-    from ..device import usable_cores
-
+    process's cores when the command runs the tasks itself: its task threads predict side by side,
+    each on its share, where they used to take turns on all cores. A pass on all cores from a task
+    thread ran 1.5x slower than from the main thread (libgomp stops its threads' waiting spin once
+    a process holds more of them than cores: each task thread's team and the main thread's), and
+    one block's watersheds took a core from the other's network anyway (docs/volumes.md). A
+    ``dask.distributed`` worker keeps the threads its nanny gave it (one by default: its
+    neighbours on the machine share the cores)."""
     threads = job.get("task_threads")
-    if threads is None:  # a dask.distributed worker: its threads share its cores
-        from distributed import get_worker
+    if threads is not None:
+        import torch
 
-        threads = get_worker().state.nthreads
-    share = max(1, usable_cores() // max(1, threads))
-    if torch.get_num_threads() != share:
-        torch.set_num_threads(share)
+        from ..device import usable_cores
+
+        share = max(1, usable_cores() // max(1, threads))
+        if torch.get_num_threads() != share:
+            torch.set_num_threads(share)
     return _loaded(job)
 
 
