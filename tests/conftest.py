@@ -11,6 +11,27 @@ ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012"
 ISBI_SCORING = ISBI.parent / "isbi-scoring"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (`-n N`), each worker process computes on its share of the cores, and
+    so do the commands its tests start (they inherit ``OMP_NUM_THREADS``): N workers each with
+    every core's worth of PyTorch threads oversubscribe the machine, and OpenMP's threads then
+    spin waiting for cores the other workers hold (on 2 cores, `-n 2`: 12 % more CPU time for the
+    same suite, docs/speed.md). A thread count given in the environment is kept; tests that ask
+    for threads (``train.threads``, blockwise ``--workers``) still get what they ask for."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2 or "OMP_NUM_THREADS" in os.environ:
+        return
+    from emunet.device import usable_cores
+
+    share = max(1, usable_cores() // workers)
+    os.environ["OMP_NUM_THREADS"] = str(share)
+    import torch
+
+    torch.set_num_threads(share)
+
+
 @pytest.fixture(scope="session")
 def isbi_dir() -> Path:
     if not (ISBI / "train-volume.tif").exists():

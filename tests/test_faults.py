@@ -41,10 +41,15 @@ def test_random_kills_always_resume_from_a_complete_checkpoint(small_isbi, tmp_p
     for attempt in range(40):
         if kills >= 10:
             break
+        newest = _newest_step(out)
         proc = _launch(small_isbi, out, *steps, *(["--resume"] if attempt else []))
-        deadline = time.time() + rng.uniform(1.5, 4.0)
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
+        # killed once it trains (a checkpoint past where it started), at a random moment of the
+        # steps and checkpoint writes after that: no kill spent on the start-up, whatever the machine's speed
+        deadline = time.monotonic() + 120
+        while _newest_step(out) <= newest and proc.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 0.1))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -64,6 +69,11 @@ def test_random_kills_always_resume_from_a_complete_checkpoint(small_isbi, tmp_p
     expected = load_state(reference / "checkpoints" / "step_000060.pt")["model"]
     for name in expected:
         torch.testing.assert_close(final[name], expected[name], rtol=0, atol=0)
+
+
+def _newest_step(out) -> int:
+    found = list_checkpoints(out / "checkpoints")
+    return found[-1][0] if found else 0
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(small_isbi, tmp_path):
