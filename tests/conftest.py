@@ -15,7 +15,7 @@ def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist (`-n N`), each worker process computes on its share of the cores, and
     so do the commands its tests start (they inherit ``OMP_NUM_THREADS``): N workers each with
     every core's worth of PyTorch threads oversubscribe the machine, and OpenMP's threads then
-    spin waiting for cores the other workers hold (on 2 cores, `-n 2`: 12 % more CPU time for the
+    spin waiting for cores the other workers hold (on 2 cores, `-n 2`: 13 % more CPU time for the
     same suite, docs/speed.md). A thread count given in the environment is kept; tests that ask
     for threads (``train.threads``, blockwise ``--workers``) still get what they ask for."""
     import os
