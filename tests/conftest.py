@@ -23,9 +23,9 @@ def pytest_configure(config: pytest.Config) -> None:
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers < 2 or "OMP_NUM_THREADS" in os.environ:
         return
-    from emunet.device import usable_cores
+    from emunet.device import core_share
 
-    share = max(1, usable_cores() // workers)
+    share = core_share(workers)
     os.environ["OMP_NUM_THREADS"] = str(share)
     import torch
 

@@ -20,7 +20,7 @@ from .errors import ConfigError
 
 log = logging.getLogger("emunet")
 
-__all__ = ["keep_freed_memory", "usable_cores", "resolve_device", "resolve_precision", "choose_precision", "PrecisionChoice", "cpu_has_native_bf16",
+__all__ = ["keep_freed_memory", "usable_cores", "core_share", "resolve_device", "resolve_precision", "choose_precision", "PrecisionChoice", "cpu_has_native_bf16",
            "autocast_for", "mps_available"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -69,6 +69,13 @@ def usable_cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # macOS and Windows have no affinity call
         return os.cpu_count() or 1
+
+
+def core_share(parties: int) -> int:
+    """The cores each of ``parties`` threads or processes that share this process's cores may
+    compute on (at least one): PyTorch's thread count for each, so that together they do not hold
+    more OpenMP threads than cores (libgomp then stops their waiting spin, docs/volumes.md)."""
+    return max(1, usable_cores() // max(1, parties))
 
 
 def mps_available() -> bool:

@@ -174,9 +174,9 @@ def _task_loaded(job: dict) -> tuple:
     if threads is not None:
         import torch
 
-        from ..device import usable_cores
+        from ..device import core_share
 
-        share = max(1, usable_cores() // max(1, threads))
+        share = core_share(threads)
         if torch.get_num_threads() != share:
             torch.set_num_threads(share)
     return _loaded(job)
