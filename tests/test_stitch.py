@@ -59,11 +59,12 @@ def test_blockwise_cells_equal_whole_section_cells(model, blocks, sections, tmp_
 
 
 @pytest.mark.slow
-def test_blockwise_cells_lower_the_long_range_bias_as_whole_sections_do(isbi_dir, tmp_path):
+def test_blockwise_cells_lower_the_long_range_bias_as_whole_sections_do(isbi_dir, tmp_path, monkeypatch):
     """Two VNC sections whose walls at long-range bias 0.5 are 13 % unsupported: the volume is
     calibrated before any block on the windows a stack in memory uses (here the two sections
     whole), cut once at the lower bias that the whole sections choose, and its cells are theirs;
-    a rerun cuts nothing again."""
+    a rerun cuts nothing again, and takes the bias chosen without calibrating again."""
+    from emunet.infer import segment
     from emunet.infer.segment import mutex_stack
 
     stack = tifffile.imread(isbi_dir.parent / "vnc-stack1" / "stack1-volume.tif")[8:10, 512:, :512]
@@ -74,7 +75,9 @@ def test_blockwise_cells_lower_the_long_range_bias_as_whole_sections_do(isbi_dir
     whole, bias = mutex_stack(prediction.affinities, prediction.offsets, predictor.segment)
     assert bias < 0.5
     out = tmp_path / "vnc.ome.zarr"
-    for _ in range(2):
+    for run in range(2):
+        if run:
+            monkeypatch.setattr(segment, "calibrated_bias", lambda *args: pytest.fail("the rerun calibrated again"))
         result = predict_to_ome_zarr(["isbi-cells"], str(tmp_path / "vnc.zarr"), out, predictor.settings, "fp32",
                                      device="cpu", block=256, chunk=128, progress=False, segment=predictor.segment)
         assert result.long_range_bias == bias

@@ -375,10 +375,17 @@ def _calibrated_candidate(job: dict) -> int:
     plan = job["cells"]
     if len(plan.biases) == 1:
         return 0
+    # kept beside the cuts it chose: a rerun (a killed run continued) takes it instead of predicting
+    # and cutting the windows again; new settings start a new scratch folder, and so a new choice
+    chosen = Place(plan.scratch) / "calibrated.json"
+    if chosen.is_file():
+        return plan.biases.index(json.loads(chosen.read_text())["long_range_bias"])
     predictor, volume = _loaded(job)
     windows = [predict_affinities(predictor.models, volume, Block(*window), 0, job["predict"], job["precision"])[1]
                for window in calibration_windows(tuple(volume.shape))]
-    return plan.biases.index(calibrated_bias(windows, plan.offsets, plan.segment)[0])
+    bias = calibrated_bias(windows, plan.offsets, plan.segment)[0]
+    chosen.write_bytes(json.dumps({"long_range_bias": bias}).encode())
+    return plan.biases.index(bias)
 
 
 def _cells_of_volume(job: dict, blocks: list[Block], scheduler: str | None, workers: int,
