@@ -377,14 +377,13 @@ def _calibrated_candidate(job: dict) -> int:
         return 0
     # kept beside the cuts it chose: a rerun (a killed run continued) takes it instead of predicting
     # and cutting the windows again; new settings start a new scratch folder, and so a new choice
-    chosen = Place(plan.scratch) / "calibrated.json"
-    if chosen.is_file():
-        return plan.biases.index(json.loads(chosen.read_text())["long_range_bias"])
+    if plan.calibration_file.is_file():
+        return plan.biases.index(json.loads(plan.calibration_file.read_text())["long_range_bias"])
     predictor, volume = _loaded(job)
     windows = [predict_affinities(predictor.models, volume, Block(*window), 0, job["predict"], job["precision"])[1]
                for window in calibration_windows(tuple(volume.shape))]
     bias = calibrated_bias(windows, plan.offsets, plan.segment)[0]
-    chosen.write_bytes(json.dumps({"long_range_bias": bias}).encode())
+    plan.calibration_file.write_bytes(json.dumps({"long_range_bias": bias}).encode())
     return plan.biases.index(bias)
 
 

@@ -79,6 +79,11 @@ class CellsPlan:
         marker of the block's cut."""
         return Place(self.scratch) / f"{block.name}.k{k}.npz"
 
+    @property
+    def calibration_file(self) -> Place:
+        """The long-range bias the volume's calibration chose, kept beside the cuts made at it."""
+        return Place(self.scratch) / "calibrated.json"
+
     def cut_blocks(self, k: int) -> set[str]:
         """The names of the blocks cut at candidate ``k`` (one listing of the scratch folder)."""
         end = f".k{k}.npz"
