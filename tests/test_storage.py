@@ -279,7 +279,8 @@ def test_a_volume_on_a_store_is_segmented_into_the_store_by_a_cluster_that_loses
         store, isbi_dir, tmp_path):
     """A Zarr volume on the store, read chunk by chunk; map and cells written back as OME-Zarr by
     two worker processes; a worker killed, then the client killed and run again: the output is
-    the one a local, undisturbed run writes."""
+    the one a local, undisturbed run writes. Two sections 256 px wide: 16 blocks, each with its
+    neighbours on two sides at least, and half the network's work of whole sections."""
     import os
     import signal
 
@@ -287,7 +288,7 @@ def test_a_volume_on_a_store_is_segmented_into_the_store_by_a_cluster_that_loses
     from distributed import Client, LocalCluster
 
     fs, bucket = store
-    stack = tifffile.imread(isbi_dir / "train-volume.tif")[:2]
+    stack = tifffile.imread(isbi_dir / "train-volume.tif")[:2, :, :256]
     local_in = tmp_path / "two.zarr"
     zarr.open_array(str(local_in), mode="w", shape=stack.shape, chunks=(1, 128, 128), dtype=stack.dtype,
                     zarr_format=2)[...] = stack
@@ -305,7 +306,7 @@ def test_a_volume_on_a_store_is_segmented_into_the_store_by_a_cluster_that_loses
         markers = f"{bucket}/out/.cells.ome.zarr.blocks"
         deadline = time.monotonic() + 300
         killed_worker = False
-        while _markers(fs, markers) < 16:  # of 32 blocks' markers (and the cells' scratch folder)
+        while _markers(fs, markers) < 8:  # of 16 blocks' markers (and the cells' scratch folder)
             assert run.poll() is None, run.stderr.read()
             assert time.monotonic() < deadline
             if not killed_worker and _markers(fs, markers) >= 3:
@@ -319,7 +320,7 @@ def test_a_volume_on_a_store_is_segmented_into_the_store_by_a_cluster_that_loses
     # every connection to the store closed in order, in the loop that opened it
     assert "Unclosed" not in again.stderr and "Traceback" not in again.stderr, again.stderr
     finished = int(re.search(r"\((\d+) finished before\)", again.stdout).group(1))
-    assert 0 < finished < 32
+    assert 0 < finished < 16
     fs.get(f"{bucket}/out/cells.ome.zarr", str(tmp_path / "fetched.ome.zarr"), recursive=True)
     for array in ("0", "labels/cells/0"):
         np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "fetched.ome.zarr" / array), mode="r")[...],
